@@ -1,0 +1,109 @@
+"""QuantResult: the one result type every solver returns.
+
+A result holds the quantized layer in two equivalent forms: the integer ``codes`` with their grid
+(``scales``/``zeros`` per row and group, or a per-row ``codebook`` for non-uniform grids) plus the optional
+full-precision sparse ``outliers``, and the dequantized ``weight`` that those reproduce.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import numpy as np
+
+__all__ = ["QuantResult", "SparseOutliers"]
+
+
+@dataclass(frozen=True)
+class SparseOutliers:
+    """Full-precision weights kept outside the grid, as CSR over the rows of W (rows x cols)."""
+
+    indptr: np.ndarray   # int64 [rows + 1]
+    indices: np.ndarray  # int32 [nnz], column of each value
+    values: np.ndarray   # float32 [nnz]
+    shape: Tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+    def to_dense(self) -> np.ndarray:
+        rows, cols = self.shape
+        dense = np.zeros((rows, cols), dtype=np.float32)
+        row_of = np.repeat(np.arange(rows), np.diff(self.indptr))
+        dense[row_of, self.indices] = self.values
+        return dense
+
+    @staticmethod
+    def from_dense(dense: np.ndarray) -> "SparseOutliers":
+        rows, cols = dense.shape
+        r, c = np.nonzero(dense)
+        indptr = np.zeros(rows + 1, dtype=np.int64)
+        np.add.at(indptr, r + 1, 1)
+        return SparseOutliers(np.cumsum(indptr), c.astype(np.int32),
+                              dense[r, c].astype(np.float32), (rows, cols))
+
+
+@dataclass
+class QuantResult:
+    """Output of every solver. Shapes: W is rows x cols, G = number of groups (1 when group_size == -1).
+
+    weight      float32 [rows, cols]  dequantized weight, outliers included
+    codes       uint8   [rows, cols]  grid index of every weight (in the ORIGINAL column order)
+    scales      float32 [rows, G]     affine grid: q = scales * (codes - zeros)   (None for codebooks)
+    zeros       float32 [rows, G]     integer-valued zero points                  (None for codebooks)
+    g_idx       int32   [cols]        group of each input column
+    perm        int64   [cols] | None act-order processing order (column perm[j] was processed j-th)
+    loss        float | None          layer_loss(W, weight, H); None when no H was given
+    damp        float | None          damping actually used (relative to mean(diag H))
+    """
+
+    weight: np.ndarray
+    codes: np.ndarray
+    scales: Optional[np.ndarray]
+    zeros: Optional[np.ndarray]
+    g_idx: np.ndarray
+    perm: Optional[np.ndarray]
+    loss: Optional[float]
+    damp: Optional[float]
+    bits: int
+    group_size: int
+    sym: bool
+    method: str
+    seconds: float
+    # Solver-specific extras (None where a solver does not produce them).
+    loss_history: Optional[np.ndarray] = None      # objective after every sweep (QuantEase)
+    iters: Optional[int] = None                    # sweeps actually run (QuantEase)
+    outliers: Optional[SparseOutliers] = None      # full-precision sparse part (QuantEase, EasyQuant)
+    outlier_fraction: Optional[float] = None       # nnz(outliers) / W.size
+    codebook: Optional[np.ndarray] = None          # float32 [rows, 2^bits] or [rows, G, 2^bits] (LeanQuant)
+    info: dict = field(default_factory=dict)       # anything else a solver reports (e.g. timings)
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return tuple(self.weight.shape)  # type: ignore[return-value]
+
+    def grid_weight(self) -> np.ndarray:
+        """The quantized part alone, rebuilt from the codes: scales*(codes - zeros), or codebook[codes]."""
+        g = self.g_idx.astype(np.int64)
+        if self.codebook is not None:
+            rows = np.arange(self.codes.shape[0])[:, None]
+            if self.codebook.ndim == 2:
+                return self.codebook[rows, self.codes].astype(np.float32)
+            return self.codebook[rows, g[None, :], self.codes].astype(np.float32)
+        s = self.scales[:, g]
+        z = self.zeros[:, g]
+        return (s * (self.codes.astype(np.float32) - z)).astype(np.float32)
+
+    def dense_weight(self) -> np.ndarray:
+        """grid_weight() plus the sparse full-precision outliers: equals ``weight``."""
+        w = self.grid_weight()
+        if self.outliers is not None:
+            w = w + self.outliers.to_dense()
+        return w
+
+    def __repr__(self) -> str:
+        rows, cols = self.shape
+        loss = "None" if self.loss is None else f"{self.loss:.6g}"
+        return (f"QuantResult(method={self.method!r}, shape=({rows}, {cols}), bits={self.bits}, "
+                f"group_size={self.group_size}, sym={self.sym}, loss={loss}, seconds={self.seconds:.3f})")
