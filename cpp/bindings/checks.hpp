@@ -1,0 +1,148 @@
+// Input checks shared by the binding files: every problem with user input becomes a ValueError with a
+// message that names the argument, the expected shape or range, and what was given.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <utility>
+
+#include "quantease/types.hpp"
+
+namespace quantease::bindings {
+
+namespace py = pybind11;
+
+template <class T>
+using CArray = py::array_t<T, py::array::c_style>;
+
+inline std::string shape_str(const py::array& a) {
+  std::ostringstream s;
+  s << "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i);
+  if (a.ndim() == 1) s << ",";
+  s << ")";
+  return s.str();
+}
+
+// A read-only Eigen view of a C-contiguous 2-D array: no copy.
+template <class T>
+ConstRowMatrixRef<T> as_matrix(const CArray<T>& a) {
+  return ConstRowMatrixRef<T>(Eigen::Map<const RowMatrix<T>>(a.data(), a.shape(0), a.shape(1)));
+}
+
+// Moves an Eigen matrix into a NumPy array without copying its buffer.
+template <class T>
+py::array_t<T> to_numpy(RowMatrix<T>&& m) {
+  auto* owned = new RowMatrix<T>(std::move(m));
+  py::capsule free_when_done(owned, [](void* p) { delete static_cast<RowMatrix<T>*>(p); });
+  return py::array_t<T>({owned->rows(), owned->cols()}, owned->data(), free_when_done);
+}
+
+template <class T, int Rows>
+py::array_t<T> to_numpy(Eigen::Matrix<T, Rows, 1>&& v) {
+  auto* owned = new Eigen::Matrix<T, Rows, 1>(std::move(v));
+  py::capsule free_when_done(owned, [](void* p) { delete static_cast<Eigen::Matrix<T, Rows, 1>*>(p); });
+  return py::array_t<T>({owned->size()}, owned->data(), free_when_done);
+}
+
+// W: 2-D with at least one row and column, finite. Runs the scan without the GIL.
+template <class T>
+void check_weight(const CArray<T>& W, const char* name = "W") {
+  if (W.ndim() != 2) {
+    throw py::value_error(std::string(name) + " must be a 2-D array (rows x cols), got shape " + shape_str(W));
+  }
+  if (W.shape(0) == 0 || W.shape(1) == 0) {
+    throw py::value_error(std::string(name) + " must have at least one row and one column, got shape " +
+                          shape_str(W));
+  }
+  Index bad = -1;
+  {
+    py::gil_scoped_release release;
+    const T* p = W.data();
+    const Index n = W.size();
+    for (Index i = 0; i < n; ++i)
+      if (!std::isfinite(static_cast<double>(p[i]))) { bad = i; break; }
+  }
+  if (bad >= 0) {
+    std::ostringstream msg;
+    msg << name << " contains NaN or Inf (first at row " << bad / W.shape(1) << ", column " << bad % W.shape(1)
+        << ")";
+    throw py::value_error(msg.str());
+  }
+}
+
+// H: (cols, cols), finite, symmetric to within 1e-4 of its largest entry.
+template <class T>
+void check_hessian(const CArray<T>& H, Index cols, const char* name = "H") {
+  if (H.ndim() != 2 || H.shape(0) != cols || H.shape(1) != cols) {
+    std::ostringstream msg;
+    msg << name << " must be (" << cols << ", " << cols << ") to match W's " << cols << " columns, got "
+        << shape_str(H);
+    throw py::value_error(msg.str());
+  }
+  check_weight(H, name);
+  double max_abs = 0.0, max_asym = 0.0;
+  {
+    py::gil_scoped_release release;
+    const auto h = as_matrix(H);
+    for (Index i = 0; i < cols; ++i) {
+      for (Index j = 0; j <= i; ++j) {
+        max_abs = std::max(max_abs, std::fabs(static_cast<double>(h(i, j))));
+        max_asym = std::max(max_asym, std::fabs(static_cast<double>(h(i, j)) - static_cast<double>(h(j, i))));
+      }
+    }
+  }
+  if (max_asym > 1e-4 * max_abs) {
+    std::ostringstream msg;
+    msg << name << " must be symmetric: max |H - H^T| = " << max_asym << " exceeds 1e-4 * max |H| = "
+        << 1e-4 * max_abs;
+    throw py::value_error(msg.str());
+  }
+}
+
+inline void check_bits(int bits) {
+  if (bits < 2 || bits > 8) throw py::value_error("bits must be an integer in 2..8, got " + std::to_string(bits));
+}
+
+inline void check_group_size(int group_size, Index cols) {
+  if (group_size == -1) return;
+  if (group_size <= 0 || cols % group_size != 0) {
+    std::ostringstream msg;
+    msg << "group_size must be -1 or a positive divisor of cols=" << cols << ", got " << group_size;
+    throw py::value_error(msg.str());
+  }
+}
+
+inline void check_positive(const char* name, long value) {
+  if (value <= 0) throw py::value_error(std::string(name) + " must be a positive integer, got " + std::to_string(value));
+}
+
+inline void check_damp(double damp) {
+  if (!std::isfinite(damp) || damp < 0.0) {
+    std::ostringstream msg;
+    msg << "damp must be a finite number >= 0, got " << damp;
+    throw py::value_error(msg.str());
+  }
+}
+
+// Calls f(Eigen view of H) with H's dtype (float32 or float64, C-contiguous; the Python layer converts).
+template <class F>
+auto with_hessian(const py::array& H, Index cols, F&& f) {
+  if (py::isinstance<CArray<double>>(H)) {
+    const auto h = H.cast<CArray<double>>();
+    check_hessian(h, cols);
+    return f(as_matrix(h));
+  }
+  if (py::isinstance<CArray<float>>(H)) {
+    const auto h = H.cast<CArray<float>>();
+    check_hessian(h, cols);
+    return f(as_matrix(h));
+  }
+  throw py::value_error("H must be a C-contiguous float32 or float64 array");
+}
+
+}  // namespace quantease::bindings

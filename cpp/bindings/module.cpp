@@ -1,0 +1,26 @@
+// The quantease._core extension: one registration function per API area.
+#include <pybind11/pybind11.h>
+
+#include "quantease/errors.hpp"
+
+namespace py = pybind11;
+
+namespace quantease::bindings {
+void register_core(py::module_& m);
+}  // namespace quantease::bindings
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "quantease C++ core (Eigen + OpenMP); use the `quantease` package, not this module.";
+  m.attr("__version__") = QUANTEASE_VERSION;
+  static py::exception<quantease::NumericalError> numerical_error(m, "NumericalError", PyExc_ArithmeticError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const quantease::NumericalError& e) {
+      py::set_error(numerical_error, e.what());
+    } catch (const quantease::InvalidInput& e) {
+      py::set_error(PyExc_ValueError, e.what());
+    }
+  });
+  quantease::bindings::register_core(m);
+}

@@ -1,0 +1,106 @@
+// Bindings of the foundation: RTN, GPTQ, the layer loss and the Hessian accumulator.
+#include "checks.hpp"
+#include "output.hpp"
+#include "quantease/gptq.hpp"
+#include "quantease/hessian.hpp"
+#include "quantease/rtn.hpp"
+
+namespace quantease::bindings {
+
+void register_core(py::module_& m) {
+  m.def(
+      "rtn",
+      [](const CArray<float>& W, int bits, int group_size, bool sym, bool mse) {
+        check_weight(W);
+        check_bits(bits);
+        check_group_size(group_size, W.shape(1));
+        RtnOptions opt{bits, group_size, sym, mse};
+        QuantOutput out;
+        {
+          py::gil_scoped_release release;
+          out = rtn(as_matrix(W), opt);
+        }
+        return output_to_dict(std::move(out));
+      },
+      py::arg("W").noconvert(), py::kw_only(), py::arg("bits"), py::arg("group_size"), py::arg("sym"),
+      py::arg("mse"));
+
+  m.def(
+      "gptq",
+      [](const CArray<float>& W, const py::array& H, int bits, int group_size, bool sym, bool act_order,
+         bool static_groups, double damp, int block_size, bool mse, bool reference) {
+        check_weight(W);
+        check_bits(bits);
+        check_group_size(group_size, W.shape(1));
+        check_positive("block_size", block_size);
+        check_damp(damp);
+        GptqOptions opt{bits, group_size, sym, act_order, static_groups, damp, block_size, mse, reference};
+        QuantOutput out = with_hessian(H, W.shape(1), [&](const auto& h) {
+          py::gil_scoped_release release;
+          return gptq(as_matrix(W), h, opt);
+        });
+        return output_to_dict(std::move(out));
+      },
+      py::arg("W").noconvert(), py::arg("H"), py::kw_only(), py::arg("bits"), py::arg("group_size"),
+      py::arg("sym"), py::arg("act_order"), py::arg("static_groups"), py::arg("damp"), py::arg("block_size"),
+      py::arg("mse"), py::arg("reference"));
+
+  m.def(
+      "quadratic_form_sum",
+      [](const CArray<double>& D, const py::array& H) {
+        check_weight(D, "W - W_hat");
+        return with_hessian(H, D.shape(1), [&](const auto& h) {
+          py::gil_scoped_release release;
+          return quadratic_form_sum(as_matrix(D), h);
+        });
+      },
+      py::arg("D").noconvert(), py::arg("H"),
+      "sum over rows of d^T H d in float64 (D = W - W_hat, rows x cols; H cols x cols).");
+
+  py::class_<HessianAccumulator>(m, "HessianAccumulator")
+      .def(py::init([](Index cols, bool float64) {
+             check_positive("cols", static_cast<long>(cols));
+             return HessianAccumulator(cols, float64);
+           }),
+           py::arg("cols"), py::arg("float64") = true)
+      .def(
+          "add",
+          [](HessianAccumulator& self, const py::array& X) {
+            auto add_checked = [&](const auto& x) {
+              check_weight(x, "X");
+              if (x.shape(1) != self.cols()) {
+                throw py::value_error("X must be (n, " + std::to_string(self.cols()) + ") to match the accumulator's " +
+                                      std::to_string(self.cols()) + " columns, got " + shape_str(x));
+              }
+              py::gil_scoped_release release;
+              self.add(as_matrix(x));
+            };
+            if (py::isinstance<CArray<double>>(X)) add_checked(X.cast<CArray<double>>());
+            else if (py::isinstance<CArray<float>>(X)) add_checked(X.cast<CArray<float>>());
+            else throw py::value_error("X must be a C-contiguous float32 or float64 array");
+          },
+          py::arg("X").noconvert())
+      .def("hessian",
+           [](const HessianAccumulator& self) -> py::object {
+             if (self.is_float64()) {
+               RowMatrixXd h;
+               {
+                 py::gil_scoped_release release;
+                 h = self.hessian_f64();
+               }
+               return to_numpy(std::move(h));
+             }
+             RowMatrixXf h;
+             {
+               py::gil_scoped_release release;
+               h = self.hessian_f32();
+             }
+             return to_numpy(std::move(h));
+           })
+      .def("reset", &HessianAccumulator::reset)
+      .def_property_readonly("cols", &HessianAccumulator::cols)
+      .def_property_readonly("n_samples", &HessianAccumulator::samples)
+      .def_property_readonly("float64", &HessianAccumulator::is_float64);
+}
+
+}  // namespace quantease::bindings

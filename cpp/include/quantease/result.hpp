@@ -1,0 +1,27 @@
+// The raw output of a solver before it becomes a Python QuantResult.
+#pragma once
+
+#include "quantease/types.hpp"
+
+namespace quantease {
+
+struct QuantOutput {
+  RowMatrixXf weight;   // rows x cols, dequantized (outliers not included)
+  RowMatrixU8 codes;    // rows x cols, original column order
+  RowMatrixXf scales;   // rows x groups (empty for codebook grids)
+  RowMatrixXf zeros;    // rows x groups, integer-valued
+  VectorXi32 g_idx;     // cols: group of each original column
+  VectorXi64 perm;      // processing order (empty without act-order)
+  double damp = 0.0;    // relative damping that factored H (0 when no H)
+  int damp_attempts = 0;
+};
+
+// weight[r, c] = scales[r, g] * (codes[r, c] - zeros[r, g]) with g = g_idx[c]; the same float32
+// arithmetic as dequantize() in grid.hpp, so the solver's q values and `weight` agree bit for bit.
+void dequantize_affine(QuantOutput& out);
+
+// g_idx for `cols` columns: c / group_size, or for act-order with dynamic groups the group of the
+// position at which column c was processed (invperm[c] / group_size). All zeros when group_size <= 0.
+VectorXi32 group_index(Index cols, Index group_size, const VectorXi64& perm, bool by_processing_order);
+
+}  // namespace quantease

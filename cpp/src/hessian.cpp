@@ -1,0 +1,120 @@
+// Hessian accumulation, preparation for the column loops, and the layer loss (see hessian.hpp).
+#include "quantease/hessian.hpp"
+
+#include <algorithm>
+#include <numeric>
+
+#include "quantease/parallel.hpp"
+
+namespace quantease {
+namespace {
+constexpr Index kColumnBlock = 128;
+
+// acc[c0:, c0:c1] += X[:, c0:]^T X[:, c0:c1] for every column block: the lower triangle of X^T X.
+template <class Acc, class X>
+void add_lower_product(Acc& acc, const X& x) {
+  const Index cols = x.cols();
+  parallel_chunks(cols, kColumnBlock, [&](Index c0, Index c1) {
+    acc.block(c0, c0, cols - c0, c1 - c0).noalias() +=
+        x.rightCols(cols - c0).transpose() * x.middleCols(c0, c1 - c0);
+  });
+}
+}  // namespace
+
+HessianAccumulator::HessianAccumulator(Index cols, bool float64) : cols_(cols), float64_(float64) { reset(); }
+
+void HessianAccumulator::reset() {
+  samples_ = 0;
+  if (float64_) acc64_.setZero(cols_, cols_);
+  else acc32_.setZero(cols_, cols_);
+}
+
+void HessianAccumulator::add(const ConstRowMatrixRef<float>& X) {
+  if (float64_) {
+    const RowMatrixXd xd = X.cast<double>();
+    add_lower_product(acc64_, xd);
+  } else {
+    add_lower_product(acc32_, X);
+  }
+  samples_ += X.rows();
+}
+
+void HessianAccumulator::add(const ConstRowMatrixRef<double>& X) {
+  if (float64_) {
+    add_lower_product(acc64_, X);
+  } else {
+    const RowMatrixXf xf = X.cast<float>();
+    add_lower_product(acc32_, xf);
+  }
+  samples_ += X.rows();
+}
+
+RowMatrixXd HessianAccumulator::hessian_f64() const {
+  RowMatrixXd h = float64_ ? RowMatrixXd(acc64_) : RowMatrixXd(acc32_.cast<double>());
+  h.triangularView<Eigen::StrictlyUpper>() = h.transpose();
+  if (samples_ > 0) h *= 2.0 / static_cast<double>(samples_);
+  return h;
+}
+
+RowMatrixXf HessianAccumulator::hessian_f32() const {
+  if (float64_) return hessian_f64().cast<float>();
+  RowMatrixXf h = acc32_;
+  h.triangularView<Eigen::StrictlyUpper>() = h.transpose();
+  if (samples_ > 0) h *= static_cast<float>(2.0 / static_cast<double>(samples_));
+  return h;
+}
+
+template <class HT>
+PreparedHessian prepare_hessian(const ConstRowMatrixRef<HT>& H, bool act_order, double damp, bool retry) {
+  const Index n = H.rows();
+  PreparedHessian prep;
+  prep.act_order = act_order;
+  prep.dead.assign(n, 0);
+  Eigen::VectorXd diag(n);
+  for (Index i = 0; i < n; ++i) {
+    prep.dead[i] = H(i, i) == HT(0);
+    diag[i] = prep.dead[i] ? 1.0 : static_cast<double>(H(i, i));
+  }
+  prep.perm.resize(n);
+  std::iota(prep.perm.data(), prep.perm.data() + n, std::int64_t{0});
+  if (act_order) {
+    std::stable_sort(prep.perm.data(), prep.perm.data() + n,
+                     [&](std::int64_t a, std::int64_t b) { return diag[a] > diag[b]; });
+  }
+  ColMatrixXd Hp(n, n);
+  parallel_chunks(n, kColumnBlock, [&](Index c0, Index c1) {
+    for (Index b = c0; b < c1; ++b) {
+      const Index pb = prep.perm[b];
+      for (Index a = 0; a < n; ++a) Hp(a, b) = static_cast<double>(H(prep.perm[a], pb));
+      Hp(b, b) = diag[pb];
+    }
+  });
+  prep.factor = inverse_upper_factor(Hp, damp, retry);
+  return prep;
+}
+
+template <class HT>
+double quadratic_form_sum(const ConstRowMatrixRef<double>& D, const ConstRowMatrixRef<HT>& H) {
+  const Index rows = D.rows();
+  constexpr Index kPanel = 64;
+  const Index panels = (rows + kPanel - 1) / kPanel;
+  std::vector<double> partial(panels, 0.0);
+  // d^T H d = sum_i H_ii d_i^2 + 2 sum_i d_i (sum_{j>i} H_ij d_j): a triangular product, half the flops.
+  const RowMatrixXd Hd = H.template cast<double>();
+  const Eigen::VectorXd hdiag = Hd.diagonal();
+  parallel_chunks(rows, kPanel, [&](Index r0, Index r1) {
+    const auto Dp = D.middleRows(r0, r1 - r0);
+    const RowMatrixXd T = Dp * Hd.triangularView<Eigen::StrictlyUpper>();
+    partial[r0 / kPanel] = 2.0 * (T.array() * Dp.array()).sum() +
+                           (Dp.array().square().rowwise() * hdiag.transpose().array()).sum();
+  });
+  // Fixed-order sum of the panel partials: the same result for any thread count.
+  return std::accumulate(partial.begin(), partial.end(), 0.0);
+}
+
+template PreparedHessian prepare_hessian<float>(const ConstRowMatrixRef<float>&, bool, double, bool);
+template PreparedHessian prepare_hessian<double>(const ConstRowMatrixRef<double>&, bool, double, bool);
+template double quadratic_form_sum<float>(const ConstRowMatrixRef<double>&, const ConstRowMatrixRef<float>&);
+template double quadratic_form_sum<double>(const ConstRowMatrixRef<double>&, const ConstRowMatrixRef<double>&);
+
+}  // namespace quantease

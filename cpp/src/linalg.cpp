@@ -1,0 +1,115 @@
+// Blocked Cholesky and the damped inverse factor (see linalg.hpp).
+#include "quantease/linalg.hpp"
+
+#include <cmath>
+#include <sstream>
+
+#include "quantease/errors.hpp"
+#include "quantease/parallel.hpp"
+
+namespace quantease {
+namespace {
+
+constexpr Index kPanel = 128;  // Cholesky panel and parallel block width
+
+// Unblocked lower Cholesky of the diagonal block A[k0:k1, k0:k1]; returns the failing index or -1.
+Index cholesky_diagonal_block(ColMatrixXd& A, Index k0, Index k1) {
+  for (Index j = k0; j < k1; ++j) {
+    double d = A(j, j);
+    for (Index p = k0; p < j; ++p) d -= A(j, p) * A(j, p);
+    if (!(d > 0.0) || !std::isfinite(d)) return j;
+    d = std::sqrt(d);
+    A(j, j) = d;
+    for (Index i = j + 1; i < k1; ++i) {
+      double s = A(i, j);
+      for (Index p = k0; p < j; ++p) s -= A(i, p) * A(j, p);
+      A(i, j) = s / d;
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+Index cholesky_lower_inplace(ColMatrixXd& A) {
+  const Index n = A.rows();
+  for (Index k = 0; k < n; k += kPanel) {
+    const Index kb = std::min(kPanel, n - k);
+    const Index failed = cholesky_diagonal_block(A, k, k + kb);
+    if (failed >= 0) return failed;
+    const Index rest = n - k - kb;
+    if (rest == 0) break;
+    // Panel below the diagonal block: A21 <- A21 L11^{-T}, rows independent.
+    parallel_chunks(rest, kPanel, [&](Index r0, Index r1) {
+      auto A21 = A.block(k + kb + r0, k, r1 - r0, kb);
+      A.block(k, k, kb, kb).triangularView<Eigen::Lower>().transpose().solveInPlace<Eigen::OnTheRight>(A21);
+    });
+    // Trailing update of the lower triangle: A22 -= A21 A21^T, one column block per task.
+    const auto A21 = A.block(k + kb, k, rest, kb);
+    parallel_chunks(rest, kPanel, [&](Index c0, Index c1) {
+      A.block(k + kb + c0, k + kb + c0, rest - c0, c1 - c0).noalias() -=
+          A21.bottomRows(rest - c0) * A21.middleRows(c0, c1 - c0).transpose();
+    });
+  }
+  return -1;
+}
+
+std::vector<double> damping_ladder(double damp, bool retry) {
+  std::vector<double> ladder{damp};
+  if (!retry) return ladder;
+  double d = damp > 0.0 ? damp * 10.0 : 1e-4;
+  for (; d <= 100.0 * (1.0 + 1e-12); d *= 10.0) ladder.push_back(d);
+  return ladder;
+}
+
+InverseFactor inverse_upper_factor(const ColMatrixXd& H, double damp, bool retry) {
+  const Index n = H.rows();
+  const double mean_diag = H.diagonal().mean();
+  if (!(mean_diag > 0.0)) {
+    std::ostringstream msg;
+    msg << "the Hessian's mean diagonal is " << mean_diag
+        << " (must be > 0): H must be positive semi-definite, e.g. (2/n) X X^T of the layer inputs";
+    throw NumericalError(msg.str());
+  }
+  // J H J: the reversed matrix, whose lower factor's inverse, reversed back, is U.
+  const ColMatrixXd reversed = H.reverse();
+  ColMatrixXd L;
+  Index failed = -1;
+  InverseFactor out;
+  for (const double d : damping_ladder(damp, retry)) {
+    ++out.attempts;
+    L = reversed;
+    L.diagonal().array() += d * mean_diag;
+    failed = cholesky_lower_inplace(L);
+    if (failed < 0) {
+      out.damp = d;
+      break;
+    }
+  }
+  if (failed >= 0) {
+    const auto ladder = damping_ladder(damp, retry);
+    std::ostringstream msg;
+    msg << "Cholesky factorization of the damped Hessian failed: the leading minor of order " << failed + 1
+        << " of the reversed H (its trailing " << failed + 1 << " x " << failed + 1
+        << " block in processing order) is not positive definite, with relative damping " << ladder.back();
+    if (retry)
+      msg << " after trying " << ladder.size() << " dampings from " << ladder.front();
+    msg << ". Check that H is (2/n) X X^T of finite inputs, collect more calibration samples, or raise damp.";
+    throw NumericalError(msg.str());
+  }
+  // L^{-1} one column block at a time: block [c0, c1) of L^{-1} is zero above row c0, so it solves the
+  // trailing system L[c0:, c0:] X = I[c0:, c0:c1]. U(n-1-r, n-1-c) = L^{-1}(r, c) for r >= c.
+  out.U.setZero(n, n);
+  parallel_chunks(n, kPanel, [&](Index c0, Index c1) {
+    const Index m = n - c0;
+    ColMatrixXd X = ColMatrixXd::Identity(m, c1 - c0);
+    L.bottomRightCorner(m, m).triangularView<Eigen::Lower>().solveInPlace(X);
+    for (Index r = c0; r < n; ++r) {
+      float* urow = out.U.row(n - 1 - r).data();
+      for (Index c = c0; c < std::min(c1, r + 1); ++c) urow[n - 1 - c] = static_cast<float>(X(r - c0, c - c0));
+    }
+  });
+  return out;
+}
+
+}  // namespace quantease

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Development build: compiles python/quantease/_core*.so in place, so that PYTHONPATH=python works
+# without reinstalling. Uses the Python given by $PYTHON (default: python3) for pybind11 and Eigen.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+pybind11_dir=$("$PYTHON" -c 'import pybind11; print(pybind11.get_cmake_dir())')
+cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DSKBUILD_PROJECT_VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)" \
+  -DPython_EXECUTABLE="$(command -v "$PYTHON")" -Dpybind11_DIR="$pybind11_dir" >/dev/null
+cmake --build build/dev -j "${JOBS:-2}"
