@@ -1,0 +1,408 @@
+"""The sequential (layer-by-layer) quantization pipeline of GPTQ / QuantEase for a PyTorch model.
+
+``quantize_model`` captures what the first block receives on the calibration batches, then for each block:
+collect the Hessians of its linear layers from its current inputs, solve each layer with a quantease solver,
+write the quantized weights back, and run the block again — now quantized — to get the next block's inputs.
+With ``true_sequential`` the layers of a block are solved in groups in the order they run ([q, k, v], [o],
+[gate, up], [down] for Llama), each group's Hessians re-collected after the earlier groups were quantized.
+Only one block's activations are alive at a time, and the model is never copied.
+
+Resume: with ``checkpoint_dir``, every finished block is written atomically (temporary file, fsync,
+os.replace) as ``block_00000.pt``...: its quantized weights, its per-layer records and the run's settings.
+Activations are NOT saved (they are as large as a block's output on all calibration tokens, e.g. 4 GiB per
+block for a 7B model on 128 x 2048 tokens); a rerun loads the finished blocks' weights and recomputes the
+next block's inputs by running the calibration batches through the quantized finished blocks, which is the
+very computation the uninterrupted run did, so the final weights are bit-identical (given deterministic
+kernels and the same thread count; checked by tests/test_torch_pipeline.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+import quantease
+
+from .blocks import BlockInputs, capture_block_inputs, layer_weight, linear_layers, resolve_blocks, \
+    set_layer_weight
+from .torch import HessianCollector, trace_input_groups
+
+__all__ = ["quantize_model", "QuantReport", "LayerRecord", "METHODS"]
+
+log = logging.getLogger("quantease")
+
+# Every solver the pipeline knows, and those that take no Hessian.
+METHODS = ("rtn", "gptq", "quantease", "easyquant", "leanquant")
+_NO_HESSIAN = ("rtn", "easyquant")
+_CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class LayerRecord:
+    """What happened to one layer. loss = Σ_rows (w - ŵ)ᵀ H (w - ŵ); relative_loss = loss / tr(W H Wᵀ)."""
+
+    block: int
+    name: str
+    method: str
+    bits: int
+    group_size: int
+    shape: Tuple[int, int]          # rows x cols (out x in features)
+    loss: float
+    relative_loss: float
+    seconds: float                  # solver wall time
+    damp: Optional[float]           # damping the solver used (relative to mean diag H), None if none
+    n_samples: int                  # calibration rows (tokens) behind the Hessian
+    group: int                      # input group inside the block, in run order (see trace_input_groups)
+
+
+_COLUMNS = (("block", "block"), ("layer", "name"), ("method", "method"), ("bits", "bits"),
+            ("group", "group_size"), ("shape", "shape"), ("loss", "loss"), ("rel. loss", "relative_loss"),
+            ("damp", "damp"), ("tokens", "n_samples"), ("seconds", "seconds"))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    return str(value)
+
+
+class QuantReport(list):
+    """The per-layer records of a ``quantize_model`` run (a list of LayerRecord, in solve order).
+
+    ``results`` maps layer names to the solvers' QuantResult when the run kept them (``keep_results=True``);
+    ``resumed_blocks`` is the number of blocks taken from a checkpoint; ``seconds`` the run's wall time."""
+
+    def __init__(self, records: Iterable[LayerRecord] = ()):
+        super().__init__(records)
+        self.results: Dict[str, Any] = {}
+        self.resumed_blocks = 0
+        self.seconds = 0.0
+
+    def to_dicts(self) -> List[Dict[str, Any]]:
+        return [dataclasses.asdict(r) for r in self]
+
+    def to_markdown(self) -> str:
+        head = "| " + " | ".join(c for c, _ in _COLUMNS) + " |"
+        rule = "|" + "|".join("---" for _ in _COLUMNS) + "|"
+        rows = ["| " + " | ".join(_fmt(getattr(r, f)) for _, f in _COLUMNS) + " |" for r in self]
+        return "\n".join([head, rule, *rows])
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+# ---------------------------------------------------------------------------------------------- solvers
+
+def _resolve_solver(method: Union[str, Callable]) -> Tuple[str, Callable, bool]:
+    """(name, function, takes_hessian). A callable is used as is and gets H (tests use stub solvers)."""
+    if callable(method):
+        return getattr(method, "__name__", type(method).__name__), method, True
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)} (or a callable), got {method!r}")
+    fn = getattr(quantease, method, None)
+    if fn is None:
+        have = [m for m in METHODS if getattr(quantease, m, None) is not None]
+        raise ValueError(f"method {method!r} is not available in this build of quantease "
+                         f"(quantease.{method} is missing); available: {', '.join(have) or 'none'}")
+    return method, fn, method not in _NO_HESSIAN
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+def _to_storable(value: Any) -> Any:
+    """NumPy -> torch tensors and plain Python, so torch.load(weights_only=True) can read it back."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value, copy=True))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _to_storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_storable(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__dataclass__": type(value).__name__,
+                **{f.name: _to_storable(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    return value
+
+
+def _from_storable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, list):
+        return [_from_storable(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_from_storable(v) for v in value)
+    if isinstance(value, dict):
+        kind = value.get("__dataclass__")
+        fields = {k: _from_storable(v) for k, v in value.items() if k != "__dataclass__"}
+        if kind == "SparseOutliers":
+            from .result import SparseOutliers
+            fields["shape"] = tuple(fields["shape"])
+            return SparseOutliers(**fields)
+        if kind == "QuantResult":
+            from .result import QuantResult
+            return QuantResult(**fields)
+        return types.SimpleNamespace(**fields) if kind else fields
+    return value
+
+
+def _result_to_storable(result: Any) -> Any:
+    if dataclasses.is_dataclass(result):
+        return _to_storable(result)
+    return {"__dataclass__": type(result).__name__, **{k: _to_storable(v) for k, v in vars(result).items()}}
+
+
+class _Checkpoint:
+    """One file per finished block in ``directory``; see the module docstring."""
+
+    def __init__(self, directory: str, config: Dict[str, Any]):
+        self.directory = directory
+        self.config = config
+        os.makedirs(directory, exist_ok=True)
+
+    def path(self, i: int) -> str:
+        return os.path.join(self.directory, f"block_{i:05d}.pt")
+
+    def save(self, i: int, block_name: str, weights: Dict[str, torch.Tensor], records: List[LayerRecord],
+             results: Optional[Dict[str, Any]]) -> None:
+        payload = {
+            "format": _CHECKPOINT_FORMAT,
+            "config": self.config,
+            "block": i,
+            "block_name": block_name,
+            "weights": {k: v.detach().to("cpu").clone() for k, v in weights.items()},
+            "records": [dataclasses.asdict(r) for r in records],
+            "results": None if results is None else {k: _result_to_storable(v) for k, v in results.items()},
+        }
+        final = self.path(i)
+        tmp = f"{final}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        try:  # make the rename itself durable
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    def load(self, i: int, block_name: str) -> Optional[Dict[str, Any]]:
+        """The payload of finished block i, or None when it has not finished. ValueError when the file was
+        written by a run with other settings or data."""
+        path = self.path(i)
+        if not os.path.exists(path):
+            return None
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}, expected {_CHECKPOINT_FORMAT}")
+        old = payload["config"]
+        diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} there, {self.config.get(k)!r} now" for k in diff)
+            raise ValueError(f"checkpoint_dir {self.directory!r} belongs to a run with other settings ({shown}); "
+                             f"use another directory or delete it")
+        if payload["block"] != i or payload["block_name"] != block_name:
+            raise ValueError(f"{path} holds block {payload['block']} ({payload['block_name']}), "
+                             f"expected block {i} ({block_name})")
+        return payload
+
+
+# ------------------------------------------------------------------------------------------------ pipeline
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc="quantize", unit="block")
+
+
+def _solve_layer(block_index: int, group: int, name: str, module: nn.Module, H: np.ndarray, n_samples: int,
+                 solver: Tuple[str, Callable, bool], bits: int, group_size: int, sym: bool,
+                 solver_kwargs: Dict[str, Any]) -> Tuple[LayerRecord, Any]:
+    """Quantize one layer from its Hessian and write the dequantized weight back into the module."""
+    method, fn, takes_h = solver
+    W = layer_weight(module)
+    t0 = time.perf_counter()
+    if takes_h:
+        result = fn(W, H, bits=bits, group_size=group_size, sym=sym, **solver_kwargs)
+    else:
+        result = fn(W, bits=bits, group_size=group_size, sym=sym, **solver_kwargs)
+    seconds = time.perf_counter() - t0
+    W_hat = np.asarray(result.weight)
+    if W_hat.shape != W.shape:
+        raise ValueError(f"{method} returned a {W_hat.shape} weight for layer {name} of shape {W.shape}")
+    if not np.all(np.isfinite(W_hat)):
+        raise quantease.NumericalError(f"{method} returned non-finite weights for layer {name}")
+    loss = getattr(result, "loss", None)
+    loss = float(quantease.layer_loss(W, W_hat, H)) if loss is None else float(loss)
+    energy = float(quantease.layer_loss(W, np.zeros_like(W), H))
+    relative = loss / energy if energy > 0 else (0.0 if loss == 0 else float("inf"))
+    damp = getattr(result, "damp", None)
+    set_layer_weight(module, W_hat)
+    record = LayerRecord(block=block_index, name=name, method=method, bits=bits, group_size=group_size,
+                         shape=tuple(W.shape), loss=loss, relative_loss=relative, seconds=seconds,
+                         damp=None if damp is None else float(damp), n_samples=n_samples, group=group)
+    log.info("block %d %s: %s %d-bit g%d loss=%.4g rel=%.3g damp=%s tokens=%d %.2fs", block_index, name, method,
+             bits, group_size, loss, relative, "-" if damp is None else f"{damp:.3g}", n_samples, seconds)
+    return record, result
+
+
+def _quantize_block(i: int, block_name: str, block: nn.Module, inputs: BlockInputs, *,
+                    solver, bits, group_size, sym, true_sequential, skip, hessian_dtype, solver_kwargs,
+                    on_layer, bar) -> Tuple[List[LayerRecord], Dict[str, Any]]:
+    layers = linear_layers(block, prefix=block_name, skip=skip)
+    if not layers:
+        return [], {}
+    # One forward of the first batch finds the run order and which layers share an input.
+    trace = trace_input_groups(layers, lambda: inputs.run(block, 0))
+    groups = trace.groups
+    for name in trace.never_called:
+        log.warning("block %d: layer %s never ran on the calibration data; left unquantized", i, name)
+    # Not true-sequential: every group's Hessian from one pass over the unquantized block.
+    passes = groups if true_sequential else [sum(groups, [])]
+    # A collection pass can end once its layers have run, when every layer runs once per forward.
+    can_stop = all(c == 1 for n, c in trace.calls.items() if n not in trace.never_called)
+    group_of = {name: g for g, grp in enumerate(groups) for name in grp}
+    records: List[LayerRecord] = []
+    results: Dict[str, Any] = {}
+    for k, names in enumerate(passes):
+        collector = HessianCollector({n: layers[n] for n in names}, dtype=hessian_dtype,
+                                     shared=[g for g in groups if g[0] in names])
+        stop_after = [layers[n] for n in names] if can_stop and k + 1 < len(passes) else ()
+        with collector, torch.no_grad():
+            inputs.run_all(block, stop_after=stop_after)
+        for name in names:
+            if bar is not None:
+                bar.set_postfix_str(".".join(name.split(".")[-2:]))
+            H = collector.hessian(name)
+            record, result = _solve_layer(i, group_of[name], name, layers[name], H, collector.n_samples(name), solver, bits,
+                                          group_size, sym, solver_kwargs)
+            records.append(record)
+            results[name] = result
+            if on_layer is not None:
+                on_layer(record, result, H)
+        del collector
+    return records, results
+
+
+def quantize_model(model: nn.Module, calibration_batches: Iterable[Any], method: Union[str, Callable] = "quantease",
+                   bits: int = 4, group_size: int = 128, sym: bool = False, true_sequential: bool = True,
+                   blocks: Union[None, str, Sequence[nn.Module]] = None, skip: Sequence[str] = ("lm_head",),
+                   checkpoint_dir: Optional[str] = None, progress: bool = True,
+                   solver_kwargs: Optional[Dict[str, Any]] = None, *, hessian_dtype: str = "float64",
+                   keep_results: bool = False,
+                   on_layer: Optional[Callable[[LayerRecord, Any, np.ndarray], None]] = None) -> QuantReport:
+    """Quantize every linear layer of the model's repeated blocks in place, block by block.
+
+    model: a PyTorch model (HF transformers decoder or encoder, or any model whose blocks sit in an
+        nn.ModuleList); it is modified in place: each quantized layer's weight becomes the solver's
+        dequantized weight (cast to the layer's dtype).
+    calibration_batches: iterable of model inputs, each a tensor (``model(x)``), a tuple (``model(*x)``) or a
+        mapping (``model(**x)``), e.g. {"input_ids": ..., "attention_mask": ...}. Iterated once.
+    method: "rtn", "gptq", "quantease", "easyquant", "leanquant" (``quantease.<method>``), or a callable
+        ``f(W, H, *, bits, group_size, sym, **solver_kwargs) -> QuantResult``.
+    bits, group_size, sym, solver_kwargs: passed to the solver (group_size=-1: one grid per row).
+    true_sequential: solve a block's layers group by group in run order, re-collecting each group's Hessians
+        with the earlier groups quantized; else all from the unquantized block.
+    blocks: None (found by ``find_blocks``), a dotted path ('model.layers') or a list of submodules.
+    skip: layer-name patterns left in full precision (a full name, a name component, or a glob).
+    checkpoint_dir: resume directory (see module docstring); a finished run's directory returns at once.
+    hessian_dtype: accumulator precision, "float64" or "float32".
+    keep_results: keep every layer's QuantResult (codes, scales, zeros, ...) in ``report.results`` (and in
+        the checkpoint), e.g. for quantease.export.
+    on_layer: called as ``on_layer(record, result, H)`` after each layer is written back.
+
+    Returns a QuantReport (list of LayerRecord; ``.to_markdown()``)."""
+    solver = _resolve_solver(method)
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
+        raise ValueError(f"bits must be an integer in [1, 16], got {bits!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or \
+            not (group_size == -1 or group_size > 0):
+        raise ValueError(f"group_size must be -1 or a positive integer, got {group_size!r}")
+    if hessian_dtype not in ("float64", "float32"):
+        raise ValueError(f"hessian_dtype must be 'float64' or 'float32', got {hessian_dtype!r}")
+    if isinstance(skip, str):
+        skip = (skip,)
+    solver_kwargs = dict(solver_kwargs or {})
+    block_list = resolve_blocks(model, blocks)
+    t_start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    report = QuantReport()
+    bar = None
+    try:
+        inputs, digest = capture_block_inputs(model, block_list[0][1], calibration_batches)
+        ckpt = None
+        start = 0
+        if checkpoint_dir is not None:
+            config = {"method": solver[0], "bits": int(bits), "group_size": int(group_size), "sym": bool(sym),
+                      "true_sequential": bool(true_sequential), "skip": list(skip), "hessian_dtype": hessian_dtype,
+                      "solver_kwargs": repr(sorted(solver_kwargs.items())),
+                      "blocks": [name for name, _ in block_list], "calibration_sha256": digest}
+            ckpt = _Checkpoint(checkpoint_dir, config)
+            for i, (block_name, block) in enumerate(block_list):
+                payload = ckpt.load(i, block_name)
+                if payload is None:
+                    break
+                layers = linear_layers(block, prefix=block_name)
+                for name, w in payload["weights"].items():
+                    with torch.no_grad():
+                        layers[name].weight.copy_(w)
+                report.extend(LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in payload["records"])
+                if keep_results:
+                    if payload["results"] is None:
+                        raise ValueError(f"{ckpt.path(i)} was written without keep_results; "
+                                         f"rerun without keep_results or use another directory")
+                    report.results.update({k: _from_storable(v) for k, v in payload["results"].items()})
+                start = i + 1
+            report.resumed_blocks = start
+            if start:
+                log.info("resuming after %d finished block(s) from %s", start, checkpoint_dir)
+        with torch.no_grad():
+            # Resume: the finished (quantized) blocks recompute the inputs of the first unfinished one.
+            for _, block in block_list[:start]:
+                inputs.advance(block)
+        bar = _progress_bar(len(block_list), start, progress)
+        for i in range(start, len(block_list)):
+            block_name, block = block_list[i]
+            records, results = _quantize_block(
+                i, block_name, block, inputs, solver=solver, bits=int(bits), group_size=int(group_size), sym=sym,
+                true_sequential=true_sequential, skip=skip, hessian_dtype=hessian_dtype,
+                solver_kwargs=solver_kwargs, on_layer=on_layer, bar=bar)
+            report.extend(records)
+            if keep_results:
+                report.results.update(results)
+            if i + 1 < len(block_list):
+                with torch.no_grad():
+                    inputs.advance(block)   # the next block's inputs, from the quantized block
+            if ckpt is not None:
+                layers = linear_layers(block, prefix=block_name)
+                ckpt.save(i, block_name, {r.name: layers[r.name].weight for r in records}, records,
+                          results if keep_results else None)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    report.seconds = time.perf_counter() - t_start
+    return report
