@@ -22,6 +22,9 @@ inline py::dict output_to_dict(QuantOutput&& out) {
   else d["perm"] = py::none();
   d["damp"] = out.damp;
   d["damp_attempts"] = out.damp_attempts;
+  py::dict seconds;
+  for (const auto& [phase, s] : out.seconds) seconds[py::str(phase)] = s;
+  d["phase_seconds"] = seconds;
   return d;
 }
 

@@ -68,9 +68,11 @@ QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>&
   grid_opt.mse = opt.mse;
   grid_opt.reference = opt.reference;
 
-  const PreparedHessian prep = prepare_hessian(H, opt.act_order, opt.damp, !opt.reference);
-
   QuantOutput out;
+  PhaseTimer timer(out);
+  const PreparedHessian prep = prepare_hessian(H, opt.act_order, opt.damp, !opt.reference);
+  timer.lap("factor");
+
   out.damp = prep.factor.damp;
   out.damp_attempts = prep.factor.attempts;
   out.codes.resize(rows, cols);
@@ -104,6 +106,7 @@ QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>&
     });
   }
 
+  timer.lap("grids");
   ColumnLoopOptions loop_opt;
   loop_opt.block_size = opt.block_size;
   loop_opt.group_size = dynamic_groups ? gs : -1;
@@ -122,9 +125,11 @@ QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>&
       for (Index j = 0; j < cols; ++j) out.codes(r0 + r, perm[j]) = codes(r, j);
   });
 
+  timer.lap("column_loop");
   if (opt.act_order) out.perm = perm;
   out.g_idx = group_index(cols, gs, perm, dynamic_groups && opt.act_order);
   dequantize_affine(out);
+  timer.lap("dequantize");
   return out;
 }
 

@@ -9,7 +9,8 @@ NumPy in, NumPy out::
 PyTorch helpers live in ``quantease.torch`` (needs torch), exporters in ``quantease.export``.
 """
 from . import _core
-from ._core import HessianAccumulator, NumericalError
+from ._core import NumericalError
+from ._hessian import HessianAccumulator
 from ._gptq import gptq
 from ._loss import layer_loss
 from ._rtn import rtn

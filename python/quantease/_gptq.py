@@ -50,4 +50,4 @@ def gptq(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_or
     return QuantResult(weight=out["weight"], codes=out["codes"], scales=out["scales"], zeros=out["zeros"],
                        g_idx=out["g_idx"], perm=out["perm"], loss=layer_loss(W, out["weight"], Hf),
                        damp=out["damp"], bits=bits, group_size=group_size, sym=flags["sym"], method="gptq",
-                       seconds=seconds, info={"damp_attempts": out["damp_attempts"]})
+                       seconds=seconds, info={"damp_attempts": out["damp_attempts"], "phase_seconds": out["phase_seconds"]})

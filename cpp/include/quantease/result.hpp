@@ -1,6 +1,10 @@
 // The raw output of a solver before it becomes a Python QuantResult.
 #pragma once
 
+#include <chrono>
+#include <string>
+#include <utility>
+
 #include "quantease/types.hpp"
 
 namespace quantease {
@@ -14,6 +18,22 @@ struct QuantOutput {
   VectorXi64 perm;      // processing order (empty without act-order)
   double damp = 0.0;    // relative damping that factored H (0 when no H)
   int damp_attempts = 0;
+  std::vector<std::pair<std::string, double>> seconds;  // where the time went, phase by phase
+};
+
+// Wall-clock phases of a solve, appended to QuantOutput::seconds.
+class PhaseTimer {
+ public:
+  explicit PhaseTimer(QuantOutput& out) : out_(out), last_(std::chrono::steady_clock::now()) {}
+  void lap(const char* phase) {
+    const auto now = std::chrono::steady_clock::now();
+    out_.seconds.emplace_back(phase, std::chrono::duration<double>(now - last_).count());
+    last_ = now;
+  }
+
+ private:
+  QuantOutput& out_;
+  std::chrono::steady_clock::time_point last_;
 };
 
 // weight[r, c] = scales[r, g] * (codes[r, c] - zeros[r, g]) with g = g_idx[c]; the same float32

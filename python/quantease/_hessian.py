@@ -1,0 +1,55 @@
+"""HessianAccumulator: H = (2/n) sum x x^T over streamed batches of layer inputs, in the C++ core."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from ._validate import check_positive_int
+
+
+class HessianAccumulator:
+    """Streams batches X (n_k x cols, one sample per row) into H = (2/n) sum_k X_k^T X_k.
+
+    ``dtype="float64"`` (default) accumulates in float64 and computes each batch product in float64;
+    ``"float32"`` is about twice as fast and fine for short streams. ``add`` releases the GIL, so a data
+    loader thread can keep running. Batches of any real float dtype and memory order are accepted
+    (float32/float64 C-contiguous ones without a copy).
+    """
+
+    def __init__(self, cols: int, dtype: str = "float64"):
+        cols = check_positive_int("cols", cols)
+        if dtype not in ("float64", "float32", np.float64, np.float32):
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        self._acc = _core.HessianAccumulator(cols, float64=np.dtype(dtype) == np.float64)
+
+    def add(self, X) -> None:
+        X = np.asarray(X)
+        if X.dtype.kind != "f":
+            raise ValueError(f"X must be a real floating-point array (float16/float32/float64), got {X.dtype}")
+        if X.ndim == 1:
+            X = X[None, :]
+        elif X.ndim != 2:
+            X = X.reshape(-1, X.shape[-1])  # (batch, tokens, cols) -> (batch * tokens, cols)
+        self._acc.add(np.ascontiguousarray(X, dtype=np.float32 if X.dtype.itemsize <= 4 else np.float64))
+
+    def hessian(self) -> np.ndarray:
+        """(2/n) X^T X so far: float64 or float32 as the accumulator, symmetric, zeros before any add."""
+        return self._acc.hessian()
+
+    def reset(self) -> None:
+        self._acc.reset()
+
+    @property
+    def cols(self) -> int:
+        return self._acc.cols
+
+    @property
+    def n_samples(self) -> int:
+        return self._acc.n_samples
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float64 if self._acc.float64 else np.float32)
+
+    def __repr__(self) -> str:
+        return f"HessianAccumulator(cols={self.cols}, dtype={self.dtype.name!r}, n_samples={self.n_samples})"
