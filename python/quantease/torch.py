@@ -30,7 +30,7 @@ __all__ = ["HessianCollector", "trace_input_groups", "LayerTrace", "quantize_mod
 def _accumulator(cols: int, dtype: str):
     if dtype not in ("float64", "float32"):
         raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    return quantease.HessianAccumulator(cols, float64=dtype == "float64")
+    return quantease.HessianAccumulator(cols, dtype=dtype)
 
 
 def _in_features(module: nn.Module) -> int:
