@@ -38,11 +38,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .models import FetchError, PackageFile, PyPIPackage, fetch_pypi, resolve_cache_dir
+from .models import FetchError, PackageFile, PyPIPackage, _unpacked_ok, fetch_pypi, resolve_cache_dir
 
 __all__ = [
     "TEXTS",
     "load_text",
+    "is_cached",
     "load_sentences",
     "tokenize",
     "calibration_batches",
@@ -361,6 +362,16 @@ def load_text(name: str, split: str = "all", *, cache_dir: str | os.PathLike[str
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {', '.join(_SPLITS)}, got {split!r}")
     return _load_text_cached(name, split, str(resolve_cache_dir(cache_dir)))
+
+
+def is_cached(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> bool:
+    """True when corpus ``name`` can be loaded without any download."""
+    if name not in TEXTS:
+        raise ValueError(f"unknown text {name!r}; known: {', '.join(sorted(TEXTS))}")
+    root = resolve_cache_dir(cache_dir)
+    if name == "austen":
+        return any((root / "downloads").glob(f"{_AUSTEN_DEB}_*.deb"))
+    return _unpacked_ok(GENSIM_PACKAGE, root)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
