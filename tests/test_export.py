@@ -82,6 +82,24 @@ def test_row_bytes_roundtrip_against_bitwise_reference(bits, k):
     np.testing.assert_array_equal(unpack_rows_bytes(packed, bits, k), codes)
 
 
+def test_pack_roundtrip_property():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.given(bits=st.integers(1, 8), word_bits=st.sampled_from([8, 32]), units=st.integers(1, 4),
+                      cols=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
+    def check(bits, word_bits, units, cols, seed):
+        per = values_per_unit(bits, word_bits)
+        values = np.random.default_rng(seed).integers(0, 1 << bits, size=(units * per, cols))
+        packed = pack_axis0(values, bits, word_bits)
+        assert packed.shape == (units * per * bits // word_bits, cols)
+        np.testing.assert_array_equal(unpack_axis0(packed, bits, None, word_bits), values)
+        rows = pack_rows_bytes(values.T, bits)
+        np.testing.assert_array_equal(unpack_rows_bytes(rows, bits, values.shape[0]), values.T)
+
+    check()
+
+
 def test_four_bit_bytes_hold_two_codes_low_nibble_first():
     packed = pack_rows_bytes(np.array([[1, 2, 3]]), 4)
     assert packed.tolist() == [[0x21, 0x03]]
@@ -227,11 +245,14 @@ def test_passthrough_tensors_and_bias(tmp_path):
 def test_passthrough_torch_tensors(tmp_path):
     torch = pytest.importorskip("torch")
     r = make_result(9, group_size=32)
-    extra = {"emb.weight": torch.ones(10, 4, dtype=torch.bfloat16)}
+    emb = torch.arange(40, dtype=torch.bfloat16).reshape(10, 4)
+    # Tied weights (one storage under two names) and views are written as separate copies.
+    extra = {"emb.weight": emb, "lm_head.weight": emb, "first_rows": emb[:2]}
     export.save_gptq(tmp_path, {"l": (r, torch.zeros(r.shape[0]))}, extra_tensors=extra)
     from safetensors.torch import load_file as load_pt
     t = load_pt(str(tmp_path / "model.safetensors"))
     assert t["emb.weight"].dtype == torch.bfloat16
+    assert torch.equal(t["lm_head.weight"], emb) and torch.equal(t["first_rows"], emb[:2])
     assert t["l.qweight"].dtype == torch.int32 and t["l.bias"].dtype == torch.float16
 
 
@@ -417,3 +438,97 @@ def test_real_gptq_act_order_result_round_trips(tmp_path):
     np.testing.assert_array_equal(gptq_qweight_codes(t["l.qweight"], 4), r.codes)
     np.testing.assert_array_equal(t["l.g_idx"], r.g_idx)
     assert np.abs(export.load_gptq(tmp_path)["l"] - r.weight).max() == pytest.approx(export.gptq_deviation(r))
+
+
+# ------------------------------------------------------------------------------------------------ transformers
+
+# Runs in a subprocess: importing gptqmodel sets environment variables and patches safetensors and
+# transformers, which must not leak into the rest of the test session.
+_HF_LOAD_SCRIPT = r"""
+import json, sys
+import numpy as np, torch
+from transformers import AutoModelForCausalLM, GPTQConfig, LlamaConfig, LlamaForCausalLM
+from quantease import export
+from quantease.result import QuantResult
+
+out_dir = sys.argv[1]
+torch.manual_seed(0)
+cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+model = LlamaForCausalLM(cfg).eval()
+state = dict(model.state_dict())
+ids = torch.randint(0, 128, (2, 16))
+report = {}
+for bits, sym, act in [(4, True, False), (3, False, True)]:
+    rng = np.random.default_rng(bits)
+    layers = {}
+    for name, mod in model.named_modules():
+        if not (isinstance(mod, torch.nn.Linear) and name.startswith("model.layers")):
+            continue
+        w = mod.weight.detach().numpy().astype(np.float32)
+        n, k = w.shape
+        gs, maxq = 32, 2 ** bits - 1
+        perm = rng.permutation(k) if act else None
+        g_idx = ((np.argsort(perm) if act else np.arange(k)) // gs).astype(np.int32)
+        groups = k // gs
+        scales = np.zeros((n, groups), np.float32)
+        zeros = np.zeros((n, groups), np.float32)
+        for g in range(groups):
+            wg = w[:, g_idx == g]
+            lo, hi = np.minimum(wg.min(1), 0), np.maximum(wg.max(1), 0)
+            if sym:
+                s, z = 2 * np.maximum(-lo, hi) / maxq, np.full(n, (maxq + 1) / 2)
+            else:
+                s = (hi - lo) / maxq
+                z = np.round(-lo / s)
+            scales[:, g] = s.astype(np.float16).astype(np.float32)
+            zeros[:, g] = z
+        codes = np.clip(np.round(w / scales[:, g_idx]) + zeros[:, g_idx], 0, maxq).astype(np.uint8)
+        r = QuantResult(weight=None, codes=codes, scales=scales, zeros=zeros, g_idx=g_idx, perm=perm, loss=None,
+                        damp=0.01, bits=bits, group_size=gs, sym=sym, method="rtn", seconds=0.0)
+        r.weight = r.grid_weight()
+        layers[name] = r
+    path = f"{out_dir}/b{bits}"
+    qc = export.save_gptq(path, layers, extra_tensors=state, config=cfg.to_dict(), strict=True)
+    q = AutoModelForCausalLM.from_pretrained(path, device_map="cpu", dtype=torch.float32,
+                                             quantization_config=GPTQConfig(bits=bits, backend="gptq_torch"))
+    # Reference: the float model carrying the solver's weights rounded to fp16 (the kernel dequantizes in fp16).
+    ref = LlamaForCausalLM(cfg).eval()
+    ref.load_state_dict(state)
+    same = True
+    with torch.no_grad():
+        for name, r in layers.items():
+            w16 = r.weight.astype(np.float16)
+            same &= bool(np.array_equal(q.get_submodule(name).dequantize_weight().T.numpy(), w16))
+            ref.get_submodule(name).weight.copy_(torch.from_numpy(w16.astype(np.float32)))
+        a, b = ref(ids).logits, q(ids).logits
+    report[f"{bits}"] = {"format": qc["checkpoint_format"], "desc_act": qc["desc_act"],
+                         "kernel": type(q.get_submodule(name)).__name__, "dequant_equal": same,
+                         "logit_diff": float((a - b).abs().max()), "logit_max": float(a.abs().max())}
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_transformers_loads_the_gptq_checkpoint_on_cpu(tmp_path):
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    missing = [m for m in ("torch", "transformers", "optimum", "gptqmodel") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"loading GPTQ checkpoints in transformers needs {', '.join(missing)} "
+                    f"(see the README's export section for a CPU install)")
+    env = dict(os.environ, OMP_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(export.__file__)),
+                                           os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _HF_LOAD_SCRIPT, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
+    assert proc.returncode == 0 and lines, (proc.stdout + proc.stderr)[-4000:]
+    report = json.loads(lines[-1][len("REPORT "):])
+    assert report["4"]["format"] == "gptq" and report["4"]["desc_act"] is False
+    assert report["3"]["format"] == "gptq_v2" and report["3"]["desc_act"] is True
+    for case in report.values():
+        # The loaded layers dequantize to the solver's weights rounded to fp16, bit for bit.
+        assert case["dequant_equal"], report
+        assert case["logit_diff"] <= 1e-3 * max(case["logit_max"], 1.0), report

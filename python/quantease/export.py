@@ -123,7 +123,7 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def _atomic_write_json(path: str, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
 def _write_safetensors(path: str, tensors: Dict[str, Any], metadata: Dict[str, str]) -> None:
@@ -131,8 +131,15 @@ def _write_safetensors(path: str, tensors: Dict[str, Any], metadata: Dict[str, s
     if any(_is_torch(t) for t in tensors.values()):
         import torch
         from safetensors.torch import save as st_save
-        payload = {k: (t.detach().cpu().contiguous() if _is_torch(t) else torch.from_numpy(np.ascontiguousarray(t)))
-                   for k, t in tensors.items()}
+        payload, storages = {}, set()
+        for k, t in tensors.items():
+            t = t.detach().cpu().contiguous() if _is_torch(t) else torch.from_numpy(np.ascontiguousarray(t))
+            # safetensors refuses tensors that share memory (tied embeddings): give duplicates their own copy.
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in storages and t.numel():
+                t = t.clone()
+            storages.add(t.untyped_storage().data_ptr())
+            payload[k] = t
     else:
         from safetensors.numpy import save as st_save
         payload = {k: np.ascontiguousarray(t) for k, t in tensors.items()}
