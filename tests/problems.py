@@ -21,7 +21,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 __all__ = ["Problem", "hessian_of", "random_problem", "llm_like", "dead_columns", "rank_deficient",
-           "zero_rows", "PROBLEMS", "make", "SMALL_SHAPES"]
+           "zero_rows", "PROBLEMS", "make", "SMALL_SHAPES", "code_agreement", "rel_diff"]
 
 # Shapes small enough that the float64 oracles stay fast.
 SMALL_SHAPES = [(16, 64), (32, 128), (64, 256)]
@@ -141,3 +141,18 @@ PROBLEMS: Dict[str, Callable[..., Problem]] = {
 def make(name: str, rows: int = 32, cols: int = 128, seed: int = 0, **kw) -> Problem:
     """PROBLEMS[name](rows, cols, seed=seed, **kw)."""
     return PROBLEMS[name](rows, cols, seed=seed, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Comparison helpers shared by the tests
+
+def code_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of entries where two code (or weight) arrays are equal."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.mean(a == b))
+
+
+def rel_diff(a: float, b: float) -> float:
+    """|a - b| / max(|a|, |b|, tiny)."""
+    return abs(a - b) / max(abs(a), abs(b), 1e-300)

@@ -1,4 +1,5 @@
-"""Oracle of GPTQ (Frantar et al., ICLR 2023; specs/gptq.md "Algorithm"): slow, readable float64 NumPy.
+"""Oracle of GPTQ (Frantar et al., ICLR 2023; specs/gptq.md "Algorithm"): slow, readable NumPy, the
+factorization and error feedback in float64, the grid in float32 (see ``gptq``'s docstring).
 
 Two modes, as the library has them:
 
@@ -43,10 +44,15 @@ def upper_cholesky_of_inverse(H: np.ndarray) -> np.ndarray:
 
 def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym: bool = False,
          act_order: bool = False, static_groups: bool = False, damp: float = 0.01,
-         block_size: int = 128, mse: bool = False, reference: bool = False) -> dict:
+         block_size: int = 128, mse: bool = False, reference: bool = False, grid_dtype=np.float32) -> dict:
     """GPTQ of one layer. Returns dict(weight, codes, scales, zeros, g_idx, perm, loss, damp).
 
-    weight is float64 here (scales * (codes - zeros) of the float64 grid); codes uint8.
+    The error feedback and the factorization run in float64. The grid itself -- fitting, rounding a weight
+    to its code, the grid value -- runs in ``grid_dtype`` arithmetic on the weights rounded to it: float32
+    by default, as the library and the authors (float32 tensors) do. That decides the computed ties the
+    grid is full of: the all-zero row's asymmetric zero point rint(1 / (2 / 15)) is 7.4999995 -> 7 in
+    float32 but 7.5 -> 8 in float64, and a symmetric row's most negative weight sits at exactly
+    -maxq/2 - 0.5 steps. Scales/zeros/weight come back as float64 holding float32 values; codes uint8.
     """
     W_in = np.asarray(W, dtype=np.float32).astype(np.float64)
     H_in = np.asarray(H, dtype=np.float64)
@@ -55,8 +61,14 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
     gs = cols if group_size == -1 else group_size
     n_groups = cols // gs
 
+    def snap(w, s, z):
+        """(code, grid value) of the weights w on the grid (s, z), in grid_dtype arithmetic."""
+        c = quantize_codes(w.astype(grid_dtype), s.astype(grid_dtype), z.astype(grid_dtype), maxq, grid_dtype)
+        return c, dequantize(c, s.astype(grid_dtype), z.astype(grid_dtype), grid_dtype).astype(np.float64)
+
     def fit(block):
-        return fit_grid(block, bits, sym, mse, reference_quirks=reference, dtype=np.float64)
+        scale, zero = fit_grid(block.astype(grid_dtype), bits, sym, mse, reference_quirks=reference, dtype=grid_dtype)
+        return scale.astype(np.float64), zero.astype(np.float64)
 
     W = W_in.copy()
     H = H_in.copy()
@@ -99,8 +111,8 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
         # 7. column by column, every update applied at once (= lazy blocks in exact arithmetic)
         for j in range(cols):
             s, z = grid_of_column(j, W)
-            c = quantize_codes(W[:, j], s, z, maxq)
-            err = (W[:, j] - dequantize(c, s, z)) / U[j, j]
+            c, q = snap(W[:, j], s, z)
+            err = (W[:, j] - q) / U[j, j]
             W[:, j:] -= np.outer(err, U[j, j:])
             codes[:, j] = c
     else:
@@ -112,8 +124,8 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
             for i in range(i2 - i1):
                 j = i1 + i
                 s, z = grid_of_column(j, W)       # global W: stale inside the block (quirk)
-                c = quantize_codes(W1[:, i], s, z, maxq)
-                err = (W1[:, i] - dequantize(c, s, z)) / U[j, j]
+                c, q = snap(W1[:, i], s, z)
+                err = (W1[:, i] - q) / U[j, j]
                 W1[:, i:] -= np.outer(err, U[j, j:i2])
                 Err1[:, i] = err
                 codes[:, j] = c
@@ -128,6 +140,6 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
         g_idx = (inv // gs).astype(np.int32)
     else:
         g_idx = (np.arange(cols) // gs).astype(np.int32)
-    weight = dequantize(codes, scales[:, g_idx], zeros[:, g_idx])
+    weight = dequantize(codes, scales[:, g_idx], zeros[:, g_idx], grid_dtype).astype(np.float64)
     return dict(weight=weight, codes=codes.astype(np.uint8), scales=scales, zeros=zeros, g_idx=g_idx,
                 perm=perm if act_order else None, loss=layer_loss(W_in, weight, H_in), damp=damp)

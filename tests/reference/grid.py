@@ -83,12 +83,13 @@ def fit_grid(W: np.ndarray, bits: int, sym: bool = False, mse: bool = False,
         return scale, zero
     # Shrink the range to [p xmin, p xmax] for p = 1, 0.99, ..., 0.21 and keep, per row, the grid with the
     # least sum |q - w|^2.4. Strict "<" keeps the first (widest) range among equals, as quant.py does.
-    best = np.full(W.shape[0], np.inf, dtype=dtype)
+    # The terms are computed in ``dtype``; their sum is always accumulated in float64.
+    best = np.full(W.shape[0], np.inf)
     for i in range(int(MSE_MAXSHRINK * MSE_GRID)):
         p = dtype(1 - i / MSE_GRID)
         s1, z1 = scale_zero(p * xmin, p * xmax)
         q = quantize(W, s1[:, None], z1[:, None], maxq, dtype)
-        err = np.sum(np.abs(q - W) ** dtype(MSE_NORM), axis=1, dtype=dtype)
+        err = np.sum(np.abs(q - W) ** dtype(MSE_NORM), axis=1, dtype=np.float64)
         better = err < best
         best = np.where(better, err, best)
         scale = np.where(better, s1, scale)
