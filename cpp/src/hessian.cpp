@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <type_traits>
 
 #include "quantease/parallel.hpp"
 
@@ -81,35 +82,48 @@ PreparedHessian prepare_hessian(const ConstRowMatrixRef<HT>& H, bool act_order, 
     std::stable_sort(prep.perm.data(), prep.perm.data() + n,
                      [&](std::int64_t a, std::int64_t b) { return diag[a] > diag[b]; });
   }
-  ColMatrixXd Hp(n, n);
+  // H in reversed processing order, Hr(a, b) = H(perm[n-1-a], perm[n-1-b]), gathered from rows of H
+  // (symmetric, so column b of Hr is a row of H): what inverse_upper_factor factors.
+  ColMatrixXd Hr(n, n);
   parallel_chunks(n, kColumnBlock, [&](Index c0, Index c1) {
     for (Index b = c0; b < c1; ++b) {
-      const Index pb = prep.perm[b];
-      for (Index a = 0; a < n; ++a) Hp(a, b) = static_cast<double>(H(prep.perm[a], pb));
-      Hp(b, b) = diag[pb];
+      const Index pb = prep.perm[n - 1 - b];
+      const HT* hrow = H.row(pb).data();
+      double* out = Hr.col(b).data();
+      for (Index a = 0; a < n; ++a) out[a] = static_cast<double>(hrow[prep.perm[n - 1 - a]]);
+      out[b] = diag[pb];
     }
   });
-  prep.factor = inverse_upper_factor(Hp, damp, retry);
+  prep.factor = inverse_upper_factor(Hr, damp, retry);
   return prep;
 }
 
-template <class HT>
-double quadratic_form_sum(const ConstRowMatrixRef<double>& D, const ConstRowMatrixRef<HT>& H) {
+namespace {
+double quadratic_form_sum_f64(const ConstRowMatrixRef<double>& D, const ConstRowMatrixRef<double>& H) {
   const Index rows = D.rows();
   constexpr Index kPanel = 64;
-  const Index panels = (rows + kPanel - 1) / kPanel;
-  std::vector<double> partial(panels, 0.0);
+  std::vector<double> partial((rows + kPanel - 1) / kPanel, 0.0);
+  const Eigen::VectorXd hdiag = H.diagonal();
   // d^T H d = sum_i H_ii d_i^2 + 2 sum_i d_i (sum_{j>i} H_ij d_j): a triangular product, half the flops.
-  const RowMatrixXd Hd = H.template cast<double>();
-  const Eigen::VectorXd hdiag = Hd.diagonal();
   parallel_chunks(rows, kPanel, [&](Index r0, Index r1) {
     const auto Dp = D.middleRows(r0, r1 - r0);
-    const RowMatrixXd T = Dp * Hd.triangularView<Eigen::StrictlyUpper>();
+    const RowMatrixXd T = Dp * H.triangularView<Eigen::StrictlyUpper>();
     partial[r0 / kPanel] = 2.0 * (T.array() * Dp.array()).sum() +
                            (Dp.array().square().rowwise() * hdiag.transpose().array()).sum();
   });
   // Fixed-order sum of the panel partials: the same result for any thread count.
   return std::accumulate(partial.begin(), partial.end(), 0.0);
+}
+}  // namespace
+
+template <class HT>
+double quadratic_form_sum(const ConstRowMatrixRef<double>& D, const ConstRowMatrixRef<HT>& H) {
+  if constexpr (std::is_same_v<HT, double>) {
+    return quadratic_form_sum_f64(D, H);
+  } else {
+    const RowMatrixXd Hd = H.template cast<double>();
+    return quadratic_form_sum_f64(D, Hd);
+  }
 }
 
 template PreparedHessian prepare_hessian<float>(const ConstRowMatrixRef<float>&, bool, double, bool);

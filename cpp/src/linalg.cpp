@@ -62,17 +62,15 @@ std::vector<double> damping_ladder(double damp, bool retry) {
   return ladder;
 }
 
-InverseFactor inverse_upper_factor(const ColMatrixXd& H, double damp, bool retry) {
-  const Index n = H.rows();
-  const double mean_diag = H.diagonal().mean();
+InverseFactor inverse_upper_factor(const ColMatrixXd& reversed, double damp, bool retry) {
+  const Index n = reversed.rows();
+  const double mean_diag = reversed.diagonal().mean();
   if (!(mean_diag > 0.0)) {
     std::ostringstream msg;
     msg << "the Hessian's mean diagonal is " << mean_diag
         << " (must be > 0): H must be positive semi-definite, e.g. (2/n) X X^T of the layer inputs";
     throw NumericalError(msg.str());
   }
-  // J H J: the reversed matrix, whose lower factor's inverse, reversed back, is U.
-  const ColMatrixXd reversed = H.reverse();
   ColMatrixXd L;
   Index failed = -1;
   InverseFactor out;

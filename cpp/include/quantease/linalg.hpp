@@ -25,9 +25,9 @@ struct InverseFactor {
 std::vector<double> damping_ladder(double damp, bool retry);
 
 // U = upper Cholesky factor of (H + d mean(diag H) I)^{-1}, for the first d of the ladder that factors.
-// H is symmetric (cols x cols, float64). Cost: one Cholesky and one triangular inverse (n^3 / 3 each),
-// using U = J inv(chol(J H J)) J with J the order-reversing permutation.
+// Takes H_reversed = J H J (J the order-reversing permutation; cols x cols, symmetric, float64), because
+// U = J inv(chol(J H J)) J: one Cholesky and one triangular inverse (n^3 / 3 flops each).
 // Throws NumericalError naming the failing minor when no damping works.
-InverseFactor inverse_upper_factor(const ColMatrixXd& H, double damp, bool retry);
+InverseFactor inverse_upper_factor(const ColMatrixXd& H_reversed, double damp, bool retry);
 
 }  // namespace quantease
