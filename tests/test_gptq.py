@@ -17,6 +17,26 @@ from reference import gptq as ref_gptq, layer_loss, maxq_of
 
 MIN_AGREEMENT = 0.995
 LOSS_RTOL = 1e-4
+TIE_TOL = 1e-3    # grid steps: float32 round-off of a weight after many updates stays far below this
+
+
+def unexplained_flips(res, ref, tol: float = TIE_TOL) -> list:
+    """Rows whose codes differ from the oracle's although their first difference (in processing order)
+    was neither at a rounding tie (oracle margin < tol) nor in a group whose grid differs. A tie flip
+    legitimately changes the rest of its row (the error feedback differs from there on); anything else
+    is a bug. Returns (row, column, margin) of each unexplained row."""
+    cols = res.codes.shape[1]
+    pos = np.argsort(ref["perm"]) if ref["perm"] is not None else np.arange(cols)
+    bad = []
+    for r in np.unique(np.nonzero(res.codes != ref["codes"])[0]):
+        differing = np.nonzero(res.codes[r] != ref["codes"][r])[0]
+        c = differing[np.argmin(pos[differing])]
+        g = ref["g_idx"][c]
+        same_grid = (res.zeros[r, g] == ref["zeros"][r, g]
+                     and np.isclose(res.scales[r, g], ref["scales"][r, g], rtol=1e-5))
+        if same_grid and ref["margin"][r, c] >= tol:
+            bad.append((int(r), int(c), float(ref["margin"][r, c])))
+    return bad
 
 
 def run_both(p: problems.Problem, **kw):
@@ -28,6 +48,7 @@ def run_both(p: problems.Problem, **kw):
 def assert_matches_oracle(res, ref, grid_before_loop: bool = False):
     agreement = code_agreement(res.codes, ref["codes"])
     assert agreement >= MIN_AGREEMENT, f"codes agree on {agreement:.4%} only"
+    assert unexplained_flips(res, ref) == []
     assert rel_diff(res.loss, ref["loss"]) <= LOSS_RTOL, (res.loss, ref["loss"])
     np.testing.assert_array_equal(res.g_idx, ref["g_idx"])
     if ref["perm"] is None:
@@ -250,9 +271,9 @@ def test_gptq_properties(case):
                                      abs=1e-12 * D2 * float(np.abs(p.H).max()))
     ref = ref_gptq(p.W, p.H, **kw)
     np.testing.assert_array_equal(res.g_idx, ref["g_idx"])
-    # few entries: allow one tie flip per case, compare the loss loosely
-    assert np.sum(res.codes != ref["codes"]) <= max(1, int(0.005 * res.codes.size)) or \
-        rel_diff(res.loss, ref["loss"]) <= 1e-3
+    # tiny problems: one tie flip can change a good part of its row, so demand only that every row that
+    # differs starts differing at a tie (or in a group whose grid differs)
+    assert unexplained_flips(res, ref) == []
 
 
 # --- damping and numerical failures ---------------------------------------------------------------------

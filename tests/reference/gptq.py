@@ -45,7 +45,7 @@ def upper_cholesky_of_inverse(H: np.ndarray) -> np.ndarray:
 def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym: bool = False,
          act_order: bool = False, static_groups: bool = False, damp: float = 0.01,
          block_size: int = 128, mse: bool = False, reference: bool = False, grid_dtype=np.float32) -> dict:
-    """GPTQ of one layer. Returns dict(weight, codes, scales, zeros, g_idx, perm, loss, damp).
+    """GPTQ of one layer. Returns dict(weight, codes, scales, zeros, g_idx, perm, loss, damp, margin).
 
     The error feedback and the factorization run in float64. The grid itself -- fitting, rounding a weight
     to its code, the grid value -- runs in ``grid_dtype`` arithmetic on the weights rounded to it: float32
@@ -53,6 +53,8 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
     grid is full of: the all-zero row's asymmetric zero point rint(1 / (2 / 15)) is 7.4999995 -> 7 in
     float32 but 7.5 -> 8 in float64, and a symmetric row's most negative weight sits at exactly
     -maxq/2 - 0.5 steps. Scales/zeros/weight come back as float64 holding float32 values; codes uint8.
+    ``margin`` (rows x cols) is each weight's distance from the nearest rounding boundary when it was
+    quantized, in grid steps: a code whose margin is ~1e-6 may legitimately differ in a float32 solver.
     """
     W_in = np.asarray(W, dtype=np.float32).astype(np.float64)
     H_in = np.asarray(H, dtype=np.float64)
@@ -61,10 +63,17 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
     gs = cols if group_size == -1 else group_size
     n_groups = cols // gs
 
-    def snap(w, s, z):
-        """(code, grid value) of the weights w on the grid (s, z), in grid_dtype arithmetic."""
-        c = quantize_codes(w.astype(grid_dtype), s.astype(grid_dtype), z.astype(grid_dtype), maxq, grid_dtype)
-        return c, dequantize(c, s.astype(grid_dtype), z.astype(grid_dtype), grid_dtype).astype(np.float64)
+    margin = np.zeros((rows, cols))     # processing order
+
+    def snap(j, w, s, z):
+        """(code, grid value) of the weights w on the grid (s, z), in grid_dtype arithmetic; records in
+        margin[:, j] how far w / s + z lay from the nearest rounding boundary c + 0.5 (in grid steps)."""
+        s, z = s.astype(grid_dtype), z.astype(grid_dtype)
+        c = quantize_codes(w.astype(grid_dtype), s, z, maxq, grid_dtype)
+        y = w.astype(grid_dtype) / s + z
+        nearest = np.clip(np.floor(y), 0, maxq - 1) + 0.5
+        margin[:, j] = np.abs(y.astype(np.float64) - nearest)
+        return c, dequantize(c, s, z, grid_dtype).astype(np.float64)
 
     def fit(block):
         scale, zero = fit_grid(block.astype(grid_dtype), bits, sym, mse, reference_quirks=reference, dtype=grid_dtype)
@@ -111,7 +120,7 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
         # 7. column by column, every update applied at once (= lazy blocks in exact arithmetic)
         for j in range(cols):
             s, z = grid_of_column(j, W)
-            c, q = snap(W[:, j], s, z)
+            c, q = snap(j, W[:, j], s, z)
             err = (W[:, j] - q) / U[j, j]
             W[:, j:] -= np.outer(err, U[j, j:])
             codes[:, j] = c
@@ -124,7 +133,7 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
             for i in range(i2 - i1):
                 j = i1 + i
                 s, z = grid_of_column(j, W)       # global W: stale inside the block (quirk)
-                c, q = snap(W1[:, i], s, z)
+                c, q = snap(j, W1[:, i], s, z)
                 err = (W1[:, i] - q) / U[j, j]
                 W1[:, i:] -= np.outer(err, U[j, j:i2])
                 Err1[:, i] = err
@@ -134,6 +143,7 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
     # back to the original column order; 8. g_idx of each original column
     inv = np.argsort(perm)
     codes = codes[:, inv]
+    margin = margin[:, inv]
     if group_size == -1:
         g_idx = np.zeros(cols, dtype=np.int32)
     elif act_order and not static_groups:
@@ -142,4 +152,5 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
         g_idx = (np.arange(cols) // gs).astype(np.int32)
     weight = dequantize(codes, scales[:, g_idx], zeros[:, g_idx], grid_dtype).astype(np.float64)
     return dict(weight=weight, codes=codes.astype(np.uint8), scales=scales, zeros=zeros, g_idx=g_idx,
-                perm=perm if act_order else None, loss=layer_loss(W_in, weight, H_in), damp=damp)
+                perm=perm if act_order else None, loss=layer_loss(W_in, weight, H_in), damp=damp,
+                margin=margin)
