@@ -301,8 +301,11 @@ def test_errors_are_value_errors():
             quantize_model(model, batches(1), method=missing[0])
     with pytest.raises(ValueError, match="bits must be"):
         quantize_model(model, batches(1), method="rtn", bits=0)
+    with pytest.raises(ValueError, match="group_size=48 does not divide the 64 input features of layer "
+                                         "transformer.h.0.attn.c_attn"):
+        quantize_model(model, batches(1), method="rtn", group_size=48)
     with pytest.raises(ValueError, match="calibration_batches is empty"):
-        quantize_model(model, [], method="rtn")
+        quantize_model(model, [], method="rtn", group_size=32)
 
 
 # ----------------------------------------------------------------------------------------------- resume

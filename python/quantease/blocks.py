@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["find_blocks", "resolve_blocks", "linear_layers", "is_conv1d", "layer_weight", "set_layer_weight",
+__all__ = ["find_blocks", "resolve_blocks", "linear_layers", "is_conv1d", "layer_weight", "layer_weight_shape", "set_layer_weight",
            "capture_block_inputs", "BlockInputs"]
 
 # Keyword arguments that carry a KV cache into a block: a cache would grow every time a block is re-run.
@@ -61,6 +61,12 @@ def linear_layers(module: nn.Module, prefix: str = "", skip: Sequence[str] = ())
         if not _matches(name, skip):
             out[name] = m
     return out
+
+
+def layer_weight_shape(module: nn.Module) -> Tuple[int, int]:
+    """(rows, cols) = (out_features, in_features) of a Linear or Conv1D layer."""
+    rows, cols = module.weight.shape
+    return (int(cols), int(rows)) if is_conv1d(module) else (int(rows), int(cols))
 
 
 def layer_weight(module: nn.Module) -> np.ndarray:

@@ -7,6 +7,11 @@ With ``true_sequential`` the layers of a block are solved in groups in the order
 [gate, up], [down] for Llama), each group's Hessians re-collected after the earlier groups were quantized.
 Only one block's activations are alive at a time, and the model is never copied.
 
+Forward passes per block: one batch traced (run order and shared inputs, see trace_input_groups), one pass
+per group that stops right after the group's last layer ran (each re-runs the earlier, now quantized,
+groups: their outputs changed), and one full pass of the quantized block for the next block's inputs.
+Layers that share an input share one Hessian accumulator.
+
 Resume: with ``checkpoint_dir``, every finished block is written atomically (temporary file, fsync,
 os.replace) as ``block_00000.pt``...: its quantized weights, its per-layer records and the run's settings.
 Activations are NOT saved (they are as large as a block's output on all calibration tokens, e.g. 4 GiB per
@@ -31,8 +36,8 @@ from torch import nn
 
 import quantease
 
-from .blocks import BlockInputs, capture_block_inputs, layer_weight, linear_layers, resolve_blocks, \
-    set_layer_weight
+from .blocks import BlockInputs, capture_block_inputs, layer_weight, layer_weight_shape, linear_layers, \
+    resolve_blocks, set_layer_weight
 from .torch import HessianCollector, trace_input_groups
 
 __all__ = ["quantize_model", "QuantReport", "LayerRecord", "METHODS"]
@@ -171,6 +176,10 @@ class _Checkpoint:
         self.directory = directory
         self.config = config
         os.makedirs(directory, exist_ok=True)
+        # Temporary files of a run killed while saving: never renamed, so never part of the checkpoint.
+        for name in os.listdir(directory):
+            if name.startswith("block_") and ".pt.tmp" in name:
+                os.remove(os.path.join(directory, name))
 
     def path(self, i: int) -> str:
         return os.path.join(self.directory, f"block_{i:05d}.pt")
@@ -344,6 +353,14 @@ def quantize_model(model: nn.Module, calibration_batches: Iterable[Any], method:
         skip = (skip,)
     solver_kwargs = dict(solver_kwargs or {})
     block_list = resolve_blocks(model, blocks)
+    if group_size != -1:
+        # Fail before the (long) calibration forward rather than at the first odd layer, blocks later.
+        for block_name, block in block_list:
+            for name, module in linear_layers(block, prefix=block_name, skip=skip).items():
+                cols = layer_weight_shape(module)[1]
+                if cols % group_size:
+                    raise ValueError(f"group_size={group_size} does not divide the {cols} input features of "
+                                     f"layer {name}; use a divisor of it or -1 (one grid per row)")
     t_start = time.perf_counter()
     was_training = model.training
     model.eval()
