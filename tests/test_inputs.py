@@ -158,8 +158,6 @@ def test_inputs_unchanged(w_dtype, h_dtype, order):
         np.testing.assert_array_equal(a, a0)
 
 
-@pytest.mark.xfail(strict=True, reason="layer_loss passes a Fortran-order float64 D to _core.quadratic_form_sum, "
-                   "which only takes C-contiguous arrays: TypeError (python/quantease/_loss.py)")
 def test_layer_loss_fortran_order():
     p = problems.llm_like(8, 32, seed=5)
     W = np.asfortranarray(p.W)

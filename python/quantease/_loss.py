@@ -24,5 +24,5 @@ def layer_loss(W, W_hat, H) -> float:
     for name, a in (("W", W), ("W_hat", W_hat)):
         if not np.isfinite(a).all():
             raise ValueError(f"{name} contains NaN or Inf")
-    D = np.subtract(W, W_hat, dtype=np.float64)
+    D = np.ascontiguousarray(np.subtract(W, W_hat, dtype=np.float64))
     return float(_core.quadratic_form_sum(D, as_hessian(H)))
