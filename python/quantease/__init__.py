@@ -10,6 +10,7 @@ PyTorch helpers live in ``quantease.torch`` (needs torch), exporters in ``quante
 """
 from . import _core
 from ._core import HessianAccumulator, NumericalError
+from ._easyquant import easyquant
 from ._gptq import gptq
 from ._loss import layer_loss
 from ._rtn import rtn
@@ -22,6 +23,7 @@ __all__ = [
     "NumericalError",
     "QuantResult",
     "SparseOutliers",
+    "easyquant",
     "gptq",
     "layer_loss",
     "rtn",
