@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _core
 from ._loss import layer_loss
-from ._validate import as_weight, check_bits, check_bool, check_choice, check_group_size
+from ._validate import as_hessian, as_weight, check_bits, check_bool, check_choice, check_group_size
 from .result import QuantResult, SparseOutliers
 
 #: Paper defaults: 100 Adam steps (the paper's BLOOM setting) with the learning rate relative to the start
@@ -74,11 +74,15 @@ def easyquant(W, *, bits: int = 4, group_size: int = -1, sym: bool = True, outli
     outlier_stats = check_choice("outlier_stats", outlier_stats, ("tensor", "row"))
     steps = _check_steps(steps)
     lr = _check_lr(lr)
+    rows, cols = Wf.shape
+    if H is not None:  # checked before the solve (the core checks symmetry and values when the loss is taken)
+        H = as_hessian(H)
+        if H.shape != (cols, cols):
+            raise ValueError(f"H must be ({cols}, {cols}) to match W's {cols} columns, got {H.shape}")
     t0 = time.perf_counter()
     out = _core.easyquant(Wf, bits=bits, group_size=group_size, sym=sym, outlier_sigma=sigma,
                           outlier_stats=outlier_stats, steps=steps, lr=lr)
     seconds = time.perf_counter() - t0
-    rows, cols = Wf.shape
     outliers = SparseOutliers(out["outlier_indptr"], out["outlier_indices"], out["outlier_values"], (rows, cols))
     tensor = outlier_stats == "tensor"
     info = {
