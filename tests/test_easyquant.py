@@ -154,6 +154,22 @@ def test_sorted_and_direct_evaluations_agree():
         np.testing.assert_array_equal(a["start_scales"], b["start_scales"])
 
 
+def test_degenerate_channels_match_oracle():
+    # zero groups, groups of values too small for a grid, groups made of outliers, normal groups
+    rng = np.random.default_rng(17)
+    W = (0.02 * rng.standard_normal((6, 64))).astype(np.float32)
+    W[0, :16] = 0
+    W[1, 16:32] = (1e-33 * rng.standard_normal(16)).astype(np.float32)
+    W[2, 32:48] = 5.0
+    for sym in (True, False):
+        res = quantease.easyquant(W, group_size=16, sym=sym)
+        ref = ref_eq.easyquant(W, group_size=16, sym=sym)
+        np.testing.assert_array_equal(res.scales, ref["scales"])
+        np.testing.assert_array_equal(res.zeros, ref["zeros"])
+        np.testing.assert_array_equal(res.weight, ref["weight"])
+        assert res.info["source"][0, 0] == res.info["source"][1, 1] == res.info["source"][2, 2] == 0
+
+
 # --- the paper's definitions ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stats", ["tensor", "row"])

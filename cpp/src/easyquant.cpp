@@ -20,7 +20,7 @@ constexpr double kRhoMin = 1e-3;     // Adam keeps the range above 0.1 % of its 
 constexpr double kRhoLo = 0.05;      // the search covers [0.05, rho_hi] times the start range
 constexpr int kPolished = 2;         // best grid points polished by the Lloyd iteration
 constexpr int kLloydMax = 64;
-constexpr float kMinScale = 1e-30f;  // below this a channel is treated as all-zero (no optimisation)
+constexpr float kMinScale = 1e-30f;  // max|x| / 2^(b-1) below this: the channel is left at its start grid
 constexpr Index kSortedPerCode = 32; // automatic evaluation: sort when n > 32 * (2^bits - 1)
 
 // Order-preserving map of float32 onto uint32 (for the radix sort) and back.
@@ -73,13 +73,14 @@ class ChannelSolver {
       }
     }
     const float max_abs = std::max(std::fabs(lo), std::fabs(hi));
+    // No normal value, all zero or all tiny: the fallback grid, no optimisation.
+    const bool degenerate = n == 0 || !(max_abs / half >= kMinScale);
     // The start grid: abs-max range with the paper's clamp bounds (sym), or the min-max grid (asym; only the
     // two ends matter to fit_grid).
     AffineGrid start;
     if (opt_.sym) {
       start.zero = half - 1.0f;
-      start.scale = max_abs / half;
-      if (max_abs == 0.0f || !(start.scale >= kMinScale)) start.scale = 1.0f / half;
+      start.scale = degenerate ? 1.0f / half : max_abs / half;
     } else {
       GridOptions grid_opt;
       grid_opt.bits = opt_.bits;
@@ -90,7 +91,7 @@ class ChannelSolver {
     fit.start_scale = fit.adam_scale = start.scale;
     // every error is summed over the same array in the same order, so equal scales give equal errors
     fit.start_error = fit.final_error = exact_error(values_, n, start);
-    if (n == 0 || max_abs == 0.0f || !(start.scale >= kMinScale)) return fit;
+    if (degenerate) return fit;
 
     kmin_ = -static_cast<double>(start.zero);
     kmax_ = static_cast<double>(maxq_) - start.zero;

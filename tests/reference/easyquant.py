@@ -10,7 +10,7 @@ Shapes: W rows x cols; G = cols // group_size groups (1 when group_size == -1); 
          stored as zero = 2^(b-1) - 1, code = k + zero.
    asym: the min-max grid of the normal values (reference.grid.fit_row) gives (s0, zero); kmin = -zero,
          kmax = maxq - zero; only s moves.
-   No normal value, or s0 below 1e-30: the all-zero grid (sym s = 1 / 2^(b-1); asym as fit_row), no search.
+   No normal value, or max|x| / 2^(b-1) below 1e-30: no optimisation (sym s = 1 / 2^(b-1); asym fit_row's grid).
 3. Adam (torch defaults beta = 0.9, 0.999, eps = 1e-8) on rho = s / s0, starting at 1, on the mean squared
    error in units of s0^2: grad = dE/ds / (n s0) with the exact a.e. dE/ds = 2 sum (s k - x) k
    (k the clamped code). rho is kept >= 1e-3. ``steps`` updates; the last rho is Adam's result.
@@ -122,21 +122,16 @@ def _channel(x: np.ndarray, bits: int, sym: bool, steps: int, lr: float, points:
     maxq = maxq_of(bits)
     half = 2 ** (bits - 1)
     x32 = np.asarray(x, dtype=np.float32)
+    r0 = np.float32(np.max(np.abs(x32))) if x32.size else np.float32(0)
+    degenerate = x32.size == 0 or not r0 / np.float32(half) >= MIN_SCALE
     if sym:
         zero = float(half - 1)
-        r0 = np.float32(np.max(np.abs(x32))) if x32.size else np.float32(0)
-        s0 = np.float32(r0 / np.float32(half))
-        if x32.size == 0 or r0 == 0 or s0 < MIN_SCALE:
-            s = np.float32(1.0 / half)
-            return s, zero, s, s, 0
+        s0 = np.float32(1.0 / half) if degenerate else np.float32(r0 / np.float32(half))
     else:
-        if x32.size == 0:
-            s0, zero = fit_row(np.zeros(1, np.float32), bits, sym=False, dtype=np.float32)
-            return np.float32(s0), float(zero), np.float32(s0), np.float32(s0), 0
-        s0, zero = fit_row(x32, bits, sym=False, dtype=np.float32)
+        s0, zero = fit_row(x32 if x32.size else np.zeros(1, np.float32), bits, sym=False, dtype=np.float32)
         s0, zero = np.float32(s0), float(zero)
-        if np.all(x32 == 0) or s0 < MIN_SCALE:
-            return s0, zero, s0, s0, 0
+    if degenerate:
+        return s0, zero, s0, s0, 0
     kmin, kmax = -zero, maxq - zero
     x64 = x32.astype(np.float64)
     s0_64 = float(s0)
