@@ -7,6 +7,7 @@ namespace py = pybind11;
 
 namespace quantease::bindings {
 void register_core(py::module_& m);
+void register_easyquant(py::module_& m);
 }  // namespace quantease::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -23,4 +24,5 @@ PYBIND11_MODULE(_core, m) {
     }
   });
   quantease::bindings::register_core(m);
+  quantease::bindings::register_easyquant(m);
 }

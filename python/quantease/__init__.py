@@ -10,6 +10,7 @@ PyTorch helpers live in ``quantease.torch`` (needs torch), exporters in ``quante
 """
 from . import _core
 from ._core import NumericalError
+from ._easyquant import easyquant
 from ._hessian import HessianAccumulator
 from ._gptq import gptq
 from ._loss import layer_loss
@@ -23,6 +24,7 @@ __all__ = [
     "NumericalError",
     "QuantResult",
     "SparseOutliers",
+    "easyquant",
     "gptq",
     "layer_loss",
     "rtn",
