@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# The build requirements of pyproject.toml, for a venv made by scripts/setup.sh (pip built the wheel in an
+# isolated environment, so they are not installed there).
+"$PYTHON" -c "import pybind11, cmeel" 2>/dev/null ||
+  "$PYTHON" -m pip install -q "pybind11>=2.12" cmeel-eigen ninja
 pybind11_dir=$("$PYTHON" -c 'import pybind11; print(pybind11.get_cmake_dir())')
 cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DSKBUILD_PROJECT_VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)" \
   -DPython_EXECUTABLE="$(command -v "$PYTHON")" -Dpybind11_DIR="$pybind11_dir" >/dev/null

@@ -10,11 +10,11 @@ namespace quantease::bindings {
 void register_core(py::module_& m) {
   m.def(
       "rtn",
-      [](const CArray<float>& W, int bits, int group_size, bool sym, bool mse) {
+      [](const CArray<float>& W, int bits, int group_size, bool sym, bool mse, bool fp16_scales) {
         check_weight(W);
         check_bits(bits);
         check_group_size(group_size, W.shape(1));
-        RtnOptions opt{bits, group_size, sym, mse};
+        RtnOptions opt{bits, group_size, sym, mse, fp16_scales};
         QuantOutput out;
         {
           py::gil_scoped_release release;
@@ -23,18 +23,19 @@ void register_core(py::module_& m) {
         return output_to_dict(std::move(out));
       },
       py::arg("W").noconvert(), py::kw_only(), py::arg("bits"), py::arg("group_size"), py::arg("sym"),
-      py::arg("mse"));
+      py::arg("mse"), py::arg("fp16_scales"));
 
   m.def(
       "gptq",
       [](const CArray<float>& W, const py::array& H, int bits, int group_size, bool sym, bool act_order,
-         bool static_groups, double damp, int block_size, bool mse, bool reference) {
+         bool static_groups, double damp, int block_size, bool mse, bool reference, bool fp16_scales) {
         check_weight(W);
         check_bits(bits);
         check_group_size(group_size, W.shape(1));
         check_positive("block_size", block_size);
         check_damp(damp);
-        GptqOptions opt{bits, group_size, sym, act_order, static_groups, damp, block_size, mse, reference};
+        GptqOptions opt{bits, group_size, sym, act_order, static_groups, damp, block_size, mse, reference,
+                         fp16_scales};
         QuantOutput out = with_hessian(H, W.shape(1), [&](const auto& h) {
           py::gil_scoped_release release;
           return gptq(as_matrix(W), h, opt);
@@ -43,7 +44,7 @@ void register_core(py::module_& m) {
       },
       py::arg("W").noconvert(), py::arg("H"), py::kw_only(), py::arg("bits"), py::arg("group_size"),
       py::arg("sym"), py::arg("act_order"), py::arg("static_groups"), py::arg("damp"), py::arg("block_size"),
-      py::arg("mse"), py::arg("reference"));
+      py::arg("mse"), py::arg("reference"), py::arg("fp16_scales"));
 
   m.def(
       "quadratic_form_sum",

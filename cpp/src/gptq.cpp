@@ -67,6 +67,7 @@ QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>&
   grid_opt.sym = opt.sym;
   grid_opt.mse = opt.mse;
   grid_opt.reference = opt.reference;
+  grid_opt.fp16_scales = opt.fp16_scales;
 
   QuantOutput out;
   PhaseTimer timer(out);

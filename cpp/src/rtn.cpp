@@ -13,6 +13,7 @@ QuantOutput rtn(const ConstRowMatrixRef<float>& W, const RtnOptions& opt) {
   grid_opt.bits = opt.bits;
   grid_opt.sym = opt.sym;
   grid_opt.mse = opt.mse;
+  grid_opt.fp16_scales = opt.fp16_scales;
   const float maxq = max_code(opt.bits);
 
   QuantOutput out;

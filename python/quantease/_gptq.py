@@ -21,7 +21,7 @@ def warn_if_damping_raised(requested: float, used: float, attempts: int, stackle
 
 def gptq(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_order: bool = False,
          static_groups: bool = False, damp: float = 0.01, block_size: int = 128, mse: bool = False,
-         reference: bool = False) -> QuantResult:
+         reference: bool = False, fp16_scales: bool = False) -> QuantResult:
     """Quantize W column by column, feeding each column's error forward through the inverse Hessian.
 
     W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric, e.g. (2/n) X X^T.
@@ -29,6 +29,8 @@ def gptq(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_or
     from W before the loop; ``damp`` adds damp * mean(diag H) to the diagonal. When H is not positive
     definite the damping grows x10 up to 100 (a RuntimeWarning says which was used, ``result.damp``
     records it); ``quantease.NumericalError`` names the failing minor when nothing works.
+    ``fp16_scales`` rounds every scale to float16 before its zero point and codes are computed, so a
+    checkpoint with fp16 scales (quantease.export.save_gptq) dequantizes to exactly ``result.weight``.
 
     ``reference=True`` reproduces the authors' code entry for entry (up to float round-off), quirks
     included: the symmetric grid of a row with no negative value keeps xmin = 0, group statistics are
@@ -42,7 +44,7 @@ def gptq(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_or
     block_size = check_positive_int("block_size", block_size)
     flags = {name: check_bool(name, value) for name, value in
              (("sym", sym), ("act_order", act_order), ("static_groups", static_groups), ("mse", mse),
-              ("reference", reference))}
+              ("reference", reference), ("fp16_scales", fp16_scales))}
     t0 = time.perf_counter()
     out = _core.gptq(Wf, Hf, bits=bits, group_size=group_size, damp=damp, block_size=block_size, **flags)
     seconds = time.perf_counter() - t0

@@ -8,11 +8,13 @@ from ._validate import as_weight, check_bits, check_bool, check_group_size
 from .result import QuantResult
 
 
-def rtn(W, *, bits: int = 4, group_size: int = -1, sym: bool = False, mse: bool = False) -> QuantResult:
+def rtn(W, *, bits: int = 4, group_size: int = -1, sym: bool = False, mse: bool = False,
+        fp16_scales: bool = False) -> QuantResult:
     """Round every weight to the nearest point of its row's (or row-and-group's) grid.
 
     W: rows x cols, float16/32/64, C or Fortran order (never modified). ``group_size`` is -1 (one grid per
-    row) or a positive divisor of cols; ``mse`` shrinks each range to minimise sum |q - w|^2.4.
+    row) or a positive divisor of cols; ``mse`` shrinks each range to minimise sum |q - w|^2.4;
+    ``fp16_scales`` rounds every scale to float16 before zero point and codes (bit-exact fp16 export).
     The result has no ``loss`` (RTN sees no H): use ``quantease.layer_loss(W, result.weight, H)``.
     """
     Wf = as_weight(W)
@@ -20,8 +22,9 @@ def rtn(W, *, bits: int = 4, group_size: int = -1, sym: bool = False, mse: bool 
     group_size = check_group_size(group_size, Wf.shape[1])
     sym = check_bool("sym", sym)
     mse = check_bool("mse", mse)
+    fp16_scales = check_bool("fp16_scales", fp16_scales)
     t0 = time.perf_counter()
-    out = _core.rtn(Wf, bits=bits, group_size=group_size, sym=sym, mse=mse)
+    out = _core.rtn(Wf, bits=bits, group_size=group_size, sym=sym, mse=mse, fp16_scales=fp16_scales)
     seconds = time.perf_counter() - t0
     return QuantResult(weight=out["weight"], codes=out["codes"], scales=out["scales"], zeros=out["zeros"],
                        g_idx=out["g_idx"], perm=None, loss=None, damp=None, bits=bits, group_size=group_size,

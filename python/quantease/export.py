@@ -249,7 +249,7 @@ def _deployed_grid(r: QuantResult) -> np.ndarray:
 def gptq_deviation(result: QuantResult) -> float:
     """max |W_exported - result.weight| when the GPTQ export is dequantized in float32.
 
-    0.0 exactly when the scales are float16-representable (solve with fp16-rounded scales) and the codes,
+    0.0 exactly when the scales are float16-representable (solve with ``fp16_scales=True``) and the codes,
     zeros and scales reproduce ``result.weight``.
     """
     return float(np.max(np.abs(_deployed_grid(result) - np.asarray(result.weight, dtype=np.float32)),
@@ -350,7 +350,8 @@ def save_gptq(path: Union[str, os.PathLike], layers: Mapping[str, LayerSpec], *,
         worst = max(deviations, key=deviations.get)
         msg = (f"{len(deviations)} of {len(parsed)} layers: float16 scales make the exported weights differ "
                f"from result.weight (largest: {deviations[worst]:.3g} in {worst!r}); quantize with "
-               f"fp16-rounded scales for a bit-exact export")
+               f"fp16_scales=True (quantease.rtn/gptq, or solver_kwargs of quantize_model) for a bit-exact "
+               f"export")
         if strict:
             raise ValueError(msg)
         warnings.warn(msg, stacklevel=2)

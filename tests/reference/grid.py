@@ -64,14 +64,20 @@ def quantize(x: np.ndarray, scale, zero, maxq: int, dtype=np.float64) -> np.ndar
 
 
 def fit_grid(W: np.ndarray, bits: int, sym: bool = False, mse: bool = False,
-             reference_quirks: bool = False, dtype=np.float64) -> tuple:
-    """Per-row grid of a rows x k block: (scale[rows], zero[rows]) in ``dtype`` arithmetic."""
+             reference_quirks: bool = False, dtype=np.float64, fp16_scales: bool = False) -> tuple:
+    """Per-row grid of a rows x k block: (scale[rows], zero[rows]) in ``dtype`` arithmetic.
+
+    fp16_scales: each scale is rounded to the nearest float16 (kept within [2^-24, 65504]) before the zero
+    point is computed from it.
+    """
     W = np.atleast_2d(np.asarray(W, dtype=dtype))
     maxq = maxq_of(bits)
     xmin, xmax = _range(W, sym, reference_quirks, dtype)
 
     def scale_zero(lo, hi):
         scale = ((hi - lo) / dtype(maxq)).astype(dtype)
+        if fp16_scales:
+            scale = np.clip(np.minimum(scale, 65504.0).astype(np.float16).astype(dtype), 2.0 ** -24, None)
         if sym:
             zero = np.full_like(scale, dtype((maxq + 1) / 2))
         else:

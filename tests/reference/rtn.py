@@ -13,7 +13,7 @@ __all__ = ["rtn"]
 
 
 def rtn(W: np.ndarray, bits: int = 4, group_size: int = -1, sym: bool = False, mse: bool = False,
-        dtype=np.float32) -> dict:
+        dtype=np.float32, fp16_scales: bool = False) -> dict:
     """Returns dict(weight, codes, scales, zeros, g_idx) with weight == scales[:, g_idx]*(codes - zeros[:, g_idx])."""
     W = np.asarray(W, dtype=np.float32).astype(dtype)
     rows, cols = W.shape
@@ -25,7 +25,7 @@ def rtn(W: np.ndarray, bits: int = 4, group_size: int = -1, sym: bool = False, m
     codes = np.empty((rows, cols), dtype=dtype)
     for g in range(n_groups):
         block = W[:, g * gs:(g + 1) * gs]
-        scales[:, g], zeros[:, g] = fit_grid(block, bits, sym, mse, dtype=dtype)
+        scales[:, g], zeros[:, g] = fit_grid(block, bits, sym, mse, dtype=dtype, fp16_scales=fp16_scales)
         codes[:, g * gs:(g + 1) * gs] = quantize_codes(block, scales[:, g:g + 1], zeros[:, g:g + 1], maxq, dtype)
     g_idx = (np.arange(cols) // gs).astype(np.int32)
     weight = dequantize(codes, scales[:, g_idx], zeros[:, g_idx], dtype)

@@ -17,6 +17,7 @@ struct GptqOptions {
   bool mse = false;         // MSE range search for every grid
   // Reproduce the authors' code: symmetric clipping quirk, stale group statistics, no damping retry.
   bool reference = false;
+  bool fp16_scales = false;  // scales rounded to float16 before the codes (see grid.hpp)
 };
 
 // W: rows x cols; H: cols x cols symmetric (both finite, validated by the caller).

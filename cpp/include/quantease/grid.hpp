@@ -6,7 +6,8 @@
 //   asymmetric: zero = rint(-xmin / scale)
 //   all-zero: xmin, xmax = -1, +1;   scale = (xmax - xmin) / maxq
 //   code = clamp(rint(w / scale) + zero, 0, maxq);   q = scale * (code - zero)
-// rint is round-half-to-even. The optional MSE search shrinks the range to [p xmin, p xmax] for
+// rint is round-half-to-even. With fp16_scales the scale is rounded to float16 (clamped to its finite,
+// non-zero range) before zero and codes are computed. The optional MSE search shrinks the range to [p xmin, p xmax] for
 // p = 1, 0.99, ..., 0.21 and keeps the p with the least sum |q - w|^2.4.
 #pragma once
 
@@ -24,6 +25,9 @@ struct GridOptions {
   bool mse = false;
   // Reference quirk: a symmetric row with no negative value keeps xmin = 0 (so it clips near max/2).
   bool reference = false;
+  // Round every scale to the nearest float16 before the zero point and the codes are computed, so a
+  // checkpoint that stores fp16 scales dequantizes to exactly the solver's weights.
+  bool fp16_scales = false;
   float norm = 2.4f;       // MSE search: error norm
   int grid = 100;          // MSE search: shrink step is 1/grid
   float max_shrink = 0.8f; // MSE search: int(max_shrink * grid) candidate ranges

@@ -11,6 +11,7 @@ struct RtnOptions {
   int group_size = -1;  // -1: one grid per row; else a positive divisor of cols
   bool sym = false;
   bool mse = false;
+  bool fp16_scales = false;  // scales rounded to float16 before the codes (see grid.hpp)
 };
 
 // W: rows x cols, finite. Returns codes, scales/zeros (rows x groups), g_idx and the dequantized weight.
