@@ -510,7 +510,10 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     res.quantized.push_back(quantize ? 1 : 0);
     res.changes.push_back(changed);
     res.polish.push_back(polish ? 1 : 0);
-    if (quantize && f < best_f) snapshot(it, f);
+    // A quantized sweep from the best on-grid point can only lower f (exactly; the float32 G may say a
+    // last-digit otherwise): it continues the best. Structured outliers refit the grid, which breaks that.
+    const bool continuation = quantize && prev_quantized && best_sweep == it - 1 && !structured;
+    if (quantize && (continuation || f < best_f)) snapshot(it, f);
     const bool converged = quantize && changed == 0 && !s_changed;
     const bool small = opt.tol > 0.0 && quantize && prev_quantized && (prev_f - f) < opt.tol * prev_f;
     prev_quantized = quantize;
@@ -533,8 +536,10 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   timer.lap("sweeps");
 
   // --- polish: quantized sweeps (S and the grids fixed) from the best iterate until one changes nothing
-  if (opt.polish && !res.converged && !res.stopped_by_tol && have_best) {
-    if (best_sweep != res.sweeps - 1) {
+  const bool at_best = best_sweep == res.sweeps - 1;
+  if (opt.polish && !res.stopped_by_tol && have_best && !(res.converged && at_best)) {
+    res.converged = false;
+    if (!at_best) {
       s.codes = best_codes;
       if (structured) s.grids = best_grids;
       if (s.outlier_mode) {
@@ -553,7 +558,7 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
       res.quantized.push_back(1);
       res.changes.push_back(changed);
       res.polish.push_back(1);
-      if (f < best_f) snapshot(it, f);
+      snapshot(it, f);  // monotone from the best: each polish sweep continues it
       if (changed == 0) {
         res.converged = true;
         break;

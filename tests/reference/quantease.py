@@ -14,9 +14,12 @@ library's documented semantics (quantease.hpp), written out plainly:
   clipped at the quantiles n = floor(len * fraction / 2 + 0.5); structured: min-max over the non-outlier
   columns, refitted before every sweep of the main schedule);
 * relaxed sweeps at it % 3 == 1, it <= 25, never the last; the best on-grid iterate is returned;
+* the best on-grid iterate: the lowest f of a quantized sweep, where a quantized sweep right after the
+  best one (no grid refit between) always counts as continuing it (exactly, f cannot go up);
 * stop when a quantized sweep changes nothing (and the IHT step leaves S alone), or (tol > 0) when a
-  quantized sweep after a quantized one improves f by less than tol * f_prev; otherwise polish sweeps
-  (quantized, S fixed) from the best iterate until one changes nothing, at most ``iters``;
+  quantized sweep after a quantized one improves f by less than tol * f_prev; unless stopped by tol or
+  converged at the best, polish sweeps (quantized, S and grids fixed) from the best iterate until one
+  changes nothing, at most ``iters``;
 * outliers: S = top-k of |W| (ties by flat index) or the k columns of largest norm; after each sweep
   S <- top_k(S - eta (Ŵ + S - W) Σ), eta = outlier_step / (2 λ_max(Σ)) (``eta`` may be given).
 
@@ -177,7 +180,11 @@ def quantease(W, H, bits=4, group_size=-1, sym=False, act_order=True, iters=30, 
         quantized.append(q)
         changes.append(n)
         polish_flags.append(is_polish)
-        if q and f < best["f"]:
+        # a quantized sweep from the best on-grid point continues it (f can only go down), unless the
+        # structured variant refitted the grid in between; polish sweeps always continue the best
+        continuation = is_polish or (q and state["prev_q"] and best["sweep"] == it - 1
+                                     and not (outlier_mode and structured))
+        if q and (continuation or f < best["f"]):
             best.update(f=f, sweep=it, codes=codes.copy(), scales=scales.copy(), zeros=zeros.copy(),
                         S=S.copy(), mask=mask.copy())
 
@@ -204,8 +211,10 @@ def quantease(W, H, bits=4, group_size=-1, sym=False, act_order=True, iters=30, 
             state["by_tol"] = True
             break
 
-    if polish and not state["converged"] and not state["by_tol"] and np.isfinite(best["f"]):
-        if best["sweep"] != state["sweeps"] - 1:
+    at_best = best["sweep"] == state["sweeps"] - 1
+    if polish and not state["by_tol"] and np.isfinite(best["f"]) and not (state["converged"] and at_best):
+        state["converged"] = False
+        if not at_best:
             codes = best["codes"].copy()
             scales[:], zeros[:] = best["scales"], best["zeros"]
             S, mask = best["S"].copy(), best["mask"].copy()

@@ -20,11 +20,13 @@
 // Schedule (the official code's defaults): `iters` sweeps, relaxed (unquantized, ŵ_j = β_j) in sweeps with
 // it % 3 == 1, it <= 25, never the last; every other sweep quantizes. Beyond the official code:
 //   * the best on-grid iterate is kept (a quantized sweep that follows a relaxed one can end above the
-//     previous quantized point), and returned;
+//     previous quantized point), and returned; a quantized sweep right after the best one continues it
+//     (exactly it cannot raise f, whatever the float32 G says);
 //   * a quantized sweep that changes no entry means coordinate-wise optimality: stop (converged);
 //   * tol > 0: stop when a quantized sweep lowers the best objective by less than tol * best;
-//   * when the schedule ends unconverged, quantized "polish" sweeps from the best iterate run until one
-//     changes nothing (at most `iters` more): each can only lower f, so the output is coordinate-wise optimal;
+//   * unless stopped by tol or converged at the best iterate, quantized "polish" sweeps (S and grids fixed)
+//     from the best iterate run until one changes nothing (at most `iters` more): each can only lower f, so
+//     the output is coordinate-wise optimal;
 //   * init = rtn (W rounded on the grid) or gptq (GPTQ's result and grid; the CD target stays the ORIGINAL W,
 //     and when CD cannot improve on GPTQ in exact float64 arithmetic GPTQ's own result is returned).
 //
