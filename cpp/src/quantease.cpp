@@ -90,8 +90,9 @@ class Solver {
             d[j - b0] = delta;
             if (delta != 0.0f) {
               w[j] = v;
+              // only the block's later columns need it now; the earlier ones get it after the block
               const float* s = Sig.row(j).data();
-              for (Index k = b0; k < b1; ++k) g[k] -= delta * s[k];
+              for (Index k = j; k < b1; ++k) g[k] -= delta * s[k];
               ++count;
             }
           }
@@ -106,8 +107,9 @@ class Solver {
     return std::accumulate(changed.begin(), changed.end(), std::int64_t{0});
   }
 
-  // G[:, outside the block] −= Δ_block Σ[block, outside] for rows r0..r1: skipped when Δ is zero, entry by
-  // entry when it is sparse, one GEMM per side otherwise.
+  // G[:, outside the block] −= Δ_block Σ[block, outside] for rows r0..r1, and the block's own columns get
+  // what the in-block loop left out: column k the changes of the block's later columns j > k (a strictly
+  // lower triangular product). Skipped when Δ is zero, entry by entry when it is sparse, GEMMs otherwise.
   void apply_outside(Index r0, Index r1, Index b0, Index b1, std::int64_t nnz) {
     if (nnz == 0) return;
     const Index pr = r1 - r0, nb = b1 - b0, right = cols_ - b1;
@@ -119,7 +121,7 @@ class Solver {
           const float delta = d[k];
           if (delta == 0.0f) continue;
           const float* s = Sig.row(b0 + k).data();
-          for (Index c = 0; c < b0; ++c) g[c] -= delta * s[c];
+          for (Index c = 0; c < b0 + k; ++c) g[c] -= delta * s[c];
           for (Index c = b1; c < cols_; ++c) g[c] -= delta * s[c];
         }
       }
@@ -127,6 +129,7 @@ class Solver {
     }
     const auto Dp = D.block(r0, 0, pr, nb);
     if (b0 > 0) G.block(r0, 0, pr, b0).noalias() -= Dp * Sig.block(b0, 0, nb, b0);
+    G.block(r0, b0, pr, nb).noalias() -= Dp * Sig.block(b0, b0, nb, nb).triangularView<Eigen::StrictlyLower>();
     if (right > 0) G.block(r0, b1, pr, right).noalias() -= Dp * Sig.block(b0, b1, nb, right);
   }
 
