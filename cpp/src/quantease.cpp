@@ -17,7 +17,7 @@
 namespace quantease {
 namespace {
 
-constexpr Index kRowPanel = 64;  // rows per task: fixed, so results do not depend on the thread count
+constexpr Index kRowPanel = 128;  // rows per task: fixed, so results do not depend on the thread count
 // A block's Δ with fewer non-zeros than (panel rows x block cols) / kSparseRatio is applied entry by entry
 // (one axpy with a row of Σ each) instead of by a GEMM.
 constexpr Index kSparseRatio = 8;
@@ -64,12 +64,16 @@ class Solver {
 
   float target(Index r, Index c) const { return outlier_mode ? Wp(r, c) - S(r, c) : Wp(r, c); }
 
-  // One sweep over all columns; returns the number of entries whose value changed.
-  std::int64_t sweep(bool quantize) {
+  // One sweep over all columns: returns the number of entries whose value changed and, when `with_f`,
+  // the objective after it. A row panel is a self-contained problem (rows share only Σ), so each task runs
+  // the whole sweep over its panel: one parallel region per sweep.
+  std::pair<std::int64_t, double> sweep(bool quantize, bool with_f) {
     std::vector<std::int64_t> changed(n_panels_, 0);
-    for (Index b0 = 0; b0 < cols_; b0 += B_) {
-      const Index b1 = std::min(b0 + B_, cols_);
-      parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+    std::vector<double> fpart(n_panels_, 0.0);
+    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+      const Index p = r0 / kRowPanel;
+      for (Index b0 = 0; b0 < cols_; b0 += B_) {
+        const Index b1 = std::min(b0 + B_, cols_);
         const auto t0 = Clock::now();
         std::int64_t count = 0;
         for (Index r = r0; r < r1; ++r) {
@@ -99,12 +103,14 @@ class Solver {
         }
         const auto t1 = Clock::now();
         apply_outside(r0, r1, b0, b1, count);
-        col_sec[r0 / kRowPanel] += std::chrono::duration<double>(t1 - t0).count();
-        gemm_sec[r0 / kRowPanel] += seconds_since(t1);
-        changed[r0 / kRowPanel] += count;
-      });
-    }
-    return std::accumulate(changed.begin(), changed.end(), std::int64_t{0});
+        col_sec[p] += std::chrono::duration<double>(t1 - t0).count();
+        gemm_sec[p] += seconds_since(t1);
+        changed[p] += count;
+      }
+      if (with_f) fpart[p] = panel_objective(r0, r1);
+    });
+    return {std::accumulate(changed.begin(), changed.end(), std::int64_t{0}),
+            std::accumulate(fpart.begin(), fpart.end(), 0.0)};
   }
 
   // G[:, outside the block] −= Δ_block Σ[block, outside] for rows r0..r1, and the block's own columns get
@@ -145,20 +151,25 @@ class Solver {
     });
   }
 
+  // Σ over rows r0..r1 of (T − Ŵ) ∘ G in float64.
+  double panel_objective(Index r0, Index r1) const {
+    double acc = 0.0;
+    for (Index r = r0; r < r1; ++r) {
+      const float* g = G.row(r).data();
+      const float* w = What.row(r).data();
+      const float* t = Wp.row(r).data();
+      const float* o = outlier_mode ? S.row(r).data() : nullptr;
+      double row = 0.0;
+      for (Index c = 0; c < cols_; ++c) row += static_cast<double>((o ? t[c] - o[c] : t[c]) - w[c]) * g[c];
+      acc += row;
+    }
+    return acc;
+  }
+
   // f = Σ (T − Ŵ) ∘ G, float64 sums per panel added in a fixed order.
   double objective() const {
     std::vector<double> part(n_panels_, 0.0);
-    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
-      double acc = 0.0;
-      for (Index r = r0; r < r1; ++r) {
-        const float* g = G.row(r).data();
-        const float* w = What.row(r).data();
-        double row = 0.0;
-        for (Index c = 0; c < cols_; ++c) row += static_cast<double>(target(r, c) - w[c]) * g[c];
-        acc += row;
-      }
-      part[r0 / kRowPanel] = acc;
-    });
+    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) { part[r0 / kRowPanel] = panel_objective(r0, r1); });
     return std::accumulate(part.begin(), part.end(), 0.0);
   }
 
@@ -496,7 +507,8 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   double prev_f = f0;
   auto run_sweep = [&](bool quantize, bool iht, bool polish) {
     if (structured) fit_masked_grids(s.Wp, outl->outlier_col, gopt, s.grids);
-    const std::int64_t changed = s.sweep(quantize);
+    const bool with_f = !(iht && outl) && !(opt.refresh_every > 0 && (res.sweeps + 1) % opt.refresh_every == 0);
+    const auto [changed, f_sweep] = s.sweep(quantize, with_f);
     bool s_changed = false;
     if (iht && outl) {
       const auto t0 = Clock::now();
@@ -508,7 +520,7 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
       s.refresh();
       ++res.refreshes;
     }
-    const double f = s.objective();
+    const double f = with_f ? f_sweep : s.objective();
     res.loss_history.push_back(f);
     res.quantized.push_back(quantize ? 1 : 0);
     res.changes.push_back(changed);
@@ -554,9 +566,8 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
       ++res.refreshes;
     }
     for (int p = 0; p < opt.iters; ++p) {
-      const std::int64_t changed = s.sweep(true);
+      const auto [changed, f] = s.sweep(true, true);
       const int it = res.sweeps++;
-      const double f = s.objective();
       res.loss_history.push_back(f);
       res.quantized.push_back(1);
       res.changes.push_back(changed);
