@@ -76,26 +76,29 @@ class Solver {
         const Index b1 = std::min(b0 + B_, cols_);
         const auto t0 = Clock::now();
         std::int64_t count = 0;
-        for (Index r = r0; r < r1; ++r) {
-          float* w = What.row(r).data();
-          float* g = G.row(r).data();
-          float* d = D.row(r).data();
-          std::uint8_t* c = codes.row(r).data();
-          for (Index j = b0; j < b1; ++j) {
+        // Column by column, and for each column every row of the panel: the rows' dependency chains
+        // (β_j needs the update of column j-1) are independent, so they overlap.
+        for (Index j = b0; j < b1; ++j) {
+          const float* s = Sig.row(j).data();
+          const float dj = diag[j];
+          const Index grp = j / grids.gs;
+          for (Index r = r0; r < r1; ++r) {
+            float* w = What.row(r).data();
+            float* g = G.row(r).data();
             // β_j = ŵ_j + G_j / Σ_jj: the best value of this entry with all others fixed
-            const float beta = w[j] + g[j] / diag[j];
+            const float beta = w[j] + g[j] / dj;
             float v = beta;
             if (quantize) {
-              const AffineGrid grid = grids.at(r, j);
-              c[j] = quantize_code(beta, grid, maxq_);
-              v = dequantize(c[j], grid);
+              const AffineGrid grid{grids.scale(r, grp), grids.zero(r, grp)};
+              const std::uint8_t code = quantize_code(beta, grid, maxq_);
+              codes(r, j) = code;
+              v = dequantize(code, grid);
             }
             const float delta = v - w[j];
-            d[j - b0] = delta;
+            D(r, j - b0) = delta;
             if (delta != 0.0f) {
               w[j] = v;
               // only the block's later columns need it now; the earlier ones get it after the block
-              const float* s = Sig.row(j).data();
               for (Index k = j; k < b1; ++k) g[k] -= delta * s[k];
               ++count;
             }
