@@ -14,6 +14,7 @@ from ._easyquant import easyquant
 from ._hessian import HessianAccumulator
 from ._gptq import gptq
 from ._loss import layer_loss
+from ._quantease import quantease
 from ._rtn import rtn
 from .result import QuantResult, SparseOutliers
 
@@ -27,6 +28,7 @@ __all__ = [
     "easyquant",
     "gptq",
     "layer_loss",
+    "quantease",
     "rtn",
     "__version__",
 ]

@@ -29,3 +29,7 @@ def quadratic_form_sum(D: npt.NDArray[np.float64], H: npt.NDArray[np.floating]) 
 def easyquant(W: npt.NDArray[np.float32], *, bits: int, group_size: int, sym: bool, outlier_sigma: float,
               outlier_stats: str, steps: int, lr: float, search_points: int = 32,
               evaluation: str = "auto") -> Dict[str, Any]: ...
+def quantease(W: npt.NDArray[np.float32], H: npt.NDArray[np.floating], *, bits: int, group_size: int, sym: bool,
+              act_order: bool, iters: int, init: str, relaxed: bool, tol: float, outliers: float,
+              outlier_structure: str, outlier_step: float, block_size: int, polish: bool = True,
+              refresh_every: int = 0) -> Dict[str, Any]: ...

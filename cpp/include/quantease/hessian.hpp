@@ -33,6 +33,16 @@ class HessianAccumulator {
   Eigen::MatrixXf acc32_;
 };
 
+// The column order of the Hessian-based solvers: dead columns (diag(H) == 0 exactly) and the processing
+// order (act-order: diag(H) descending, dead columns counted as 1, stable; else the identity).
+struct ColumnOrder {
+  std::vector<char> dead;  // per original column
+  Eigen::VectorXd diag;    // diag(H) with dead columns set to 1
+  VectorXi64 perm;         // processing order: column perm[j] is processed j-th
+};
+template <class HT>
+ColumnOrder column_order(const ConstRowMatrixRef<HT>& H, bool act_order);
+
 // What the GPTQ-style column loops need from H.
 struct PreparedHessian {
   std::vector<char> dead;  // per original column: diag(H) == 0 exactly

@@ -1,0 +1,153 @@
+"""QuantEase on LLM-shaped layers: seconds per sweep, sweeps run, GFLOP/s against this machine's GEMM rate,
+where the time goes, our GPTQ on the same layer, the PyTorch-CPU port (bench/peers/torch_quantease.py) on
+identical inputs, and the loss against GPTQ at 3 and 4 bits.
+
+    python bench/bench_quantease.py            # 4096^2 (full 30-sweep runs) and 4096x11008 (timed sweeps)
+    python bench/bench_quantease.py --quick    # small layers, seconds (CI smoke)
+    python bench/bench_quantease.py --json out.json
+
+What is measured how (all on one machine, in one run; a busy machine shows as load_1min in the header):
+
+* "full" layers run the whole default schedule (30 sweeps, relaxed every third, then the polish sweeps to
+  coordinate-wise optimality). "timed" layers (4096x11008) run 3 sweeps only -- all three change every
+  entry, so they are dense sweeps -- and the 30-sweep time is extrapolated as 30 dense sweeps (an upper
+  bound: later quantized sweeps change few entries and skip most of the work).
+* GFLOP/s: a dense sweep is 2 rows cols^2 flops (Δ Σ over all columns); the rate is taken over dense sweeps.
+* time split: phase wall seconds (prepare: Σ in processing order; init: grids, start point, tr(W Σ W^T);
+  sweeps; polish), and the CPU seconds of the sweeps' GEMM part vs their column loop.
+* peer: the PyTorch port is timed for 2 sweeps on a slice of the rows (rows are independent problems and
+  its cost is linear in them) and extrapolated to all rows and 30 sweeps: (setup + 30 x sweep) x rows/slice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import quantease  # noqa: E402
+from quantease import _core  # noqa: E402
+from machine import describe, gemm_gflops  # noqa: E402
+from synthetic import llm_like_problem, relative_loss  # noqa: E402
+
+# (rows, cols, mode, peer row slice)
+FULL = [(4096, 4096, "full", 256), (4096, 11008, "timed", 96)]
+QUICK = [(256, 512, "full", 256), (512, 1024, "full", 128)]
+SCHEDULE = 30
+
+
+def sweep_flops(rows: int, cols: int) -> float:
+    return 2.0 * rows * cols * cols
+
+
+def torch_peer():
+    try:
+        from peers.torch_quantease import quantease as torch_quantease
+        import torch
+
+        return torch_quantease, f"torch {torch.__version__} port of the official loop (bench/peers/torch_quantease.py)"
+    except Exception as exc:  # noqa: BLE001 - report any reason the peer is missing
+        return None, f"not available: {type(exc).__name__}: {exc}"
+
+
+def dense_sweeps(W, H, bits: int, n: int = 3) -> dict:
+    """n sweeps from W (every entry changes in each: sweep 0 quantizes W, sweep 1 is relaxed, sweep 2
+    quantizes the relaxed point), no polish: the dense-sweep rate."""
+    t0 = time.perf_counter()
+    out = _core.quantease(W, H, bits=bits, group_size=-1, sym=False, act_order=True, iters=n, init="w",
+                          relaxed=True, tol=0.0, outliers=0.0, outlier_structure="unstructured", outlier_step=1.0,
+                          block_size=128, polish=False)
+    total = time.perf_counter() - t0
+    ph = out["phase_seconds"]
+    return dict(seconds=total, sweeps=n, sweep_seconds=ph["sweeps"] / n, phases=ph, changes=list(out["changes"]),
+                gemm_cpu=out["gemm_cpu_seconds"], column_cpu=out["column_cpu_seconds"])
+
+
+def run(shapes, peer_on: bool):
+    peer, peer_desc = torch_peer() if peer_on else (None, "skipped (--no-peer)")
+    gemm = gemm_gflops()
+    print(f"machine: {describe()}")
+    print(f"float32 GEMM rate (NumPy BLAS, 2048^3, same run): {gemm:.1f} GFLOP/s")
+    print(f"peer: {peer_desc}\n")
+    results = []
+    for rows, cols, mode, peer_rows in shapes:
+        layer = f"{rows}x{cols}"
+        W, H = llm_like_problem(rows, cols, seed=rows + cols)
+        rec = dict(layer=layer, mode=mode)
+        print(f"== {layer} ({mode})")
+        gptq = {b: quantease.gptq(W, H, bits=b, act_order=True) for b in (4, 3)}
+        rec["gptq_seconds"] = gptq[4].seconds
+        print(f"  GPTQ 4-bit act-order: {gptq[4].seconds:.2f} s, rel.loss {relative_loss(gptq[4].loss, W, H):.4e}")
+
+        d = dense_sweeps(W, H, 4)
+        rate = sweep_flops(rows, cols) / d["sweep_seconds"] / 1e9
+        col_share = d["column_cpu"] / max(d["column_cpu"] + d["gemm_cpu"], 1e-12)
+        rec.update(dense_sweep_seconds=d["sweep_seconds"], dense_gflops=rate, dense_pct_gemm=100 * rate / gemm,
+                   dense_phases=d["phases"], dense_column_share=col_share)
+        print(f"  dense sweep: {d['sweep_seconds']:.3f} s = {rate:.1f} GFLOP/s ({100 * rate / gemm:.0f}% of GEMM); "
+              f"CPU time in the column loop {100 * col_share:.0f}%, in GEMM/axpy updates {100 - 100 * col_share:.0f}%")
+        fixed = d["phases"]["prepare"] + d["phases"]["init"] + d["phases"]["output"]
+
+        if mode == "full":
+            for bits in (4, 3):
+                r = quantease.quantease(W, H, bits=bits)
+                ph = r.info["phase_seconds"]
+                n_main = sum(1 for p in r.info["polish"] if not p)
+                n_pol = r.iters - n_main
+                schedule = ph["prepare"] + ph["init"] + ph["sweeps"] + ph["output"]
+                key = f"qe{bits}"
+                rec[key] = dict(seconds=r.seconds, schedule_seconds=schedule, sweeps=n_main, polish_sweeps=n_pol,
+                                converged=r.info["converged"], phases=ph,
+                                per_sweep=ph["sweeps"] / max(n_main, 1),
+                                gemm_cpu=r.info["gemm_cpu_seconds"], column_cpu=r.info["column_cpu_seconds"],
+                                rel_loss=relative_loss(r.loss, W, H), vs_gptq=r.loss / gptq[bits].loss,
+                                changes=r.info["changes"])
+                print(f"  QuantEase {bits}-bit: {r.seconds:.2f} s total ({n_main} sweeps {ph['sweeps']:.2f} s = "
+                      f"{ph['sweeps'] / max(n_main, 1):.3f} s/sweep, {n_pol} polish sweeps {ph.get('polish', 0):.2f} s, "
+                      f"prepare {ph['prepare']:.2f} s, init {ph['init']:.2f} s), converged={r.info['converged']}, "
+                      f"loss/GPTQ {r.loss / gptq[bits].loss:.3f}")
+            ours30 = rec["qe4"]["schedule_seconds"]
+            rec["ours_30_seconds"] = ours30
+            rec["ours_30_how"] = "measured (30-sweep schedule, polish excluded)"
+        else:
+            ours30 = fixed + SCHEDULE * d["sweep_seconds"]
+            rec["ours_30_seconds"] = ours30
+            rec["ours_30_how"] = "extrapolated: prepare+init+output + 30 dense sweeps (upper bound)"
+        rec["ratio_to_gptq"] = ours30 / gptq[4].seconds
+        print(f"  30 sweeps: {ours30:.1f} s ({rec['ours_30_how']}) = {rec['ratio_to_gptq']:.1f}x our GPTQ "
+              f"(stretch target <= 4x)")
+
+        if peer is not None:
+            pr = min(peer_rows, rows)
+            info: dict = {}
+            peer(W[:pr], H, bits=4, act_order=True, iters=SCHEDULE, max_sweeps=2, track_loss=False, info=info)
+            per = float(np.mean(info["sweep_seconds"]))
+            peer30 = (info["setup_seconds"] + SCHEDULE * per) * rows / pr
+            rec.update(peer_rows=pr, peer_sweep_seconds=per * rows / pr, peer_30_seconds=peer30,
+                       speedup=peer30 / ours30)
+            print(f"  torch port: {per:.2f} s/sweep on {pr} rows -> {per * rows / pr:.1f} s/sweep on {rows} rows, "
+                  f"30 sweeps ~{peer30:.0f} s; our speed-up {peer30 / ours30:.1f}x (target >= 10x)")
+        results.append(rec)
+        print()
+    return {"machine": describe(), "gemm_gflops": gemm, "peer": peer_desc, "results": results}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small layers only (seconds)")
+    ap.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer")
+    ap.add_argument("--json", help="write the figures to this file")
+    args = ap.parse_args(argv)
+    out = run(QUICK if args.quick else FULL, not args.no_peer)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2, default=float)
+
+
+if __name__ == "__main__":
+    main()

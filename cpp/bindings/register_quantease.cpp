@@ -1,0 +1,110 @@
+// Binding of QuantEase: validates every argument (ValueError), releases the GIL, calls the core.
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <sstream>
+#include <string>
+
+#include "checks.hpp"
+#include "output.hpp"
+#include "quantease/quantease.hpp"
+
+namespace quantease::bindings {
+
+void register_quantease(py::module_& m) {
+  m.def(
+      "quantease",
+      [](const CArray<float>& W, const py::array& H, int bits, int group_size, bool sym, bool act_order, int iters,
+         const std::string& init, bool relaxed, double tol, double outliers, const std::string& outlier_structure,
+         double outlier_step, int block_size, bool polish, int refresh_every) {
+        check_weight(W);
+        check_bits(bits);
+        check_group_size(group_size, W.shape(1));
+        check_positive("iters", iters);
+        check_positive("block_size", block_size);
+        if (init != "w" && init != "rtn" && init != "gptq") {
+          throw py::value_error("init must be one of 'w', 'rtn', 'gptq', got '" + init + "'");
+        }
+        if (!std::isfinite(tol) || tol < 0.0) {
+          std::ostringstream msg;
+          msg << "tol must be a finite number >= 0, got " << tol;
+          throw py::value_error(msg.str());
+        }
+        if (!(outliers >= 0.0 && outliers < 1.0)) {
+          std::ostringstream msg;
+          msg << "outliers must be a fraction in [0, 1), got " << outliers;
+          throw py::value_error(msg.str());
+        }
+        if (outlier_structure != "unstructured" && outlier_structure != "structured") {
+          throw py::value_error("outlier_structure must be one of 'unstructured', 'structured', got '" +
+                                outlier_structure + "'");
+        }
+        if (!std::isfinite(outlier_step) || outlier_step <= 0.0) {
+          std::ostringstream msg;
+          msg << "outlier_step must be a finite number > 0, got " << outlier_step;
+          throw py::value_error(msg.str());
+        }
+        if (init == "gptq" && outliers > 0.0) {
+          throw py::value_error("init='gptq' cannot be combined with outliers > 0 (GPTQ's grid ignores the outliers)");
+        }
+        if (refresh_every < 0) {
+          throw py::value_error("refresh_every must be an integer >= 0, got " + std::to_string(refresh_every));
+        }
+        QuantEaseOptions opt;
+        opt.bits = bits;
+        opt.group_size = group_size;
+        opt.sym = sym;
+        opt.act_order = act_order;
+        opt.iters = iters;
+        opt.init = init == "rtn" ? QuantEaseInit::rtn : init == "gptq" ? QuantEaseInit::gptq : QuantEaseInit::w;
+        opt.relaxed = relaxed;
+        opt.tol = tol;
+        opt.outlier_fraction = outliers;
+        opt.outlier_structure =
+            outlier_structure == "structured" ? OutlierStructure::structured : OutlierStructure::unstructured;
+        opt.outlier_step = outlier_step;
+        opt.block_size = block_size;
+        opt.polish = polish;
+        opt.refresh_every = refresh_every;
+        QuantEaseOutput res = with_hessian(H, W.shape(1), [&](const auto& h) {
+          py::gil_scoped_release release;
+          return quantease(as_matrix(W), h, opt);
+        });
+        py::dict d = output_to_dict(std::move(res.quant));
+        d["loss_history"] = py::cast(res.loss_history);
+        py::list quantized, polished;
+        for (char q : res.quantized) quantized.append(py::bool_(q != 0));
+        for (char q : res.polish) polished.append(py::bool_(q != 0));
+        d["quantized"] = quantized;
+        d["polish"] = polished;
+        d["changes"] = py::cast(res.changes);
+        d["sweeps"] = res.sweeps;
+        d["converged"] = res.converged;
+        d["stopped_by_tol"] = res.stopped_by_tol;
+        d["best_sweep"] = res.best_sweep;
+        d["kept_init"] = res.kept_init;
+        d["base"] = res.base;
+        d["refreshes"] = res.refreshes;
+        d["lambda_max"] = res.lambda_max;
+        d["eta"] = res.eta;
+        d["outlier_count"] = res.outlier_count;
+        d["sweep_seconds"] = res.sweep_seconds;
+        d["gemm_cpu_seconds"] = res.gemm_seconds;
+        d["column_cpu_seconds"] = res.column_seconds;
+        d["iht_seconds"] = res.iht_seconds;
+        if (outliers > 0.0) {
+          d["outlier_indptr"] = to_numpy(std::move(res.outlier_indptr));
+          d["outlier_indices"] = to_numpy(std::move(res.outlier_indices));
+          d["outlier_values"] = to_numpy(std::move(res.outlier_values));
+        }
+        return d;
+      },
+      py::arg("W").noconvert(), py::arg("H"), py::kw_only(), py::arg("bits"), py::arg("group_size"),
+      py::arg("sym"), py::arg("act_order"), py::arg("iters"), py::arg("init"), py::arg("relaxed"), py::arg("tol"),
+      py::arg("outliers"), py::arg("outlier_structure"), py::arg("outlier_step"), py::arg("block_size"),
+      py::arg("polish") = true, py::arg("refresh_every") = 0,
+      "QuantEase coordinate descent (optionally outlier-aware). Returns a dict of NumPy arrays and run "
+      "statistics (the Python layer builds the QuantResult).");
+}
+
+}  // namespace quantease::bindings

@@ -1,0 +1,102 @@
+// QuantEase (Behdin et al., "QuantEase: Optimization-based Quantization for Language Models", arXiv 2309.01885):
+// cyclic coordinate descent on the layer objective, and its outlier-aware variant.
+//
+// Problem (specs/quantease.md): with Σ = H (any positive multiple of X Xᵀ), minimise
+//     f(Ŵ) = tr((T − Ŵ) Σ (T − Ŵ)ᵀ),   T = W (plain) or W − S (outlier-aware),
+// each row of Ŵ on its row's (or row-and-group's) grid. One coordinate is one column for all rows at once.
+// We keep G = (T − Ŵ) Σ (rows x cols, float32), so the best unconstrained value of column j is
+//     β_j = ŵ_j + G_{:,j} / Σ_jj        (= ((TΣ)_j − Σ_{k≠j} Ŵ_k Σ_kj) / Σ_jj)
+// and a quantized sweep sets ŵ_j = quant(β_j), the nearest grid point; changing column j by δ changes G by
+// −δ Σ_{j,:}. The objective is free from G: f = Σ_{r,c} (T − Ŵ)_{rc} G_{rc} (no constant term, because G is
+// taken against T = W − S itself).
+//
+// Blocked sweeps: columns in blocks of B (processing order). Inside a block only G[:, block] is updated,
+// entry by entry (B per changed entry); after the block, G[:, outside] −= Δ_block Σ[block, outside] — one
+// GEMM per row panel when Δ is dense, one axpy per changed entry when it is sparse (after the first sweeps
+// most quantized entries stop changing). Rows are split into fixed panels (parallel_chunks), so the
+// result is bit-identical for any thread count. Memory: Σ (the permuted float32 copy) is the only
+// cols x cols matrix; the rest is rows x cols.
+//
+// Schedule (the official code's defaults): `iters` sweeps, relaxed (unquantized, ŵ_j = β_j) in sweeps with
+// it % 3 == 1, it <= 25, never the last; every other sweep quantizes. Beyond the official code:
+//   * the best on-grid iterate is kept (a quantized sweep that follows a relaxed one can end above the
+//     previous quantized point), and returned; a quantized sweep right after the best one continues it
+//     (exactly it cannot raise f, whatever the float32 G says);
+//   * a quantized sweep that changes no entry means coordinate-wise optimality: stop (converged);
+//   * tol > 0: stop when a quantized sweep lowers the best objective by less than tol * best;
+//   * unless stopped by tol or converged at the best iterate, quantized "polish" sweeps (S and grids fixed)
+//     from the best iterate run until one changes nothing (at most `iters` more): each can only lower f, so
+//     the output is coordinate-wise optimal;
+//   * init = rtn (W rounded on the grid) or gptq (GPTQ's result and grid; the CD target stays the ORIGINAL W,
+//     and when CD cannot improve on GPTQ in exact float64 arithmetic GPTQ's own result is returned).
+//
+// Outlier-aware variant (outlier_fraction > 0): minimise f(Ŵ + S), S with k non-zeros (k = round(fraction x
+// entries)) or k whole columns (structured, k = round(fraction x cols)). S starts at the k largest |W|
+// (columns of largest norm), Ŵ = W − S. Per outer iteration one CD sweep against T = W − S, then one
+// iterative-hard-thresholding step S ← top_k(S + η G) (= S − η (Ŵ + S − W) Σ), η = step / (2 λ_max(Σ)), λ_max by
+// power iteration. Grids: unstructured — each row's (group's) range clipped once at its quantiles from the
+// original W (n = round(len * fraction / 2): xmin = n-th smallest, xmax = n-th largest, 0-based); structured —
+// min-max over the current non-outlier columns of the original W, refitted whenever the column set moves.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "quantease/grid.hpp"
+#include "quantease/result.hpp"
+
+namespace quantease {
+
+enum class QuantEaseInit { w, rtn, gptq };
+enum class OutlierStructure { unstructured, structured };
+
+struct QuantEaseOptions {
+  int bits = 4;
+  int group_size = -1;   // -1 or a positive divisor of cols; groups follow the processing order (as GPTQ)
+  bool sym = false;
+  bool act_order = true;
+  int iters = 30;        // sweeps of the schedule (>= 1)
+  QuantEaseInit init = QuantEaseInit::w;
+  bool relaxed = true;
+  double tol = 0.0;      // relative improvement of the best objective below which a quantized sweep stops
+  double outlier_fraction = 0.0;  // [0, 1); 0: plain QuantEase
+  OutlierStructure outlier_structure = OutlierStructure::unstructured;
+  double outlier_step = 1.0;      // α of η = α / (2 λ_max(Σ)) (> 0)
+  int block_size = 128;
+  bool polish = true;    // quantized sweeps from the best iterate after the schedule until nothing changes
+  int refresh_every = 0; // > 0: recompute G = (T − Ŵ) Σ by a GEMM every that many sweeps (drift control)
+  double gptq_damp = 0.01;  // init = gptq only
+};
+
+struct QuantEaseOutput {
+  QuantOutput quant;             // weight = grid part + S; codes/scales/zeros of the grid part
+  std::vector<double> loss_history;  // f after every sweep (after the IHT step in the outlier variant)
+  std::vector<char> quantized;       // per sweep: 1 quantized, 0 relaxed
+  std::vector<std::int64_t> changes; // per sweep: entries whose value changed
+  std::vector<char> polish;          // per sweep: 1 for a polish sweep
+  int sweeps = 0;
+  bool converged = false;   // the last quantized sweep changed nothing
+  bool stopped_by_tol = false;
+  int best_sweep = -1;      // sweep whose iterate is returned (-1: the initial point)
+  bool kept_init = false;   // init = gptq: GPTQ's own result returned (CD did not improve it)
+  double base = 0.0;        // tr(W Σ Wᵀ), for relative errors
+  int refreshes = 0;        // exact recomputations of G
+  double lambda_max = 0.0, eta = 0.0;  // outlier variant
+  std::int64_t outlier_count = 0;      // k (entries, or columns when structured)
+  VectorXi64 outlier_indptr;     // CSR over rows, original column order (empty without outliers)
+  VectorXi32 outlier_indices;
+  Eigen::VectorXf outlier_values;
+  double sweep_seconds = 0.0, gemm_seconds = 0.0, column_seconds = 0.0, iht_seconds = 0.0;
+};
+
+// W: rows x cols, H: cols x cols symmetric (both finite); options validated by the caller (bits 2..8,
+// group_size -1 or a divisor, iters >= 1, tol >= 0, 0 <= fraction < 1, step > 0, block_size >= 1,
+// init = gptq only without outliers). Throws NumericalError only from GPTQ's factorization (init = gptq).
+template <class HT>
+QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H,
+                          const QuantEaseOptions& opt);
+
+// λ_max of the symmetric PSD matrix A by power iteration from a fixed start (deterministic).
+double power_iteration_lambda_max(const RowMatrixXf& A, int max_iters = 100, double rel_tol = 1e-7);
+
+}  // namespace quantease

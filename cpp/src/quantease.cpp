@@ -1,0 +1,644 @@
+// QuantEase: blocked coordinate descent on G = (T − Ŵ) Σ, the schedule, and the outlier-aware variant
+// (see quantease.hpp for the equations).
+#include "quantease/quantease.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <numeric>
+
+#include "quantease/gptq.hpp"
+#include "quantease/hessian.hpp"
+#include "quantease/parallel.hpp"
+
+namespace quantease {
+namespace {
+
+constexpr Index kRowPanel = 128;  // rows per task: fixed, so results do not depend on the thread count
+// A block's Δ with fewer non-zeros than (panel rows x block cols) / kSparseRatio is applied entry by entry
+// (one axpy with a row of Σ each) instead of by a GEMM.
+constexpr Index kSparseRatio = 8;
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// The grid of every row and group (groups in processing order), as float32 scale/zero.
+struct Grids {
+  Index gs = 1;  // group width in columns (cols when there are no groups)
+  RowMatrixXf scale, zero;  // rows x groups
+  AffineGrid at(Index r, Index j) const { return AffineGrid{scale(r, j / gs), zero(r, j / gs)}; }
+  void set(Index r, Index g, const AffineGrid& a) {
+    scale(r, g) = a.scale;
+    zero(r, g) = a.zero;
+  }
+};
+
+class Solver {
+ public:
+  Solver(const QuantEaseOptions& opt, Index rows, Index cols)
+      : opt_(opt), rows_(rows), cols_(cols), B_(std::max<Index>(1, opt.block_size)),
+        maxq_(max_code(opt.bits)), n_panels_((rows + kRowPanel - 1) / kRowPanel) {}
+
+  const QuantEaseOptions& opt_;
+  Index rows_, cols_, B_;
+  float maxq_;
+  Index n_panels_;
+
+  RowMatrixXf Sig;        // Σ in processing order (cols x cols)
+  Eigen::VectorXf diag;   // Σ_jj, dead columns 1
+  RowMatrixXf Wp;         // W in processing order
+  RowMatrixXf S;          // outliers in processing order (outlier variant only)
+  RowMatrixU8 Smask;      // 1 on the support of S (its k entries, or k whole columns)
+  RowMatrixXf What;       // Ŵ
+  RowMatrixXf G;          // (T − Ŵ) Σ
+  RowMatrixU8 codes;      // codes of Ŵ (valid after a quantized sweep)
+  RowMatrixXf D;          // rows x B: Δ of the current block
+  Grids grids;
+  bool outlier_mode = false;
+
+  // CPU seconds spent per kind of work, one slot per row panel (summed in a fixed order).
+  std::vector<double> gemm_sec, col_sec;
+
+  float target(Index r, Index c) const { return outlier_mode ? Wp(r, c) - S(r, c) : Wp(r, c); }
+
+  // One sweep over all columns: returns the number of entries whose value changed and, when `with_f`,
+  // the objective after it. A row panel is a self-contained problem (rows share only Σ), so each task runs
+  // the whole sweep over its panel: one parallel region per sweep.
+  std::pair<std::int64_t, double> sweep(bool quantize, bool with_f) {
+    std::vector<std::int64_t> changed(n_panels_, 0);
+    std::vector<double> fpart(n_panels_, 0.0);
+    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+      const Index p = r0 / kRowPanel;
+      for (Index b0 = 0; b0 < cols_; b0 += B_) {
+        const Index b1 = std::min(b0 + B_, cols_);
+        const auto t0 = Clock::now();
+        std::int64_t count = 0;
+        // Column by column, and for each column every row of the panel: the rows' dependency chains
+        // (β_j needs the update of column j-1) are independent, so they overlap.
+        for (Index j = b0; j < b1; ++j) {
+          const float* s = Sig.row(j).data();
+          const float dj = diag[j];
+          const Index grp = j / grids.gs;
+          for (Index r = r0; r < r1; ++r) {
+            float* w = What.row(r).data();
+            float* g = G.row(r).data();
+            // β_j = ŵ_j + G_j / Σ_jj: the best value of this entry with all others fixed
+            const float beta = w[j] + g[j] / dj;
+            float v = beta;
+            if (quantize) {
+              const AffineGrid grid{grids.scale(r, grp), grids.zero(r, grp)};
+              const std::uint8_t code = quantize_code(beta, grid, maxq_);
+              codes(r, j) = code;
+              v = dequantize(code, grid);
+            }
+            const float delta = v - w[j];
+            D(r, j - b0) = delta;
+            if (delta != 0.0f) {
+              w[j] = v;
+              // only the block's later columns need it now; the earlier ones get it after the block
+              for (Index k = j; k < b1; ++k) g[k] -= delta * s[k];
+              ++count;
+            }
+          }
+        }
+        const auto t1 = Clock::now();
+        apply_outside(r0, r1, b0, b1, count);
+        col_sec[p] += std::chrono::duration<double>(t1 - t0).count();
+        gemm_sec[p] += seconds_since(t1);
+        changed[p] += count;
+      }
+      if (with_f) fpart[p] = panel_objective(r0, r1);
+    });
+    return {std::accumulate(changed.begin(), changed.end(), std::int64_t{0}),
+            std::accumulate(fpart.begin(), fpart.end(), 0.0)};
+  }
+
+  // G[:, outside the block] −= Δ_block Σ[block, outside] for rows r0..r1, and the block's own columns get
+  // what the in-block loop left out: column k the changes of the block's later columns j > k (a strictly
+  // lower triangular product). Skipped when Δ is zero, entry by entry when it is sparse, GEMMs otherwise.
+  void apply_outside(Index r0, Index r1, Index b0, Index b1, std::int64_t nnz) {
+    if (nnz == 0) return;
+    const Index pr = r1 - r0, nb = b1 - b0, right = cols_ - b1;
+    if (nnz * kSparseRatio < pr * nb) {
+      for (Index r = r0; r < r1; ++r) {
+        const float* d = D.row(r).data();
+        float* g = G.row(r).data();
+        for (Index k = 0; k < nb; ++k) {
+          const float delta = d[k];
+          if (delta == 0.0f) continue;
+          const float* s = Sig.row(b0 + k).data();
+          for (Index c = 0; c < b0 + k; ++c) g[c] -= delta * s[c];
+          for (Index c = b1; c < cols_; ++c) g[c] -= delta * s[c];
+        }
+      }
+      return;
+    }
+    const auto Dp = D.block(r0, 0, pr, nb);
+    if (b0 > 0) G.block(r0, 0, pr, b0).noalias() -= Dp * Sig.block(b0, 0, nb, b0);
+    G.block(r0, b0, pr, nb).noalias() -= Dp * Sig.block(b0, b0, nb, nb).triangularView<Eigen::StrictlyLower>();
+    if (right > 0) G.block(r0, b1, pr, right).noalias() -= Dp * Sig.block(b0, b1, nb, right);
+  }
+
+  // G = (T − Ŵ) Σ from scratch (one GEMM per row panel).
+  void refresh() {
+    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+      const auto t0 = Clock::now();
+      const Index pr = r1 - r0;
+      RowMatrixXf R = Wp.middleRows(r0, pr) - What.middleRows(r0, pr);
+      if (outlier_mode) R -= S.middleRows(r0, pr);
+      G.middleRows(r0, pr).noalias() = R * Sig;
+      gemm_sec[r0 / kRowPanel] += seconds_since(t0);
+    });
+  }
+
+  // Σ over rows r0..r1 of (T − Ŵ) ∘ G in float64.
+  double panel_objective(Index r0, Index r1) const {
+    double acc = 0.0;
+    for (Index r = r0; r < r1; ++r) {
+      const float* g = G.row(r).data();
+      const float* w = What.row(r).data();
+      const float* t = Wp.row(r).data();
+      const float* o = outlier_mode ? S.row(r).data() : nullptr;
+      double row = 0.0;
+      for (Index c = 0; c < cols_; ++c) row += static_cast<double>((o ? t[c] - o[c] : t[c]) - w[c]) * g[c];
+      acc += row;
+    }
+    return acc;
+  }
+
+  // f = Σ (T − Ŵ) ∘ G, float64 sums per panel added in a fixed order.
+  double objective() const {
+    std::vector<double> part(n_panels_, 0.0);
+    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) { part[r0 / kRowPanel] = panel_objective(r0, r1); });
+    return std::accumulate(part.begin(), part.end(), 0.0);
+  }
+
+  // Ŵ from codes on the current grids.
+  void dequantize_all() {
+    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+      for (Index r = r0; r < r1; ++r)
+        for (Index j = 0; j < cols_; ++j) What(r, j) = dequantize(codes(r, j), grids.at(r, j));
+    });
+  }
+
+  // Ŵ = quant(T) on the current grids (init = rtn).
+  void round_target() {
+    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+      for (Index r = r0; r < r1; ++r)
+        for (Index j = 0; j < cols_; ++j) {
+          const AffineGrid grid = grids.at(r, j);
+          codes(r, j) = quantize_code(target(r, j), grid, maxq_);
+          What(r, j) = dequantize(codes(r, j), grid);
+        }
+    });
+  }
+};
+
+// Per row and group: min-max grid of the values of Wp in the group (plain), or of the values clipped at the
+// quantiles n = round(len * fraction / 2) (unstructured outliers).
+void fit_fixed_grids(const RowMatrixXf& Wp, const GridOptions& gopt, double fraction, Grids& grids) {
+  const Index rows = Wp.rows(), gs = grids.gs, groups = grids.scale.cols();
+  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+    std::vector<float> buf(gs);
+    for (Index r = r0; r < r1; ++r) {
+      for (Index g = 0; g < groups; ++g) {
+        const float* x = Wp.row(r).data() + g * gs;
+        if (fraction <= 0.0) {
+          grids.set(r, g, fit_grid(x, gs, gopt));
+          continue;
+        }
+        Index n = static_cast<Index>(std::llround(static_cast<double>(gs) * fraction / 2.0));
+        n = std::min<Index>(n, (gs - 1) / 2);
+        std::copy(x, x + gs, buf.begin());
+        std::nth_element(buf.begin(), buf.begin() + n, buf.end());
+        const float lo = buf[n];
+        std::nth_element(buf.begin(), buf.begin() + (gs - 1 - n), buf.end());
+        const float range[2] = {lo, buf[gs - 1 - n]};
+        grids.set(r, g, fit_grid(range, 2, gopt));
+      }
+    }
+  });
+}
+
+// Structured outliers: min-max of the original W over the non-outlier columns of every row and group.
+void fit_masked_grids(const RowMatrixXf& Wp, const std::vector<char>& outlier_col, const GridOptions& gopt,
+                      Grids& grids) {
+  const Index rows = Wp.rows(), gs = grids.gs, groups = grids.scale.cols();
+  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+    std::vector<float> buf(gs);
+    for (Index r = r0; r < r1; ++r) {
+      for (Index g = 0; g < groups; ++g) {
+        Index n = 0;
+        for (Index c = g * gs; c < (g + 1) * gs; ++c)
+          if (!outlier_col[c]) buf[n++] = Wp(r, c);
+        grids.set(r, g, fit_grid(buf.data(), n, gopt));  // n == 0: the all-zero guard
+      }
+    }
+  });
+}
+
+// The outlier part: S (dense, processing order) with its support, the IHT step and G's update.
+class Outliers {
+ public:
+  Outliers(Solver& s, const QuantEaseOptions& opt, double eta)
+      : s_(s), structured_(opt.outlier_structure == OutlierStructure::structured), eta_(static_cast<float>(eta)) {
+    const Index rows = s.rows_, cols = s.cols_;
+    k_ = structured_ ? std::llround(opt.outlier_fraction * static_cast<double>(cols))
+                     : std::llround(opt.outlier_fraction * static_cast<double>(rows) * static_cast<double>(cols));
+    k_ = std::max<std::int64_t>(0, std::min<std::int64_t>(k_, structured_ ? cols : rows * cols));
+    outlier_col.assign(cols, 0);
+  }
+
+  std::int64_t k() const { return k_; }
+  bool structured() const { return structured_; }
+  std::vector<char> outlier_col;  // structured: the current outlier columns
+
+  // S = the k largest |W| entries (or the k columns of largest norm) of W, exactly W's values there.
+  // G is left alone (the caller sets Ŵ = W − S, so that G = (T − Ŵ) Σ = 0).
+  void init() {
+    s_.S.setZero(s_.rows_, s_.cols_);
+    s_.Smask.setZero(s_.rows_, s_.cols_);
+    RowMatrixXf cand = s_.Wp;
+    select(cand, false);
+  }
+
+  // S ← top_k(S + η G); G −= (S_new − S_old) Σ. Returns whether S changed.
+  bool step() {
+    const Index rows = s_.rows_, cols = s_.cols_;
+    RowMatrixXf cand(rows, cols);
+    parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+      for (Index r = r0; r < r1; ++r)
+        for (Index c = 0; c < cols; ++c) cand(r, c) = s_.S(r, c) + eta_ * s_.G(r, c);
+    });
+    return select(cand, true);
+  }
+
+ private:
+  // S_new = cand on the selected support, 0 elsewhere; cand is overwritten with ΔS = S_new − S_old and
+  // applied to G (T = W − S moves by −ΔS).
+  bool select(RowMatrixXf& cand, bool update_G) {
+    const Index rows = s_.rows_, cols = s_.cols_;
+    RowMatrixXf& S = s_.S;
+    if (structured_) {
+      // column norms: fixed-order float64 sums
+      std::vector<double> norm(cols, 0.0);
+      for (Index r = 0; r < rows; ++r)
+        for (Index c = 0; c < cols; ++c) norm[c] += static_cast<double>(cand(r, c)) * cand(r, c);
+      std::vector<Index> order(cols);
+      std::iota(order.begin(), order.end(), Index{0});
+      std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) { return norm[a] > norm[b]; });
+      std::fill(outlier_col.begin(), outlier_col.end(), 0);
+      for (std::int64_t i = 0; i < k_; ++i) outlier_col[order[i]] = 1;
+      parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+        for (Index r = r0; r < r1; ++r)
+          for (Index c = 0; c < cols; ++c) {
+            const float v = outlier_col[c] ? cand(r, c) : 0.0f;
+            cand(r, c) = v - S(r, c);
+            S(r, c) = v;
+            s_.Smask(r, c) = outlier_col[c];
+          }
+      });
+    } else {
+      const std::int64_t n = static_cast<std::int64_t>(rows) * cols;
+      float thr = std::numeric_limits<float>::infinity();
+      std::int64_t ties = 0;  // entries equal to the threshold that still fit (flat order)
+      if (k_ > 0) {
+        std::vector<float> mags(n);
+        const float* cd = cand.data();
+        for (std::int64_t i = 0; i < n; ++i) mags[i] = std::fabs(cd[i]);
+        std::nth_element(mags.begin(), mags.begin() + (k_ - 1), mags.end(), std::greater<float>());
+        thr = mags[k_ - 1];
+        std::int64_t above = 0;
+        for (std::int64_t i = 0; i < n; ++i) above += std::fabs(cd[i]) > thr;
+        ties = k_ - above;
+      }
+      float* cd = cand.data();
+      float* sd = S.data();
+      std::uint8_t* md = s_.Smask.data();
+      for (std::int64_t i = 0; i < n; ++i) {
+        const float a = std::fabs(cd[i]);
+        bool keep = k_ > 0 && a > thr;
+        if (k_ > 0 && !keep && a == thr && ties > 0) {
+          keep = true;
+          --ties;
+        }
+        const float v = keep ? cd[i] : 0.0f;
+        cd[i] = v - sd[i];
+        sd[i] = v;
+        md[i] = keep;
+      }
+    }
+    // G −= ΔS Σ (T = W − S moved by −ΔS), one axpy per changed entry
+    if (!update_G) return true;
+    std::vector<char> any(s_.n_panels_, 0);
+    parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+      for (Index r = r0; r < r1; ++r) {
+        float* g = s_.G.row(r).data();
+        for (Index c = 0; c < cols; ++c) {
+          const float d = cand(r, c);
+          if (d == 0.0f) continue;
+          any[r0 / kRowPanel] = 1;
+          const float* sg = s_.Sig.row(c).data();
+          for (Index m = 0; m < cols; ++m) g[m] -= d * sg[m];
+        }
+      }
+    });
+    return std::any_of(any.begin(), any.end(), [](char a) { return a != 0; });
+  }
+
+  Solver& s_;
+  bool structured_;
+  float eta_;
+  std::int64_t k_ = 0;
+};
+
+}  // namespace
+
+double power_iteration_lambda_max(const RowMatrixXf& A, int max_iters, double rel_tol) {
+  const Index n = A.rows();
+  if (n == 0) return 0.0;
+  Eigen::VectorXd v = Eigen::VectorXd::Constant(n, 1.0 / std::sqrt(static_cast<double>(n)));
+  Eigen::VectorXd w(n);
+  double lambda = 0.0;
+  for (int it = 0; it < max_iters; ++it) {
+    parallel_chunks(n, 256, [&](Index i0, Index i1) {
+      for (Index i = i0; i < i1; ++i) w[i] = A.row(i).cast<double>().dot(v);
+    });
+    const double rq = v.dot(w);  // Rayleigh quotient (v has unit norm)
+    const double nw = w.norm();
+    if (!(nw > 0.0)) return std::max(rq, 0.0);
+    v = w / nw;
+    const bool done = it > 0 && std::fabs(rq - lambda) <= rel_tol * std::fabs(rq);
+    lambda = rq;
+    if (done) break;
+  }
+  return lambda;
+}
+
+template <class HT>
+QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H,
+                          const QuantEaseOptions& opt) {
+  const Index rows = W.rows(), cols = W.cols();
+  const Index gs = opt.group_size > 0 ? opt.group_size : cols;
+  const Index groups = cols / gs;
+  QuantEaseOutput res;
+  QuantOutput& out = res.quant;
+  PhaseTimer timer(out);
+
+  // --- Σ and W in processing order (act-order: diag descending; dead columns divide by 1)
+  const ColumnOrder order = column_order(H, opt.act_order);
+  const VectorXi64& perm = order.perm;
+  Solver s(opt, rows, cols);
+  s.outlier_mode = opt.outlier_fraction > 0.0;
+  s.Sig.resize(cols, cols);
+  parallel_chunks(cols, 128, [&](Index a0, Index a1) {
+    for (Index a = a0; a < a1; ++a) {
+      const HT* h = H.row(perm[a]).data();
+      float* o = s.Sig.row(a).data();
+      for (Index b = 0; b < cols; ++b) o[b] = static_cast<float>(h[perm[b]]);
+    }
+  });
+  s.diag.resize(cols);
+  for (Index j = 0; j < cols; ++j) s.diag[j] = order.dead[perm[j]] ? 1.0f : s.Sig(j, j);
+  s.Wp.resize(rows, cols);
+  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+    for (Index r = r0; r < r1; ++r)
+      for (Index j = 0; j < cols; ++j) s.Wp(r, j) = W(r, perm[j]);
+  });
+  s.gemm_sec.assign(s.n_panels_, 0.0);
+  s.col_sec.assign(s.n_panels_, 0.0);
+  s.codes.resize(rows, cols);
+  s.D.resize(rows, std::min<Index>(s.B_, cols));
+  s.G.resize(rows, cols);
+  s.grids.gs = gs;
+  s.grids.scale.resize(rows, groups);
+  s.grids.zero.resize(rows, groups);
+  GridOptions gopt;
+  gopt.bits = opt.bits;
+  gopt.sym = opt.sym;
+  timer.lap("prepare");
+
+  // --- outliers: η from λ_max(Σ), S from the largest entries/columns of W
+  std::unique_ptr<Outliers> outl;
+  if (s.outlier_mode) {
+    res.lambda_max = power_iteration_lambda_max(s.Sig);
+    res.eta = res.lambda_max > 0.0 ? opt.outlier_step / (2.0 * res.lambda_max) : 0.0;
+    outl = std::make_unique<Outliers>(s, opt, res.eta);
+    res.outlier_count = outl->k();
+    outl->init();
+    timer.lap("outliers");
+  }
+
+  // --- grid and starting point
+  bool on_grid = false;
+  double f0 = 0.0;
+  QuantOutput gptq_out;
+  const bool structured = outl && outl->structured();
+  if (opt.init == QuantEaseInit::gptq) {
+    GptqOptions g;
+    g.bits = opt.bits;
+    g.group_size = opt.group_size;
+    g.sym = opt.sym;
+    g.act_order = opt.act_order;
+    g.damp = opt.gptq_damp;
+    g.block_size = opt.block_size;
+    gptq_out = gptq(W, H, g);
+    out.damp = gptq_out.damp;
+    out.damp_attempts = gptq_out.damp_attempts;
+    for (Index r = 0; r < rows; ++r)
+      for (Index g2 = 0; g2 < groups; ++g2) s.grids.set(r, g2, AffineGrid{gptq_out.scales(r, g2), gptq_out.zeros(r, g2)});
+    s.What.resize(rows, cols);
+    parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+      for (Index r = r0; r < r1; ++r)
+        for (Index j = 0; j < cols; ++j) {
+          s.codes(r, j) = gptq_out.codes(r, perm[j]);
+          s.What(r, j) = dequantize(s.codes(r, j), s.grids.at(r, j));
+        }
+    });
+    on_grid = true;
+  } else {
+    if (structured) fit_masked_grids(s.Wp, outl->outlier_col, gopt, s.grids);
+    else fit_fixed_grids(s.Wp, gopt, s.outlier_mode ? opt.outlier_fraction : 0.0, s.grids);
+    if (!s.outlier_mode) s.What = s.Wp;
+    else s.What = s.Wp - s.S;
+    if (opt.init == QuantEaseInit::rtn) {
+      s.round_target();
+      on_grid = true;
+    }
+  }
+  if (on_grid) s.refresh();
+  else s.G.setZero();  // Ŵ = T: G = 0 exactly
+  f0 = s.objective();
+  {
+    // tr(W Σ Wᵀ), for relative errors: one GEMM per row panel, float64 sums in a fixed order
+    std::vector<double> part(s.n_panels_, 0.0);
+    parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+      const auto Wr = s.Wp.middleRows(r0, r1 - r0);
+      const RowMatrixXf WS = Wr * s.Sig;
+      part[r0 / kRowPanel] = (WS.cast<double>().array() * Wr.cast<double>().array()).sum();
+    });
+    res.base = std::accumulate(part.begin(), part.end(), 0.0);
+  }
+  timer.lap("init");
+
+  // --- best on-grid iterate
+  double best_f = on_grid ? f0 : std::numeric_limits<double>::infinity();
+  RowMatrixU8 best_codes;
+  Grids best_grids;
+  RowMatrixXf best_S;
+  RowMatrixU8 best_mask;
+  int best_sweep = -1;
+  bool have_best = on_grid;
+  auto snapshot = [&](int sweep, double f) {
+    best_f = f;
+    best_sweep = sweep;
+    best_codes = s.codes;
+    if (structured) best_grids = s.grids;
+    if (s.outlier_mode) {
+      best_S = s.S;
+      best_mask = s.Smask;
+    }
+    have_best = true;
+  };
+  if (on_grid) snapshot(-1, f0);
+
+  const auto sweeps_t0 = Clock::now();
+  bool prev_quantized = on_grid;
+  double prev_f = f0;
+  auto run_sweep = [&](bool quantize, bool iht, bool polish) {
+    if (structured) fit_masked_grids(s.Wp, outl->outlier_col, gopt, s.grids);
+    const bool with_f = !(iht && outl) && !(opt.refresh_every > 0 && (res.sweeps + 1) % opt.refresh_every == 0);
+    const auto [changed, f_sweep] = s.sweep(quantize, with_f);
+    bool s_changed = false;
+    if (iht && outl) {
+      const auto t0 = Clock::now();
+      s_changed = outl->step();
+      res.iht_seconds += seconds_since(t0);
+    }
+    const int it = res.sweeps++;
+    if (opt.refresh_every > 0 && res.sweeps % opt.refresh_every == 0) {
+      s.refresh();
+      ++res.refreshes;
+    }
+    const double f = with_f ? f_sweep : s.objective();
+    res.loss_history.push_back(f);
+    res.quantized.push_back(quantize ? 1 : 0);
+    res.changes.push_back(changed);
+    res.polish.push_back(polish ? 1 : 0);
+    // A quantized sweep from the best on-grid point can only lower f (exactly; the float32 G may say a
+    // last-digit otherwise): it continues the best. Structured outliers refit the grid, which breaks that.
+    const bool continuation = quantize && prev_quantized && best_sweep == it - 1 && !structured;
+    if (quantize && (continuation || f < best_f)) snapshot(it, f);
+    const bool converged = quantize && changed == 0 && !s_changed;
+    const bool small = opt.tol > 0.0 && quantize && prev_quantized && (prev_f - f) < opt.tol * prev_f;
+    prev_quantized = quantize;
+    prev_f = f;
+    return std::make_pair(converged, small);
+  };
+
+  for (int it = 0; it < opt.iters; ++it) {
+    const bool relaxed = opt.relaxed && it % 3 == 1 && it <= 25 && it != opt.iters - 1;
+    const auto [converged, small] = run_sweep(!relaxed, true, false);
+    if (converged) {
+      res.converged = true;
+      break;
+    }
+    if (small) {
+      res.stopped_by_tol = true;
+      break;
+    }
+  }
+  timer.lap("sweeps");
+
+  // --- polish: quantized sweeps (S and the grids fixed) from the best iterate until one changes nothing
+  const bool at_best = best_sweep == res.sweeps - 1;
+  if (opt.polish && !res.stopped_by_tol && have_best && !(res.converged && at_best)) {
+    res.converged = false;
+    if (!at_best) {
+      s.codes = best_codes;
+      if (structured) s.grids = best_grids;
+      if (s.outlier_mode) {
+        s.S = best_S;
+        s.Smask = best_mask;
+      }
+      s.dequantize_all();
+      s.refresh();
+      ++res.refreshes;
+    }
+    for (int p = 0; p < opt.iters; ++p) {
+      const auto [changed, f] = s.sweep(true, true);
+      const int it = res.sweeps++;
+      res.loss_history.push_back(f);
+      res.quantized.push_back(1);
+      res.changes.push_back(changed);
+      res.polish.push_back(1);
+      snapshot(it, f);  // monotone from the best: each polish sweep continues it
+      if (changed == 0) {
+        res.converged = true;
+        break;
+      }
+    }
+    timer.lap("polish");
+  }
+  res.sweep_seconds = seconds_since(sweeps_t0);
+  res.best_sweep = best_sweep;
+  res.gemm_seconds = std::accumulate(s.gemm_sec.begin(), s.gemm_sec.end(), 0.0);
+  res.column_seconds = std::accumulate(s.col_sec.begin(), s.col_sec.end(), 0.0);
+
+  // --- output in the original column order
+  out.codes.resize(rows, cols);
+  out.scales = structured ? best_grids.scale : s.grids.scale;
+  out.zeros = structured ? best_grids.zero : s.grids.zero;
+  for (Index r = 0; r < rows; ++r)
+    for (Index j = 0; j < cols; ++j) out.codes(r, perm[j]) = best_codes(r, j);
+  if (opt.act_order) out.perm = perm;
+  out.g_idx = group_index(cols, opt.group_size, perm, opt.act_order);
+  dequantize_affine(out);
+
+  // init = gptq: never worse than GPTQ in exact arithmetic (float32 G can hide a last-digit increase)
+  if (opt.init == QuantEaseInit::gptq && best_sweep >= 0 && !(best_f < f0 * (1.0 - 1e-4))) {
+    const RowMatrixXd Dq = W.cast<double>() - out.weight.cast<double>();
+    const RowMatrixXd Dg = W.cast<double>() - gptq_out.weight.cast<double>();
+    if (quadratic_form_sum(ConstRowMatrixRef<double>(Dq), H) >= quadratic_form_sum(ConstRowMatrixRef<double>(Dg), H)) {
+      out.codes = gptq_out.codes;
+      out.weight = gptq_out.weight;
+      res.kept_init = true;
+      res.best_sweep = -1;
+    }
+  }
+
+  if (s.outlier_mode) {
+    // S (best iterate) in the original column order, CSR over rows; weight = grid part + S
+    res.outlier_indptr.resize(rows + 1);
+    res.outlier_indptr[0] = 0;
+    std::vector<std::int32_t> idx;
+    std::vector<float> val;
+    std::vector<std::pair<std::int32_t, float>> row;
+    for (Index r = 0; r < rows; ++r) {
+      row.clear();
+      for (Index j = 0; j < cols; ++j)
+        if (best_mask(r, j)) row.emplace_back(static_cast<std::int32_t>(perm[j]), best_S(r, j));
+      std::sort(row.begin(), row.end());
+      for (const auto& [c, v] : row) {
+        idx.push_back(c);
+        val.push_back(v);
+        out.weight(r, c) += v;
+      }
+      res.outlier_indptr[r + 1] = static_cast<std::int64_t>(idx.size());
+    }
+    res.outlier_indices = Eigen::Map<VectorXi32>(idx.data(), static_cast<Index>(idx.size()));
+    res.outlier_values = Eigen::Map<Eigen::VectorXf>(val.data(), static_cast<Index>(val.size()));
+  }
+  timer.lap("output");
+  return res;
+}
+
+template QuantEaseOutput quantease<float>(const ConstRowMatrixRef<float>&, const ConstRowMatrixRef<float>&,
+                                          const QuantEaseOptions&);
+template QuantEaseOutput quantease<double>(const ConstRowMatrixRef<float>&, const ConstRowMatrixRef<double>&,
+                                           const QuantEaseOptions&);
+
+}  // namespace quantease

@@ -1,0 +1,119 @@
+"""QuantEase (Behdin et al., arXiv 2309.01885): coordinate descent on the layer objective, optionally with
+full-precision sparse outliers."""
+from __future__ import annotations
+
+import numbers
+import time
+
+import numpy as np
+
+from . import _core
+from ._gptq import warn_if_damping_raised
+from ._loss import layer_loss
+from ._validate import (as_hessian, as_weight, check_bits, check_bool, check_choice, check_group_size,
+                        check_nonnegative_float, check_positive_int)
+from .result import QuantResult, SparseOutliers
+
+
+def _check_fraction(value) -> float:
+    if (not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value)
+            or not 0 <= value < 1):
+        raise ValueError(f"outliers must be a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_step(value) -> float:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"outlier_step must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_order: bool = True,
+              iters: int = 30, init: str = "w", relaxed: bool = True, tol: float = 0.0, outliers: float = 0.0,
+              outlier_structure: str = "unstructured", outlier_step: float = 1.0,
+              block_size: int = 128) -> QuantResult:
+    """Quantize W by cyclic coordinate descent on ``tr((W - Ŵ) H (W - Ŵ)^T)``, one column at a time.
+
+    W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric (e.g. (2/n) X X^T; any
+    positive multiple gives the same result). Each column's update is the nearest grid point to
+    ``β_j = ŵ_j + G_j / H_jj`` with ``G = (W - Ŵ) H`` kept up to date (matrix products only: no inverse, no
+    factorization of H).
+
+    * Grid: fitted once from W, per row or per group (``group_size``; with ``act_order`` the groups follow
+      the processing order, as in GPTQ), ``sym`` as in GPTQ. ``act_order`` processes columns by decreasing
+      diag(H); columns with ``H_jj == 0`` ("dead") are just rounded from their current value.
+    * Schedule (official defaults): ``iters`` sweeps starting from ``init`` -- ``"w"`` (Ŵ = W), ``"rtn"``
+      (W rounded on the grid) or ``"gptq"`` (GPTQ's result on GPTQ's grid; the target stays the original
+      W, so the result is never worse than GPTQ's). With ``relaxed`` the sweeps with ``it % 3 == 1``
+      (it <= 25, never the last) leave the columns unquantized.
+    * Stopping: a quantized sweep that changes nothing (coordinate-wise optimal); ``tol > 0``: a quantized
+      sweep after a quantized one lowering the objective by less than ``tol`` times its value. When the
+      schedule ends unconverged, quantized "polish" sweeps from the best on-grid iterate run until one
+      changes nothing (at most ``iters`` more), so the result is coordinate-wise optimal unless
+      ``info["converged"]`` is False. The best on-grid iterate is returned.
+    * ``outliers > 0``: the outlier-aware variant. That fraction of the entries (``outlier_structure=
+      "structured"``: of the columns) is kept in full precision in ``result.outliers`` (CSR, exactly
+      ``round(fraction * entries)`` entries, or that many whole columns); each sweep is followed by one
+      iterative-hard-thresholding step with ``η = outlier_step / (2 λ_max(H))``. ``result.weight`` includes
+      the outliers; ``result.grid_weight()`` is the quantized part alone.
+
+    ``result.loss_history``: the objective after every sweep (float32-maintained G, float64 sums);
+    ``result.iters``: sweeps run (polish included); ``result.loss``: exact float64 ``layer_loss``.
+    ``result.info``: ``quantized``/``polish`` flags and ``changes`` per sweep, ``rel_history`` (objective /
+    tr(W H W^T)), ``converged``, ``stopped_by_tol``, ``best_sweep`` (-1: the initial point), ``kept_init``,
+    ``lambda_max``/``eta`` (outliers), ``phase_seconds`` and CPU seconds in the GEMMs and the column loop.
+    """
+    Wf = as_weight(W)
+    Hf = as_hessian(H)
+    bits = check_bits(bits)
+    group_size = check_group_size(group_size, Wf.shape[1])
+    sym = check_bool("sym", sym)
+    act_order = check_bool("act_order", act_order)
+    iters = check_positive_int("iters", iters)
+    init = check_choice("init", init, ("w", "rtn", "gptq"))
+    relaxed = check_bool("relaxed", relaxed)
+    tol = check_nonnegative_float("tol", tol)
+    fraction = _check_fraction(outliers)
+    outlier_structure = check_choice("outlier_structure", outlier_structure, ("unstructured", "structured"))
+    outlier_step = _check_step(outlier_step)
+    block_size = check_positive_int("block_size", block_size)
+    if init == "gptq" and fraction > 0:
+        raise ValueError("init='gptq' cannot be combined with outliers > 0 (GPTQ's grid ignores the outliers)")
+    t0 = time.perf_counter()
+    out = _core.quantease(Wf, Hf, bits=bits, group_size=group_size, sym=sym, act_order=act_order, iters=iters,
+                          init=init, relaxed=relaxed, tol=tol, outliers=fraction,
+                          outlier_structure=outlier_structure, outlier_step=outlier_step, block_size=block_size)
+    seconds = time.perf_counter() - t0
+    if init == "gptq":
+        warn_if_damping_raised(0.01, out["damp"], out["damp_attempts"])
+    rows, cols = Wf.shape
+    sparse = None
+    if fraction > 0:
+        sparse = SparseOutliers(out["outlier_indptr"], out["outlier_indices"], out["outlier_values"], (rows, cols))
+    history = np.asarray(out["loss_history"], dtype=np.float64)
+    base = out["base"]
+    info = {
+        "quantized": out["quantized"],
+        "polish": out["polish"],
+        "changes": out["changes"],
+        "rel_history": history / base if base > 0 else np.full_like(history, np.nan),
+        "converged": out["converged"],
+        "stopped_by_tol": out["stopped_by_tol"],
+        "best_sweep": out["best_sweep"],
+        "kept_init": out["kept_init"],
+        "refreshes": out["refreshes"],
+        "init": init,
+        "phase_seconds": out["phase_seconds"],
+        "sweep_seconds": out["sweep_seconds"],
+        "gemm_cpu_seconds": out["gemm_cpu_seconds"],
+        "column_cpu_seconds": out["column_cpu_seconds"],
+    }
+    if fraction > 0:
+        info.update(lambda_max=out["lambda_max"], eta=out["eta"], outlier_count=out["outlier_count"],
+                    outlier_structure=outlier_structure, iht_seconds=out["iht_seconds"])
+    return QuantResult(weight=out["weight"], codes=out["codes"], scales=out["scales"], zeros=out["zeros"],
+                       g_idx=out["g_idx"], perm=out["perm"], loss=layer_loss(Wf, out["weight"], Hf),
+                       damp=out["damp"] if init == "gptq" else None, bits=bits, group_size=group_size, sym=sym,
+                       method="quantease", seconds=seconds, loss_history=history, iters=int(out["sweeps"]),
+                       outliers=sparse, outlier_fraction=None if sparse is None else sparse.nnz / float(Wf.size),
+                       info=info)
