@@ -8,6 +8,7 @@ namespace py = pybind11;
 namespace quantease::bindings {
 void register_core(py::module_& m);
 void register_easyquant(py::module_& m);
+void register_leanquant(py::module_& m);
 }  // namespace quantease::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -25,4 +26,5 @@ PYBIND11_MODULE(_core, m) {
   });
   quantease::bindings::register_core(m);
   quantease::bindings::register_easyquant(m);
+  quantease::bindings::register_leanquant(m);
 }

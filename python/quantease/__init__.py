@@ -13,6 +13,7 @@ from ._core import NumericalError
 from ._easyquant import easyquant
 from ._hessian import HessianAccumulator
 from ._gptq import gptq
+from ._leanquant import leanquant
 from ._loss import layer_loss
 from ._rtn import rtn
 from .result import QuantResult, SparseOutliers
@@ -27,6 +28,7 @@ __all__ = [
     "easyquant",
     "gptq",
     "layer_loss",
+    "leanquant",
     "rtn",
     "__version__",
 ]
