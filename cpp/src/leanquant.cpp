@@ -16,6 +16,7 @@ namespace {
 
 constexpr Index kRowPanel = 64;   // rows per column-loop task (fixed: thread-count independent)
 constexpr Index kFitChunk = 16;   // rows per grid-fitting task
+constexpr Index kDirectSums = 16; // k-means clusters this small are summed directly
 
 std::uint64_t mix64(std::uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -140,9 +141,18 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
     double shift = 0.0;
     Index a = 0;
     for (int t = 0; t < k; ++t) {
-      const double w = d.S0[b[t]] - d.S0[a];
+      double w = d.S0[b[t]] - d.S0[a], sx = d.S1[b[t]] - d.S1[a];
+      if (b[t] - a <= kDirectSums) {
+        // Few points: sum them directly; a prefix-sum difference would lose digits to the row's total.
+        w = sx = 0.0;
+        for (Index i = a; i < b[t]; ++i) {
+          w += d.s[i];
+          sx += d.s[i] * d.x[i];
+        }
+      }
       if (w > 0.0) {
-        const double nc = (d.S1[b[t]] - d.S1[a]) / w;
+        // The mean of the cluster lies within it (round-off aside).
+        const double nc = std::clamp(sx / w, d.x[a], d.x[b[t] - 1]);
         shift += (nc - c[t]) * (nc - c[t]);
         c[t] = nc;
       }

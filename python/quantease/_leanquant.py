@@ -24,7 +24,7 @@ def _check_seed(value) -> int:
 
 def leanquant(W, H, *, bits: int = 4, grid: str = "nonuniform", exponent: float = 4.0, damp: float = 0.1,
               act_order: bool = True, group_size: int = -1, block_size: int = 128, seed: int = 0,
-              kmeans_iters: int = 100, grid_steps: int = 2048) -> QuantResult:
+              kmeans_iters: int = 100, grid_steps: int = 2048, sym: bool = False) -> QuantResult:
     """Quantize W with GPTQ's column loop against per-row grids fitted to the loss-error-weighted error.
 
     W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric. Preparation as GPTQ (dead
@@ -45,6 +45,8 @@ def leanquant(W, H, *, bits: int = 4, grid: str = "nonuniform", exponent: float 
     ``group_size > 0``: one grid per row and group of ``group_size`` original columns (static groups;
     ``g_idx = c // group_size``). ``info``: ``importance``, ``grid_error`` (weighted error of each grid on the
     original weights), ``minmax_error`` (affine), ``kmeans_iters`` (non-uniform), ``phase_seconds``.
+    ``sym`` exists for quantease.pipeline, which passes it to every solver: both grids are asymmetric, so
+    only False is accepted.
     """
     Wf = as_weight(W)
     Hf = as_hessian(H)
@@ -58,6 +60,8 @@ def leanquant(W, H, *, bits: int = 4, grid: str = "nonuniform", exponent: float 
     seed = _check_seed(seed)
     kmeans_iters = check_positive_int("kmeans_iters", kmeans_iters)
     grid_steps = check_positive_int("grid_steps", grid_steps)
+    if check_bool("sym", sym):
+        raise ValueError("sym must be False for leanquant (a codebook or an asymmetric affine grid), got True")
     t0 = time.perf_counter()
     out = _core.leanquant(Wf, Hf, bits=bits, grid=grid, exponent=exponent, damp=damp, act_order=act_order,
                           group_size=group_size, block_size=block_size, seed=seed, kmeans_iters=kmeans_iters,
