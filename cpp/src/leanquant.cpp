@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 
@@ -24,78 +25,152 @@ std::uint64_t mix64(std::uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// Index of the first position whose running sum of p exceeds u * total (the running sums in order, as
-// np.cumsum); the last positive entry when round-off leaves none.
-Index sample_index(const std::vector<double>& p, double total, SplitMix64& rng) {
-  const double target = rng.uniform() * total;
-  double acc = 0.0;
-  Index last = 0;
-  for (Index i = 0; i < static_cast<Index>(p.size()); ++i) {
-    acc += p[i];
-    if (p[i] > 0.0) last = i;
-    if (acc > target) return i;
-  }
-  return last;
-}
+// Running sums of p over blocks of kBlock positions, so that a draw by p costs O(n / kBlock + kBlock) and a
+// change of p in a range re-sums only the blocks it touches.
+constexpr Index kBlock = 64;
 
-// Greedy weighted k-means++ (as scikit-learn's): the first centre drawn by weight, every next one the
-// best of `trials` draws by s * D^2, judged by the potential sum s min(D^2, (x - c)^2).
+struct BlockedSums {
+  std::vector<double> p, block;
+  double total = 0.0;
+  void reset(Index n) {
+    p.assign(n, 0.0);
+    block.assign((n + kBlock - 1) / kBlock, 0.0);
+  }
+  void resum(Index a, Index b) {  // blocks holding positions [a, b)
+    if (a >= b) return;
+    for (Index k = a / kBlock; k <= (b - 1) / kBlock; ++k) {
+      double acc = 0.0;
+      const Index end = std::min<Index>((k + 1) * kBlock, static_cast<Index>(p.size()));
+      for (Index i = k * kBlock; i < end; ++i) acc += p[i];
+      block[k] = acc;
+    }
+    total = 0.0;
+    for (double v : block) total += v;
+  }
+  // The first position whose running sum exceeds u * total (the last positive one if round-off leaves none).
+  Index sample(SplitMix64& rng) const {
+    const double target = rng.uniform() * total;
+    double acc = 0.0;
+    Index last = -1;
+    for (Index k = 0; k < static_cast<Index>(block.size()); ++k) {
+      if (block[k] > 0.0) last = k;
+      if (acc + block[k] > target) {
+        const Index end = std::min<Index>((k + 1) * kBlock, static_cast<Index>(p.size()));
+        Index pos = -1;
+        for (Index i = k * kBlock; i < end; ++i) {
+          acc += p[i];
+          if (p[i] > 0.0) pos = i;
+          if (acc > target) return i;
+        }
+        return pos;
+      }
+      acc += block[k];
+    }
+    Index pos = 0;
+    if (last >= 0)
+      for (Index i = last * kBlock; i < std::min<Index>((last + 1) * kBlock, static_cast<Index>(p.size())); ++i)
+        if (p[i] > 0.0) pos = i;
+    return pos;
+  }
+};
+
+// Greedy weighted k-means++ (as scikit-learn's): the first centre drawn by weight s, every next one the
+// best of 2 + floor(ln k) draws by s D^2 (D: distance to the nearest centre), judged by the potential
+// sum s min(D^2, (x - v)^2). On sorted data a candidate v only changes the points between the midpoints
+// to its neighbouring centres, so a candidate costs O(n / k) instead of O(n).
 void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c) {
   const Index n = d.size();
-  std::vector<double> D(n), p(n);
-  double total = 0.0;
-  for (Index i = 0; i < n; ++i) total += d.s[i];
-  c[0] = d.x[sample_index(d.s, total, rng)];
-  double pot = 0.0;
+  std::vector<double> D(n);
+  BlockedSums ps;
+  ps.reset(n);
+  ps.p = d.s;
+  ps.resum(0, n);
+  std::vector<double> centres{d.x[ps.sample(rng)]};  // ascending
   for (Index i = 0; i < n; ++i) {
-    D[i] = (d.x[i] - c[0]) * (d.x[i] - c[0]);
-    p[i] = d.s[i] * D[i];
-    pot += p[i];
+    D[i] = (d.x[i] - centres[0]) * (d.x[i] - centres[0]);
+    ps.p[i] = d.s[i] * D[i];
   }
+  ps.resum(0, n);
+  // The sorted positions whose nearest centre would become v: strictly between the midpoints to v's
+  // neighbouring centres.
+  auto range_of = [&](double v) {
+    const auto right = std::lower_bound(centres.begin(), centres.end(), v);
+    Index a = 0, b = n;
+    if (right != centres.begin())
+      a = std::upper_bound(d.x.begin(), d.x.end(), 0.5 * (*(right - 1) + v)) - d.x.begin();
+    if (right != centres.end()) b = std::lower_bound(d.x.begin(), d.x.end(), 0.5 * (v + *right)) - d.x.begin();
+    return std::make_pair(a, std::max(a, b));
+  };
   const int trials = 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k))));
   std::vector<Index> cand(trials);
   for (int t = 1; t < k; ++t) {
-    if (!(pot > 0.0)) {  // every point already sits on a centre: repeat the last one
-      c[t] = c[t - 1];
+    if (!(ps.total > 0.0)) {  // every point already sits on a centre: repeat the largest
+      centres.push_back(centres.back());
       continue;
     }
-    for (int r = 0; r < trials; ++r) cand[r] = sample_index(p, pot, rng);
-    double best_pot = std::numeric_limits<double>::infinity();
+    for (int r = 0; r < trials; ++r) cand[r] = ps.sample(rng);
+    double best_gain = -1.0;
     Index best = cand[0];
     for (int r = 0; r < trials; ++r) {
       const double v = d.x[cand[r]];
-      double cp = 0.0;
-      for (Index i = 0; i < n; ++i) cp += d.s[i] * std::min(D[i], (d.x[i] - v) * (d.x[i] - v));
-      if (cp < best_pot) {
-        best_pot = cp;
+      const auto [a, b] = range_of(v);
+      double gain = 0.0;  // potential removed by adding v
+      for (Index i = a; i < b; ++i) gain += d.s[i] * std::max(0.0, D[i] - (d.x[i] - v) * (d.x[i] - v));
+      if (gain > best_gain) {
+        best_gain = gain;
         best = cand[r];
       }
     }
-    c[t] = d.x[best];
-    pot = 0.0;
-    for (Index i = 0; i < n; ++i) {
-      D[i] = std::min(D[i], (d.x[i] - c[t]) * (d.x[i] - c[t]));
-      p[i] = d.s[i] * D[i];
-      pot += p[i];
+    const double v = d.x[best];
+    const auto [a, b] = range_of(v);
+    for (Index i = a; i < b; ++i) {
+      D[i] = std::min(D[i], (d.x[i] - v) * (d.x[i] - v));
+      ps.p[i] = d.s[i] * D[i];
     }
+    ps.resum(a, b);
+    centres.insert(std::upper_bound(centres.begin(), centres.end(), v), v);
   }
-  std::sort(c, c + k);
+  std::copy(centres.begin(), centres.end(), c);
 }
 
 }  // namespace
 
 void SortedWeighted::assign(const float* values, const double* weights, Index n) {
-  std::vector<Index> order(n);
-  std::iota(order.begin(), order.end(), Index(0));
-  std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) { return values[a] < values[b]; });
+  // Sort by (value, position): an LSD radix sort (4 stable passes of 8 bits) of the floats'
+  // order-preserving bit patterns (-0 counts as +0, as in a comparison); stable, so ties keep positions.
+  keys_.resize(n);
+  order_.resize(n);
+  tmp_keys_.resize(n);
+  tmp_order_.resize(n);
+  for (Index i = 0; i < n; ++i) {
+    std::uint32_t u;
+    const float v = values[i] + 0.0f;
+    std::memcpy(&u, &v, sizeof u);
+    keys_[i] = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    order_[i] = static_cast<std::uint32_t>(i);
+  }
+  for (int shift = 0; shift < 32; shift += 8) {
+    Index count[257] = {0};
+    for (Index i = 0; i < n; ++i) ++count[((keys_[i] >> shift) & 0xFFu) + 1];
+    if (count[((keys_[0] >> shift) & 0xFFu) + 1] == n) continue;  // one bucket: the pass changes nothing
+    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+    for (Index i = 0; i < n; ++i) {
+      const Index dst = count[(keys_[i] >> shift) & 0xFFu]++;
+      tmp_keys_[dst] = keys_[i];
+      tmp_order_[dst] = order_[i];
+    }
+    keys_.swap(tmp_keys_);
+    order_.swap(tmp_order_);
+  }
   x.resize(n);
   s.resize(n);
   S0.assign(n + 1, 0.0);
   S1.assign(n + 1, 0.0);
   S2.assign(n + 1, 0.0);
   for (Index i = 0; i < n; ++i) {
-    x[i] = values[order[i]];
-    s[i] = weights[order[i]];
+    const Index j = order_[i];
+    x[i] = values[j];
+    s[i] = weights[j];
     S0[i + 1] = S0[i] + s[i];
     S1[i + 1] = S1[i] + s[i] * x[i];
     S2[i + 1] = S2[i] + s[i] * x[i] * x[i];
@@ -165,6 +240,39 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
   return it;
 }
 
+namespace {
+
+// A lower bound of min over A of f(A) = sum_{x < A} s (A - x)^2 + sum_{x > A + w} s (x - A - w)^2 (the
+// clamping error of an interval of width w): f is convex, bisection on the sign of f' brackets the
+// minimiser in [a, b], and f(c) - |f'(c)| (b - a) <= min f by convexity.
+double clamp_lower_bound(const SortedWeighted& d, double w) {
+  const Index n = d.size();
+  auto eval = [&](double A, double& slope) {
+    const Index lo = std::lower_bound(d.x.begin(), d.x.end(), A) - d.x.begin();
+    const Index hi = std::upper_bound(d.x.begin(), d.x.end(), A + w) - d.x.begin();
+    const double B = A + w;
+    const double f = d.segment_error(0, lo, A) + d.segment_error(hi, n, B);
+    slope = 2.0 * (A * d.S0[lo] - d.S1[lo]) - 2.0 * ((d.S1[n] - d.S1[hi]) - B * (d.S0[n] - d.S0[hi]));
+    return f;
+  };
+  double a = d.x.front(), b = d.x.back() - w;
+  if (!(b > a)) return 0.0;
+  double slope;
+  for (int it = 0; it < 60 && b - a > 0.0; ++it) {
+    const double c = 0.5 * (a + b);
+    if (c <= a || c >= b) break;
+    eval(c, slope);
+    if (slope > 0.0) b = c;
+    else a = c;
+  }
+  const double c = 0.5 * (a + b);
+  const double f = eval(c, slope);
+  // 1e-9 relative slack for the round-off of the prefix-sum differences
+  return std::max(0.0, f - std::fabs(slope) * (b - a) - 1e-9 * std::fabs(f));
+}
+
+}  // namespace
+
 GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int steps) {
   GridSearchResult best;
   best.error = std::numeric_limits<double>::infinity();
@@ -176,26 +284,42 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
   const double delta = R / T;
   const double min_scale = std::numeric_limits<float>::min();
 
-  // Boundaries of the lattice scale * Z between points kk and kk + 1, kk in [kmin, kmax): sorted
-  // positions below (kk + 0.5) * scale; and the errors of the windows zero in [zlo, zhi].
-  std::vector<Index> B(2 * maxq + 2);
-  std::vector<double> cell(2 * maxq + 2);
+  // For a scale h, the lattice h * Z: P[kk] = sorted positions below the boundary (kk + 0.5) h between
+  // lattice points kk and kk + 1 (kk in [-maxq, maxq - 1]); cum[kk] = running sum of the cell errors
+  // sum s (x - kk h)^2 over the cells between those boundaries. The window of zero z (codes 0..maxq on
+  // lattice points -z..maxq-z) then costs O(1): two clamped tails plus a difference of cum. The boundary
+  // positions are walked from the previous scale's (the scales mostly shrink steadily, so each moves over
+  // O(n) points in all), not searched.
+  const int off = maxq;                 // kk -> kk + off
+  std::vector<Index> P(2 * maxq + 1, 0);
+  std::vector<double> cum(2 * maxq + 1, 0.0);
   std::vector<char> present(maxq + 1);
+  std::vector<char> placed(2 * maxq + 1, 0);
   auto eval_windows = [&](double scale, int zlo, int zhi, bool all) {
-    const int kmin = -zhi, kmax = maxq - zlo;
-    Index start = 0;
+    const int kmin = -zhi, kmax = maxq - zlo;  // lattice points in use; boundaries kk in [kmin, kmax)
     for (int kk = kmin; kk < kmax; ++kk) {
-      start = std::lower_bound(d.x.begin() + start, d.x.end(), (kk + 0.5) * scale) - d.x.begin();
-      B[kk - kmin] = start;
+      const double bnd = (kk + 0.5) * scale;
+      if (!placed[kk + off]) {  // first use: search, then walk
+        P[kk + off] = std::lower_bound(d.x.begin(), d.x.end(), bnd) - d.x.begin();
+        placed[kk + off] = 1;
+      }
+      Index q = P[kk + off];
+      while (q > 0 && d.x[q - 1] >= bnd) --q;
+      while (q < n && d.x[q] < bnd) ++q;
+      P[kk + off] = q;
     }
-    for (int kk = kmin + 1; kk < kmax; ++kk)
-      cell[kk - kmin] = d.segment_error(B[kk - 1 - kmin], B[kk - kmin], kk * scale);
+    // cells strictly inside: lattice points kk in (kmin, kmax), between boundaries kk - 1 and kk
+    double acc = 0.0;
+    cum[kmin + off] = 0.0;
+    for (int kk = kmin + 1; kk < kmax; ++kk) {
+      acc += d.segment_error(P[kk - 1 + off], P[kk + off], kk * scale);
+      cum[kk + off] = acc;
+    }
     for (int z = zlo; z <= zhi; ++z) {
       if (!all && !present[z]) continue;
       const int a = -z, b = maxq - z;  // lattice points of codes 0 and maxq
-      double err = d.segment_error(0, B[a - kmin], a * scale);
-      for (int kk = a + 1; kk < b; ++kk) err += cell[kk - kmin];
-      err += d.segment_error(B[b - 1 - kmin], n, b * scale);
+      const double err = d.segment_error(0, P[a + off], a * scale) + (cum[b - 1 + off] - cum[a + off]) +
+                         d.segment_error(P[b - 1 + off], n, b * scale);
       if (err < best.error) {
         best.error = err;
         best.scale = scale;
@@ -218,8 +342,11 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
   const Index i0 = count_below([&](Index i) { return mn + i * delta < 0.0; });
   const Index j0 = count_below([&](Index j) { return mx - j * delta > 0.0; });
 
-  // lo < 0 < hi: scale = (R - m delta) / maxq with m = i + j, zero = rint(-lo / scale).
+  // lo < 0 < hi: scale = (R - m delta) / maxq with m = i + j, zero = rint(-lo / scale). Every grid of
+  // that m spans a width R - m delta, so its error is at least the clamping error of the best placed
+  // interval of that width -- a bound that grows with m: once it reaches the best error, stop.
   for (Index m = 0; m < T; ++m) {
+    if (m % 16 == 0 && m > 0 && clamp_lower_bound(d, R - m * delta) >= best.error) break;
     const Index ilo = std::max<Index>(0, m - j0 + 1), ihi = std::min<Index>(m, i0 - 1);
     if (ilo > ihi) continue;
     const double scale = (R - m * delta) / maxq;
@@ -427,11 +554,11 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     dequantize_affine(out);
   } else {
     out.weight.resize(rows, cols);
-    for (Index r = 0; r < rows; ++r)
-      for (Index c = 0; c < cols; ++c)
-        out.weight(r, c) = res.codebook(r * groups + out.g_idx[c], out.codes(r, c));
-    // The codebook's weighted error on the original weights (what k-means minimised).
+    // weight = codebook[codes]; and the codebook's weighted error on the original weights (what
+    // k-means minimised).
     parallel_chunks(rows, kFitChunk, [&](Index r0, Index r1) {
+      for (Index r = r0; r < r1; ++r)
+        for (Index c = 0; c < cols; ++c) out.weight(r, c) = res.codebook(r * groups + out.g_idx[c], out.codes(r, c));
       for (Index r = r0; r < r1; ++r)
         for (Index g = 0; g < groups; ++g) {
           const Index idx = r * groups + g;

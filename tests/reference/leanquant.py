@@ -60,8 +60,8 @@ def kmeans_plus_plus(x: np.ndarray, s: np.ndarray, k: int, rng: SplitMix64) -> n
     D = (x - centres[0]) ** 2
     for _ in range(1, k):
         pot = np.cumsum(s * D)[-1]
-        if not pot > 0:
-            centres.append(centres[-1])
+        if not pot > 0:                 # every point sits on a centre: repeat the largest
+            centres.append(max(centres))
             continue
         cands = [_sample(s * D, rng) for _ in range(trials)]
         pots = [np.cumsum(s * np.minimum(D, (x - x[c]) ** 2))[-1] for c in cands]

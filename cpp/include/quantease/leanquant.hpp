@@ -53,6 +53,9 @@ struct SortedWeighted {
   double segment_error(Index a, Index b, double v) const {
     return (S2[b] - S2[a]) - 2.0 * v * (S1[b] - S1[a]) + v * v * (S0[b] - S0[a]);
   }
+
+ private:
+  std::vector<std::uint32_t> keys_, order_, tmp_keys_, tmp_order_;  // sort scratch, reused across rows
 };
 
 // splitmix64 (Steele et al.): the k-means++ random stream, reproducible in NumPy (tests/reference).
