@@ -9,6 +9,7 @@ namespace quantease::bindings {
 void register_core(py::module_& m);
 void register_easyquant(py::module_& m);
 void register_quantease(py::module_& m);
+void register_leanquant(py::module_& m);
 }  // namespace quantease::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -27,4 +28,5 @@ PYBIND11_MODULE(_core, m) {
   quantease::bindings::register_core(m);
   quantease::bindings::register_easyquant(m);
   quantease::bindings::register_quantease(m);
+  quantease::bindings::register_leanquant(m);
 }

@@ -13,6 +13,7 @@ from ._core import NumericalError
 from ._easyquant import easyquant
 from ._hessian import HessianAccumulator
 from ._gptq import gptq
+from ._leanquant import leanquant
 from ._loss import layer_loss
 from ._quantease import quantease
 from ._rtn import rtn
@@ -28,6 +29,7 @@ __all__ = [
     "easyquant",
     "gptq",
     "layer_loss",
+    "leanquant",
     "quantease",
     "rtn",
     "__version__",

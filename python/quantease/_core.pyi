@@ -1,5 +1,5 @@
 # Type stub of the compiled extension quantease._core (checked against the module by tests/test_stub.py).
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -33,3 +33,10 @@ def quantease(W: npt.NDArray[np.float32], H: npt.NDArray[np.floating], *, bits: 
               act_order: bool, iters: int, init: str, relaxed: bool, tol: float, outliers: float,
               outlier_structure: str, outlier_step: float, block_size: int, polish: bool = True,
               refresh_every: int = 0) -> Dict[str, Any]: ...
+def leanquant(W: npt.NDArray[np.float32], H: npt.NDArray[np.floating], *, bits: int, grid: str, exponent: float,
+              damp: float, act_order: bool, group_size: int, block_size: int, seed: int, kmeans_iters: int,
+              grid_steps: int) -> Dict[str, Any]: ...
+def weighted_kmeans(values: npt.NDArray[np.float32], weights: npt.NDArray[np.float64], *, k: int, max_iter: int = 100,
+                    tol: float = 1e-6, seed: int = 0) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.int32]]: ...
+def weighted_grid_search(values: npt.NDArray[np.float32], weights: npt.NDArray[np.float64], *, bits: int,
+                         steps: int) -> Dict[str, Any]: ...
