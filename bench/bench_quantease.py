@@ -17,6 +17,8 @@ What is measured how (all on one machine, in one run; a busy machine shows as lo
   sweeps; polish), and the CPU seconds of the sweeps' GEMM part vs their column loop.
 * peer: the PyTorch port is timed for 2 sweeps on a slice of the rows (rows are independent problems and
   its cost is linear in them) and extrapolated to all rows and 30 sweeps: (setup + 30 x sweep) x rows/slice.
+  This favours the peer: on a slice its per-column working set (the changed columns x slice rows) stays in
+  cache, on all rows it does not.
 """
 from __future__ import annotations
 
