@@ -70,7 +70,7 @@ def test_kmeans_matches_oracle(k):
     rng = np.random.default_rng(k)
     X = (rng.standard_t(5, size=(12, 150)) * 0.02).astype(np.float32)
     X[2, :40] = 0.0                                    # ties
-    X[3] = np.round(X[3] * 200) / 200                  # few distinct values (fewer than k for k = 64)
+    X[3] = np.round(X[3] * 2000) / 2000                # repeated values
     s = rng.uniform(0.05, 1.0, 150) ** 4
     C, iters = weighted_kmeans(X, s, k, seed=11)
     span = float(np.ptp(X))
@@ -78,6 +78,17 @@ def test_kmeans_matches_oracle(k):
         c, it = ref.weighted_kmeans(X[r], s, k, seed=11, stream=r)
         np.testing.assert_allclose(C[r], c, rtol=0, atol=1e-8 * span, err_msg=f"row {r}")
         assert iters[r] == it
+
+
+def test_kmeans_fewer_distinct_values_than_k():
+    # Every distinct value gets a centroid (objective 0): relocated empty clusters soak up the rest.
+    rng = np.random.default_rng(3)
+    for k, levels in ((8, 3), (8, 7), (16, 9), (64, 9)):
+        X = (rng.integers(0, levels, size=(6, 40)) * 0.01 - 0.02).astype(np.float32)
+        C, _ = weighted_kmeans(X, rng.uniform(0.1, 1.0, 40), k)
+        for x, c in zip(X, C):
+            assert set(np.unique(x).astype(np.float64)) <= set(c.astype(np.float32).astype(np.float64))
+            assert np.all(np.diff(c) >= 0)
 
 
 def _objective(x, s, c):

@@ -202,7 +202,15 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
   for (Index i = 0; i < n; ++i) var += (d.x[i] - mean) * (d.x[i] - mean);
   var /= n;
 
-  std::vector<Index> b(k, n), prev(k, -1);
+  std::vector<Index> b(k, n), prev(k, -1), lo_pos(k), moved(k), count(k);
+  std::vector<double> w(k), sx(k);
+  std::vector<char> empty(k);
+  struct Far {
+    double dist;
+    Index pos;
+    int cluster;
+  };
+  std::vector<Far> far;
   int it = 0;
   while (it < max_iter) {
     // Assignment: cluster t holds the sorted positions [b[t-1], b[t]), values <= the midpoint go low.
@@ -212,27 +220,61 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
       start = std::upper_bound(d.x.begin() + start, d.x.end(), mid) - d.x.begin();
       b[t] = start;
     }
+    // Equal centroids: the first of the run takes all their points (argmin's first index), the rest are empty.
+    for (int t = k - 2; t >= 0; --t)
+      if (c[t] == c[t + 1]) b[t] = b[t + 1];
     if (b == prev) break;  // labels unchanged: the centroids are already these clusters' means
-    double shift = 0.0;
     Index a = 0;
     for (int t = 0; t < k; ++t) {
-      double w = d.S0[b[t]] - d.S0[a], sx = d.S1[b[t]] - d.S1[a];
+      lo_pos[t] = a;
+      count[t] = b[t] - a;
+      w[t] = d.S0[b[t]] - d.S0[a];
+      sx[t] = d.S1[b[t]] - d.S1[a];
       if (b[t] - a <= kDirectSums) {
         // Few points: sum them directly; a prefix-sum difference would lose digits to the row's total.
-        w = sx = 0.0;
+        w[t] = sx[t] = 0.0;
         for (Index i = a; i < b[t]; ++i) {
-          w += d.s[i];
-          sx += d.s[i] * d.x[i];
+          w[t] += d.s[i];
+          sx[t] += d.s[i] * d.x[i];
         }
-      }
-      if (w > 0.0) {
-        // The mean of the cluster lies within it (round-off aside).
-        const double nc = std::clamp(sx / w, d.x[a], d.x[b[t] - 1]);
-        shift += (nc - c[t]) * (nc - c[t]);
-        c[t] = nc;
       }
       a = b[t];
     }
+    // Empty clusters take the points farthest from their centroids (as scikit-learn relocates them),
+    // which leave their own clusters; ties go to the lower position.
+    std::fill(moved.begin(), moved.end(), -1);
+    int n_empty = 0;
+    for (int t = 0; t < k; ++t) {
+      empty[t] = !(w[t] > 0.0);
+      n_empty += empty[t];
+    }
+    if (n_empty > 0) {
+      far.clear();
+      for (int t = 0; t < k; ++t)
+        for (Index i = lo_pos[t]; i < b[t]; ++i) far.push_back({(d.x[i] - c[t]) * (d.x[i] - c[t]), i, t});
+      const auto farther = [](const Far& p, const Far& q) { return p.dist > q.dist || (p.dist == q.dist && p.pos < q.pos); };
+      const Index take = std::min<Index>(n_empty, static_cast<Index>(far.size()));
+      std::partial_sort(far.begin(), far.begin() + take, far.end(), farther);
+      Index next = 0;
+      for (int t = 0; t < k && next < take; ++t) {
+        if (!empty[t]) continue;
+        const Far& f = far[next++];
+        w[f.cluster] -= d.s[f.pos];
+        sx[f.cluster] -= d.s[f.pos] * d.x[f.pos];
+        if (--count[f.cluster] == 0) w[f.cluster] = 0.0;  // gave all its points away: keeps its centroid
+        moved[t] = f.pos;
+      }
+    }
+    double shift = 0.0;
+    for (int t = 0; t < k; ++t) {
+      double nc = c[t];
+      if (moved[t] >= 0) nc = d.x[moved[t]];
+      // The mean of the cluster lies within it (round-off aside).
+      else if (w[t] > 0.0) nc = std::clamp(sx[t] / w[t], d.x[lo_pos[t]], d.x[b[t] - 1]);
+      shift += (nc - c[t]) * (nc - c[t]);
+      c[t] = nc;
+    }
+    if (n_empty > 0) std::sort(c, c + k);
     ++it;
     prev = b;
     if (shift <= tol * var) break;
