@@ -141,13 +141,13 @@ def main(argv=None) -> dict:
                   + "  ".join(f"{k} {v:.2f}" for k, v in ph.items())
                   + ("" if fit is None else f"  fit/loop {fit:.2f}") + f"  rel.loss {row['rel_loss']:.3e}")
     print("k-means per row: ours vs sklearn KMeans (same rows, same weights)")
-    res["kmeans"] = kmeans_vs_sklearn(4096, 32 if args.quick else 128)
+    res["kmeans"] = kmeans_vs_sklearn(4096, 16 if args.quick else 32)
     for row in res["kmeans"]:
         sk = row["sklearn_ms_per_row"]
         print(f"  k={row['k']:<3} ours {row['ours_ms_per_row']:.3f} ms/row  sklearn "
               + ("n/a" if sk is None else f"{sk:.2f} ms/row  x{row['speedup']:.0f}  obj ratio {row['obj_ratio']:.4f}"))
     print("whole layer vs the torch port (4-bit, identical inputs)")
-    res["torch_port"] = versus_torch_port(128 if args.quick else 512, 4096, 4)
+    res["torch_port"] = versus_torch_port(128 if args.quick else 256, 4096, 4)
     for row in res["torch_port"]:
         if "skipped" in row:
             print("  skipped:", row["skipped"])

@@ -155,6 +155,18 @@ def test_grid_search_reaches_the_brute_force_minimum(bits, steps):
         assert 0 <= res["zero"][r] <= (1 << bits) - 1
 
 
+@pytest.mark.parametrize("bits", [3, 4])
+def test_grid_search_reaches_the_brute_force_minimum_large_t(bits):
+    # a fine split: the search prunes most (scale, zero) pairs by its bounds; the minimum stays the same
+    rng = np.random.default_rng(bits)
+    X = _rows(rng, 96)[:6]
+    s = rng.uniform(0.01, 1.0, 96) ** 4
+    res = weighted_grid_search(X, s, bits, 500)
+    for r in range(X.shape[0]):
+        bf = ref.brute_force_grid_search(X[r], s, bits, 500)
+        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
+
+
 def test_grid_search_constant_row():
     res = weighted_grid_search(np.full((1, 10), 0.5, np.float32), np.ones(10), 4, 16)
     assert np.isnan(res["scale"][0]) and np.isnan(res["error"][0])

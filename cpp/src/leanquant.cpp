@@ -337,7 +337,8 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
   std::vector<double> cum(2 * maxq + 1, 0.0);
   std::vector<char> present(maxq + 1);
   std::vector<char> placed(2 * maxq + 1, 0);
-  auto eval_windows = [&](double scale, int zlo, int zhi, bool all) {
+  // mask: the windows to evaluate (nullptr: all of [zlo, zhi]); werr[z]: their errors (when given).
+  auto eval_windows = [&](double scale, int zlo, int zhi, const std::vector<char>* mask, double* werr) {
     const int kmin = -zhi, kmax = maxq - zlo;  // lattice points in use; boundaries kk in [kmin, kmax)
     for (int kk = kmin; kk < kmax; ++kk) {
       const double bnd = (kk + 0.5) * scale;
@@ -358,10 +359,11 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
       cum[kk + off] = acc;
     }
     for (int z = zlo; z <= zhi; ++z) {
-      if (!all && !present[z]) continue;
+      if (mask && !(*mask)[z]) continue;
       const int a = -z, b = maxq - z;  // lattice points of codes 0 and maxq
       const double err = d.segment_error(0, P[a + off], a * scale) + (cum[b - 1 + off] - cum[a + off]) +
                          d.segment_error(P[b - 1 + off], n, b * scale);
+      if (werr) werr[z] = err;
       if (err < best.error) {
         best.error = err;
         best.scale = scale;
@@ -384,9 +386,17 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
   const Index i0 = count_below([&](Index i) { return mn + i * delta < 0.0; });
   const Index j0 = count_below([&](Index j) { return mx - j * delta > 0.0; });
 
-  // lo < 0 < hi: scale = (R - m delta) / maxq with m = i + j, zero = rint(-lo / scale). Every grid of
-  // that m spans a width R - m delta, so its error is at least the clamping error of the best placed
-  // interval of that width -- a bound that grows with m: once it reaches the best error, stop.
+  // lo < 0 < hi: scale = (R - m delta) / maxq with m = i + j, zero = rint(-lo / scale). Two exact prunings:
+  // * every grid of that m spans a width R - m delta, so its error is at least the clamping error of the
+  //   best placed interval of that width -- a bound that grows with m: once it reaches the best, stop;
+  // * for a fixed zero z the error E(h) is continuous in the scale h with |dE/dh| <= 2 K sum s |x - q|
+  //   <= 2 K sqrt(S0 E) (K = max(z, maxq - z) bounds the lattice index), so sqrt(E) moves by at most
+  //   K sqrt(S0) delta / maxq per step of m: a window whose sqrt(E) exceeds sqrt(best) by g cannot win
+  //   for the next g / (K sqrt(S0) delta / maxq) steps, and is not evaluated there.
+  std::vector<Index> next_m(maxq + 1, 0);
+  std::vector<char> need(maxq + 1);
+  std::vector<double> werr(maxq + 1);
+  const double unit = delta * std::sqrt(std::max(d.S0[n], 0.0)) / maxq;
   for (Index m = 0; m < T; ++m) {
     if (m % 16 == 0 && m > 0 && clamp_lower_bound(d, R - m * delta) >= best.error) break;
     const Index ilo = std::max<Index>(0, m - j0 + 1), ihi = std::min<Index>(m, i0 - 1);
@@ -397,13 +407,29 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
       return static_cast<int>(std::clamp(std::nearbyint(-(mn + i * delta) / scale), 0.0, double(maxq)));
     };
     const int zhi = zero_of(ilo), zlo = zero_of(ihi);
-    if (T - m > maxq + 1) {
-      // -lo / scale moves by maxq / (T - m) < 1 per step of i: every zero in between occurs.
-      eval_windows(scale, zlo, zhi, true);
-    } else {
+    // -lo / scale moves by maxq / (T - m) per step of i: below 1, every zero in between occurs
+    const bool all = T - m > maxq + 1;
+    if (!all) {
       std::fill(present.begin(), present.end(), 0);
       for (Index i = ilo; i <= ihi; ++i) present[zero_of(i)] = 1;
-      eval_windows(scale, zlo, zhi, false);
+    }
+    int nlo = maxq + 1, nhi = -1;
+    for (int z = zlo; z <= zhi; ++z) {
+      need[z] = (all || present[z]) && next_m[z] <= m;
+      if (need[z]) {
+        nlo = std::min(nlo, z);
+        nhi = std::max(nhi, z);
+      }
+    }
+    if (nhi < 0) continue;
+    eval_windows(scale, nlo, nhi, &need, werr.data());
+    for (int z = nlo; z <= nhi; ++z) {
+      if (!need[z]) continue;
+      const double K = std::max(z, maxq - z);
+      const double gap = std::sqrt(werr[z]) - std::sqrt(best.error);
+      double steps_clear = gap > 0.0 && unit > 0.0 ? gap / (K * unit) * (1.0 - 1e-9) : 0.0;
+      steps_clear = std::min(steps_clear, static_cast<double>(T));
+      next_m[z] = m + std::max<Index>(1, static_cast<Index>(std::ceil(steps_clear)));
     }
   }
   // lo >= 0: xmin = 0, zero 0, scale = hi / maxq. Every such grid costs at least sum_{x<0} s x^2.
@@ -412,14 +438,14 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
   if (i0 < T && d.S2[neg] < best.error) {
     for (Index j = 0; j <= T - 1 - i0; ++j) {
       const double scale = (mx - j * delta) / maxq;
-      if (scale >= min_scale) eval_windows(scale, 0, 0, true);
+      if (scale >= min_scale) eval_windows(scale, 0, 0, nullptr, nullptr);
     }
   }
   // hi <= 0: xmax = 0, zero maxq, scale = -lo / maxq; at least sum_{x>0} s x^2.
   if (j0 < T && d.S2[n] - d.S2[nonpos] < best.error) {
     for (Index i = 0; i <= T - 1 - j0; ++i) {
       const double scale = -(mn + i * delta) / maxq;
-      if (scale >= min_scale) eval_windows(scale, maxq, maxq, true);
+      if (scale >= min_scale) eval_windows(scale, maxq, maxq, nullptr, nullptr);
     }
   }
   return best;
