@@ -237,6 +237,19 @@ def test_result_fields(group_size):
         np.testing.assert_array_equal(r.g_idx, np.arange(128) // (128 if G == 1 else group_size))
         assert r.perm is not None and sorted(r.perm) == list(range(128))
         assert set(r.info["phase_seconds"]) == {"factor", "kmeans", "column_loop", "dequantize"}
+        # grid_error: the weighted error of each codebook on the (dead-zeroed) original weights
+        W0 = p.W.copy()
+        W0[:, p.info["dead"]] = 0
+        cb = r.codebook.reshape(16, G, -1)
+        s = r.info["importance"]
+        for row in (0, 7, 15):
+            for g in range(G):
+                cols = slice(g * (128 // G), (g + 1) * (128 // G))
+                x = W0[row, cols]
+                mids = np.float32(0.5) * (cb[row, g, 1:] + cb[row, g, :-1])
+                q = cb[row, g, np.searchsorted(mids, x, side="left")].astype(np.float64)
+                e = float(np.sum(s[cols] * (x.astype(np.float64) - q) ** 2))
+                assert rel_diff(r.info["grid_error"].reshape(16, G)[row, g], e) <= 1e-8
         a = quantease.leanquant(p.W, p.H, bits=bits, group_size=group_size, grid="affine", grid_steps=64)
         assert a.codebook is None and a.scales.shape == (16, G) and a.zeros.shape == (16, G)
         assert np.all(a.zeros == np.round(a.zeros)) and a.zeros.min() >= 0 and a.zeros.max() <= (1 << bits) - 1

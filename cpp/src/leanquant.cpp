@@ -397,6 +397,9 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
   std::vector<char> need(maxq + 1);
   std::vector<double> werr(maxq + 1);
   const double unit = delta * std::sqrt(std::max(d.S0[n], 0.0)) / maxq;
+  const Index n_neg = std::lower_bound(d.x.begin(), d.x.end(), 0.0) - d.x.begin();
+  const double S0_all = d.S0[n], S2_all = d.S2[n];
+  const double SA_all = (d.S1[n] - d.S1[n_neg]) - d.S1[n_neg];  // sum s |x|
   for (Index m = 0; m < T; ++m) {
     if (m % 16 == 0 && m > 0 && clamp_lower_bound(d, R - m * delta) >= best.error) break;
     const Index ilo = std::max<Index>(0, m - j0 + 1), ihi = std::min<Index>(m, i0 - 1);
@@ -427,8 +430,21 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
       if (!need[z]) continue;
       const double K = std::max(z, maxq - z);
       const double gap = std::sqrt(werr[z]) - std::sqrt(best.error);
-      double steps_clear = gap > 0.0 && unit > 0.0 ? gap / (K * unit) * (1.0 - 1e-9) : 0.0;
-      steps_clear = std::min(steps_clear, static_cast<double>(T));
+      if (!(gap > 0.0 && unit > 0.0)) {
+        next_m[z] = m + 1;
+        continue;
+      }
+      // Lipschitz constant per step of m at scale h: min(K, sqrt(sum s k^2) / sqrt(S0)) * unit with
+      // |k| <= |x| / h + 1/2, i.e. sum s k^2 <= S2 / h^2 + SA / h + S0 / 4; it grows as h shrinks, so the
+      // constant at the far end of a stretch bounds the whole stretch.
+      auto lipschitz = [&](Index mm) {
+        const double h = (R - static_cast<double>(std::min<Index>(mm, T - 1)) * delta) / maxq;
+        const double kk2 = (S2_all / (h * h) + SA_all / h + 0.25 * S0_all) / S0_all;
+        return std::min(K, std::sqrt(kk2)) * unit;
+      };
+      double steps_clear = std::min(gap / lipschitz(m), static_cast<double>(T));
+      steps_clear = std::min(steps_clear, gap / lipschitz(m + static_cast<Index>(std::ceil(steps_clear))));
+      steps_clear *= 1.0 - 1e-9;
       next_m[z] = m + std::max<Index>(1, static_cast<Index>(std::ceil(steps_clear)));
     }
   }
@@ -582,6 +598,18 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
           for (int t = 0; t < k; ++t) res.codebook(idx, t) = static_cast<float>(centroids[t]);
           for (int t = 0; t + 1 < k; ++t)
             mids(idx, t) = 0.5f * (res.codebook(idx, t) + res.codebook(idx, t + 1));
+          // The codebook's weighted error on these weights (what k-means minimised), with the loop's
+          // nearest-entry rule: entry t takes the values in (mids[t-1], mids[t]].
+          double err = 0.0;
+          Index a = 0;
+          for (int t = 0; t < k; ++t) {
+            const Index b = t + 1 < k ? std::upper_bound(sorted.x.begin() + a, sorted.x.end(),
+                                                         static_cast<double>(mids(idx, t))) - sorted.x.begin()
+                                      : glen;
+            err += sorted.segment_error(a, b, res.codebook(idx, t));
+            a = b;
+          }
+          res.grid_error[idx] = err;
         }
       }
     }
@@ -622,24 +650,10 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     dequantize_affine(out);
   } else {
     out.weight.resize(rows, cols);
-    // weight = codebook[codes]; and the codebook's weighted error on the original weights (what
-    // k-means minimised).
+    // weight = codebook[codes]
     parallel_chunks(rows, kFitChunk, [&](Index r0, Index r1) {
       for (Index r = r0; r < r1; ++r)
         for (Index c = 0; c < cols; ++c) out.weight(r, c) = res.codebook(r * groups + out.g_idx[c], out.codes(r, c));
-      for (Index r = r0; r < r1; ++r)
-        for (Index g = 0; g < groups; ++g) {
-          const Index idx = r * groups + g;
-          const float* m = mids.row(idx).data();
-          double err = 0.0;
-          for (Index c = g * glen; c < (g + 1) * glen; ++c) {
-            const float w = prep.dead[c] ? 0.0f : W(r, c);
-            const Index t = std::lower_bound(m, m + (k - 1), w) - m;
-            const double e = static_cast<double>(w) - res.codebook(idx, t);
-            err += res.importance[c] * e * e;
-          }
-          res.grid_error[idx] = err;
-        }
     });
   }
   timer.lap("dequantize");
