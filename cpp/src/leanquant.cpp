@@ -300,7 +300,7 @@ double clamp_lower_bound(const SortedWeighted& d, double w) {
   double a = d.x.front(), b = d.x.back() - w;
   if (!(b > a)) return 0.0;
   double slope;
-  for (int it = 0; it < 60 && b - a > 0.0; ++it) {
+  for (int it = 0; it < 40 && b - a > 0.0; ++it) {
     const double c = 0.5 * (a + b);
     if (c <= a || c >= b) break;
     eval(c, slope);
@@ -401,7 +401,7 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
   const double S0_all = d.S0[n], S2_all = d.S2[n];
   const double SA_all = (d.S1[n] - d.S1[n_neg]) - d.S1[n_neg];  // sum s |x|
   for (Index m = 0; m < T; ++m) {
-    if (m % 16 == 0 && m > 0 && clamp_lower_bound(d, R - m * delta) >= best.error) break;
+    if (m % 128 == 0 && m > 0 && clamp_lower_bound(d, R - m * delta) >= best.error) break;
     const Index ilo = std::max<Index>(0, m - j0 + 1), ihi = std::min<Index>(m, i0 - 1);
     if (ilo > ihi) continue;
     const double scale = (R - m * delta) / maxq;
