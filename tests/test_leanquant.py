@@ -70,7 +70,7 @@ def test_kmeans_matches_oracle(k):
     rng = np.random.default_rng(k)
     X = (rng.standard_t(5, size=(12, 150)) * 0.02).astype(np.float32)
     X[2, :40] = 0.0                                    # ties
-    X[3] = np.round(X[3] * 200) / 200                  # few distinct values (fewer than k for k = 64)
+    X[3] = np.round(X[3] * 2000) / 2000                # repeated values
     s = rng.uniform(0.05, 1.0, 150) ** 4
     C, iters = weighted_kmeans(X, s, k, seed=11)
     span = float(np.ptp(X))
@@ -78,6 +78,17 @@ def test_kmeans_matches_oracle(k):
         c, it = ref.weighted_kmeans(X[r], s, k, seed=11, stream=r)
         np.testing.assert_allclose(C[r], c, rtol=0, atol=1e-8 * span, err_msg=f"row {r}")
         assert iters[r] == it
+
+
+def test_kmeans_fewer_distinct_values_than_k():
+    # Every distinct value gets a centroid (objective 0): relocated empty clusters soak up the rest.
+    rng = np.random.default_rng(3)
+    for k, levels in ((8, 3), (8, 7), (16, 9), (64, 9)):
+        X = (rng.integers(0, levels, size=(6, 40)) * 0.01 - 0.02).astype(np.float32)
+        C, _ = weighted_kmeans(X, rng.uniform(0.1, 1.0, 40), k)
+        for x, c in zip(X, C):
+            assert set(np.unique(x).astype(np.float64)) <= set(c.astype(np.float32).astype(np.float64))
+            assert np.all(np.diff(c) >= 0)
 
 
 def _objective(x, s, c):
@@ -142,6 +153,18 @@ def test_grid_search_reaches_the_brute_force_minimum(bits, steps):
         own = ref.weighted_grid_error(X[r].astype(np.float64), s, res["scale"][r], res["zero"][r], bits)
         assert abs(own - res["error"][r]) <= 1e-9 * own + 1e-18
         assert 0 <= res["zero"][r] <= (1 << bits) - 1
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_grid_search_reaches_the_brute_force_minimum_large_t(bits):
+    # a fine split: the search prunes most (scale, zero) pairs by its bounds; the minimum stays the same
+    rng = np.random.default_rng(bits)
+    X = _rows(rng, 96)[:6]
+    s = rng.uniform(0.01, 1.0, 96) ** 4
+    res = weighted_grid_search(X, s, bits, 500)
+    for r in range(X.shape[0]):
+        bf = ref.brute_force_grid_search(X[r], s, bits, 500)
+        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
 
 
 def test_grid_search_constant_row():
@@ -214,6 +237,19 @@ def test_result_fields(group_size):
         np.testing.assert_array_equal(r.g_idx, np.arange(128) // (128 if G == 1 else group_size))
         assert r.perm is not None and sorted(r.perm) == list(range(128))
         assert set(r.info["phase_seconds"]) == {"factor", "kmeans", "column_loop", "dequantize"}
+        # grid_error: the weighted error of each codebook on the (dead-zeroed) original weights
+        W0 = p.W.copy()
+        W0[:, p.info["dead"]] = 0
+        cb = r.codebook.reshape(16, G, -1)
+        s = r.info["importance"]
+        for row in (0, 7, 15):
+            for g in range(G):
+                cols = slice(g * (128 // G), (g + 1) * (128 // G))
+                x = W0[row, cols]
+                mids = np.float32(0.5) * (cb[row, g, 1:] + cb[row, g, :-1])
+                q = cb[row, g, np.searchsorted(mids, x, side="left")].astype(np.float64)
+                e = float(np.sum(s[cols] * (x.astype(np.float64) - q) ** 2))
+                assert rel_diff(r.info["grid_error"].reshape(16, G)[row, g], e) <= 1e-8
         a = quantease.leanquant(p.W, p.H, bits=bits, group_size=group_size, grid="affine", grid_steps=64)
         assert a.codebook is None and a.scales.shape == (16, G) and a.zeros.shape == (16, G)
         assert np.all(a.zeros == np.round(a.zeros)) and a.zeros.min() >= 0 and a.zeros.max() <= (1 << bits) - 1

@@ -202,7 +202,15 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
   for (Index i = 0; i < n; ++i) var += (d.x[i] - mean) * (d.x[i] - mean);
   var /= n;
 
-  std::vector<Index> b(k, n), prev(k, -1);
+  std::vector<Index> b(k, n), prev(k, -1), lo_pos(k), moved(k), count(k);
+  std::vector<double> w(k), sx(k);
+  std::vector<char> empty(k);
+  struct Far {
+    double dist;
+    Index pos;
+    int cluster;
+  };
+  std::vector<Far> far;
   int it = 0;
   while (it < max_iter) {
     // Assignment: cluster t holds the sorted positions [b[t-1], b[t]), values <= the midpoint go low.
@@ -212,27 +220,61 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
       start = std::upper_bound(d.x.begin() + start, d.x.end(), mid) - d.x.begin();
       b[t] = start;
     }
+    // Equal centroids: the first of the run takes all their points (argmin's first index), the rest are empty.
+    for (int t = k - 2; t >= 0; --t)
+      if (c[t] == c[t + 1]) b[t] = b[t + 1];
     if (b == prev) break;  // labels unchanged: the centroids are already these clusters' means
-    double shift = 0.0;
     Index a = 0;
     for (int t = 0; t < k; ++t) {
-      double w = d.S0[b[t]] - d.S0[a], sx = d.S1[b[t]] - d.S1[a];
+      lo_pos[t] = a;
+      count[t] = b[t] - a;
+      w[t] = d.S0[b[t]] - d.S0[a];
+      sx[t] = d.S1[b[t]] - d.S1[a];
       if (b[t] - a <= kDirectSums) {
         // Few points: sum them directly; a prefix-sum difference would lose digits to the row's total.
-        w = sx = 0.0;
+        w[t] = sx[t] = 0.0;
         for (Index i = a; i < b[t]; ++i) {
-          w += d.s[i];
-          sx += d.s[i] * d.x[i];
+          w[t] += d.s[i];
+          sx[t] += d.s[i] * d.x[i];
         }
-      }
-      if (w > 0.0) {
-        // The mean of the cluster lies within it (round-off aside).
-        const double nc = std::clamp(sx / w, d.x[a], d.x[b[t] - 1]);
-        shift += (nc - c[t]) * (nc - c[t]);
-        c[t] = nc;
       }
       a = b[t];
     }
+    // Empty clusters take the points farthest from their centroids (as scikit-learn relocates them),
+    // which leave their own clusters; ties go to the lower position.
+    std::fill(moved.begin(), moved.end(), -1);
+    int n_empty = 0;
+    for (int t = 0; t < k; ++t) {
+      empty[t] = !(w[t] > 0.0);
+      n_empty += empty[t];
+    }
+    if (n_empty > 0) {
+      far.clear();
+      for (int t = 0; t < k; ++t)
+        for (Index i = lo_pos[t]; i < b[t]; ++i) far.push_back({(d.x[i] - c[t]) * (d.x[i] - c[t]), i, t});
+      const auto farther = [](const Far& p, const Far& q) { return p.dist > q.dist || (p.dist == q.dist && p.pos < q.pos); };
+      const Index take = std::min<Index>(n_empty, static_cast<Index>(far.size()));
+      std::partial_sort(far.begin(), far.begin() + take, far.end(), farther);
+      Index next = 0;
+      for (int t = 0; t < k && next < take; ++t) {
+        if (!empty[t]) continue;
+        const Far& f = far[next++];
+        w[f.cluster] -= d.s[f.pos];
+        sx[f.cluster] -= d.s[f.pos] * d.x[f.pos];
+        if (--count[f.cluster] == 0) w[f.cluster] = 0.0;  // gave all its points away: keeps its centroid
+        moved[t] = f.pos;
+      }
+    }
+    double shift = 0.0;
+    for (int t = 0; t < k; ++t) {
+      double nc = c[t];
+      if (moved[t] >= 0) nc = d.x[moved[t]];
+      // The mean of the cluster lies within it (round-off aside).
+      else if (w[t] > 0.0) nc = std::clamp(sx[t] / w[t], d.x[lo_pos[t]], d.x[b[t] - 1]);
+      shift += (nc - c[t]) * (nc - c[t]);
+      c[t] = nc;
+    }
+    if (n_empty > 0) std::sort(c, c + k);
     ++it;
     prev = b;
     if (shift <= tol * var) break;
@@ -258,7 +300,7 @@ double clamp_lower_bound(const SortedWeighted& d, double w) {
   double a = d.x.front(), b = d.x.back() - w;
   if (!(b > a)) return 0.0;
   double slope;
-  for (int it = 0; it < 60 && b - a > 0.0; ++it) {
+  for (int it = 0; it < 40 && b - a > 0.0; ++it) {
     const double c = 0.5 * (a + b);
     if (c <= a || c >= b) break;
     eval(c, slope);
@@ -295,7 +337,8 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
   std::vector<double> cum(2 * maxq + 1, 0.0);
   std::vector<char> present(maxq + 1);
   std::vector<char> placed(2 * maxq + 1, 0);
-  auto eval_windows = [&](double scale, int zlo, int zhi, bool all) {
+  // mask: the windows to evaluate (nullptr: all of [zlo, zhi]); werr[z]: their errors (when given).
+  auto eval_windows = [&](double scale, int zlo, int zhi, const std::vector<char>* mask, double* werr) {
     const int kmin = -zhi, kmax = maxq - zlo;  // lattice points in use; boundaries kk in [kmin, kmax)
     for (int kk = kmin; kk < kmax; ++kk) {
       const double bnd = (kk + 0.5) * scale;
@@ -316,10 +359,11 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
       cum[kk + off] = acc;
     }
     for (int z = zlo; z <= zhi; ++z) {
-      if (!all && !present[z]) continue;
+      if (mask && !(*mask)[z]) continue;
       const int a = -z, b = maxq - z;  // lattice points of codes 0 and maxq
       const double err = d.segment_error(0, P[a + off], a * scale) + (cum[b - 1 + off] - cum[a + off]) +
                          d.segment_error(P[b - 1 + off], n, b * scale);
+      if (werr) werr[z] = err;
       if (err < best.error) {
         best.error = err;
         best.scale = scale;
@@ -342,11 +386,22 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
   const Index i0 = count_below([&](Index i) { return mn + i * delta < 0.0; });
   const Index j0 = count_below([&](Index j) { return mx - j * delta > 0.0; });
 
-  // lo < 0 < hi: scale = (R - m delta) / maxq with m = i + j, zero = rint(-lo / scale). Every grid of
-  // that m spans a width R - m delta, so its error is at least the clamping error of the best placed
-  // interval of that width -- a bound that grows with m: once it reaches the best error, stop.
+  // lo < 0 < hi: scale = (R - m delta) / maxq with m = i + j, zero = rint(-lo / scale). Two exact prunings:
+  // * every grid of that m spans a width R - m delta, so its error is at least the clamping error of the
+  //   best placed interval of that width -- a bound that grows with m: once it reaches the best, stop;
+  // * for a fixed zero z the error E(h) is continuous in the scale h with |dE/dh| <= 2 K sum s |x - q|
+  //   <= 2 K sqrt(S0 E) (K = max(z, maxq - z) bounds the lattice index), so sqrt(E) moves by at most
+  //   K sqrt(S0) delta / maxq per step of m: a window whose sqrt(E) exceeds sqrt(best) by g cannot win
+  //   for the next g / (K sqrt(S0) delta / maxq) steps, and is not evaluated there.
+  std::vector<Index> next_m(maxq + 1, 0);
+  std::vector<char> need(maxq + 1);
+  std::vector<double> werr(maxq + 1);
+  const double unit = delta * std::sqrt(std::max(d.S0[n], 0.0)) / maxq;
+  const Index n_neg = std::lower_bound(d.x.begin(), d.x.end(), 0.0) - d.x.begin();
+  const double S0_all = d.S0[n], S2_all = d.S2[n];
+  const double SA_all = (d.S1[n] - d.S1[n_neg]) - d.S1[n_neg];  // sum s |x|
   for (Index m = 0; m < T; ++m) {
-    if (m % 16 == 0 && m > 0 && clamp_lower_bound(d, R - m * delta) >= best.error) break;
+    if (m % 128 == 0 && m > 0 && clamp_lower_bound(d, R - m * delta) >= best.error) break;
     const Index ilo = std::max<Index>(0, m - j0 + 1), ihi = std::min<Index>(m, i0 - 1);
     if (ilo > ihi) continue;
     const double scale = (R - m * delta) / maxq;
@@ -355,13 +410,42 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
       return static_cast<int>(std::clamp(std::nearbyint(-(mn + i * delta) / scale), 0.0, double(maxq)));
     };
     const int zhi = zero_of(ilo), zlo = zero_of(ihi);
-    if (T - m > maxq + 1) {
-      // -lo / scale moves by maxq / (T - m) < 1 per step of i: every zero in between occurs.
-      eval_windows(scale, zlo, zhi, true);
-    } else {
+    // -lo / scale moves by maxq / (T - m) per step of i: below 1, every zero in between occurs
+    const bool all = T - m > maxq + 1;
+    if (!all) {
       std::fill(present.begin(), present.end(), 0);
       for (Index i = ilo; i <= ihi; ++i) present[zero_of(i)] = 1;
-      eval_windows(scale, zlo, zhi, false);
+    }
+    int nlo = maxq + 1, nhi = -1;
+    for (int z = zlo; z <= zhi; ++z) {
+      need[z] = (all || present[z]) && next_m[z] <= m;
+      if (need[z]) {
+        nlo = std::min(nlo, z);
+        nhi = std::max(nhi, z);
+      }
+    }
+    if (nhi < 0) continue;
+    eval_windows(scale, nlo, nhi, &need, werr.data());
+    for (int z = nlo; z <= nhi; ++z) {
+      if (!need[z]) continue;
+      const double K = std::max(z, maxq - z);
+      const double gap = std::sqrt(werr[z]) - std::sqrt(best.error);
+      if (!(gap > 0.0 && unit > 0.0)) {
+        next_m[z] = m + 1;
+        continue;
+      }
+      // Lipschitz constant per step of m at scale h: min(K, sqrt(sum s k^2) / sqrt(S0)) * unit with
+      // |k| <= |x| / h + 1/2, i.e. sum s k^2 <= S2 / h^2 + SA / h + S0 / 4; it grows as h shrinks, so the
+      // constant at the far end of a stretch bounds the whole stretch.
+      auto lipschitz = [&](Index mm) {
+        const double h = (R - static_cast<double>(std::min<Index>(mm, T - 1)) * delta) / maxq;
+        const double kk2 = (S2_all / (h * h) + SA_all / h + 0.25 * S0_all) / S0_all;
+        return std::min(K, std::sqrt(kk2)) * unit;
+      };
+      double steps_clear = std::min(gap / lipschitz(m), static_cast<double>(T));
+      steps_clear = std::min(steps_clear, gap / lipschitz(m + static_cast<Index>(std::ceil(steps_clear))));
+      steps_clear *= 1.0 - 1e-9;
+      next_m[z] = m + std::max<Index>(1, static_cast<Index>(std::ceil(steps_clear)));
     }
   }
   // lo >= 0: xmin = 0, zero 0, scale = hi / maxq. Every such grid costs at least sum_{x<0} s x^2.
@@ -370,14 +454,14 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
   if (i0 < T && d.S2[neg] < best.error) {
     for (Index j = 0; j <= T - 1 - i0; ++j) {
       const double scale = (mx - j * delta) / maxq;
-      if (scale >= min_scale) eval_windows(scale, 0, 0, true);
+      if (scale >= min_scale) eval_windows(scale, 0, 0, nullptr, nullptr);
     }
   }
   // hi <= 0: xmax = 0, zero maxq, scale = -lo / maxq; at least sum_{x>0} s x^2.
   if (j0 < T && d.S2[n] - d.S2[nonpos] < best.error) {
     for (Index i = 0; i <= T - 1 - j0; ++i) {
       const double scale = -(mn + i * delta) / maxq;
-      if (scale >= min_scale) eval_windows(scale, maxq, maxq, true);
+      if (scale >= min_scale) eval_windows(scale, maxq, maxq, nullptr, nullptr);
     }
   }
   return best;
@@ -514,6 +598,18 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
           for (int t = 0; t < k; ++t) res.codebook(idx, t) = static_cast<float>(centroids[t]);
           for (int t = 0; t + 1 < k; ++t)
             mids(idx, t) = 0.5f * (res.codebook(idx, t) + res.codebook(idx, t + 1));
+          // The codebook's weighted error on these weights (what k-means minimised), with the loop's
+          // nearest-entry rule: entry t takes the values in (mids[t-1], mids[t]].
+          double err = 0.0;
+          Index a = 0;
+          for (int t = 0; t < k; ++t) {
+            const Index b = t + 1 < k ? std::upper_bound(sorted.x.begin() + a, sorted.x.end(),
+                                                         static_cast<double>(mids(idx, t))) - sorted.x.begin()
+                                      : glen;
+            err += sorted.segment_error(a, b, res.codebook(idx, t));
+            a = b;
+          }
+          res.grid_error[idx] = err;
         }
       }
     }
@@ -554,24 +650,10 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     dequantize_affine(out);
   } else {
     out.weight.resize(rows, cols);
-    // weight = codebook[codes]; and the codebook's weighted error on the original weights (what
-    // k-means minimised).
+    // weight = codebook[codes]
     parallel_chunks(rows, kFitChunk, [&](Index r0, Index r1) {
       for (Index r = r0; r < r1; ++r)
         for (Index c = 0; c < cols; ++c) out.weight(r, c) = res.codebook(r * groups + out.g_idx[c], out.codes(r, c));
-      for (Index r = r0; r < r1; ++r)
-        for (Index g = 0; g < groups; ++g) {
-          const Index idx = r * groups + g;
-          const float* m = mids.row(idx).data();
-          double err = 0.0;
-          for (Index c = g * glen; c < (g + 1) * glen; ++c) {
-            const float w = prep.dead[c] ? 0.0f : W(r, c);
-            const Index t = std::lower_bound(m, m + (k - 1), w) - m;
-            const double e = static_cast<double>(w) - res.codebook(idx, t);
-            err += res.importance[c] * e * e;
-          }
-          res.grid_error[idx] = err;
-        }
     });
   }
   timer.lap("dequantize");

@@ -2,7 +2,7 @@
 
 * ``SplitMix64``: the k-means++ random stream of the library (same integers, same uniforms).
 * ``weighted_kmeans``: Lloyd with assignment by argmin |x - c| (first centroid on ties), weighted means,
-  empty clusters keep their centroid; stops when the labels repeat, when sum (c_new - c)^2 <= tol var(x),
+  empty clusters moved to the points farthest from their centroids (as scikit-learn); stops when the labels repeat, when sum (c_new - c)^2 <= tol var(x),
   or after ``max_iter`` updates. Init: np.linspace(min, max, k) for k <= 8, else greedy k-means++.
 * ``brute_force_grid_search``: every candidate (min + i d, max - j d), i + j < T, evaluated point by point
   -- the paper's search, O(T^2 n).
@@ -89,25 +89,49 @@ def weighted_kmeans(values, weights, k: int, max_iter: int = 100, tol: float = 1
         labels = np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
         if labels_prev is not None and np.array_equal(labels, labels_prev):
             break
+        weight = np.array([np.sum(s[labels == t]) for t in range(k)])
+        sums = np.array([np.sum(s[labels == t] * x[labels == t]) for t in range(k)])
         new = c.copy()
+        # empty clusters take the points farthest from their centroids (ties: lower position), which
+        # leave their clusters (scikit-learn's relocation)
+        empty = np.nonzero(~(weight > 0))[0]
+        far = np.lexsort((np.arange(len(x)), -(x - c[labels]) ** 2))[:len(empty)]
+        count = np.bincount(labels, minlength=k)
+        for t, i in zip(empty, far):
+            weight[labels[i]] -= s[i]
+            sums[labels[i]] -= s[i] * x[i]
+            count[labels[i]] -= 1
+            if count[labels[i]] == 0:        # gave all its points away: keeps its centroid
+                weight[labels[i]] = 0.0
+            new[t] = x[i]
         for t in range(k):
-            m = labels == t
-            if s[m].sum() > 0:
-                new[t] = np.sum(s[m] * x[m]) / np.sum(s[m])
+            if t not in empty and weight[t] > 0:
+                new[t] = sums[t] / weight[t]
         it += 1
         shift = np.sum((new - c) ** 2)
-        c, labels_prev = new, labels
+        c, labels_prev = np.sort(new), labels
         if shift <= tol * var:
             break
     return c, it
 
 
 def plain_kmeans_step(values, k: int) -> np.ndarray:
-    """One unweighted Lloyd step from k evenly spaced centroids: the mean of the values nearest each."""
-    x = np.asarray(values, dtype=np.float64)
-    c = np.linspace(x.min(), x.max(), k)
+    """One unweighted Lloyd step from k evenly spaced centroids: the mean of the values nearest each; an
+    empty cluster takes the value farthest from its centroid (the lowest such), which leaves its cluster."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    c = np.linspace(x[0], x[-1], k)
     labels = np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
-    return np.array([x[labels == t].mean() if np.any(labels == t) else c[t] for t in range(k)])
+    dist = (x - c[labels]) ** 2
+    empty = [t for t in range(k) if not np.any(labels == t)]
+    moved = sorted(range(len(x)), key=lambda i: (-dist[i], i))[:len(empty)]
+    new = c.copy()
+    for t, i in zip(empty, moved):
+        new[t] = x[i]
+    for t in range(k):
+        keep = [i for i in np.nonzero(labels == t)[0] if i not in moved]
+        if t not in empty and keep:
+            new[t] = x[keep].mean()
+    return np.sort(new)
 
 
 def weighted_grid_error(values, weights, scale, zero, bits: int, dtype=np.float64) -> float:

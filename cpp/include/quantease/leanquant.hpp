@@ -9,7 +9,7 @@
 //     shrunk ranges (min + i d, max - j d), d = (max - min) / T, i + j < T -- searched exactly, see
 //     weighted_grid_search.
 // Every 1-D fit works on the row sorted once, with prefix sums of s, s w and s w^2, so one Lloyd
-// iteration costs O(k log n) and one affine candidate O(1) after O(2^bits log n) per distinct scale.
+// iteration costs O(k log n) and one affine candidate O(1) after O(2^bits) per distinct scale.
 #pragma once
 
 #include <cstdint>
@@ -68,8 +68,8 @@ struct SplitMix64 {
 
 // Weighted 1-D k-means of d into k centroids (ascending, written to c). Init: evenly spaced between min
 // and max when k <= 8, else greedy k-means++ (2 + floor(ln k) trials per centre, sampled from `rng`).
-// Lloyd: assignment by midpoints (a value on a midpoint joins the lower centroid), weighted means, an
-// empty cluster keeps its centroid; stops when the assignment repeats, when sum (c_new - c)^2 <=
+// Lloyd: assignment by midpoints (a value on a midpoint joins the lower centroid), weighted means; empty
+// clusters move to the points farthest from their centroids (scikit-learn's relocation); stops when the assignment repeats, when sum (c_new - c)^2 <=
 // tol * var(x), or after max_iter updates. Returns the number of updates. Precondition: n >= 1, s >= 0.
 int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, SplitMix64& rng, double* c);
 
@@ -85,8 +85,11 @@ struct GridSearchResult {
 // scale = (xmax - xmin) / maxq, zero = rint(-xmin / scale). Exact over the whole candidate set: when
 // lo < 0 < hi the scale depends on m = i + j only and zero takes at most 2^bits values, so for each of
 // the T scales the candidates collapse to windows of one lattice scale * Z, each costing O(1) from
-// per-cell errors; lo >= 0 (zero 0) and hi <= 0 (zero maxq) are 1-D families, skipped when their lower
-// bound sum_{x<0} s x^2 (resp. x > 0) cannot beat the best. O(T 2^bits log n) instead of O(T^2 n).
+// per-cell errors (lattice boundaries walked from the previous scale); lo >= 0 (zero 0) and hi <= 0
+// (zero maxq) are 1-D families, skipped when their lower bound sum_{x<0} s x^2 (resp. x > 0) cannot beat
+// the best. Two more exact prunings (a clamping lower bound growing with the shrink, and a Lipschitz
+// bound of sqrt(E) in the scale per zero point) skip hopeless candidates. O(T 2^bits) after the sort,
+// instead of the paper's O(T^2 n).
 GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int steps);
 
 // E of a float32 affine grid, evaluated point by point as the column loop would quantize.

@@ -1,0 +1,167 @@
+"""LeanQuant benchmark: seconds per layer (with the grid-fitting share against the GPTQ column loop), our
+1-D weighted k-means against scikit-learn's KMeans per row, the whole layer against the torch port of the
+official code (bench/peers/torch_leanquant.py) on identical inputs, and the layer loss against GPTQ.
+
+    PYTHONPATH=python OMP_NUM_THREADS=2 python bench/bench_leanquant.py [--quick] [--json out.json]
+
+What the numbers mean
+* seconds: one ``quantease.leanquant`` call, split by ``info["phase_seconds"]``: factor (damped Cholesky and
+  U), kmeans / grid_search (fitting every row's grid), column_loop (the GPTQ loop), dequantize. "fit/loop"
+  is the grid-fitting time over the column-loop time. Layers: bench/synthetic.py llm_like_problem (H built
+  directly, Student-t weights), 4096 x 4096 and 4096 x 11008 (--quick: 1024 x 4096 only).
+* k-means: ms per row for the same rows and the same weights s (the solver's importance): ours (sorted row,
+  prefix sums, Lloyd by binary search) vs sklearn.cluster.KMeans as the official code calls it (same init
+  rule, max_iter 100, tol 1e-6, one row at a time). "obj ratio" = our weighted objective / sklearn's
+  (< 1: ours is lower).
+* torch port: seconds and layer loss of bench/peers/torch_leanquant.py (float32 torch, batched Lloyd and
+  sklearn back ends) on the same W, H, bits, exponent, damp and act-order.
+* loss: layer loss / tr(W H W^T) for GPTQ (act-order, damp 0.1, min-max grid) and LeanQuant (non-uniform
+  and affine) at 2, 3 and 4 bits, per row (no groups).
+Timings are wall-clock on whatever the machine is doing; the JSON records the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))
+
+import quantease  # noqa: E402
+from quantease._leanquant import weighted_kmeans  # noqa: E402
+from machine import describe  # noqa: E402
+from synthetic import llm_like_problem, relative_loss  # noqa: E402
+
+
+def layer_seconds(rows: int, cols: int, bits: int) -> list:
+    W, H = llm_like_problem(rows, cols, seed=0)
+    out = []
+    g = quantease.gptq(W, H, bits=bits, act_order=True, damp=0.1)
+    out.append(dict(shape=[rows, cols], method="gptq", bits=bits, seconds=g.seconds,
+                    phases=g.info["phase_seconds"], rel_loss=relative_loss(g.loss, W, H)))
+    for grid in ("nonuniform", "affine"):
+        r = quantease.leanquant(W, H, bits=bits, grid=grid)
+        ph = r.info["phase_seconds"]
+        fit = ph.get("kmeans", ph.get("grid_search"))
+        out.append(dict(shape=[rows, cols], method=f"leanquant-{grid}", bits=bits, seconds=r.seconds, phases=ph,
+                        fit_over_loop=fit / ph["column_loop"], rel_loss=relative_loss(r.loss, W, H)))
+    return out
+
+
+def sklearn_rows(X: np.ndarray, s: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    from sklearn.cluster import KMeans
+    C = np.empty((X.shape[0], k))
+    for r, x in enumerate(X):
+        init = np.linspace(x.min(), x.max(), k)[:, None] if k <= 8 else "k-means++"
+        km = KMeans(n_clusters=k, init=init, n_init=1, random_state=seed, max_iter=100, tol=1e-6)
+        C[r] = np.sort(km.fit(x[:, None].astype(np.float64), sample_weight=s).cluster_centers_.ravel())
+    return C
+
+
+def objective(X, s, C) -> float:
+    return float(sum(np.sum(s * np.min((x[:, None].astype(np.float64) - c[None, :]) ** 2, axis=1))
+                     for x, c in zip(X, C)))
+
+
+def kmeans_vs_sklearn(cols: int, n_rows: int) -> list:
+    W, H = llm_like_problem(n_rows, cols, seed=1)
+    s = quantease.leanquant(W[:4], H, bits=2, kmeans_iters=1).info["importance"]  # the solver's weights
+    out = []
+    for bits in (3, 4):
+        k = 1 << bits
+        t0 = time.perf_counter()
+        C, _ = weighted_kmeans(W, s, k)
+        ours = time.perf_counter() - t0
+        try:
+            t0 = time.perf_counter()
+            Cs = sklearn_rows(W, s, k)
+            sk = time.perf_counter() - t0
+            ratio = objective(W, s, C) / objective(W, s, Cs)
+        except ImportError:
+            sk, ratio = None, None
+        out.append(dict(cols=cols, rows=n_rows, k=k, ours_ms_per_row=1e3 * ours / n_rows,
+                        sklearn_ms_per_row=None if sk is None else 1e3 * sk / n_rows,
+                        speedup=None if sk is None else sk / ours, obj_ratio=ratio))
+    return out
+
+
+def versus_torch_port(rows: int, cols: int, bits: int) -> list:
+    try:
+        from bench.peers import torch_leanquant
+    except ImportError as e:  # torch missing
+        return [dict(skipped=str(e))]
+    W, H = llm_like_problem(rows, cols, seed=2)
+    ours = quantease.leanquant(W, H, bits=bits)
+    out = [dict(impl="quantease", seconds=ours.seconds, rel_loss=relative_loss(ours.loss, W, H),
+                fit_seconds=ours.info["phase_seconds"]["kmeans"])]
+    for backend in ("lloyd", "sklearn"):
+        info = {}
+        Q, sec = torch_leanquant.leanquant(W, H, bits=bits, exponent=4.0, damp=0.1, act_order=True,
+                                           kmeans=backend, processes=1, info=info)
+        out.append(dict(impl=f"torch port ({backend})", seconds=sec,
+                        rel_loss=relative_loss(quantease.layer_loss(W, Q, H), W, H),
+                        fit_seconds=info["kmeans_seconds"]))
+    return out
+
+
+def losses(rows: int, cols: int) -> list:
+    W, H = llm_like_problem(rows, cols, seed=3)
+    out = []
+    for bits in (2, 3, 4):
+        g = quantease.gptq(W, H, bits=bits, act_order=True, damp=0.1)
+        nu = quantease.leanquant(W, H, bits=bits)
+        af = quantease.leanquant(W, H, bits=bits, grid="affine")
+        out.append(dict(bits=bits, gptq=relative_loss(g.loss, W, H), nonuniform=relative_loss(nu.loss, W, H),
+                        affine=relative_loss(af.loss, W, H)))
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1024 x 4096 only, fewer rows elsewhere")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    res = {"machine": describe()}
+    shapes = [(1024, 4096)] if args.quick else [(4096, 4096), (4096, 11008)]
+    print("seconds per layer (4-bit; under load, see machine.load_1min)")
+    res["layers"] = []
+    for rows, cols in shapes:
+        for row in layer_seconds(rows, cols, 4):
+            res["layers"].append(row)
+            ph = row["phases"]
+            fit = row.get("fit_over_loop")
+            print(f"  {rows}x{cols} {row['method']:<22} {row['seconds']:7.2f} s  "
+                  + "  ".join(f"{k} {v:.2f}" for k, v in ph.items())
+                  + ("" if fit is None else f"  fit/loop {fit:.2f}") + f"  rel.loss {row['rel_loss']:.3e}")
+    print("k-means per row: ours vs sklearn KMeans (same rows, same weights)")
+    res["kmeans"] = kmeans_vs_sklearn(4096, 16 if args.quick else 32)
+    for row in res["kmeans"]:
+        sk = row["sklearn_ms_per_row"]
+        print(f"  k={row['k']:<3} ours {row['ours_ms_per_row']:.3f} ms/row  sklearn "
+              + ("n/a" if sk is None else f"{sk:.2f} ms/row  x{row['speedup']:.0f}  obj ratio {row['obj_ratio']:.4f}"))
+    print("whole layer vs the torch port (4-bit, identical inputs)")
+    res["torch_port"] = versus_torch_port(128 if args.quick else 256, 4096, 4)
+    for row in res["torch_port"]:
+        if "skipped" in row:
+            print("  skipped:", row["skipped"])
+            continue
+        print(f"  {row['impl']:<24} {row['seconds']:7.2f} s (fit {row['fit_seconds']:.2f} s)  rel.loss {row['rel_loss']:.3e}")
+    print("layer loss / tr(W H W^T), GPTQ vs LeanQuant")
+    res["loss"] = losses(256 if args.quick else 1024, 4096 if not args.quick else 1024)
+    for row in res["loss"]:
+        print(f"  {row['bits']} bits: gptq {row['gptq']:.3e}  nonuniform {row['nonuniform']:.3e}  "
+              f"affine {row['affine']:.3e}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2, default=float) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()
