@@ -1,6 +1,6 @@
 """The main job: quantize the real SmolLM2-135M and all-MiniLM-L6-v2 with every quantease solver.
 
-    python bench/real_model.py --quick          # 3-bit g64, every solver, small samples (a few minutes)
+    python bench/real_model.py --quick          # 3-bit g64, every solver, small samples (what scripts/setup.sh runs)
     python bench/real_model.py                  # 4 and 3 bits, g64 and per-channel, every solver
     python bench/real_model.py --json out.json --methods rtn,gptq --bits 3
 
@@ -74,7 +74,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="3-bit g64 only, every solver (quantease with 10 sweeps), 8 x 256 calibration tokens, "
-                        "4 eval windows of 256, MiniLM on 64 sentences (a few minutes on 2 cores)")
+                        "4 eval windows of 256, MiniLM on 64 sentences")
     p.add_argument("--methods", type=_str_list, default=None,
                    help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     p.add_argument("--bits", type=_int_list, default=None, help="comma-separated (default 4,3; quick 3)")
