@@ -392,6 +392,11 @@ def main(argv: Optional[Sequence[str]] = None, log=print) -> Dict[str, Any]:
     missing = [m for m in args.methods if m not in available]
     log(f"quantease {quantease.__version__} real-model benchmark{' (--quick)' if args.quick else ''}")
     log("machine: " + ", ".join(f"{k} {v}" for k, v in desc.items()))
+    cores, load = desc.get("cores") or 1, desc.get("load_1min")
+    if isinstance(load, float) and load > cores and torch.get_num_threads() > 1:
+        # Measured on 2 cores at load 6-9: --quick took 40 min with 2 threads, 6 min with OMP_NUM_THREADS=1
+        # (OpenMP threads spin while their partners wait for a core); the figures are identical.
+        log(f"the machine is busy (load {load} on {cores} cores): OMP_NUM_THREADS=1 runs much faster here")
     log(f"solvers: {', '.join(available) or 'none'}" +
         (f"; {NOT_IN_BUILD}: {', '.join(missing)}" if missing else ""))
     if any(g == 64 for g in args.groups):
