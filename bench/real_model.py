@@ -36,7 +36,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
-import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
@@ -51,14 +50,18 @@ import machine  # noqa: E402  (bench/machine.py)
 
 import quantease  # noqa: E402
 
-METHODS = ("rtn", "gptq", "quantease", "easyquant", "leanquant")
+METHODS = ("rtn", "gptq", "quantease", "quantease+gptq", "easyquant", "leanquant")
+# Each method is a quantease solver with fixed options: GPTQ with act-order (the usual baseline; QuantEase
+# and LeanQuant order columns the same way by default), and QuantEase started from GPTQ's result
+# (init="gptq": coordinate descent on GPTQ's grid against the original W, never worse than GPTQ per layer).
+# Every other method runs with its solver's defaults.
+VARIANTS: Dict[str, tuple] = {
+    "gptq": ("gptq", {"act_order": True}),
+    "quantease+gptq": ("quantease", {"init": "gptq"}),
+}
 LM_NAME = "smollm2-135m"
 ENCODER_NAME = "all-minilm-l6-v2"
 NOT_IN_BUILD = "not in this build"
-# Names the QuantEase solver might give its sweep count (it is written on another branch); the first one its
-# signature has gets --quantease-iters.
-_ITER_NAMES = ("iters", "iterations", "num_iters", "n_iters", "max_iter", "max_iters", "sweeps", "num_sweeps",
-               "n_sweeps")
 
 
 def _int_list(value: str) -> List[int]:
@@ -73,14 +76,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="3-bit g64 only, every solver (quantease with 10 sweeps), 8 x 256 calibration tokens, "
+                   help="3-bit g64 only, every solver (quantease with 10 sweeps), 16 x 256 calibration tokens, "
                         "4 eval windows of 256, MiniLM on 64 sentences")
     p.add_argument("--methods", type=_str_list, default=None,
                    help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     p.add_argument("--bits", type=_int_list, default=None, help="comma-separated (default 4,3; quick 3)")
     p.add_argument("--groups", type=_int_list, default=None,
                    help="comma-separated group sizes, -1 = per channel (default 64,-1; quick 64)")
-    p.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 16; quick 8)")
+    p.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 16)")
     p.add_argument("--calib-len", type=int, default=None, help="tokens per calibration window (default 512; "
                                                                "quick 256)")
     p.add_argument("--eval-windows", type=int, default=None, help="eval windows (default 16; quick 4)")
@@ -100,7 +103,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     defaults = dict(methods=list(METHODS), bits=[3] if quick else [4, 3],
-                    groups=[64] if quick else [64, -1], calib_samples=8 if quick else 16,
+                    groups=[64] if quick else [64, -1], calib_samples=16,
                     calib_len=256 if quick else 512, eval_windows=4 if quick else 16,
                     eval_len=256 if quick else 512, sentences=64 if quick else None,
                     calib_sentences=64 if quick else 256, quantease_iters=10 if quick else None)
@@ -126,30 +129,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def solver_of(method: str) -> tuple:
+    """(quantease function name, fixed keyword arguments) of a method of METHODS."""
+    name, kwargs = VARIANTS.get(method, (method, {}))
+    return name, dict(kwargs)
+
+
 def available_solvers(methods: Sequence[str]) -> Dict[str, Callable]:
-    """The solvers of ``methods`` this build of quantease has (``quantease.<name>``, callable)."""
+    """The methods of ``methods`` whose solver this build of quantease has (``quantease.<name>``)."""
     out = {}
     for m in methods:
-        fn = getattr(quantease, m, None)
+        fn = getattr(quantease, solver_of(m)[0], None)
         if callable(fn):
             out[m] = fn
     return out
 
 
-def _iter_kwarg(fn: Callable) -> Optional[str]:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return None
-    return next((n for n in _ITER_NAMES if n in params), None)
-
-
-def _solver_kwargs(method: str, fn: Callable, args: argparse.Namespace) -> Dict[str, Any]:
-    if method == "quantease" and args.quantease_iters is not None:
-        name = _iter_kwarg(fn)
-        if name is not None:
-            return {name: args.quantease_iters}
-    return {}
+def _solver_kwargs(method: str, args: argparse.Namespace) -> Dict[str, Any]:
+    name, kwargs = solver_of(method)
+    if name == "quantease" and args.quantease_iters is not None:
+        kwargs["iters"] = args.quantease_iters
+    return kwargs
 
 
 def _fmt(x: Any, spec: str) -> str:
@@ -203,14 +203,14 @@ def _quantize_all(model, calib, args, available, log, evaluate, what: str) -> Li
                 if method not in available:
                     row["status"] = NOT_IN_BUILD
                     rows.append(row)
-                    log(f"{label}: {NOT_IN_BUILD} (quantease.{method} is missing)")
+                    log(f"{label}: {NOT_IN_BUILD} (quantease.{solver_of(method)[0]} is missing)")
                     continue
                 model.load_state_dict(original)
-                kwargs = _solver_kwargs(method, available[method], args)
+                kwargs = _solver_kwargs(method, args)
                 row["solver_kwargs"] = kwargs
                 t0 = time.perf_counter()
                 try:
-                    report = quantize_model(model, calib, method=method, bits=bits, group_size=group,
+                    report = quantize_model(model, calib, method=solver_of(method)[0], bits=bits, group_size=group,
                                             blocks=blocks, progress=False, solver_kwargs=kwargs)
                     q_s = time.perf_counter() - t0
                     t0 = time.perf_counter()
@@ -401,10 +401,11 @@ def main(argv: Optional[Sequence[str]] = None, log=print) -> Dict[str, Any]:
         (f"; {NOT_IN_BUILD}: {', '.join(missing)}" if missing else ""))
     if any(g == 64 for g in args.groups):
         log("group size 64, not 128: SmolLM2's hidden size 576 is not divisible by 128 (576 = 9 x 64)")
-    if args.quantease_iters is not None and "quantease" in available:
-        name = _iter_kwarg(available["quantease"])
-        log(f"quantease solver: {name}={args.quantease_iters}" if name else
-            f"quantease solver: takes none of {', '.join(_ITER_NAMES)}; its default sweep count is used")
+    for m in available:
+        name, kwargs = solver_of(m)
+        kwargs.update(_solver_kwargs(m, args))
+        if kwargs or name != m:
+            log(f"{m}: quantease.{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
     out: Dict[str, Any] = {"machine": desc, "args": vars(args), "methods_available": list(available),
                            "methods_missing": missing}
     if not args.no_lm:

@@ -51,24 +51,25 @@ def test_bad_arguments_exit(argv, capsys):
 
 def test_available_solvers_follow_the_build(monkeypatch):
     have = bench.available_solvers(bench.METHODS)
-    assert list(have) == [m for m in bench.METHODS if callable(getattr(quantease, m, None))]
+    assert list(have) == [m for m in bench.METHODS if callable(getattr(quantease, bench.solver_of(m)[0], None))]
     assert {"rtn", "gptq", "easyquant"} <= set(have)
-    monkeypatch.delattr(quantease, "gptq")
-    assert "gptq" not in bench.available_solvers(bench.METHODS)
+    monkeypatch.delattr(quantease, "quantease")
+    assert not {"quantease", "quantease+gptq"} & set(bench.available_solvers(bench.METHODS))
 
 
-def test_iteration_count_goes_under_the_solvers_own_name():
-    args = bench.parse_args(["--quick"])
-
-    def sweeps_solver(W, H, *, bits=4, group_size=-1, sym=False, num_iters=30):
-        return None
-
-    def plain_solver(W, H, *, bits=4, group_size=-1, sym=False):
-        return None
-
-    assert bench._solver_kwargs("quantease", sweeps_solver, args) == {"num_iters": 10}
-    assert bench._solver_kwargs("quantease", plain_solver, args) == {}
-    assert bench._solver_kwargs("gptq", sweeps_solver, args) == {}
+def test_methods_map_to_solvers_with_fixed_options():
+    quick = bench.parse_args(["--quick"])
+    full = bench.parse_args([])
+    assert bench._solver_kwargs("quantease", quick) == {"iters": 10}
+    assert bench._solver_kwargs("quantease+gptq", quick) == {"init": "gptq", "iters": 10}
+    assert bench._solver_kwargs("quantease", full) == {}
+    assert bench._solver_kwargs("gptq", quick) == {"act_order": True}
+    assert bench._solver_kwargs("rtn", quick) == {}
+    # Every keyword is one the solver takes.
+    import inspect
+    for m in bench.METHODS:
+        name, kwargs = bench.solver_of(m)
+        assert set(bench._solver_kwargs(m, quick)) <= set(inspect.signature(getattr(quantease, name)).parameters)
 
 
 def _fake_lm_result():
@@ -133,7 +134,7 @@ def test_main_on_a_tiny_configuration(tmp_path):
                       "--sentences", "8", "--calib-sentences", "8", "--quantease-iters", "2", "--json", str(path)],
                      log=lines.append)
     text = "\n".join(lines)
-    have = [m for m in bench.METHODS if callable(getattr(quantease, m, None))]
+    have = [m for m in bench.METHODS if callable(getattr(quantease, bench.solver_of(m)[0], None))]
     assert out["methods_available"] == have
     assert out["methods_missing"] == [m for m in bench.METHODS if m not in have]
     assert json.loads(path.read_text())["methods_available"] == have
