@@ -47,6 +47,12 @@ from machine import describe, gemm_gflops  # noqa: E402
 from synthetic import llm_like_problem  # noqa: E402
 
 RESULTS = HERE / "results"
+
+
+def _print(*args, **kwargs):
+    print(*args, **kwargs, flush=True)  # progress shows up when the output is a file
+
+
 SOLVERS = ("rtn", "gptq", "quantease", "easyquant", "leanquant")
 
 
@@ -84,8 +90,8 @@ def _variants(G: str = "g") -> List[Variant]:
         Variant("QuantEase g", "quantease", (("init", "w"),), group=g, peer="quantease", ref="GPTQ act g"),
         Variant("QuantEase init GPTQ", "quantease", (("init", "gptq"),), group=-1, ref="GPTQ act", bits=(3, 4)),
         Variant("QuantEase init GPTQ g", "quantease", (("init", "gptq"),), group=g, ref="GPTQ act g", bits=(3, 4)),
-        Variant("QuantEase out 0.5%", "quantease", (("outliers", 0.005),), group=-1, ref="GPTQ act", bits=(2, 3)),
-        Variant("QuantEase out 1%", "quantease", (("outliers", 0.01),), group=-1, ref="GPTQ act", bits=(2, 3)),
+        Variant("QuantEase out 0.5%", "quantease", (("outliers", 0.005),), group=-1, ref="GPTQ act", bits=(3,)),
+        Variant("QuantEase out 1%", "quantease", (("outliers", 0.01),), group=-1, ref="GPTQ act", bits=(3,)),
         Variant("EasyQuant", "easyquant", group=-1, peer="hqq", ref="GPTQ act"),
         Variant("EasyQuant g", "easyquant", group=g, peer="hqq", ref="GPTQ act g"),
         Variant("LeanQuant nu", "leanquant", (("grid", "nonuniform"),), group=-1, peer="leanquant", ref="GPTQ act"),
@@ -111,6 +117,8 @@ class LayerSet:
     overrides: dict = field(default_factory=dict)   # variant label -> extra kwargs (e.g. fewer sweeps)
     gptqmodel_layers: set = field(default_factory=set)
     peer_layer_map: dict = field(default_factory=dict)   # peer -> the only layers it runs on
+    variant_layers: dict = field(default_factory=dict)   # variant label -> the only layers it runs on
+    layer_bits: dict = field(default_factory=dict)       # layer -> the only bit widths run on it
     notes: list = field(default_factory=list)
 
 
@@ -182,7 +190,7 @@ class Peers:
     """The peers of this run, each with its status ("ok: ..." or "not installable: <reason>"), probed on first
     use (probing gptqmodel starts its environment's interpreter: seconds)."""
 
-    def __init__(self, enabled: bool, log=print):
+    def __init__(self, enabled: bool, log=_print):
         self.enabled = enabled
         self.log = log
         self.status: Dict[str, str] = {}
@@ -318,7 +326,7 @@ def _hot_seconds(info: dict, phase: str) -> Optional[float]:
 SYNTH_FULL = [(4096, 4096), (4096, 11008), (11008, 4096)]
 SYNTH_QUICK = [(128, 256), (256, 512)]
 REAL_FULL = {"smollm2": dict(blocks=(0, 15, 29), n_samples=16, seq_len=512),
-             "minilm": dict(blocks=(0, 5), n_samples=256, seq_len=128)}
+             "minilm": dict(blocks=(0, 5), n_samples=256, seq_len=128, bits=(3, 4))}
 REAL_QUICK = {"smollm2": dict(blocks=(0,), kinds=("self_attn.q_proj", "mlp.down_proj"), n_samples=4, seq_len=256)}
 
 
@@ -356,8 +364,12 @@ def synthetic_set(cfg: Config) -> LayerSet:
                             "hqq": (4,)})
     s.overrides = {("QuantEase", "4096x4096"): dict(peer_max_sweeps=2),
                    ("QuantEase", "4096x11008"): dict(iters=3), ("QuantEase", "11008x4096"): dict(iters=3)}
+    s.variant_layers = {"GPTQ act": {"4096x4096"}, "GPTQ g": {"4096x4096"}}
+    s.layer_bits = {"4096x11008": (4,), "11008x4096": (4,)}
     s.notes.append("QuantEase on 4096x11008 and 11008x4096 runs 3 sweeps (timing only; flops counted for 3); "
                    "the torch QuantEase port on 4096x4096 is timed over 2 sweeps and extrapolated to 30")
+    s.notes.append("GPTQ act-order per channel and GPTQ g128 without act-order run on 4096x4096 only, 3 bits "
+                   "on 4096x4096 only; peers on 4096x4096 only, at 4 bits")
     return s
 
 
@@ -367,7 +379,7 @@ def dataclass_replace(v: Variant, **kw) -> Variant:
     return dataclasses.replace(v, **kw)
 
 
-def real_set(name: str, cfg: Config, log=print) -> Optional[LayerSet]:
+def real_set(name: str, cfg: Config, log=_print) -> Optional[LayerSet]:
     import real_layers
 
     spec = dict((REAL_QUICK if cfg.mode == "quick" else REAL_FULL).get(name) or {})
@@ -380,6 +392,7 @@ def real_set(name: str, cfg: Config, log=print) -> Optional[LayerSet]:
     if cfg.seq_len:
         spec["seq_len"] = cfg.seq_len
     kinds = spec.pop("kinds", None)
+    set_bits = spec.pop("bits", (2, 3, 4))
     if cfg.real == "no":
         return None
     if cfg.real == "auto" and not (real_layers.cached(name, kinds=kinds, **spec) or real_layers.real_available(name)):
@@ -396,13 +409,13 @@ def real_set(name: str, cfg: Config, log=print) -> Optional[LayerSet]:
         peer_layers = None
     else:
         variants = list(ALL_VARIANTS)
-        bits = (2, 3, 4)
+        bits = tuple(set_bits)
         first = min(L.block for L in layers)
         peer_layers = {L.name for L in layers if L.block == first}
     s = LayerSet(name, desc, G, [(L.name, L.W, L.H) for L in layers], variants, bits, peer_layers=peer_layers,
-                 peer_bits={"quantease-torch": (3, 4), "leanquant-torch": (4,)}, aggregate=True)
+                 peer_bits=None if cfg.mode == "quick" else {p: (4,) for p in PEER_LABEL}, aggregate=True)
     if peer_layers is not None:
-        s.notes.append(f"peers run on block {first} only (all its kinds); speed-ups are over those layers")
+        s.notes.append(f"peers run on block {first} only (all its kinds), at 4 bits; speed-ups are over those layers")
     return s
 
 
@@ -415,7 +428,7 @@ def _finite(x) -> Optional[float]:
 
 
 def run_set(s: LayerSet, cfg: Config, solvers: Dict[str, Optional[Callable]], peers: Peers, gemm: float,
-            log=print) -> dict:
+            log=_print) -> dict:
     records: List[dict] = []
     status_rows: List[dict] = []
     variants = [v for v in s.variants if cfg.methods is None or v.method in cfg.methods]
@@ -436,11 +449,13 @@ def run_set(s: LayerSet, cfg: Config, solvers: Dict[str, Optional[Callable]], pe
                 if not peers.ok(pn):
                     status_rows.append(dict(set=s.name, method=f"[peer] {PEER_LABEL[pn]}", solver=pn,
                                             status=peers.status.get(pn, "not installable: unknown")))
-    for lname, W, H in s.layers:
+    t_set = time.perf_counter()
+    for li, (lname, W, H) in enumerate(s.layers):
         rows, cols = W.shape
+        log(f"  {s.name}: layer {li + 1}/{len(s.layers)} {lname} ({rows}x{cols}), {time.perf_counter() - t_set:.0f} s")
         base = float(np.einsum("ij,ij->", W.astype(np.float64) @ H.astype(np.float64), W.astype(np.float64)))
         for v in variants:
-            if v.method in missing:
+            if v.method in missing or (v.label in s.variant_layers and lname not in s.variant_layers[v.label]):
                 continue
             G = _g(v, s.group_size)
             if G > 0 and cols % G:
@@ -448,7 +463,7 @@ def run_set(s: LayerSet, cfg: Config, solvers: Dict[str, Optional[Callable]], pe
             extra = {**s.overrides.get(v.label, {}), **s.overrides.get((v.label, lname), {})}
             solver_extra = {k: val for k, val in extra.items() if not k.startswith("peer_")}
             for bits in bits_all:
-                if bits not in v.bits:
+                if bits not in v.bits or (lname in s.layer_bits and bits not in s.layer_bits[lname]):
                     continue
                 rec = dict(set=s.name, layer=lname, rows=rows, cols=cols, method=_label(v, s.group_size),
                            solver=v.method, bits=bits, group_size=G, act_order=v.act_order,
@@ -536,6 +551,14 @@ def table_rows(res: dict) -> List[dict]:
         if sp:
             row["speedup"] = sum(r["peer_seconds"] for r in sp) / sum(r["seconds"] for r in sp)
             row["peer"] = PEER_LABEL.get(sp[0]["peer"], sp[0]["peer"])
+        if layer == "all" and method.startswith("[peer]"):
+            # a peer may run on fewer layers than the solver: put ours over the same layers next to it
+            ours = {(r["layer"], r["bits"]): r for r in recs if r["method"] == rs[0]["peer_of"]}
+            mine = [ours[(r["layer"], r["bits"])]["rel_loss"] for r in rs if (r["layer"], r["bits"]) in ours]
+            if mine and len(rs) < sum(1 for r in recs if r["method"] == rs[0]["peer_of"] and r["bits"] == bits):
+                row["ours_same_layers"] = float(np.median(mine))
+                row["note"] = ((row["note"] + "; ") if row["note"] else "") + \
+                    f"{rs[0]['peer_of']} on the same {len(mine)} layers: {row['ours_same_layers']:.3e}"
         if any("sweeps" in r for r in rs):
             row["sweeps"] = int(np.median([r["sweeps"] for r in rs if "sweeps" in r]))
         out.append(row)
@@ -546,7 +569,7 @@ def _fmt(x, spec: str, width: int) -> str:
     return f"{x:{spec}}".rjust(width) if x is not None else "-".rjust(width)
 
 
-def print_set(res: dict, log=print) -> None:
+def print_set(res: dict, log=_print) -> None:
     log(f"\n## {res['name']}: {res['description']}")
     for n in res["notes"]:
         log(f"   note: {n}")
@@ -712,16 +735,18 @@ def plot(results: List[dict], path: Path) -> Optional[str]:
 # entry points
 # ----------------------------------------------------------------------------------------------------------
 
-def run_suite(cfg: Optional[Config] = None, solvers: Optional[Dict[str, Callable]] = None, log=print) -> dict:
+def run_suite(cfg: Optional[Config] = None, solvers: Optional[Dict[str, Callable]] = None, log=_print) -> dict:
     """Run the suite; returns the report (what is written as JSON). ``solvers`` replaces solvers by name."""
     cfg = cfg or Config()
     t_start = time.perf_counter()
     solv = resolve_solvers(solvers)
     machine = describe()
-    gemm = gemm_gflops(1024 if cfg.mode == "quick" else 2048)
+    gemm, gemm_threads = _gemm_rate(1024 if cfg.mode == "quick" else 2048)
+    machine["gemm_blas_threads"] = gemm_threads
     log(f"# quantease benchmark suite ({cfg.mode}), quantease {quantease.__version__}")
     log(f"machine: {machine}")
-    log(f"float32 GEMM rate (NumPy BLAS, {'1024' if cfg.mode == 'quick' else '2048'}^3, same run): {gemm:.1f} GFLOP/s")
+    log(f"float32 GEMM rate (NumPy BLAS, {gemm_threads} threads, {'1024' if cfg.mode == 'quick' else '2048'}^3, same run): "
+        f"{gemm:.1f} GFLOP/s")
     for name in SOLVERS:
         log(f"solver {name:10s} {_origin(name, solv[name], solvers)}")
     peers = Peers(cfg.peers, log=log)
@@ -780,6 +805,19 @@ def run_suite(cfg: Optional[Config] = None, solvers: Optional[Dict[str, Callable
             log(f"plot: {p}")
     log(f"total {report['seconds']:.1f} s")
     return report
+
+
+def _gemm_rate(n: int):
+    """The GEMM rate with as many BLAS threads as the core's OpenMP uses (OMP_NUM_THREADS, else all cores):
+    the tests (and some shells) limit OpenBLAS to one thread, which would understate the machine."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=threads, user_api="blas"):
+            return gemm_gflops(n), threads
+    except ImportError:
+        return gemm_gflops(n), os.environ.get("OPENBLAS_NUM_THREADS", "default")
 
 
 def _origin(name: str, fn, injected) -> str:
