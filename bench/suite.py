@@ -411,11 +411,13 @@ def real_set(name: str, cfg: Config, log=_print) -> Optional[LayerSet]:
         variants = list(ALL_VARIANTS)
         bits = tuple(set_bits)
         first = min(L.block for L in layers)
-        peer_layers = {L.name for L in layers if L.block == first}
+        first_layers = {L.name for L in layers if L.block == first}
     s = LayerSet(name, desc, G, [(L.name, L.W, L.H) for L in layers], variants, bits, peer_layers=peer_layers,
                  peer_bits=None if cfg.mode == "quick" else {p: (4,) for p in PEER_LABEL}, aggregate=True)
-    if peer_layers is not None:
-        s.notes.append(f"peers run on block {first} only (all its kinds), at 4 bits; speed-ups are over those layers")
+    if cfg.mode != "quick":
+        s.peer_layer_map = {"quantease-torch": first_layers, "leanquant-torch": first_layers}
+        s.notes.append(f"peers run at 4 bits; the torch QuantEase and LeanQuant ports on block {first} only (all its "
+                       "kinds): their speed-ups are over those layers, and their rows name our loss on the same layers")
     return s
 
 
@@ -698,7 +700,9 @@ def plot(results: List[dict], path: Path) -> Optional[str]:
     nrow = (len(panels) + ncol - 1) // ncol
     fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.2 * nrow), squeeze=False)
     for ax, (res, b) in zip(axes.flat, panels):
-        rows = [r for r in res["table"] if r["bits"] == b and r["rel_loss"] is not None and r["seconds"] > 0]
+        # a peer row over fewer layers than its solver's is not comparable in a median: left out of the picture
+        rows = [r for r in res["table"] if r["bits"] == b and r["rel_loss"] is not None and r["seconds"] > 0
+                and "ours_same_layers" not in r]
         methods = sorted({r["method"] for r in rows})
         cmap = plt.get_cmap("tab20")
         for i, m in enumerate(methods):
