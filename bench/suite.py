@@ -855,6 +855,8 @@ def main(argv=None) -> dict:
                     help="blocks of a real set, e.g. smollm2:0,10,20,29 minilm:0,3,5")
     ap.add_argument("--n-samples", type=int, default=None, help="calibration samples (windows or sentences)")
     ap.add_argument("--seq-len", type=int, default=None, help="calibration window length in tokens")
+    ap.add_argument("--shapes", nargs="+", default=None, metavar="ROWSxCOLS",
+                    help="synthetic layer shapes instead of the mode's, e.g. 4096x4096")
     ap.add_argument("--no-peers", action="store_true", help="skip the peers")
     ap.add_argument("--out", default=str(RESULTS), help="folder for the JSON and the PNG (default bench/results)")
     ap.add_argument("--no-plot", action="store_true")
@@ -869,7 +871,8 @@ def main(argv=None) -> dict:
     cfg = Config(mode="quick" if args.quick else "full", sets=tuple(args.sets),
                  bits=tuple(args.bits) if args.bits else None, methods=tuple(args.methods) if args.methods else None,
                  real=args.real, peers=not args.no_peers, blocks=blocks, n_samples=args.n_samples,
-                 seq_len=args.seq_len, out_dir=Path(args.out), plot=not args.no_plot, verbose=args.verbose)
+                 seq_len=args.seq_len, out_dir=Path(args.out), plot=not args.no_plot, verbose=args.verbose,
+                 shapes=tuple(tuple(int(x) for x in sh.lower().split("x")) for sh in args.shapes) if args.shapes else None)
     return run_suite(cfg)
 
 
