@@ -357,7 +357,7 @@ def synthetic_set(cfg: Config) -> LayerSet:
     labels = ("RTN g", "GPTQ", "GPTQ act", "GPTQ g", "GPTQ act g", "QuantEase", "EasyQuant g", "LeanQuant nu",
               "LeanQuant affine g")
     variants = [dataclass_replace(v, bits=(4,) if v.method != "gptq" else (3, 4)) for v in _pick(ALL_VARIANTS, labels)]
-    s = LayerSet("synthetic", "LLM-like synthetic layers (bench/synthetic.py): 4096x4096, 4096x11008, 11008x4096",
+    s = LayerSet("synthetic", "LLM-like synthetic layers (bench/synthetic.py): " + ", ".join(n for n, _, _ in layers),
                  128, layers, variants, (3, 4), aggregate=False,
                  peer_layers={"4096x4096"}, gptqmodel_layers={"4096x4096"},
                  peer_bits={"quantease-torch": (4,), "leanquant-torch": (4,), "gptq-torch": (4,), "gptqmodel": (4,),
