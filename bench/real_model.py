@@ -76,14 +76,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="3-bit g64 only, every solver (quantease with 10 sweeps), 16 x 256 calibration tokens, "
+                   help="3-bit g64 only, every solver (quantease with 10 sweeps), 8 x 256 calibration tokens, "
                         "4 eval windows of 256, MiniLM on 64 sentences")
     p.add_argument("--methods", type=_str_list, default=None,
                    help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     p.add_argument("--bits", type=_int_list, default=None, help="comma-separated (default 4,3; quick 3)")
     p.add_argument("--groups", type=_int_list, default=None,
                    help="comma-separated group sizes, -1 = per channel (default 64,-1; quick 64)")
-    p.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 16)")
+    p.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 16; quick 8)")
     p.add_argument("--calib-len", type=int, default=None, help="tokens per calibration window (default 512; "
                                                                "quick 256)")
     p.add_argument("--eval-windows", type=int, default=None, help="eval windows (default 16; quick 4)")
@@ -103,7 +103,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     defaults = dict(methods=list(METHODS), bits=[3] if quick else [4, 3],
-                    groups=[64] if quick else [64, -1], calib_samples=16,
+                    groups=[64] if quick else [64, -1], calib_samples=8 if quick else 16,
                     calib_len=256 if quick else 512, eval_windows=4 if quick else 16,
                     eval_len=256 if quick else 512, sentences=64 if quick else None,
                     calib_sentences=64 if quick else 256, quantease_iters=10 if quick else None)
