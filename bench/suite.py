@@ -300,7 +300,7 @@ def solver_flops(method: str, rows: int, cols: int, bits: int, variant: Variant,
     if method == "leanquant":
         kw = variant.kw()
         if kw.get("grid", "nonuniform") == "nonuniform":
-            f = leanquant_flops(rows, cols, bits, int(info.get("kmeans_iters", 20)))
+            f = leanquant_flops(rows, cols, bits, int(np.ceil(np.mean(info.get("kmeans_iters", 20)))))
         else:
             f = gptq_flops(rows, cols)
         return {"total": f["total"], "hot": f["column_loop"], "hot_phase": "column_loop"}
@@ -413,6 +413,7 @@ def real_set(name: str, cfg: Config, log=_print) -> Optional[LayerSet]:
         bits = tuple(set_bits)
         first = min(L.block for L in layers)
         first_layers = {L.name for L in layers if L.block == first}
+        peer_layers = None  # every peer on every layer, except the slow ports (peer_layer_map below)
     s = LayerSet(name, desc, G, [(L.name, L.W, L.H) for L in layers], variants, bits, peer_layers=peer_layers,
                  peer_bits=None if cfg.mode == "quick" else {p: (4,) for p in PEER_LABEL}, aggregate=True)
     if cfg.mode != "quick":

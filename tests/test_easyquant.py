@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
@@ -22,12 +19,10 @@ from hypothesis import given, settings, strategies as st
 
 import problems
 import quantease
+from subprocess_run import run_python
 from quantease import _core
 from reference import easyquant as ref_eq
 from reference import layer_loss
-
-PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(quantease.__file__)))
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 # --- helpers --------------------------------------------------------------------------------------------
@@ -67,16 +62,6 @@ def core(W, *, bits=4, group_size=-1, sym=True, outlier_sigma=3.0, outlier_stats
     """The compiled function directly (to reach its test-only options)."""
     return _core.easyquant(np.ascontiguousarray(W, dtype=np.float32), bits=bits, group_size=group_size, sym=sym,
                            outlier_sigma=outlier_sigma, outlier_stats=outlier_stats, steps=steps, lr=lr, **kw)
-
-
-def run_python(code: str, threads: int, timeout: float = 240) -> str:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_DIR, TESTS_DIR] + [p for p in [env.get("PYTHONPATH")] if p])
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                         timeout=timeout)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
 
 
 # --- C++ against the oracle -----------------------------------------------------------------------------

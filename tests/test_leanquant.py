@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import quantease
+from subprocess_run import assert_python_keeps_running, run_python
 import problems
 from problems import code_agreement, rel_diff
 from quantease._leanquant import weighted_grid_search, weighted_kmeans
@@ -389,35 +390,12 @@ THREADS = """
 
 
 def test_results_identical_for_1_and_2_threads():
-    from test_threads import run_python
     assert json.loads(run_python(THREADS, threads=1)) == json.loads(run_python(THREADS, threads=2))
 
 
-HEARTBEAT = """
-    import json, threading, time
-    import quantease, problems
-    p = problems.random_problem(512, 768, n=1536, seed=3)
-    f = lambda: quantease.leanquant(p.W, p.H, bits=4)
-    f()
-    out = []
-    for _ in range(3):
-        t = time.perf_counter(); f(); call = time.perf_counter() - t
-        worker = threading.Thread(target=f)
-        gaps, last = [], time.perf_counter()
-        worker.start()
-        while worker.is_alive():
-            now = time.perf_counter(); gaps.append(now - last); last = now
-        out.append(dict(call=call, max_gap=max(gaps)))
-        if max(gaps) < 0.4 * call:
-            break
-    print(json.dumps(out))
-"""
-
-
 def test_python_keeps_running_during_a_solve():
-    from test_threads import run_python
-    attempts = json.loads(run_python(HEARTBEAT, threads=1))
-    assert any(a["max_gap"] < 0.4 * a["call"] for a in attempts), attempts
+    assert_python_keeps_running('p = problems.random_problem(512, 768, n=1536, seed=3)',
+                                'quantease.leanquant(p.W, p.H, bits=4)')
 
 
 # --- export ---------------------------------------------------------------------------------------------------------

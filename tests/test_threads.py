@@ -6,26 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-import quantease
 
-PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(quantease.__file__)))
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def run_python(code: str, threads: int, timeout: float = 240) -> str:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_DIR, TESTS_DIR] + [p for p in [env.get("PYTHONPATH")] if p])
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
-                         text=True, timeout=timeout)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+from subprocess_run import assert_python_keeps_running, run_python
 
 
 DIGESTS = """
@@ -110,31 +95,6 @@ def test_gil_is_released_during_solves():
     assert min(a["gptq"] for a in conclusive) < 1.7, attempts
 
 
-HEARTBEAT = """
-    import json, threading, time
-    import quantease, problems
-
-    p = problems.random_problem(768, 768, n=1536, seed=3)
-    quantease.gptq(p.W, p.H)                       # warm-up
-    out = []
-    for _ in range(3):
-        t = time.perf_counter(); quantease.gptq(p.W, p.H); call = time.perf_counter() - t
-        worker = threading.Thread(target=quantease.gptq, args=(p.W, p.H))
-        gaps, last = [], time.perf_counter()
-        worker.start()
-        while worker.is_alive():
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-        out.append(dict(call=call, max_gap=max(gaps), beats=len(gaps)))
-        if max(gaps) < 0.4 * call:
-            break
-    print(json.dumps(out))
-"""
-
-
 def test_python_keeps_running_during_a_solve():
-    # Load-independent check of the same thing: while one thread is inside gptq, the main thread keeps
-    # executing Python. Were the GIL held, the main loop would stall for the whole call.
-    attempts = json.loads(run_python(HEARTBEAT, threads=1))
-    assert any(a["max_gap"] < 0.4 * a["call"] for a in attempts), attempts
+    assert_python_keeps_running('p = problems.random_problem(768, 768, n=1536, seed=3)',
+                                'quantease.gptq(p.W, p.H)')
