@@ -37,7 +37,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-for p in (str(HERE), str(REPO), str(REPO / "python")):
+# bench/ and the checkout (for bench.peers); quantease itself comes from the environment or PYTHONPATH=python,
+# never from the source tree behind the caller's back (it has no compiled core unless dev-built).
+for p in (str(HERE), str(REPO)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
@@ -667,7 +669,7 @@ def targets(results: List[dict], gemm: float) -> List[dict]:
     if qp:
         fig = min(r["speedup"] for r in qp)
         add("QuantEase >= 10x faster than the torch port", fig, fig >= 10,
-            f"30-sweep seconds vs the port's" + scale_note)
+            "30-sweep seconds vs the port's" + scale_note)
     else:
         add("QuantEase >= 10x faster than the torch port", None, False, "no QuantEase/port pair")
     hot = [(r["method"], r["hot_gemm_share"]) for r in recs if r["layer"] == target_layer and "hot_gemm_share" in r

@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import quantease  # noqa: E402
 from quantease import eval as qeval  # noqa: E402
 from quantease import models, text  # noqa: E402
 
@@ -343,7 +344,8 @@ def test_import_quantease_needs_no_torch():
     code = ("import sys; import quantease, quantease.models, quantease.text, quantease.eval; "
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             [os.path.dirname(os.path.dirname(os.path.abspath(quantease.__file__)))] + sys.path)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
 
