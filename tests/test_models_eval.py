@@ -15,6 +15,7 @@ import zlib
 
 import numpy as np
 import pytest
+from real_data import real_data_available
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -355,13 +356,7 @@ def test_import_quantease_needs_no_torch():
 # ---------------------------------------------------------------------------------------------------------
 
 def _real_available() -> bool:
-    if os.environ.get("QUANTEASE_REAL") == "1":
-        return True
-    try:
-        return (models.is_cached("smollm2-135m") and models.is_cached("all-minilm-l6-v2")
-                and text.is_cached("wiki") and text.is_cached("lee"))
-    except OSError:
-        return False
+    return real_data_available(("smollm2-135m", "all-minilm-l6-v2"), ("wiki", "lee"))
 
 
 real = pytest.mark.skipif(not _real_available(),

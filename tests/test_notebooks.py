@@ -12,6 +12,7 @@ import importlib.util
 import os
 
 import pytest
+from real_data import real_data_available
 
 import quantease
 
@@ -45,14 +46,7 @@ def test_notebooks_match_their_generator(capsys):
 
 
 def _real_available() -> bool:
-    if os.environ.get("QUANTEASE_REAL") == "1":
-        return True
-    try:
-        from quantease import models, text
-
-        return (models.is_cached("smollm2-135m") and text.is_cached("wiki"))
-    except (OSError, ImportError):
-        return False
+    return real_data_available(("smollm2-135m",), ("wiki",))
 
 
 real = pytest.mark.skipif(not _real_available(),

@@ -9,6 +9,7 @@ import math
 import os
 
 import pytest
+from real_data import real_data_available
 
 import quantease
 
@@ -102,15 +103,7 @@ def test_tables_show_missing_and_failed_solvers():
 # ---------------------------------------------------------------------------------------------------------
 
 def _real_available() -> bool:
-    if os.environ.get("QUANTEASE_REAL") == "1":
-        return True
-    try:
-        from quantease import models, text
-
-        return (models.is_cached("smollm2-135m") and models.is_cached("all-minilm-l6-v2")
-                and text.is_cached("wiki") and text.is_cached("lee"))
-    except (OSError, ImportError):
-        return False
+    return real_data_available(("smollm2-135m", "all-minilm-l6-v2"), ("wiki", "lee"))
 
 
 real = pytest.mark.skipif(not _real_available(),
