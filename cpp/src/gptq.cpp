@@ -121,7 +121,7 @@ QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>&
     AffineQuantizer quant(grid_opt, r0, row_grids, static_grids, groups, perm, gs, out);
     quant.resize(pr);
     RowMatrixU8 codes(pr, cols);
-    gptq_column_loop(Wp, prep.factor.U, loop_opt, quant, codes);
+    gptq_column_loop(Wp, prep.factor.P, loop_opt, quant, codes);
     for (Index r = 0; r < pr; ++r)
       for (Index j = 0; j < cols; ++j) out.codes(r0 + r, perm[j]) = codes(r, j);
   });

@@ -95,7 +95,7 @@ PreparedHessian prepare_hessian(const ConstRowMatrixRef<HT>& H, bool act_order, 
   prep.perm = std::move(order.perm);
   const Eigen::VectorXd& diag = order.diag;
   // H in reversed processing order, Hr(a, b) = H(perm[n-1-a], perm[n-1-b]), gathered from rows of H
-  // (symmetric, so column b of Hr is a row of H): what inverse_upper_factor factors.
+  // (symmetric, so column b of Hr is a row of H): what propagation_factor factors.
   ColMatrixXd Hr(n, n);
   parallel_chunks(n, kColumnBlock, [&](Index c0, Index c1) {
     for (Index b = c0; b < c1; ++b) {
@@ -106,7 +106,7 @@ PreparedHessian prepare_hessian(const ConstRowMatrixRef<HT>& H, bool act_order, 
       out[b] = diag[pb];
     }
   });
-  prep.factor = inverse_upper_factor(Hr, damp, retry);
+  prep.factor = propagation_factor(Hr, damp, retry);
   return prep;
 }
 

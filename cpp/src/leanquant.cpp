@@ -542,14 +542,14 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   out.damp = prep.factor.damp;
   out.damp_attempts = prep.factor.attempts;
   const VectorXi64& perm = prep.perm;
-  const RowMatrixXf& U = prep.factor.U;
+  const RowMatrixXf& P = prep.factor.P;  // its diagonal is U_jj (linalg.hpp)
 
   // s_j = U_jj^(-p), scaled by the largest (= (U_jj / min U)^(-p)): k-means and the search are invariant
   // to the scale, and it keeps s in [0, 1] for any exponent.
   double umin = std::numeric_limits<double>::infinity();
-  for (Index j = 0; j < cols; ++j) umin = std::min(umin, static_cast<double>(U(j, j)));
+  for (Index j = 0; j < cols; ++j) umin = std::min(umin, static_cast<double>(P(j, j)));
   res.importance.resize(cols);
-  for (Index j = 0; j < cols; ++j) res.importance[perm[j]] = std::pow(static_cast<double>(U(j, j)) / umin, -opt.exponent);
+  for (Index j = 0; j < cols; ++j) res.importance[perm[j]] = std::pow(static_cast<double>(P(j, j)) / umin, -opt.exponent);
 
   // One grid per row and group, from the original W (dead columns zeroed, as the loop sees them).
   res.grid_error.resize(rows * groups);
@@ -627,10 +627,10 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     RowMatrixU8 codes(pr, cols);
     if (opt.affine) {
       StaticAffineQuantizer quant(grids, maxq, r0, groups, gs, perm);
-      gptq_column_loop(Wp, U, loop_opt, quant, codes);
+      gptq_column_loop(Wp, P, loop_opt, quant, codes);
     } else {
       CodebookQuantizer quant(res.codebook, mids, r0, groups, gs, perm);
-      gptq_column_loop(Wp, U, loop_opt, quant, codes);
+      gptq_column_loop(Wp, P, loop_opt, quant, codes);
     }
     for (Index r = 0; r < pr; ++r)
       for (Index j = 0; j < cols; ++j) out.codes(r0 + r, perm[j]) = codes(r, j);

@@ -1,4 +1,4 @@
-// Blocked Cholesky and the damped inverse factor (see linalg.hpp).
+// Blocked Cholesky and GPTQ's damped propagation factor (see linalg.hpp).
 #include "quantease/linalg.hpp"
 
 #include <cmath>
@@ -62,7 +62,7 @@ std::vector<double> damping_ladder(double damp, bool retry) {
   return ladder;
 }
 
-InverseFactor inverse_upper_factor(const ColMatrixXd& reversed, double damp, bool retry) {
+PropagationFactor propagation_factor(const ColMatrixXd& reversed, double damp, bool retry) {
   const Index n = reversed.rows();
   const double mean_diag = reversed.diagonal().mean();
   if (!(mean_diag > 0.0)) {
@@ -73,7 +73,7 @@ InverseFactor inverse_upper_factor(const ColMatrixXd& reversed, double damp, boo
   }
   ColMatrixXd L;
   Index failed = -1;
-  InverseFactor out;
+  PropagationFactor out;
   for (const double d : damping_ladder(damp, retry)) {
     ++out.attempts;
     L = reversed;
@@ -95,16 +95,15 @@ InverseFactor inverse_upper_factor(const ColMatrixXd& reversed, double damp, boo
     msg << ". Check that H is (2/n) X X^T of finite inputs, collect more calibration samples, or raise damp.";
     throw NumericalError(msg.str());
   }
-  // L^{-1} one column block at a time: block [c0, c1) of L^{-1} is zero above row c0, so it solves the
-  // trailing system L[c0:, c0:] X = I[c0:, c0:c1]. U(n-1-r, n-1-c) = L^{-1}(r, c) for r >= c.
-  out.U.setZero(n, n);
-  parallel_chunks(n, kPanel, [&](Index c0, Index c1) {
-    const Index m = n - c0;
-    ColMatrixXd X = ColMatrixXd::Identity(m, c1 - c0);
-    L.bottomRightCorner(m, m).triangularView<Eigen::Lower>().solveInPlace(X);
-    for (Index r = c0; r < n; ++r) {
-      float* urow = out.U.row(n - 1 - r).data();
-      for (Index c = c0; c < std::min(c1, r + 1); ++c) urow[n - 1 - c] = static_cast<float>(X(r - c0, c - c0));
+  // P(k, j) = L(n-1-k, n-1-j) / L(n-1-j, n-1-j): a block of P's rows reads contiguous runs of L's columns.
+  out.P.setZero(n, n);
+  parallel_chunks(n, kPanel, [&](Index k0, Index k1) {
+    for (Index j = k0; j < n; ++j) {
+      const Index c = n - 1 - j;
+      const double* lcol = L.col(c).data();
+      const double inv = 1.0 / lcol[c];
+      for (Index k = k0; k < std::min(k1, j); ++k) out.P(k, j) = static_cast<float>(lcol[n - 1 - k] * inv);
+      if (j < k1) out.P(j, j) = static_cast<float>(inv);
     }
   });
   return out;

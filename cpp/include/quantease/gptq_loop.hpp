@@ -1,15 +1,16 @@
 // The GPTQ column loop (Frantar et al. 2023, Alg. 1) over a panel of rows, generic in the grid.
 //
-// Columns are processed in blocks of B in processing order. For column j of every row:
-//   q = quant(w_j);  err = (w_j - q) / U_jj;  w_{j+1..block end} -= err * U_{j, j+1..block end}
-// and after each block the rest of the row gets the lazy batch update W[:, end:] -= Err U[block, end:]
-// (one matrix product). Rows are independent, so a panel is a self-contained problem: the caller runs
-// panels on separate threads.
+// Columns are processed in blocks of B in processing order. Column j of every row is quantized from
+//   v_j = w_j + sum_{k<j} d_k P_kj,   d_k = w_k - q_k  (w the original weights; P from linalg.hpp)
+// -- the authors' OBS updates, accumulated. Inside a block the corrections are applied column by column;
+// after each block the rest of the row gets the lazy batch update A[:, end:] += D P[block, end:] (one
+// matrix product). Rows are independent, so a panel is a self-contained problem: the caller runs panels
+// on separate threads.
 //
 // A Quantizer provides
 //   void fit_group(Index row, Index j, const float* values, Index n)  // dynamic groups: at j % gs == 0
 //   std::uint8_t quantize(Index row, Index j, float w, float& q)      // code and grid value of w
-// where `row` is the panel row and `values` are the group's current weights (with every pending update
+// where `row` is the panel row and `values` are the group's current values v (with every pending update
 // applied) or, in reference mode, the stale values the authors' code reads.
 #pragma once
 
@@ -25,51 +26,63 @@ struct ColumnLoopOptions {
   bool stale_group_stats = false;  // reference quirk: group stats from the block-start values
 };
 
-// Wp: panel rows x cols in processing order, updated in place. U: cols x cols upper inverse factor.
+// Wp: panel rows x cols in processing order (not modified). P: cols x cols propagation factor.
 // codes_out(row, j): the code of processing-order column j.
 template <class Quantizer>
-void gptq_column_loop(RowMatrixXf& Wp, const RowMatrixXf& U, const ColumnLoopOptions& opt, Quantizer& quant,
-                      RowMatrixU8& codes_out) {
+void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnLoopOptions& opt,
+                      Quantizer& quant, RowMatrixU8& codes_out) {
   const Index rows = Wp.rows(), cols = Wp.cols();
   const Index B = std::max<Index>(1, opt.block_size);
   const Index gs = opt.group_size;
-  RowMatrixXf Err(rows, B);
+  RowMatrixXf A = RowMatrixXf::Zero(rows, cols);  // pending corrections: v = Wp + A
+  RowMatrixXf D(rows, B);                          // this block's w - q
   RowMatrixXf snapshot;
   std::vector<float> group_values(gs > 0 ? gs : 0);
+  std::vector<float> delta(gs > 0 ? gs + B : 0);
   for (Index i1 = 0; i1 < cols; i1 += B) {
     const Index i2 = std::min(i1 + B, cols), nb = i2 - i1;
-    if (opt.stale_group_stats && gs > 0) snapshot = Wp.middleCols(i1, nb);
+    if (opt.stale_group_stats && gs > 0) snapshot = A.middleCols(i1, nb);
     for (Index r = 0; r < rows; ++r) {
-      float* w = Wp.row(r).data();
-      float* e = Err.row(r).data();
+      const float* w = Wp.row(r).data();
+      float* a = A.row(r).data();
+      float* d = D.row(r).data();
       for (Index j = i1; j < i2; ++j) {
         if (gs > 0 && j % gs == 0) {
+          // The group's values as the authors' loop holds them at time t (t = j, or the block start in
+          // reference mode): columns >= t carry the OBS compensation of the columns before t,
+          //   v_c = w_c + delta_c,  delta_c = a_c - sum_{t<=k<c} P_kc delta_k,  a_c = sum_{k<t} d_k P_kc
+          // (a forward substitution with C's diagonal block: P accumulates only each column's final value).
+          const Index t = opt.stale_group_stats ? i1 : j;
           const Index end = std::min(j + gs, cols);
-          for (Index c = j; c < end; ++c) {
-            float v;
+          for (Index c = t; c < end; ++c) {
+            float ac;
             if (c < i2) {
-              v = opt.stale_group_stats ? snapshot(r, c - i1) : w[c];
+              ac = opt.stale_group_stats ? snapshot(r, c - i1) : a[c];
             } else {
-              v = w[c];
-              // Beyond this block the lazy update is still pending: apply this row's share now.
-              if (!opt.stale_group_stats)
-                for (Index k = i1; k < j; ++k) v -= e[k - i1] * U(k, c);
+              ac = a[c];
+              // Beyond this block the lazy update is still pending: add this row's share now.
+              for (Index k = i1; k < t; ++k) ac += d[k - i1] * P(k, c);
             }
-            group_values[c - j] = v;
+            delta[c - t] = ac;
           }
+          for (Index k = t; k < end; ++k) {
+            const float dk = delta[k - t];
+            const float* p = P.row(k).data();
+            for (Index c = k + 1; c < end; ++c) delta[c - t] -= p[c] * dk;
+          }
+          for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + delta[c - t];
           quant.fit_group(r, j, group_values.data(), end - j);
         }
-        const float wj = w[j];
         float q;
-        codes_out(r, j) = quant.quantize(r, j, wj, q);
-        const float err = (wj - q) / U(j, j);
-        e[j - i1] = err;
-        const float* u = U.row(j).data();
-        for (Index c = j + 1; c < i2; ++c) w[c] -= err * u[c];
+        codes_out(r, j) = quant.quantize(r, j, w[j] + a[j], q);
+        const float dj = w[j] - q;
+        d[j - i1] = dj;
+        const float* p = P.row(j).data();
+        for (Index c = j + 1; c < i2; ++c) a[c] += dj * p[c];
       }
     }
     if (i2 < cols) {
-      Wp.rightCols(cols - i2).noalias() -= Err.leftCols(nb) * U.block(i1, i2, nb, cols - i2);
+      A.rightCols(cols - i2).noalias() += D.leftCols(nb) * P.block(i1, i2, nb, cols - i2);
     }
   }
 }

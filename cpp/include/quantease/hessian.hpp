@@ -1,5 +1,5 @@
 // The layer Hessian H = (2/n) sum_k x_k x_k^T: streaming accumulation from activations, and its
-// preparation for the GPTQ-style solvers (dead columns, act-order permutation, damped inverse factor).
+// preparation for the GPTQ-style solvers (dead columns, act-order permutation, damped factor).
 #pragma once
 
 #include <string>
@@ -48,7 +48,7 @@ struct PreparedHessian {
   std::vector<char> dead;  // per original column: diag(H) == 0 exactly
   VectorXi64 perm;         // processing order (identity when act-order is off)
   bool act_order = false;
-  InverseFactor factor;    // U of the dead-fixed, permuted, damped H
+  PropagationFactor factor;  // of the dead-fixed, permuted, damped H
 };
 
 // Dead columns get H[i,i] = 1; act-order sorts columns by diag(H) descending (stable); the damping
