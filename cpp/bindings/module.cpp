@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 #include "quantease/errors.hpp"
+#include "quantease/gemm.hpp"
 
 namespace py = pybind11;
 
@@ -15,6 +16,7 @@ void register_leanquant(py::module_& m);
 PYBIND11_MODULE(_core, m) {
   m.doc() = "quantease C++ core (Eigen + OpenMP); use the `quantease` package, not this module.";
   m.attr("__version__") = QUANTEASE_VERSION;
+  m.attr("gemm_backend") = quantease::gemm_backend();  // what the matrix products run on
   static py::exception<quantease::NumericalError> numerical_error(m, "NumericalError", PyExc_ArithmeticError);
   py::register_exception_translator([](std::exception_ptr p) {
     try {

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "quantease/errors.hpp"
+#include "quantease/gemm.hpp"
 #include "quantease/parallel.hpp"
 
 namespace quantease {
@@ -47,8 +48,8 @@ Index cholesky_lower_inplace(ColMatrixXd& A) {
     // Trailing update of the lower triangle: A22 -= A21 A21^T, one column block per task.
     const auto A21 = A.block(k + kb, k, rest, kb);
     parallel_chunks(rest, kPanel, [&](Index c0, Index c1) {
-      A.block(k + kb + c0, k + kb + c0, rest - c0, c1 - c0).noalias() -=
-          A21.bottomRows(rest - c0) * A21.middleRows(c0, c1 - c0).transpose();
+      gemm_sub_abt(A.block(k + kb + c0, k + kb + c0, rest - c0, c1 - c0), A21.bottomRows(rest - c0),
+                   A21.middleRows(c0, c1 - c0));
     });
   }
   return -1;

@@ -5,6 +5,7 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+gemm_backend: str
 
 class NumericalError(ArithmeticError): ...
 

@@ -16,6 +16,7 @@
 
 #include <vector>
 
+#include "quantease/gemm.hpp"
 #include "quantease/types.hpp"
 
 namespace quantease {
@@ -82,7 +83,7 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
       }
     }
     if (i2 < cols) {
-      A.rightCols(cols - i2).noalias() += D.leftCols(nb) * P.block(i1, i2, nb, cols - i2);
+      gemm_add(A.rightCols(cols - i2), 1.0f, D.leftCols(nb), P.block(i1, i2, nb, cols - i2));
     }
   }
 }

@@ -1,0 +1,89 @@
+// Matrix products on OpenBLAS or Eigen (see gemm.hpp).
+#include "quantease/gemm.hpp"
+
+#include <mutex>
+#include <string>
+
+#ifdef QUANTEASE_OPENBLAS
+#include <cblas.h>
+#endif
+
+namespace quantease {
+
+#ifdef QUANTEASE_OPENBLAS
+namespace {
+// One thread per call: parallelism is ours (fixed row chunks), and OpenBLAS's own pool would oversubscribe
+// the cores. The library is the wheel's private copy, so NumPy's BLAS threads are not affected.
+void single_threaded() {
+  static std::once_flag once;
+  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
+}
+}  // namespace
+
+void gemm_add(RowBlock<float> C, float alpha, const ConstRowBlock<float>& A, const ConstRowBlock<float>& B) {
+  if (C.rows() == 0 || C.cols() == 0 || A.cols() == 0) return;
+  single_threaded();
+  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(C.rows()),
+                    static_cast<blasint>(C.cols()), static_cast<blasint>(A.cols()), alpha, A.data(),
+                    static_cast<blasint>(A.outerStride()), B.data(), static_cast<blasint>(B.outerStride()), 1.0f,
+                    C.data(), static_cast<blasint>(C.outerStride()));
+}
+
+void gemm_add(RowBlock<double> C, double alpha, const ConstRowBlock<double>& A, const ConstRowBlock<double>& B) {
+  if (C.rows() == 0 || C.cols() == 0 || A.cols() == 0) return;
+  single_threaded();
+  scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(C.rows()),
+                    static_cast<blasint>(C.cols()), static_cast<blasint>(A.cols()), alpha, A.data(),
+                    static_cast<blasint>(A.outerStride()), B.data(), static_cast<blasint>(B.outerStride()), 1.0,
+                    C.data(), static_cast<blasint>(C.outerStride()));
+}
+
+void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd& B) {
+  if (C.rows() == 0 || C.cols() == 0 || A.cols() == 0) return;
+  single_threaded();
+  scipy_cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(C.rows()),
+                    static_cast<blasint>(C.cols()), static_cast<blasint>(A.cols()), -1.0, A.data(),
+                    static_cast<blasint>(A.outerStride()), B.data(), static_cast<blasint>(B.outerStride()), 1.0,
+                    C.data(), static_cast<blasint>(C.outerStride()));
+}
+
+void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) {
+  if (B.rows() == 0 || B.cols() == 0) return;
+  single_threaded();
+  scipy_cblas_dtrmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, static_cast<blasint>(B.rows()),
+                    static_cast<blasint>(B.cols()), 1.0, U.data(), static_cast<blasint>(U.outerStride()), B.data(),
+                    static_cast<blasint>(B.outerStride()));
+}
+
+const char* gemm_backend() {
+  static const std::string name = scipy_openblas_get_config();  // "OpenBLAS <version> <build options>"
+  return name.c_str();
+}
+
+#else
+
+void gemm_add(RowBlock<float> C, float alpha, const ConstRowBlock<float>& A, const ConstRowBlock<float>& B) {
+  C.noalias() += alpha * A * B;
+}
+
+void gemm_add(RowBlock<double> C, double alpha, const ConstRowBlock<double>& A, const ConstRowBlock<double>& B) {
+  C.noalias() += alpha * A * B;
+}
+
+void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd& B) {
+  C.noalias() -= A * B.transpose();
+}
+
+void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) {
+  B = B * U.triangularView<Eigen::Upper>();
+}
+
+const char* gemm_backend() {
+  static const std::string name = "Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." +
+                                  std::to_string(EIGEN_MAJOR_VERSION) + "." + std::to_string(EIGEN_MINOR_VERSION);
+  return name.c_str();
+}
+
+#endif
+
+}  // namespace quantease
