@@ -19,7 +19,13 @@ def describe() -> dict:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return {"cpu": cpu, "cores": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS", "all"),
+    try:
+        import quantease
+
+        gemm_backend = quantease._core.gemm_backend
+    except ImportError:
+        gemm_backend = "quantease not importable"
+    return {"cpu": cpu, "quantease_gemm": gemm_backend, "cores": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS", "all"),
             "python": platform.python_version(), "numpy": np.__version__, "load_1min": round(load, 2),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
