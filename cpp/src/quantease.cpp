@@ -721,6 +721,8 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     if (quadratic_form_sum(ConstRowMatrixRef<double>(Dq), H) >= quadratic_form_sum(ConstRowMatrixRef<double>(Dg), H)) {
       out.codes = gptq_out.codes;
       out.weight = gptq_out.weight;
+      out.scales = gptq_out.scales;  // the refit rounds may have moved the grids
+      out.zeros = gptq_out.zeros;
       res.kept_init = true;
       res.best_sweep = -1;
     }
