@@ -112,6 +112,20 @@ def test_refit_from_gptq_beats_gptq_on_llm_like_problems(bits):
     assert sum(below_plain) >= len(below_plain) - 1, below_plain
 
 
+@pytest.mark.parametrize("bits", [3, 4])
+def test_refit_from_w_beats_gptq_on_synthetic_llm_like_problems(bits):
+    """From W (the paper's start) the refit rounds take QuantEase below GPTQ act-order on the synthetic
+    LLM-like problems (heavy-tailed rows: the min-max grid from W wastes range), where plain init="w" is above
+    GPTQ on bench/synthetic's problems. (On real SmolLM2/MiniLM layers it is not enough: see the report.)"""
+    below, below_plain = [], []
+    for name, p in _llm_like_cases():
+        g = quantease.gptq(p.W, p.H, bits=bits, act_order=True)
+        below.append(quantease.quantease(p.W, p.H, bits=bits, refit=5).loss < g.loss)
+        below_plain.append(quantease.quantease(p.W, p.H, bits=bits).loss < g.loss)
+    assert sum(below) >= len(below) - 1, below
+    assert sum(below) > sum(below_plain), (below, below_plain)
+
+
 def test_mse_grid_matches_gptq_mse_grid_and_keeps_invariants():
     p = problems.llm_like(24, 96, seed=3)
     g = quantease.gptq(p.W, p.H, bits=3, act_order=True, mse=True)
