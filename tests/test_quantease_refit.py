@@ -20,7 +20,8 @@ def _f(W, Q, H):
 
 
 @pytest.mark.parametrize("opts", [dict(bits=3), dict(bits=4, group_size=32), dict(bits=2, sym=True),
-                                  dict(bits=3, init="gptq"), dict(bits=3, act_order=False, relaxed=False)],
+                                  dict(bits=3, init="gptq"), dict(bits=3, act_order=False, relaxed=False),
+                                  dict(bits=3, group_size=16, sym=True, init="gptq")],
                          ids=str)
 def test_refit_monotone_and_never_above_plain(opts):
     lowered = 0
