@@ -297,7 +297,8 @@ DIGESTS = """
     out = {}
     for name, kw in [("plain", dict(iters=8)), ("g64_sym", dict(iters=6, group_size=64, sym=True)),
                      ("gptq", dict(iters=4, init="gptq")), ("outl", dict(iters=5, outliers=0.01)),
-                     ("struct", dict(iters=4, outliers=0.02, outlier_structure="structured"))]:
+                     ("struct", dict(iters=4, outliers=0.02, outlier_structure="structured")),
+                     ("refit", dict(iters=4, refit=2, group_size=64))]:
         out[name] = digest(quantease.quantease(p.W, p.H, bits=3, **kw))
     print(json.dumps(out))
 """

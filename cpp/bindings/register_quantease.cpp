@@ -16,7 +16,7 @@ void register_quantease(py::module_& m) {
       "quantease",
       [](const CArray<float>& W, const py::array& H, int bits, int group_size, bool sym, bool act_order, int iters,
          const std::string& init, bool relaxed, double tol, double outliers, const std::string& outlier_structure,
-         double outlier_step, int block_size, bool polish, int refresh_every) {
+         double outlier_step, int block_size, bool polish, int refresh_every, bool mse, int refit) {
         check_weight(W);
         check_bits(bits);
         check_group_size(group_size, W.shape(1));
@@ -47,6 +47,9 @@ void register_quantease(py::module_& m) {
         if (init == "gptq" && outliers > 0.0) {
           throw py::value_error("init='gptq' cannot be combined with outliers > 0 (GPTQ's grid ignores the outliers)");
         }
+        if (refit < 0) {
+          throw py::value_error("refit must be an integer >= 0, got " + std::to_string(refit));
+        }
         if (refresh_every < 0) {
           throw py::value_error("refresh_every must be an integer >= 0, got " + std::to_string(refresh_every));
         }
@@ -66,6 +69,8 @@ void register_quantease(py::module_& m) {
         opt.block_size = block_size;
         opt.polish = polish;
         opt.refresh_every = refresh_every;
+        opt.mse = mse;
+        opt.refit = refit;
         QuantEaseOutput res = with_hessian(H, W.shape(1), [&](const auto& h) {
           py::gil_scoped_release release;
           return quantease(as_matrix(W), h, opt);
@@ -85,6 +90,8 @@ void register_quantease(py::module_& m) {
         d["kept_init"] = res.kept_init;
         d["base"] = res.base;
         d["refreshes"] = res.refreshes;
+        d["refits"] = res.refits;
+        d["refit_gains"] = py::cast(res.refit_gains);
         d["lambda_max"] = res.lambda_max;
         d["eta"] = res.eta;
         d["outlier_count"] = res.outlier_count;
@@ -102,7 +109,7 @@ void register_quantease(py::module_& m) {
       py::arg("W").noconvert(), py::arg("H"), py::kw_only(), py::arg("bits"), py::arg("group_size"),
       py::arg("sym"), py::arg("act_order"), py::arg("iters"), py::arg("init"), py::arg("relaxed"), py::arg("tol"),
       py::arg("outliers"), py::arg("outlier_structure"), py::arg("outlier_step"), py::arg("block_size"),
-      py::arg("polish") = true, py::arg("refresh_every") = 0,
+      py::arg("polish") = true, py::arg("refresh_every") = 0, py::arg("mse") = false, py::arg("refit") = 0,
       "QuantEase coordinate descent (optionally outlier-aware). Returns a dict of NumPy arrays and run "
       "statistics (the Python layer builds the QuantResult).");
 }

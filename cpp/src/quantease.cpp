@@ -176,6 +176,82 @@ class Solver {
     return std::accumulate(part.begin(), part.end(), 0.0);
   }
 
+  // Grid refit (ours; the paper fixes the grids from W): for every row and group, with its codes fixed, the
+  // scale — and, asymmetric, an integer zero within ±2 of the current one, kept in [0, maxq] — that minimises
+  // f exactly. With e = codes − zero on the group's columns C and Ŵ_C = s e, moving to (s', z' = z + dz)
+  // is Δ = (s' − s) e − s' dz 1 and changes f by −2 Δ·G_C + Δᵀ Σ_CC Δ: a 1-D quadratic in s' per dz,
+  // solved in closed form. A candidate is taken only when its exact change (for the float32 scale it will
+  // store) is negative; the groups of a row go one after the other, each with the G its predecessors left.
+  // Needs valid codes (after a quantized sweep). Returns the total decrease of f (float64, ≥ 0).
+  double refit_grids() {
+    const Index gs = grids.gs, groups = cols_ / gs;
+    const int dz_max = opt_.sym ? 0 : 2;
+    std::vector<double> gain(n_panels_, 0.0);
+    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+      const Index pr = r1 - r0;
+      RowMatrixXf E(pr, gs), U(pr, gs), Dl(pr, gs);
+      Eigen::VectorXd v(gs);
+      double part = 0.0;
+      for (Index g = 0; g < groups; ++g) {
+        const Index c0 = g * gs;
+        const auto Sgg = Sig.block(c0, c0, gs, gs);
+        for (Index c = 0; c < gs; ++c) v[c] = Sgg.row(c).cast<double>().sum();  // Σ_CC 1 (Σ symmetric)
+        const double k = v.sum();                                                  // 1ᵀ Σ_CC 1
+        for (Index i = 0; i < pr; ++i)
+          for (Index c = 0; c < gs; ++c) E(i, c) = static_cast<float>(codes(r0 + i, c0 + c)) - grids.zero(r0 + i, g);
+        U.noalias() = E * Sgg;  // rows of U: (Σ_CC e)ᵀ
+        bool any = false;
+        for (Index i = 0; i < pr; ++i) {
+          const Index r = r0 + i;
+          double eu = 0.0, ev = 0.0, ge = 0.0, g1 = 0.0;
+          for (Index c = 0; c < gs; ++c) {
+            const double e = E(i, c), gv = G(r, c0 + c);
+            eu += e * U(i, c);
+            ev += e * v[c];
+            ge += e * gv;
+            g1 += gv;
+          }
+          const float s0 = grids.scale(r, g), z0 = grids.zero(r, g);
+          double best = 0.0;
+          float best_s = s0, best_z = z0;
+          for (int dz = -dz_max; dz <= dz_max; ++dz) {
+            const float z = z0 + static_cast<float>(dz);
+            if (z < 0.0f || z > maxq_) continue;
+            const double a = eu - 2.0 * dz * ev + static_cast<double>(dz) * dz * k;  // e'ᵀ Σ e'
+            if (!(a > 0.0)) continue;
+            const float sn = static_cast<float>((ge - dz * g1 + s0 * (eu - dz * ev)) / a);
+            if (!(sn > 0.0f) || !std::isfinite(sn)) continue;
+            const double ds = static_cast<double>(sn) - s0, t = static_cast<double>(sn) * dz;
+            const double dg = ds * ge - t * g1;
+            const double dsd = ds * ds * eu - 2.0 * ds * t * ev + t * t * k;
+            const double change = -2.0 * dg + dsd;
+            if (change < best) {
+              best = change;
+              best_s = sn;
+              best_z = z;
+            }
+          }
+          if (best < 0.0) {
+            grids.set(r, g, AffineGrid{best_s, best_z});
+            for (Index c = 0; c < gs; ++c) {
+              const float nv = dequantize(codes(r, c0 + c), AffineGrid{best_s, best_z});
+              Dl(i, c) = nv - What(r, c0 + c);
+              What(r, c0 + c) = nv;
+            }
+            part -= best;
+            any = true;
+          } else {
+            Dl.row(i).setZero();
+          }
+        }
+        // G = (T − Ŵ) Σ: Ŵ moved by Δ on the group's columns
+        if (any) G.middleRows(r0, pr).noalias() -= Dl * Sig.middleRows(c0, gs);
+      }
+      gain[r0 / kRowPanel] = part;
+    });
+    return std::accumulate(gain.begin(), gain.end(), 0.0);
+  }
+
   // Ŵ from codes on the current grids.
   void dequantize_all() {
     parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
@@ -419,6 +495,7 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   GridOptions gopt;
   gopt.bits = opt.bits;
   gopt.sym = opt.sym;
+  gopt.mse = opt.mse;
   timer.lap("prepare");
 
   // --- outliers: η from λ_max(Σ), S from the largest entries/columns of W
@@ -442,6 +519,7 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     g.bits = opt.bits;
     g.group_size = opt.group_size;
     g.sym = opt.sym;
+    g.mse = opt.mse;
     g.act_order = opt.act_order;
     g.damp = opt.gptq_damp;
     g.block_size = opt.block_size;
@@ -583,6 +661,43 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     }
     timer.lap("polish");
   }
+
+  // --- grid refit rounds (ours, opt.refit > 0): from the best iterate, refit every grid to the current codes,
+  // then quantized sweeps until one changes nothing; both steps only lower f, so the result stays
+  // coordinate-wise optimal and the objective monotone. The round after which a refit gained < 1e-6 f is the last.
+  if (opt.refit > 0 && !s.outlier_mode && have_best) {
+    if (best_sweep != res.sweeps - 1) {
+      s.codes = best_codes;
+      s.dequantize_all();
+      s.refresh();
+      ++res.refreshes;
+    }
+    double f = best_f;
+    for (int round = 0; round < opt.refit; ++round) {
+      const double gain = s.refit_grids();
+      res.refit_gains.push_back(gain);
+      if (!(gain > 0.0)) break;
+      ++res.refits;
+      const bool last = !(gain > 1e-6 * f) || round == opt.refit - 1;
+      res.converged = false;
+      for (int p = 0; p < opt.iters; ++p) {
+        const auto [changed, fs] = s.sweep(true, true);
+        const int it = res.sweeps++;
+        res.loss_history.push_back(fs);
+        res.quantized.push_back(1);
+        res.changes.push_back(changed);
+        res.polish.push_back(1);
+        snapshot(it, fs);
+        f = fs;
+        if (changed == 0) {
+          res.converged = true;
+          break;
+        }
+      }
+      if (last) break;
+    }
+    timer.lap("refit");
+  }
   res.sweep_seconds = seconds_since(sweeps_t0);
   res.best_sweep = best_sweep;
   res.gemm_seconds = std::accumulate(s.gemm_sec.begin(), s.gemm_sec.end(), 0.0);
@@ -606,6 +721,8 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     if (quadratic_form_sum(ConstRowMatrixRef<double>(Dq), H) >= quadratic_form_sum(ConstRowMatrixRef<double>(Dg), H)) {
       out.codes = gptq_out.codes;
       out.weight = gptq_out.weight;
+      out.scales = gptq_out.scales;  // the refit rounds may have moved the grids
+      out.zeros = gptq_out.zeros;
       res.kept_init = true;
       res.best_sweep = -1;
     }

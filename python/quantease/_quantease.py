@@ -22,6 +22,12 @@ def _check_fraction(value) -> float:
     return float(value)
 
 
+def _check_refit(value) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"refit must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
 def _check_step(value) -> float:
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
         raise ValueError(f"outlier_step must be a finite number > 0, got {value!r}")
@@ -31,7 +37,7 @@ def _check_step(value) -> float:
 def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_order: bool = True,
               iters: int = 30, init: str = "w", relaxed: bool = True, tol: float = 0.0, outliers: float = 0.0,
               outlier_structure: str = "unstructured", outlier_step: float = 1.0,
-              block_size: int = 128) -> QuantResult:
+              block_size: int = 128, mse: bool = False, refit: int = 0) -> QuantResult:
     """Quantize W by cyclic coordinate descent on ``tr((W - Ŵ) H (W - Ŵ)^T)``, one column at a time.
 
     W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric (e.g. (2/n) X X^T; any
@@ -42,6 +48,11 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
     * Grid: fitted once from W, per row or per group (``group_size``; with ``act_order`` the groups follow
       the processing order, as in GPTQ), ``sym`` as in GPTQ. ``act_order`` processes columns by decreasing
       diag(H); columns with ``H_jj == 0`` ("dead") are just rounded from their current value.
+    * ``mse`` (ours): the grids from W by GPTQ's MSE range search instead of min-max (init="gptq": GPTQ
+      runs with ``mse`` too). ``refit`` (ours; 0 = the paper's fixed grids): after the schedule and the polish,
+      up to ``refit`` rounds of "refit each row's (group's) scale and zero to its current codes -- the exact
+      minimiser of the objective over the scale, the zero within +-2 of its value -- then quantized sweeps
+      until one changes nothing"; each step only lowers the objective. ``info["refits"]``: rounds that did.
     * Schedule (official defaults): ``iters`` sweeps starting from ``init`` -- ``"w"`` (Ŵ = W), ``"rtn"``
       (W rounded on the grid) or ``"gptq"`` (GPTQ's result on GPTQ's grid; the target stays the original
       W, so the result is never worse than GPTQ's). With ``relaxed`` the sweeps with ``it % 3 == 1``
@@ -77,12 +88,15 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
     outlier_structure = check_choice("outlier_structure", outlier_structure, ("unstructured", "structured"))
     outlier_step = _check_step(outlier_step)
     block_size = check_positive_int("block_size", block_size)
+    mse = check_bool("mse", mse)
+    refit = _check_refit(refit)
     if init == "gptq" and fraction > 0:
         raise ValueError("init='gptq' cannot be combined with outliers > 0 (GPTQ's grid ignores the outliers)")
     t0 = time.perf_counter()
     out = _core.quantease(Wf, Hf, bits=bits, group_size=group_size, sym=sym, act_order=act_order, iters=iters,
                           init=init, relaxed=relaxed, tol=tol, outliers=fraction,
-                          outlier_structure=outlier_structure, outlier_step=outlier_step, block_size=block_size)
+                          outlier_structure=outlier_structure, outlier_step=outlier_step, block_size=block_size,
+                          mse=mse, refit=refit)
     seconds = time.perf_counter() - t0
     if init == "gptq":
         warn_if_damping_raised(0.01, out["damp"], out["damp_attempts"])
@@ -102,6 +116,8 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
         "best_sweep": out["best_sweep"],
         "kept_init": out["kept_init"],
         "refreshes": out["refreshes"],
+        "refits": out["refits"],
+        "refit_gains": out["refit_gains"],
         "init": init,
         "phase_seconds": out["phase_seconds"],
         "sweep_seconds": out["sweep_seconds"],

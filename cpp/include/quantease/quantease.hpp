@@ -27,6 +27,9 @@
 //   * unless stopped by tol or converged at the best iterate, quantized "polish" sweeps (S and grids fixed)
 //     from the best iterate run until one changes nothing (at most `iters` more): each can only lower f, so
 //     the output is coordinate-wise optimal;
+//   * refit > 0 (ours): up to that many rounds of "refit every row's (group's) scale and zero to the current
+//     codes, exactly, where it lowers f; then quantized sweeps until nothing changes" (see refit_grids);
+//   * mse: the grids from W by GPTQ's MSE range search instead of min-max;
 //   * init = rtn (W rounded on the grid) or gptq (GPTQ's result and grid; the CD target stays the ORIGINAL W,
 //     and when CD cannot improve on GPTQ in exact float64 arithmetic GPTQ's own result is returned).
 //
@@ -54,6 +57,7 @@ struct QuantEaseOptions {
   int bits = 4;
   int group_size = -1;   // -1 or a positive divisor of cols; groups follow the processing order (as GPTQ)
   bool sym = false;
+  bool mse = false;       // grid: GPTQ's MSE range search on W (per row/group) instead of min-max
   bool act_order = true;
   int iters = 30;        // sweeps of the schedule (>= 1)
   QuantEaseInit init = QuantEaseInit::w;
@@ -66,6 +70,7 @@ struct QuantEaseOptions {
   bool polish = true;    // quantized sweeps from the best iterate after the schedule until nothing changes
   int refresh_every = 0; // > 0: recompute G = (T − Ŵ) Σ by a GEMM every that many sweeps (drift control)
   double gptq_damp = 0.01;  // init = gptq only
+  int refit = 0;         // grid refit rounds after the schedule (ours; 0: grids fixed, as the paper)
 };
 
 struct QuantEaseOutput {
@@ -81,6 +86,8 @@ struct QuantEaseOutput {
   bool kept_init = false;   // init = gptq: GPTQ's own result returned (CD did not improve it)
   double base = 0.0;        // tr(W Σ Wᵀ), for relative errors
   int refreshes = 0;        // exact recomputations of G
+  int refits = 0;           // grid refit rounds that lowered f
+  std::vector<double> refit_gains;  // decrease of f by each refit (the last may be ~0: stop)
   double lambda_max = 0.0, eta = 0.0;  // outlier variant
   std::int64_t outlier_count = 0;      // k (entries, or columns when structured)
   VectorXi64 outlier_indptr;     // CSR over rows, original column order (empty without outliers)
