@@ -618,6 +618,7 @@ def summary(results: List[dict]) -> dict:
     share of real layers where QuantEase beats GPTQ at 3 and 4 bits."""
     ratios: Dict[tuple, List[float]] = {}
     beats: Dict[tuple, List[bool]] = {}
+    beats_default: Dict[tuple, List[bool]] = {}
     for res in results:
         recs = [r for r in res["records"] if r["status"] == "ok" and not r["method"].startswith("[peer]")]
         idx = {(r["layer"], r["method"], r["bits"]): r for r in recs}
@@ -634,10 +635,17 @@ def summary(results: List[dict]) -> dict:
                     ratios.setdefault((m.replace(f" g{G}", " g"), bits), []).append(r["loss"] / g["loss"])
                 if v.method == "quantease" and res["name"] != "synthetic" and bits in (3, 4):
                     beats.setdefault((v.label, bits), []).append(r["loss"] < g["loss"])
+                # Each solver at its defaults: QuantEase (act-order, from W) against GPTQ (no act-order).
+                plain = ref.replace("GPTQ act", "GPTQ")
+                if (v.label in ("QuantEase", "QuantEase g") and res["name"] != "synthetic" and bits in (3, 4)
+                        and (layer, plain, bits) in idx):
+                    beats_default.setdefault((v.label, bits), []).append(r["loss"] < idx[(layer, plain, bits)]["loss"])
     out = dict(loss_ratio_vs_gptq=[dict(method=m, bits=b, median=float(np.median(v)), n=len(v))
                                    for (m, b), v in sorted(ratios.items(), key=lambda kv: (kv[0][0], kv[0][1]))],
                quantease_beats_gptq=[dict(method=m, bits=b, share=float(np.mean(v)), n=len(v))
-                                     for (m, b), v in sorted(beats.items())])
+                                     for (m, b), v in sorted(beats.items())],
+               quantease_beats_gptq_default=[dict(method=m, bits=b, share=float(np.mean(v)), n=len(v))
+                                             for (m, b), v in sorted(beats_default.items())])
     return out
 
 
@@ -700,6 +708,24 @@ def targets(results: List[dict], gemm: float) -> List[dict]:
     else:
         add("QuantEase loss below GPTQ on >= 90% of real layers at 3 and 4 bits", None, False,
             "no real layers with QuantEase and GPTQ")
+    b = sm["quantease_beats_gptq_default"]
+    if b:
+        n = sum(x["n"] for x in b)
+        fig = sum(x["share"] * x["n"] for x in b) / n
+        add("QuantEase (defaults) loss below GPTQ (defaults, no act-order) on > 50% of real layers", fig, fig > 0.5,
+            f"{n} (layer, bits, group) pairs, 3 and 4 bits")
+    else:
+        add("QuantEase (defaults) loss below GPTQ (defaults, no act-order) on > 50% of real layers", None, False,
+            "no real layers with QuantEase and GPTQ without act-order")
+    b = [x for x in sm["quantease_beats_gptq"] if x["method"] in ("QuantEase init GPTQ", "QuantEase init GPTQ g")]
+    if b:
+        n = sum(x["n"] for x in b)
+        fig = sum(x["share"] * x["n"] for x in b) / n
+        add("QuantEase init='gptq' loss below GPTQ act-order on >= 90% of real layers", fig, fig >= 0.9,
+            f"{n} (layer, bits, group) pairs, 3 and 4 bits")
+    else:
+        add("QuantEase init='gptq' loss below GPTQ act-order on >= 90% of real layers", None, False,
+            "no real layers with QuantEase init='gptq' and GPTQ")
     return out
 
 
@@ -810,6 +836,10 @@ def run_suite(cfg: Optional[Config] = None, solvers: Optional[Dict[str, Callable
     if not sm["quantease_beats_gptq"]:
         log("   - (no real layers with QuantEase rows)")
     for x in sm["quantease_beats_gptq"]:
+        log(f"   {x['method']:<28} {x['bits']} bits: {100 * x['share']:.0f}%  (n={x['n']})")
+    if sm["quantease_beats_gptq_default"]:
+        log("## summary: share of real layers where QuantEase's loss < GPTQ's without act-order (both at defaults)")
+    for x in sm["quantease_beats_gptq_default"]:
         log(f"   {x['method']:<28} {x['bits']} bits: {100 * x['share']:.0f}%  (n={x['n']})")
     log("\n## targets")
     for t in tg:
