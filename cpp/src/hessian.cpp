@@ -97,17 +97,20 @@ PreparedHessian prepare_hessian(const ConstRowMatrixRef<HT>& H, bool act_order, 
   const Eigen::VectorXd& diag = order.diag;
   // H in reversed processing order, Hr(a, b) = H(perm[n-1-a], perm[n-1-b]), gathered from rows of H
   // (symmetric, so column b of Hr is a row of H): what propagation_factor factors.
-  ColMatrixXd Hr(n, n);
-  parallel_chunks(n, kColumnBlock, [&](Index c0, Index c1) {
-    for (Index b = c0; b < c1; ++b) {
-      const Index pb = prep.perm[n - 1 - b];
-      const HT* hrow = H.row(pb).data();
-      double* out = Hr.col(b).data();
-      for (Index a = 0; a < n; ++a) out[a] = static_cast<double>(hrow[prep.perm[n - 1 - a]]);
-      out[b] = diag[pb];
-    }
-  });
-  prep.factor = propagation_factor(Hr, damp, retry);
+  const auto gather = [&](ColMatrixXd& Hr) {
+    Hr.resize(n, n);
+    parallel_chunks(n, kColumnBlock, [&](Index c0, Index c1) {
+      for (Index b = c0; b < c1; ++b) {
+        const Index pb = prep.perm[n - 1 - b];
+        const HT* hrow = H.row(pb).data();
+        double* out = Hr.col(b).data();
+        for (Index a = 0; a < n; ++a) out[a] = static_cast<double>(hrow[prep.perm[n - 1 - a]]);
+        out[b] = diag[pb];
+      }
+    });
+  };
+  ColMatrixXd factor_storage;  // Hr, then its Cholesky factor in place
+  prep.factor = propagation_factor(factor_storage, gather, damp, retry);
   return prep;
 }
 

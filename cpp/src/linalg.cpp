@@ -2,6 +2,7 @@
 #include "quantease/linalg.hpp"
 
 #include <cmath>
+#include <functional>
 #include <sstream>
 
 #include "quantease/errors.hpp"
@@ -63,21 +64,22 @@ std::vector<double> damping_ladder(double damp, bool retry) {
   return ladder;
 }
 
-PropagationFactor propagation_factor(const ColMatrixXd& reversed, double damp, bool retry) {
-  const Index n = reversed.rows();
-  const double mean_diag = reversed.diagonal().mean();
+PropagationFactor propagation_factor(ColMatrixXd& L, const std::function<void(ColMatrixXd&)>& fill,
+                                     double damp, bool retry) {
+  fill(L);
+  const Index n = L.rows();
+  const double mean_diag = L.diagonal().mean();
   if (!(mean_diag > 0.0)) {
     std::ostringstream msg;
     msg << "the Hessian's mean diagonal is " << mean_diag
         << " (must be > 0): H must be positive semi-definite, e.g. (2/n) X X^T of the layer inputs";
     throw NumericalError(msg.str());
   }
-  ColMatrixXd L;
   Index failed = -1;
   PropagationFactor out;
   for (const double d : damping_ladder(damp, retry)) {
     ++out.attempts;
-    L = reversed;
+    if (out.attempts > 1) fill(L);  // the failed attempt overwrote the lower triangle
     L.diagonal().array() += d * mean_diag;
     failed = cholesky_lower_inplace(L);
     if (failed < 0) {

@@ -47,8 +47,10 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
       const float* w = Wp.row(r).data();
       float* a = A.row(r).data();
       float* d = D.row(r).data();
+      Index next_group = gs > 0 ? (i1 + gs - 1) / gs * gs : cols;  // first group start >= i1
       for (Index j = i1; j < i2; ++j) {
-        if (gs > 0 && j % gs == 0) {
+        if (j == next_group) {
+          next_group += gs;
           // The group's values as the authors' loop holds them at time t (t = j, or the block start in
           // reference mode): columns >= t carry the OBS compensation of the columns before t,
           //   v_c = w_c + delta_c,  delta_c = a_c - sum_{t<=k<c} P_kc delta_k,  a_c = sum_{k<t} d_k P_kc

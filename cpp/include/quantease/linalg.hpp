@@ -2,6 +2,7 @@
 // float64 that reports the failing minor, and GPTQ's damped propagation factor with its retry ladder.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -30,9 +31,11 @@ struct PropagationFactor {
 // to 100 (starting at 1e-4 when damp is 0).
 std::vector<double> damping_ladder(double damp, bool retry);
 
-// P of (H + d mean(diag H) I), for the first d of the ladder that factors. Takes H_reversed = J H J (J the
-// order-reversing permutation; cols x cols, symmetric, float64), because C = J chol(J H J) J: one Cholesky
-// (n^3 / 3 flops). Throws NumericalError naming the failing minor when no damping works.
-PropagationFactor propagation_factor(const ColMatrixXd& H_reversed, double damp, bool retry);
+// P of (H + d mean(diag H) I), for the first d of the ladder that factors. `fill(L)` writes H_reversed =
+// J H J into L (J the order-reversing permutation; cols x cols, symmetric, float64), because C = J chol(J H J) J:
+// one Cholesky (n^3 / 3 flops), in place in L, refilled only when a damping fails. L ends as the factor.
+// Throws NumericalError naming the failing minor when no damping works.
+PropagationFactor propagation_factor(ColMatrixXd& L, const std::function<void(ColMatrixXd&)>& fill, double damp,
+                                     bool retry);
 
 }  // namespace quantease
