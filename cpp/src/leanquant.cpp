@@ -135,32 +135,56 @@ void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c
 
 }  // namespace
 
+namespace {
+
+// LSD radix sort of 64-bit keys on their upper 32 bits, digits of the given widths (low first), one pass
+// over the data for all histograms; a digit that is the same everywhere skips its pass. Stable.
+template <int P>
+void radix_sort_upper(std::vector<std::uint64_t>& keys, std::vector<std::uint64_t>& tmp, const int (&width)[P]) {
+  const Index n = static_cast<Index>(keys.size());  // < 2^32 (positions fit the low half)
+  tmp.resize(n);
+  int shift[P];
+  std::uint32_t count[P][1 << 11];
+  for (int p = 0, at = 32; p < P; at += width[p], ++p) {
+    shift[p] = at;
+    std::fill(count[p], count[p] + (1 << width[p]), 0u);
+  }
+  for (Index i = 0; i < n; ++i)
+    for (int p = 0; p < P; ++p) ++count[p][(keys[i] >> shift[p]) & ((1u << width[p]) - 1)];
+  for (int p = 0; p < P; ++p) {
+    const std::uint64_t mask = (1u << width[p]) - 1;
+    if (count[p][(keys[0] >> shift[p]) & mask] == static_cast<std::uint32_t>(n)) continue;
+    std::uint32_t offset = 0;
+    for (int c = 0; c < (1 << width[p]); ++c) {
+      const std::uint32_t k = count[p][c];
+      count[p][c] = offset;
+      offset += k;
+    }
+    for (Index i = 0; i < n; ++i) tmp[count[p][(keys[i] >> shift[p]) & mask]++] = keys[i];
+    keys.swap(tmp);
+  }
+}
+
+}  // namespace
+
 void SortedWeighted::assign(const float* values, const double* weights, Index n) {
-  // Sort by (value, position): an LSD radix sort (4 stable passes of 8 bits) of the floats'
-  // order-preserving bit patterns (-0 counts as +0, as in a comparison); stable, so ties keep positions.
+  // Sort by (value, position): the floats' order-preserving bit patterns (-0 counts as +0, as in a
+  // comparison) above the position, radix-sorted on the pattern (stable, so ties keep positions): three
+  // digits of 11/11/10 bits, or four of 8 bits for short rows (smaller histograms).
   keys_.resize(n);
-  order_.resize(n);
-  tmp_keys_.resize(n);
-  tmp_order_.resize(n);
   for (Index i = 0; i < n; ++i) {
     std::uint32_t u;
     const float v = values[i] + 0.0f;
     std::memcpy(&u, &v, sizeof u);
-    keys_[i] = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-    order_[i] = static_cast<std::uint32_t>(i);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    keys_[i] = (static_cast<std::uint64_t>(u) << 32) | static_cast<std::uint64_t>(i);
   }
-  for (int shift = 0; shift < 32; shift += 8) {
-    Index count[257] = {0};
-    for (Index i = 0; i < n; ++i) ++count[((keys_[i] >> shift) & 0xFFu) + 1];
-    if (count[((keys_[0] >> shift) & 0xFFu) + 1] == n) continue;  // one bucket: the pass changes nothing
-    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
-    for (Index i = 0; i < n; ++i) {
-      const Index dst = count[(keys_[i] >> shift) & 0xFFu]++;
-      tmp_keys_[dst] = keys_[i];
-      tmp_order_[dst] = order_[i];
-    }
-    keys_.swap(tmp_keys_);
-    order_.swap(tmp_order_);
+  if (n > 512) {
+    static constexpr int kWide[3] = {11, 11, 10};
+    radix_sort_upper(keys_, tmp_keys_, kWide);
+  } else {
+    static constexpr int kNarrow[4] = {8, 8, 8, 8};
+    radix_sort_upper(keys_, tmp_keys_, kNarrow);
   }
   x.resize(n);
   s.resize(n);
@@ -168,7 +192,7 @@ void SortedWeighted::assign(const float* values, const double* weights, Index n)
   S1.assign(n + 1, 0.0);
   S2.assign(n + 1, 0.0);
   for (Index i = 0; i < n; ++i) {
-    const Index j = order_[i];
+    const Index j = static_cast<Index>(keys_[i] & 0xFFFFFFFFu);
     x[i] = values[j];
     s[i] = weights[j];
     S0[i + 1] = S0[i] + s[i];

@@ -55,7 +55,7 @@ struct SortedWeighted {
   }
 
  private:
-  std::vector<std::uint32_t> keys_, order_, tmp_keys_, tmp_order_;  // sort scratch, reused across rows
+  std::vector<std::uint64_t> keys_, tmp_keys_;  // sort scratch (value key << 32 | position), reused across rows
 };
 
 // splitmix64 (Steele et al.): the k-means++ random stream, reproducible in NumPy (tests/reference).
