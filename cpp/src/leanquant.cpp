@@ -354,6 +354,11 @@ class AffineSearch {
     PM_.resize(L);
     P_.resize(L);
     cum_.resize(L);
+    lo_.resize(L);
+    hi_.resize(L);
+    below_.resize(L);
+    above_.resize(L);
+    open_.resize(L + 2);
     need_.assign(maxq_ + 1, 0);
     present_.assign(maxq_ + 1, 0);
     // bucket_[b] = number of values below mn + b w, w = R / nb: seek() starts there
@@ -476,11 +481,24 @@ class AffineSearch {
         evaluate_block(k, lb);
         continue;
       }
+      // children need only the zeros whose bound here can still beat the best (fewer lattice points)
+      int zlo = maxq_ + 1, zhi = -1;
+      for (int z = 0; z <= maxq_; ++z)
+        if (!(lb[z] > best_.error + eps_)) {
+          zlo = std::min(zlo, z);
+          zhi = std::max(zhi, z);
+        }
+      if (zhi < 0) continue;
       Level& kids = level(depth + 1);
       Level& again = levels_[depth];
       kids.blocks.clear();
       const Index step = (k.t2 - k.t1 + kSplit - 1) / kSplit;
-      for (Index t = k.t1; t < k.t2; t += step) kids.blocks.push_back(make_block(k.fam, t, std::min(k.t2, t + step)));
+      for (Index t = k.t1; t < k.t2; t += step) {
+        Block kid = make_block(k.fam, t, std::min(k.t2, t + step));
+        kid.zlo = std::max(kid.zlo, zlo);
+        kid.zhi = std::min(kid.zhi, zhi);
+        if (kid.zlo <= kid.zhi) kids.blocks.push_back(kid);
+      }
       explore_level(depth + 1, again.lb.data() + c * nz);
     }
   }
@@ -531,30 +549,42 @@ class AffineSearch {
     // Lattice point kk covers [lo_kk, hi_kk]; the gap to kk + 1 is open when lo_kk+1 > hi_kk, and its points
     // below the gap's midpoint are charged to kk, the others to kk + 1. Closed gaps (wide blocks, far
     // lattice points) charge nothing and need no positions. PL/PR/PM: sorted positions of lo, hi, midpoint.
-    auto lo_of = [&](int kk) { return kk >= 0 ? kk * h1 : kk * h2; };
-    auto hi_of = [&](int kk) { return kk >= 0 ? kk * h2 : kk * h1; };
-    auto open = [&](int kk) { return kk >= kmin && kk < kmax && lo_of(kk + 1) > hi_of(kk); };
     const int ahi = -k.zlo, blo = maxq_ - k.zhi;  // window ends a = -z <= ahi, b = maxq - z >= blo
+    double* lo = lo_.data() + off_;
+    double* hi = hi_.data() + off_;
+    char* open = open_.data() + off_ + 1;  // (kk from kmin - 1)
     for (int kk = kmin; kk <= kmax; ++kk) {
-      const bool gap = open(kk);
-      Index pl = -1;
-      if (open(kk - 1) || kk <= ahi) PL_[kk + off_] = pl = seek(lo_of(kk));
-      if (gap || kk >= blo) PR_[kk + off_] = pl >= 0 ? seek_from(pl, hi_of(kk)) : seek(hi_of(kk));
-      if (gap) PM_[kk + off_] = seek_from(PR_[kk + off_], 0.5 * (hi_of(kk) + lo_of(kk + 1)));
+      lo[kk] = kk >= 0 ? kk * h1 : kk * h2;
+      hi[kk] = kk >= 0 ? kk * h2 : kk * h1;
     }
-    // below(kk): points between the previous midpoint and lo_kk; above(kk): between hi_kk and the next
-    auto below = [&](int kk) { return open(kk - 1) ? seg(PM_[kk - 1 + off_], PL_[kk + off_], lo_of(kk)) : 0.0; };
-    auto above = [&](int kk) { return open(kk) ? seg(PR_[kk + off_], PM_[kk + off_], hi_of(kk)) : 0.0; };
+    open[kmin - 1] = open[kmax] = 0;
+    for (int kk = kmin; kk < kmax; ++kk) open[kk] = lo[kk + 1] > hi[kk];
+    Index* PL = PL_.data() + off_;
+    Index* PR = PR_.data() + off_;
+    Index* PM = PM_.data() + off_;
+    for (int kk = kmin; kk <= kmax; ++kk) {
+      Index pl = -1;
+      if (open[kk - 1] || kk <= ahi) PL[kk] = pl = seek(lo[kk]);
+      if (open[kk] || kk >= blo) PR[kk] = pl >= 0 ? seek_from(pl, hi[kk]) : seek(hi[kk]);
+      if (open[kk]) PM[kk] = seek_from(PR[kk], 0.5 * (hi[kk] + lo[kk + 1]));
+    }
+    // below[kk]: points between the previous midpoint and lo_kk; above[kk]: between hi_kk and the next
+    double* below = below_.data() + off_;
+    double* above = above_.data() + off_;
+    for (int kk = kmin; kk <= kmax; ++kk) {
+      below[kk] = open[kk - 1] ? seg(PM[kk - 1], PL[kk], lo[kk]) : 0.0;
+      above[kk] = open[kk] ? seg(PR[kk], PM[kk], hi[kk]) : 0.0;
+    }
     double acc = 0.0;
     cum_[kmin + off_] = 0.0;
     for (int kk = kmin + 1; kk < kmax; ++kk) {
-      acc += below(kk) + above(kk);
+      acc += below[kk] + above[kk];
       cum_[kk + off_] = acc;
     }
     for (int z = k.zlo; z <= k.zhi; ++z) {
       const int a = -z, b = maxq_ - z;
-      lb[z] = seg(0, PL_[a + off_], lo_of(a)) + above(a) + (cum_[b - 1 + off_] - cum_[a + off_]) + below(b) +
-              seg(PR_[b + off_], n_, hi_of(b));
+      lb[z] = seg(0, PL[a], lo[a]) + above[a] + (cum_[b - 1 + off_] - cum_[a + off_]) + below[b] +
+              seg(PR[b], n_, hi[b]);
     }
   }
 
@@ -623,7 +653,8 @@ class AffineSearch {
   int fam_ = 0, best_fam_ = 0;  // family and position of the candidate evaluated, of the best
   Index t_ = 0, best_t_ = 0;
   std::vector<Index> bucket_, P_, PL_, PR_, PM_;
-  std::vector<double> cum_;
+  std::vector<double> cum_, lo_, hi_, below_, above_;  // per lattice point (index kk + off_)
+  std::vector<char> open_;  // gap kk to kk + 1 open (index kk + off_ + 1)
   std::vector<char> need_, present_;
   std::vector<Level> levels_;
   GridSearchResult best_;
