@@ -75,9 +75,14 @@ struct BlockedSums {
 };
 
 // Greedy weighted k-means++ (as scikit-learn's): the first centre drawn by weight s, every next one the
-// best of 2 + floor(ln k) draws by s D^2 (D: distance to the nearest centre), judged by the potential
+// best of max(8, 2 + floor(ln k)) draws by s D^2 (D: distance to the nearest centre), judged by the potential
 // sum s min(D^2, (x - v)^2). On sorted data a candidate v only changes the points between the midpoints
 // to its neighbouring centres, so a candidate costs O(n / k) instead of O(n).
+// scikit-learn draws 2 + floor(ln k) candidates (4 at k = 16); on LLM-like rows with the loss-error weights
+// 8 candidates end Lloyd about 6 % lower (k = 16: objective / sklearn's 1.028 -> 0.963 over 32 rows) for a
+// seeding that costs O(trials n) per row either way.
+constexpr int kMinTrials = 8;
+
 void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c) {
   const Index n = d.size();
   std::vector<double> D(n);
@@ -101,7 +106,7 @@ void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c
     if (right != centres.end()) b = std::lower_bound(d.x.begin(), d.x.end(), 0.5 * (v + *right)) - d.x.begin();
     return std::make_pair(a, std::max(a, b));
   };
-  const int trials = 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k))));
+  const int trials = std::max(kMinTrials, 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k)))));
   std::vector<Index> cand(trials);
   for (int t = 1; t < k; ++t) {
     if (!(ps.total > 0.0)) {  // every point already sits on a centre: repeat the largest

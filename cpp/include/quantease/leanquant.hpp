@@ -67,7 +67,7 @@ struct SplitMix64 {
 };
 
 // Weighted 1-D k-means of d into k centroids (ascending, written to c). Init: evenly spaced between min
-// and max when k <= 8, else greedy k-means++ (2 + floor(ln k) trials per centre, sampled from `rng`).
+// and max when k <= 8, else greedy k-means++ (max(8, 2 + floor(ln k)) trials per centre, sampled from `rng`).
 // Lloyd: assignment by midpoints (a value on a midpoint joins the lower centroid), weighted means; empty
 // clusters move to the points farthest from their centroids (scikit-learn's relocation); stops when the assignment repeats, when sum (c_new - c)^2 <=
 // tol * var(x), or after max_iter updates. Returns the number of updates. Precondition: n >= 1, s >= 0.
