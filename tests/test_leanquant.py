@@ -168,6 +168,35 @@ def test_grid_search_reaches_the_brute_force_minimum_large_t(bits):
         assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
 
 
+def _group_rows(rng, n):
+    """Short rows like one group of a row: heavy tails, one sign, exact zeros, ties, an outlier, a shift."""
+    X = (rng.standard_t(4, size=(8, n)) * 0.02).astype(np.float32)
+    X[1] = np.abs(X[1])
+    X[2] = -np.abs(X[2])
+    X[3, ::3] = 0.0
+    X[4] = np.round(X[4] * 100) / 100                  # few distinct values, many ties
+    X[5, 1] = -0.5
+    X[6] = rng.uniform(-0.01, 0.03, n)
+    X[7] += 0.02
+    return X
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("n,steps", [(128, 256), (37, 301)])
+def test_grid_search_branch_and_bound_equals_brute_force_on_groups(bits, n, steps):
+    # the search skips whole blocks of scales by a lower bound; nothing it skips may beat what it returns
+    rng = np.random.default_rng(1000 * bits + n)
+    X = _group_rows(rng, n)
+    s = rng.uniform(0.01, 1.0, n) ** 4
+    s[rng.integers(0, n, 3)] = 0.0                     # weights may be 0
+    res = weighted_grid_search(X, s, bits, steps)
+    for r in range(X.shape[0]):
+        bf = ref.brute_force_grid_search(X[r], s, bits, steps)
+        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
+        own = ref.weighted_grid_error(X[r].astype(np.float64), s, res["scale"][r], res["zero"][r], bits)
+        assert abs(own - res["error"][r]) <= 1e-9 * own + 1e-18
+
+
 def test_grid_search_constant_row():
     res = weighted_grid_search(np.full((1, 10), 0.5, np.float32), np.ones(10), 4, 16)
     assert np.isnan(res["scale"][0]) and np.isnan(res["error"][0])

@@ -75,9 +75,14 @@ struct BlockedSums {
 };
 
 // Greedy weighted k-means++ (as scikit-learn's): the first centre drawn by weight s, every next one the
-// best of 2 + floor(ln k) draws by s D^2 (D: distance to the nearest centre), judged by the potential
+// best of max(8, 2 + floor(ln k)) draws by s D^2 (D: distance to the nearest centre), judged by the potential
 // sum s min(D^2, (x - v)^2). On sorted data a candidate v only changes the points between the midpoints
 // to its neighbouring centres, so a candidate costs O(n / k) instead of O(n).
+// scikit-learn draws 2 + floor(ln k) candidates (4 at k = 16); on LLM-like rows with the loss-error weights
+// 8 candidates end Lloyd about 6 % lower (k = 16: objective / sklearn's 1.028 -> 0.963 over 32 rows) for a
+// seeding that costs O(trials n) per row either way.
+constexpr int kMinTrials = 8;
+
 void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c) {
   const Index n = d.size();
   std::vector<double> D(n);
@@ -101,7 +106,7 @@ void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c
     if (right != centres.end()) b = std::lower_bound(d.x.begin(), d.x.end(), 0.5 * (v + *right)) - d.x.begin();
     return std::make_pair(a, std::max(a, b));
   };
-  const int trials = 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k))));
+  const int trials = std::max(kMinTrials, 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k)))));
   std::vector<Index> cand(trials);
   for (int t = 1; t < k; ++t) {
     if (!(ps.total > 0.0)) {  // every point already sits on a centre: repeat the largest
@@ -135,32 +140,56 @@ void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c
 
 }  // namespace
 
+namespace {
+
+// LSD radix sort of 64-bit keys on their upper 32 bits, digits of the given widths (low first), one pass
+// over the data for all histograms; a digit that is the same everywhere skips its pass. Stable.
+template <int P>
+void radix_sort_upper(std::vector<std::uint64_t>& keys, std::vector<std::uint64_t>& tmp, const int (&width)[P]) {
+  const Index n = static_cast<Index>(keys.size());  // < 2^32 (positions fit the low half)
+  tmp.resize(n);
+  int shift[P];
+  std::uint32_t count[P][1 << 11];
+  for (int p = 0, at = 32; p < P; at += width[p], ++p) {
+    shift[p] = at;
+    std::fill(count[p], count[p] + (1 << width[p]), 0u);
+  }
+  for (Index i = 0; i < n; ++i)
+    for (int p = 0; p < P; ++p) ++count[p][(keys[i] >> shift[p]) & ((1u << width[p]) - 1)];
+  for (int p = 0; p < P; ++p) {
+    const std::uint64_t mask = (1u << width[p]) - 1;
+    if (count[p][(keys[0] >> shift[p]) & mask] == static_cast<std::uint32_t>(n)) continue;
+    std::uint32_t offset = 0;
+    for (int c = 0; c < (1 << width[p]); ++c) {
+      const std::uint32_t k = count[p][c];
+      count[p][c] = offset;
+      offset += k;
+    }
+    for (Index i = 0; i < n; ++i) tmp[count[p][(keys[i] >> shift[p]) & mask]++] = keys[i];
+    keys.swap(tmp);
+  }
+}
+
+}  // namespace
+
 void SortedWeighted::assign(const float* values, const double* weights, Index n) {
-  // Sort by (value, position): an LSD radix sort (4 stable passes of 8 bits) of the floats'
-  // order-preserving bit patterns (-0 counts as +0, as in a comparison); stable, so ties keep positions.
+  // Sort by (value, position): the floats' order-preserving bit patterns (-0 counts as +0, as in a
+  // comparison) above the position, radix-sorted on the pattern (stable, so ties keep positions): three
+  // digits of 11/11/10 bits, or four of 8 bits for short rows (smaller histograms).
   keys_.resize(n);
-  order_.resize(n);
-  tmp_keys_.resize(n);
-  tmp_order_.resize(n);
   for (Index i = 0; i < n; ++i) {
     std::uint32_t u;
     const float v = values[i] + 0.0f;
     std::memcpy(&u, &v, sizeof u);
-    keys_[i] = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-    order_[i] = static_cast<std::uint32_t>(i);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    keys_[i] = (static_cast<std::uint64_t>(u) << 32) | static_cast<std::uint64_t>(i);
   }
-  for (int shift = 0; shift < 32; shift += 8) {
-    Index count[257] = {0};
-    for (Index i = 0; i < n; ++i) ++count[((keys_[i] >> shift) & 0xFFu) + 1];
-    if (count[((keys_[0] >> shift) & 0xFFu) + 1] == n) continue;  // one bucket: the pass changes nothing
-    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
-    for (Index i = 0; i < n; ++i) {
-      const Index dst = count[(keys_[i] >> shift) & 0xFFu]++;
-      tmp_keys_[dst] = keys_[i];
-      tmp_order_[dst] = order_[i];
-    }
-    keys_.swap(tmp_keys_);
-    order_.swap(tmp_order_);
+  if (n > 512) {
+    static constexpr int kWide[3] = {11, 11, 10};
+    radix_sort_upper(keys_, tmp_keys_, kWide);
+  } else {
+    static constexpr int kNarrow[4] = {8, 8, 8, 8};
+    radix_sort_upper(keys_, tmp_keys_, kNarrow);
   }
   x.resize(n);
   s.resize(n);
@@ -168,7 +197,7 @@ void SortedWeighted::assign(const float* values, const double* weights, Index n)
   S1.assign(n + 1, 0.0);
   S2.assign(n + 1, 0.0);
   for (Index i = 0; i < n; ++i) {
-    const Index j = order_[i];
+    const Index j = static_cast<Index>(keys_[i] & 0xFFFFFFFFu);
     x[i] = values[j];
     s[i] = weights[j];
     S0[i + 1] = S0[i] + s[i];
@@ -284,187 +313,363 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
 
 namespace {
 
-// A lower bound of min over A of f(A) = sum_{x < A} s (A - x)^2 + sum_{x > A + w} s (x - A - w)^2 (the
-// clamping error of an interval of width w): f is convex, bisection on the sign of f' brackets the
-// minimiser in [a, b], and f(c) - |f'(c)| (b - a) <= min f by convexity.
-double clamp_lower_bound(const SortedWeighted& d, double w) {
-  const Index n = d.size();
-  auto eval = [&](double A, double& slope) {
-    const Index lo = std::lower_bound(d.x.begin(), d.x.end(), A) - d.x.begin();
-    const Index hi = std::upper_bound(d.x.begin(), d.x.end(), A + w) - d.x.begin();
-    const double B = A + w;
-    const double f = d.segment_error(0, lo, A) + d.segment_error(hi, n, B);
-    slope = 2.0 * (A * d.S0[lo] - d.S1[lo]) - 2.0 * ((d.S1[n] - d.S1[hi]) - B * (d.S0[n] - d.S0[hi]));
-    return f;
-  };
-  double a = d.x.front(), b = d.x.back() - w;
-  if (!(b > a)) return 0.0;
-  double slope;
-  for (int it = 0; it < 40 && b - a > 0.0; ++it) {
-    const double c = 0.5 * (a + b);
-    if (c <= a || c >= b) break;
-    eval(c, slope);
-    if (slope > 0.0) b = c;
-    else a = c;
+// The affine search as branch and bound. Every candidate (lo, hi) of the paper's set gives a grid
+// (scale h, zero z), and its weighted error depends on (h, z) only:
+//   E(h, z) = sum_x s (x - h k(x))^2,  k(x) = clamp(rint(x / h), -z, maxq - z)   (nearest allowed lattice point).
+// The candidates fall into three families, each a sequence t = 0, 1, ... of decreasing scales
+// h(t) = (top - t d) / maxq with a set of zeros per t:
+//   A  lo < 0 < hi: t = m = i + j, top = max - min, zeros rint(-lo / h) over the i of that m;
+//   B  lo >= 0: xmin = 0, t = j, top = max, zero 0;
+//   C  hi <= 0: xmax = 0, t = i, top = -min, zero maxq.
+// For a block of consecutive t (scales in [h1, h2]) and a zero z, no candidate can beat
+//   LB(z) = sum_x s dist(x, U_z)^2,  U_z = union over k in [-z, maxq - z] of the interval between k h1 and k h2,
+// since each of its grid points lies in U_z. On the sorted row LB costs O(maxq) prefix-sum differences, like
+// one E (positions found from a bucket table over [min, max], a few steps each). Each family is cut into
+// blocks of kTop scales, bounded, and visited in increasing order of their least bound; a block whose bound
+// (for every zero) exceeds the best error found so far is dropped, otherwise it is split into kSplit
+// sub-blocks bounded the same way (a child keeps its parent's bound where that is larger), down to blocks
+// of at most kSplit scales, whose (t, z) are evaluated exactly where z survived. Family B (C) is skipped as
+// a whole when sum_{x<0} s x^2 (sum_{x>0} s x^2), which all its grids pay, exceeds the best of family A.
+// Dropping needs LB > best + eps, eps = 1e-11 max(x^2) sum s covering the round-off of the prefix-sum
+// differences, so the result is the least E over the whole candidate set (up to that round-off; equal to
+// the brute force in tests/test_leanquant.py). Best first, the incumbent is good early and most blocks go
+// at the first or second level: on 4096-value LLM-like rows about 50 bounds and 10-20 E per row at 4 bits
+// instead of the T x 2^bits windows of a sweep.
+class AffineSearch {
+ public:
+  GridSearchResult run(const SortedWeighted& d, int bits, int steps) {
+    d_ = &d;
+    x_ = d.x.data();
+    n_ = d.size();
+    maxq_ = (1 << bits) - 1;
+    T_ = steps;
+    off_ = maxq_;
+    mn_ = d.x.front();
+    mx_ = d.x.back();
+    R_ = mx_ - mn_;
+    best_ = GridSearchResult();
+    best_.error = std::numeric_limits<double>::infinity();
+    if (!(R_ > 0.0)) return best_;
+    delta_ = R_ / T_;
+    // round-off of a prefix-sum difference: a few ulps of sum s max(x^2, v^2), v <= 2 max |x|
+    eps_ = 1e-11 * std::max(mn_ * mn_, mx_ * mx_) * std::max(d.S0[n_], 0.0);
+    const Index L = 2 * maxq_ + 1;
+    PL_.resize(L);
+    PR_.resize(L);
+    PM_.resize(L);
+    P_.resize(L);
+    cum_.resize(L);
+    lo_.resize(L);
+    hi_.resize(L);
+    below_.resize(L);
+    above_.resize(L);
+    open_.resize(L + 2);
+    need_.assign(maxq_ + 1, 0);
+    present_.assign(maxq_ + 1, 0);
+    // bucket_[b] = number of values below mn + b w, w = R / nb: seek() starts there
+    nb_ = n_;
+    inv_w_ = nb_ / R_;
+    bucket_.resize(nb_ + 1);
+    for (Index b = 0, p = 0; b <= nb_; ++b) {
+      const double edge = mn_ + b * (R_ / nb_);
+      while (p < n_ && x_[p] < edge) ++p;
+      bucket_[b] = p;
+    }
+    // i0: candidates i with lo < 0 are i < i0; j0: those j with hi > 0 are j < j0.
+    auto count_below = [&](auto&& pred) {
+      Index lo = 0, hi = T_;  // pred is true on a prefix of [0, T)
+      while (lo < hi) {
+        const Index mid = (lo + hi) / 2;
+        if (pred(mid)) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo;
+    };
+    i0_ = count_below([&](Index i) { return mn_ + i * delta_ < 0.0; });
+    j0_ = count_below([&](Index j) { return mx_ - j * delta_ > 0.0; });
+    // A: some i < i0 and j < j0 with i + j = m exist for m <= i0 + j0 - 2. B (zero 0) leaves every x < 0 at
+    // 0, C (zero maxq) every x > 0: whole families go when that alone exceeds the best of A.
+    if (i0_ > 0 && j0_ > 0) search_family(0, std::min<Index>(T_, i0_ + j0_ - 1));
+    const Index neg = std::lower_bound(x_, x_ + n_, 0.0) - x_;
+    const Index nonpos = std::upper_bound(x_, x_ + n_, 0.0) - x_;
+    if (i0_ < T_ && !(d.S2[neg] > best_.error + eps_)) search_family(1, T_ - i0_);  // j = 0 .. T - 1 - i0
+    if (j0_ < T_ && !(d.S2[n_] - d.S2[nonpos] > best_.error + eps_)) search_family(2, T_ - j0_);
+    if (best_.found) best_.scale = paper_scale(best_fam_, best_t_, best_.zero);
+    return best_;
   }
-  const double c = 0.5 * (a + b);
-  const double f = eval(c, slope);
-  // 1e-9 relative slack for the round-off of the prefix-sum differences
-  return std::max(0.0, f - std::fabs(slope) * (b - a) - 1e-9 * std::fabs(f));
-}
+
+ private:
+  struct Block {
+    int fam;
+    Index t1, t2;  // [t1, t2)
+    int zlo, zhi;  // zeros any candidate of the block can take
+  };
+  static constexpr Index kTop = 256, kSplit = 4;  // by instruction counts on LLM-like rows (2..4 bits)
+
+  double scale(int fam, Index t) const {
+    const double top = fam == 0 ? R_ : fam == 1 ? mx_ : -mn_;
+    return (top - t * delta_) / maxq_;
+  }
+  int zero_of(double lo, double h) const {
+    return static_cast<int>(std::clamp(std::nearbyint(-lo / h), 0.0, static_cast<double>(maxq_)));
+  }
+  // The winner's scale as the paper's candidate computes it, (xmax - xmin) / maxq from lo = min + i d and
+  // hi = max - j d, each rounded as NumPy does (not fused), for the first (i, j) in (i, j) order that gives
+  // the winner; it differs from scale(fam, t) by round-off only, but after the cast to float32 that can be an
+  // ulp, and this way the result is the brute force's where it is not a tie up to round-off.
+  double paper_scale(int fam, Index t, int z) const {
+    auto mul_add = [](double a, double b, double c) {
+      volatile double p = b * c;  // no fused multiply-add
+      return a + p;
+    };
+    if (fam == 1) return mul_add(mx_, -static_cast<double>(t), delta_) / maxq_;
+    if (fam == 2) return (0.0 - mul_add(mn_, static_cast<double>(t), delta_)) / maxq_;
+    const double h = scale(0, t);
+    Index i = ilo(t);
+    while (i < ihi(t) && zero_of(mn_ + i * delta_, h) != z) ++i;
+    const double lo = mul_add(mn_, static_cast<double>(i), delta_);
+    const double hi = mul_add(mx_, -static_cast<double>(t - i), delta_);
+    return (hi - lo) / maxq_;
+  }
+
+  // Family A at m: i runs over [ilo, ihi].
+  Index ilo(Index m) const { return std::max<Index>(0, m - j0_ + 1); }
+  Index ihi(Index m) const { return std::min<Index>(m, i0_ - 1); }
+
+  Block make_block(int fam, Index t1, Index t2) const {
+    Block k{fam, t1, t2, 0, 0};
+    if (fam == 0) {  // -lo / h is largest for the least i and the least h, least for the largest i and h
+      k.zhi = zero_of(mn_ + ilo(t1) * delta_, scale(0, t2 - 1));
+      k.zlo = zero_of(mn_ + ihi(t2 - 1) * delta_, scale(0, t1));
+    } else if (fam == 2) {
+      k.zlo = k.zhi = maxq_;
+    }
+    return k;
+  }
+
+  // Scratch of one level of the block tree (reused across rows).
+  struct Level {
+    std::vector<Block> blocks;
+    std::vector<double> lb;  // blocks x (maxq + 1)
+    std::vector<std::pair<double, Index>> order;
+  };
+  Level& level(std::size_t depth) {
+    if (levels_.size() <= depth) levels_.resize(depth + 1);
+    return levels_[depth];
+  }
+
+  // Bounds the blocks of `lv` (children of a block with bounds parent_lb, or nullptr), then explores them
+  // in increasing order of their least bound while that can still beat the best.
+  void explore_level(std::size_t depth, const double* parent_lb) {
+    Level& lv = levels_[depth];
+    const Index nz = maxq_ + 1;
+    lv.lb.resize(lv.blocks.size() * nz);
+    lv.order.clear();
+    for (Index c = 0; c < static_cast<Index>(lv.blocks.size()); ++c) {
+      double* lb = lv.lb.data() + c * nz;
+      bound(lv.blocks[c], lb);
+      double least = std::numeric_limits<double>::infinity();
+      for (int z = 0; z < nz; ++z) {
+        if (parent_lb) lb[z] = std::max(lb[z], parent_lb[z]);  // a parent's bound holds for its children
+        least = std::min(least, lb[z]);
+      }
+      lv.order.emplace_back(least, c);
+    }
+    std::sort(lv.order.begin(), lv.order.end());
+    for (std::size_t o = 0; o < levels_[depth].order.size(); ++o) {
+      Level& cur = levels_[depth];  // (levels_ may grow below)
+      if (cur.order[o].first > best_.error + eps_) break;
+      const Index c = cur.order[o].second;
+      const Block k = cur.blocks[c];
+      const double* lb = cur.lb.data() + c * nz;
+      if (k.t2 - k.t1 <= kSplit) {
+        evaluate_block(k, lb);
+        continue;
+      }
+      // children need only the zeros whose bound here can still beat the best (fewer lattice points)
+      int zlo = maxq_ + 1, zhi = -1;
+      for (int z = 0; z <= maxq_; ++z)
+        if (!(lb[z] > best_.error + eps_)) {
+          zlo = std::min(zlo, z);
+          zhi = std::max(zhi, z);
+        }
+      if (zhi < 0) continue;
+      Level& kids = level(depth + 1);
+      Level& again = levels_[depth];
+      kids.blocks.clear();
+      const Index step = (k.t2 - k.t1 + kSplit - 1) / kSplit;
+      for (Index t = k.t1; t < k.t2; t += step) {
+        Block kid = make_block(k.fam, t, std::min(k.t2, t + step));
+        kid.zlo = std::max(kid.zlo, zlo);
+        kid.zhi = std::min(kid.zhi, zhi);
+        if (kid.zlo <= kid.zhi) kids.blocks.push_back(kid);
+      }
+      explore_level(depth + 1, again.lb.data() + c * nz);
+    }
+  }
+
+  void search_family(int fam, Index len) {
+    // scales below the smallest normal float cannot be stored: drop that tail (h decreases with t)
+    const double min_scale = std::numeric_limits<float>::min();
+    if (len > 0 && !(scale(fam, len - 1) >= min_scale)) {
+      Index lo = 0, hi = len;  // first t with a too small scale
+      while (lo < hi) {
+        const Index mid = (lo + hi) / 2;
+        if (scale(fam, mid) >= min_scale) lo = mid + 1;
+        else hi = mid;
+      }
+      len = lo;
+    }
+    if (len == 0) return;
+    Level& top = level(0);
+    top.blocks.clear();
+    for (Index t = 0; t < len; t += kTop) top.blocks.push_back(make_block(fam, t, std::min(len, t + kTop)));
+    explore_level(0, nullptr);
+  }
+
+  // Sorted position of the first value >= v: from its bucket, a few steps, else binary search.
+  Index seek(double v) const {
+    const double f = (v - mn_) * inv_w_;
+    const Index b = f > 0.0 ? (f < static_cast<double>(nb_) ? static_cast<Index>(f) : nb_) : 0;
+    Index q = bucket_[b];
+    while (q > 0 && x_[q - 1] >= v) --q;  // (the bucket edge rounded above v)
+    const Index lim = std::min<Index>(n_, q + 16);
+    while (q < lim && x_[q] < v) ++q;
+    if (q == lim && q < n_ && x_[q] < v) q = std::lower_bound(x_ + q, x_ + n_, v) - x_;
+    return q;
+  }
+  // The same, knowing that the answer is at least p.
+  Index seek_from(Index p, double v) const {
+    const Index lim = std::min<Index>(n_, p + 4);
+    while (p < lim && x_[p] < v) ++p;
+    return p < lim || p == n_ || !(x_[p] < v) ? p : seek(v);
+  }
+  double seg(Index a, Index b, double v) const { return b > a ? d_->segment_error(a, b, v) : 0.0; }
+
+  // LB(z) of block k for z in [k.zlo, k.zhi] into lb[z] (+inf elsewhere).
+  void bound(const Block& k, double* lb) {
+    std::fill(lb, lb + maxq_ + 1, std::numeric_limits<double>::infinity());
+    const double h1 = scale(k.fam, k.t2 - 1), h2 = scale(k.fam, k.t1);
+    const int kmin = -k.zhi, kmax = maxq_ - k.zlo;  // lattice points in use
+    // Lattice point kk covers [lo_kk, hi_kk]; the gap to kk + 1 is open when lo_kk+1 > hi_kk, and its points
+    // below the gap's midpoint are charged to kk, the others to kk + 1. Closed gaps (wide blocks, far
+    // lattice points) charge nothing and need no positions. PL/PR/PM: sorted positions of lo, hi, midpoint.
+    const int ahi = -k.zlo, blo = maxq_ - k.zhi;  // window ends a = -z <= ahi, b = maxq - z >= blo
+    double* lo = lo_.data() + off_;
+    double* hi = hi_.data() + off_;
+    char* open = open_.data() + off_ + 1;  // (kk from kmin - 1)
+    for (int kk = kmin; kk <= kmax; ++kk) {
+      lo[kk] = kk >= 0 ? kk * h1 : kk * h2;
+      hi[kk] = kk >= 0 ? kk * h2 : kk * h1;
+    }
+    open[kmin - 1] = open[kmax] = 0;
+    for (int kk = kmin; kk < kmax; ++kk) open[kk] = lo[kk + 1] > hi[kk];
+    Index* PL = PL_.data() + off_;
+    Index* PR = PR_.data() + off_;
+    Index* PM = PM_.data() + off_;
+    for (int kk = kmin; kk <= kmax; ++kk) {
+      Index pl = -1;
+      if (open[kk - 1] || kk <= ahi) PL[kk] = pl = seek(lo[kk]);
+      if (open[kk] || kk >= blo) PR[kk] = pl >= 0 ? seek_from(pl, hi[kk]) : seek(hi[kk]);
+      if (open[kk]) PM[kk] = seek_from(PR[kk], 0.5 * (hi[kk] + lo[kk + 1]));
+    }
+    // below[kk]: points between the previous midpoint and lo_kk; above[kk]: between hi_kk and the next
+    double* below = below_.data() + off_;
+    double* above = above_.data() + off_;
+    for (int kk = kmin; kk <= kmax; ++kk) {
+      below[kk] = open[kk - 1] ? seg(PM[kk - 1], PL[kk], lo[kk]) : 0.0;
+      above[kk] = open[kk] ? seg(PR[kk], PM[kk], hi[kk]) : 0.0;
+    }
+    double acc = 0.0;
+    cum_[kmin + off_] = 0.0;
+    for (int kk = kmin + 1; kk < kmax; ++kk) {
+      acc += below[kk] + above[kk];
+      cum_[kk + off_] = acc;
+    }
+    for (int z = k.zlo; z <= k.zhi; ++z) {
+      const int a = -z, b = maxq_ - z;
+      lb[z] = seg(0, PL[a], lo[a]) + above[a] + (cum_[b - 1 + off_] - cum_[a + off_]) + below[b] +
+              seg(PR[b], n_, hi[b]);
+    }
+  }
+
+  // E(h, z) exactly for the z with need_[z] in [zlo, zhi]; keeps the least.
+  void evaluate(double h, int zlo, int zhi) {
+    const int kmin = -zhi, kmax = maxq_ - zlo;  // boundaries kk (between lattice points kk, kk + 1) in [kmin, kmax)
+    for (int kk = kmin; kk < kmax; ++kk) P_[kk + off_] = seek((kk + 0.5) * h);
+    double acc = 0.0;
+    cum_[kmin + off_] = 0.0;
+    for (int kk = kmin + 1; kk < kmax; ++kk) {
+      acc += d_->segment_error(P_[kk - 1 + off_], P_[kk + off_], kk * h);
+      cum_[kk + off_] = acc;
+    }
+    for (int z = zlo; z <= zhi; ++z) {
+      if (!need_[z]) continue;
+      const int a = -z, b = maxq_ - z;  // lattice points of codes 0 and maxq
+      const double err = d_->segment_error(0, P_[a + off_], a * h) + (cum_[b - 1 + off_] - cum_[a + off_]) +
+                         d_->segment_error(P_[b - 1 + off_], n_, b * h);
+      if (err < best_.error) {
+        best_.error = err;
+        best_.scale = h;
+        best_.zero = z;
+        best_.found = true;
+        best_fam_ = fam_;
+        best_t_ = t_;
+      }
+    }
+  }
+
+  // The candidates of a leaf block: every (t, z) that t can take and whose z survived the block's bound.
+  void evaluate_block(const Block& k, const double* lb) {
+    for (Index t = k.t1; t < k.t2; ++t) {
+      const double h = scale(k.fam, t);
+      int zlo = k.zlo, zhi = k.zhi;
+      bool all = true;
+      if (k.fam == 0) {
+        zhi = zero_of(mn_ + ilo(t) * delta_, h);
+        zlo = zero_of(mn_ + ihi(t) * delta_, h);
+        // -lo / h moves by maxq / (T - m) per step of i: below 1, every zero in between occurs
+        all = T_ - t > maxq_ + 1;
+        if (!all) {
+          std::fill(present_.begin(), present_.end(), 0);
+          for (Index i = ilo(t); i <= ihi(t); ++i) present_[zero_of(mn_ + i * delta_, h)] = 1;
+        }
+      }
+      int nlo = maxq_ + 1, nhi = -1;
+      for (int z = zlo; z <= zhi; ++z) {
+        need_[z] = (all || present_[z]) && !(lb[z] > best_.error + eps_);
+        if (need_[z]) {
+          nlo = std::min(nlo, z);
+          nhi = std::max(nhi, z);
+        }
+      }
+      fam_ = k.fam;
+      t_ = t;
+      if (nhi >= 0) evaluate(h, nlo, nhi);
+    }
+  }
+
+  const SortedWeighted* d_ = nullptr;
+  const double* x_ = nullptr;
+  Index n_ = 0, T_ = 0, nb_ = 0;
+  int maxq_ = 1, off_ = 1;  // off_: lattice point kk -> index kk + off_
+  double mn_ = 0, mx_ = 0, R_ = 0, delta_ = 0, eps_ = 0, inv_w_ = 0;
+  Index i0_ = 0, j0_ = 0;
+  int fam_ = 0, best_fam_ = 0;  // family and position of the candidate evaluated, of the best
+  Index t_ = 0, best_t_ = 0;
+  std::vector<Index> bucket_, P_, PL_, PR_, PM_;
+  std::vector<double> cum_, lo_, hi_, below_, above_;  // per lattice point (index kk + off_)
+  std::vector<char> open_;  // gap kk to kk + 1 open (index kk + off_ + 1)
+  std::vector<char> need_, present_;
+  std::vector<Level> levels_;
+  GridSearchResult best_;
+};
 
 }  // namespace
 
 GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int steps) {
-  GridSearchResult best;
-  best.error = std::numeric_limits<double>::infinity();
-  const Index n = d.size();
-  const double mn = d.x.front(), mx = d.x.back(), R = mx - mn;
-  if (!(R > 0.0)) return best;
-  const int maxq = (1 << bits) - 1;
-  const Index T = steps;
-  const double delta = R / T;
-  const double min_scale = std::numeric_limits<float>::min();
-
-  // For a scale h, the lattice h * Z: P[kk] = sorted positions below the boundary (kk + 0.5) h between
-  // lattice points kk and kk + 1 (kk in [-maxq, maxq - 1]); cum[kk] = running sum of the cell errors
-  // sum s (x - kk h)^2 over the cells between those boundaries. The window of zero z (codes 0..maxq on
-  // lattice points -z..maxq-z) then costs O(1): two clamped tails plus a difference of cum. The boundary
-  // positions are walked from the previous scale's (the scales mostly shrink steadily, so each moves over
-  // O(n) points in all), not searched.
-  const int off = maxq;                 // kk -> kk + off
-  std::vector<Index> P(2 * maxq + 1, 0);
-  std::vector<double> cum(2 * maxq + 1, 0.0);
-  std::vector<char> present(maxq + 1);
-  std::vector<char> placed(2 * maxq + 1, 0);
-  // mask: the windows to evaluate (nullptr: all of [zlo, zhi]); werr[z]: their errors (when given).
-  auto eval_windows = [&](double scale, int zlo, int zhi, const std::vector<char>* mask, double* werr) {
-    const int kmin = -zhi, kmax = maxq - zlo;  // lattice points in use; boundaries kk in [kmin, kmax)
-    for (int kk = kmin; kk < kmax; ++kk) {
-      const double bnd = (kk + 0.5) * scale;
-      if (!placed[kk + off]) {  // first use: search, then walk
-        P[kk + off] = std::lower_bound(d.x.begin(), d.x.end(), bnd) - d.x.begin();
-        placed[kk + off] = 1;
-      }
-      Index q = P[kk + off];
-      while (q > 0 && d.x[q - 1] >= bnd) --q;
-      while (q < n && d.x[q] < bnd) ++q;
-      P[kk + off] = q;
-    }
-    // cells strictly inside: lattice points kk in (kmin, kmax), between boundaries kk - 1 and kk
-    double acc = 0.0;
-    cum[kmin + off] = 0.0;
-    for (int kk = kmin + 1; kk < kmax; ++kk) {
-      acc += d.segment_error(P[kk - 1 + off], P[kk + off], kk * scale);
-      cum[kk + off] = acc;
-    }
-    for (int z = zlo; z <= zhi; ++z) {
-      if (mask && !(*mask)[z]) continue;
-      const int a = -z, b = maxq - z;  // lattice points of codes 0 and maxq
-      const double err = d.segment_error(0, P[a + off], a * scale) + (cum[b - 1 + off] - cum[a + off]) +
-                         d.segment_error(P[b - 1 + off], n, b * scale);
-      if (werr) werr[z] = err;
-      if (err < best.error) {
-        best.error = err;
-        best.scale = scale;
-        best.zero = z;
-        best.found = true;
-      }
-    }
-  };
-
-  // i0: candidates i with lo < 0 are i < i0; j0: those j with hi > 0 are j < j0.
-  auto count_below = [&](auto&& pred) {
-    Index lo = 0, hi = T;  // pred is true on a prefix of [0, T)
-    while (lo < hi) {
-      const Index mid = (lo + hi) / 2;
-      if (pred(mid)) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  };
-  const Index i0 = count_below([&](Index i) { return mn + i * delta < 0.0; });
-  const Index j0 = count_below([&](Index j) { return mx - j * delta > 0.0; });
-
-  // lo < 0 < hi: scale = (R - m delta) / maxq with m = i + j, zero = rint(-lo / scale). Two exact prunings:
-  // * every grid of that m spans a width R - m delta, so its error is at least the clamping error of the
-  //   best placed interval of that width -- a bound that grows with m: once it reaches the best, stop;
-  // * for a fixed zero z the error E(h) is continuous in the scale h with |dE/dh| <= 2 K sum s |x - q|
-  //   <= 2 K sqrt(S0 E) (K = max(z, maxq - z) bounds the lattice index), so sqrt(E) moves by at most
-  //   K sqrt(S0) delta / maxq per step of m: a window whose sqrt(E) exceeds sqrt(best) by g cannot win
-  //   for the next g / (K sqrt(S0) delta / maxq) steps, and is not evaluated there.
-  std::vector<Index> next_m(maxq + 1, 0);
-  std::vector<char> need(maxq + 1);
-  std::vector<double> werr(maxq + 1);
-  const double unit = delta * std::sqrt(std::max(d.S0[n], 0.0)) / maxq;
-  const Index n_neg = std::lower_bound(d.x.begin(), d.x.end(), 0.0) - d.x.begin();
-  const double S0_all = d.S0[n], S2_all = d.S2[n];
-  const double SA_all = (d.S1[n] - d.S1[n_neg]) - d.S1[n_neg];  // sum s |x|
-  for (Index m = 0; m < T; ++m) {
-    if (m % 128 == 0 && m > 0 && clamp_lower_bound(d, R - m * delta) >= best.error) break;
-    const Index ilo = std::max<Index>(0, m - j0 + 1), ihi = std::min<Index>(m, i0 - 1);
-    if (ilo > ihi) continue;
-    const double scale = (R - m * delta) / maxq;
-    if (!(scale >= min_scale)) continue;
-    auto zero_of = [&](Index i) {
-      return static_cast<int>(std::clamp(std::nearbyint(-(mn + i * delta) / scale), 0.0, double(maxq)));
-    };
-    const int zhi = zero_of(ilo), zlo = zero_of(ihi);
-    // -lo / scale moves by maxq / (T - m) per step of i: below 1, every zero in between occurs
-    const bool all = T - m > maxq + 1;
-    if (!all) {
-      std::fill(present.begin(), present.end(), 0);
-      for (Index i = ilo; i <= ihi; ++i) present[zero_of(i)] = 1;
-    }
-    int nlo = maxq + 1, nhi = -1;
-    for (int z = zlo; z <= zhi; ++z) {
-      need[z] = (all || present[z]) && next_m[z] <= m;
-      if (need[z]) {
-        nlo = std::min(nlo, z);
-        nhi = std::max(nhi, z);
-      }
-    }
-    if (nhi < 0) continue;
-    eval_windows(scale, nlo, nhi, &need, werr.data());
-    for (int z = nlo; z <= nhi; ++z) {
-      if (!need[z]) continue;
-      const double K = std::max(z, maxq - z);
-      const double gap = std::sqrt(werr[z]) - std::sqrt(best.error);
-      if (!(gap > 0.0 && unit > 0.0)) {
-        next_m[z] = m + 1;
-        continue;
-      }
-      // Lipschitz constant per step of m at scale h: min(K, sqrt(sum s k^2) / sqrt(S0)) * unit with
-      // |k| <= |x| / h + 1/2, i.e. sum s k^2 <= S2 / h^2 + SA / h + S0 / 4; it grows as h shrinks, so the
-      // constant at the far end of a stretch bounds the whole stretch.
-      auto lipschitz = [&](Index mm) {
-        const double h = (R - static_cast<double>(std::min<Index>(mm, T - 1)) * delta) / maxq;
-        const double kk2 = (S2_all / (h * h) + SA_all / h + 0.25 * S0_all) / S0_all;
-        return std::min(K, std::sqrt(kk2)) * unit;
-      };
-      double steps_clear = std::min(gap / lipschitz(m), static_cast<double>(T));
-      steps_clear = std::min(steps_clear, gap / lipschitz(m + static_cast<Index>(std::ceil(steps_clear))));
-      steps_clear *= 1.0 - 1e-9;
-      next_m[z] = m + std::max<Index>(1, static_cast<Index>(std::ceil(steps_clear)));
-    }
-  }
-  // lo >= 0: xmin = 0, zero 0, scale = hi / maxq. Every such grid costs at least sum_{x<0} s x^2.
-  const Index neg = std::lower_bound(d.x.begin(), d.x.end(), 0.0) - d.x.begin();
-  const Index nonpos = std::upper_bound(d.x.begin(), d.x.end(), 0.0) - d.x.begin();
-  if (i0 < T && d.S2[neg] < best.error) {
-    for (Index j = 0; j <= T - 1 - i0; ++j) {
-      const double scale = (mx - j * delta) / maxq;
-      if (scale >= min_scale) eval_windows(scale, 0, 0, nullptr, nullptr);
-    }
-  }
-  // hi <= 0: xmax = 0, zero maxq, scale = -lo / maxq; at least sum_{x>0} s x^2.
-  if (j0 < T && d.S2[n] - d.S2[nonpos] < best.error) {
-    for (Index i = 0; i <= T - 1 - j0; ++i) {
-      const double scale = -(mn + i * delta) / maxq;
-      if (scale >= min_scale) eval_windows(scale, maxq, maxq, nullptr, nullptr);
-    }
-  }
-  return best;
+  thread_local AffineSearch search;  // scratch reused across rows
+  return search.run(d, bits, steps);
 }
 
 double weighted_grid_error(const float* x, const double* s, Index n, const AffineGrid& g, float maxq) {

@@ -54,8 +54,9 @@ def _sample(p: np.ndarray, rng: SplitMix64) -> int:
 
 
 def kmeans_plus_plus(x: np.ndarray, s: np.ndarray, k: int, rng: SplitMix64) -> np.ndarray:
-    """Greedy weighted k-means++ on x (sorted) with 2 + floor(ln k) trials per centre."""
-    trials = 2 + int(np.floor(np.log(k)))
+    """Greedy weighted k-means++ on x (sorted) with max(8, 2 + floor(ln k)) trials per centre (scikit-learn:
+    2 + floor(ln k))."""
+    trials = max(8, 2 + int(np.floor(np.log(k))))
     centres = [x[_sample(s, rng)]]
     D = (x - centres[0]) ** 2
     for _ in range(1, k):

@@ -9,7 +9,7 @@
 //     shrunk ranges (min + i d, max - j d), d = (max - min) / T, i + j < T -- searched exactly, see
 //     weighted_grid_search.
 // Every 1-D fit works on the row sorted once, with prefix sums of s, s w and s w^2, so one Lloyd
-// iteration costs O(k log n) and one affine candidate O(1) after O(2^bits) per distinct scale.
+// iteration costs O(k log n) and one affine (scale, zero) O(1) after O(2^bits) per distinct scale.
 #pragma once
 
 #include <cstdint>
@@ -55,7 +55,7 @@ struct SortedWeighted {
   }
 
  private:
-  std::vector<std::uint32_t> keys_, order_, tmp_keys_, tmp_order_;  // sort scratch, reused across rows
+  std::vector<std::uint64_t> keys_, tmp_keys_;  // sort scratch (value key << 32 | position), reused across rows
 };
 
 // splitmix64 (Steele et al.): the k-means++ random stream, reproducible in NumPy (tests/reference).
@@ -67,7 +67,7 @@ struct SplitMix64 {
 };
 
 // Weighted 1-D k-means of d into k centroids (ascending, written to c). Init: evenly spaced between min
-// and max when k <= 8, else greedy k-means++ (2 + floor(ln k) trials per centre, sampled from `rng`).
+// and max when k <= 8, else greedy k-means++ (max(8, 2 + floor(ln k)) trials per centre, sampled from `rng`).
 // Lloyd: assignment by midpoints (a value on a midpoint joins the lower centroid), weighted means; empty
 // clusters move to the points farthest from their centroids (scikit-learn's relocation); stops when the assignment repeats, when sum (c_new - c)^2 <=
 // tol * var(x), or after max_iter updates. Returns the number of updates. Precondition: n >= 1, s >= 0.
@@ -82,14 +82,12 @@ struct GridSearchResult {
 
 // The least-E affine grid among the candidates (lo, hi) = (min + i d, max - j d), i, j >= 0, i + j < T,
 // each turned into a grid as everywhere in quantease: xmin = min(lo, 0), xmax = max(hi, 0),
-// scale = (xmax - xmin) / maxq, zero = rint(-xmin / scale). Exact over the whole candidate set: when
-// lo < 0 < hi the scale depends on m = i + j only and zero takes at most 2^bits values, so for each of
-// the T scales the candidates collapse to windows of one lattice scale * Z, each costing O(1) from
-// per-cell errors (lattice boundaries walked from the previous scale); lo >= 0 (zero 0) and hi <= 0
-// (zero maxq) are 1-D families, skipped when their lower bound sum_{x<0} s x^2 (resp. x > 0) cannot beat
-// the best. Two more exact prunings (a clamping lower bound growing with the shrink, and a Lipschitz
-// bound of sqrt(E) in the scale per zero point) skip hopeless candidates. O(T 2^bits) after the sort,
-// instead of the paper's O(T^2 n).
+// scale = (xmax - xmin) / maxq, zero = rint(-xmin / scale). Exact over the whole candidate set (up to the
+// round-off of double prefix sums): the error of a grid depends on (scale, zero) only, the candidates are
+// three sequences of scales (lo < 0 < hi: the scale depends on m = i + j only; lo >= 0: zero 0; hi <= 0:
+// zero maxq), and a branch and bound over blocks of consecutive scales, with a lower bound per zero point
+// that costs O(2^bits) on the sorted row, evaluates only the (scale, zero) pairs it cannot exclude -- on
+// LLM-like rows a few dozen bounds and evaluations instead of the paper's O(T^2 n).
 GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int steps);
 
 // E of a float32 affine grid, evaluated point by point as the column loop would quantize.
