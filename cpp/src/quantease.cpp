@@ -20,9 +20,10 @@ namespace {
 constexpr Index kRowPanel = 128;  // rows per task: fixed, so results do not depend on the thread count
 // A block's Δ with fewer non-zeros than (panel rows x block cols) / kSparseRatio is applied entry by entry
 // (sparse_update: axpys with rows of Σ, four entries per pass over G, column tiles in L2) instead of by a
-// GEMM. Measured on 2048^2 (the quantized sweep after a relaxed one, ~15 % non-zeros): entry by entry is
-// faster than the GEMMs up to about a third of the entries.
-constexpr Index kSparseRatio = 3;
+// GEMM. Measured on 4096^2 (the quantized sweep after a relaxed one, ~10 % non-zeros on average, denser in
+// some blocks), 2 threads: ratio 1 (GEMMs only for a fully dense Δ) 3.3 s, 3: 3.7 s, 8: 5.2 s, GEMMs
+// always: 5.8 s. 2 keeps the GEMMs for nearly dense blocks.
+constexpr Index kSparseRatio = 2;
 
 // quantize / relax: the plain sweeps (G follows Ŵ). Without outliers a relaxed sweep and the quantized sweep
 // after it run as a pair that costs about one dense sweep instead of two:
