@@ -278,6 +278,47 @@ def test_zero_outliers_reproduce_plain(structure):
     assert zero.outliers is None and tiny.outliers.nnz == 0
 
 
+# ------------------------------------------------------------------------------- the fast paths (speed)
+
+def _core_run(p, **over):
+    from quantease import _core
+    kw = dict(bits=3, group_size=-1, sym=False, act_order=True, iters=9, init="w", relaxed=True, tol=0.0,
+              outliers=0.0, outlier_structure="unstructured", outlier_step=1.0, block_size=32)
+    kw.update(over)
+    return _core.quantease(p.W, p.H, **kw)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_relaxed_pair_matches_plain_sweeps(seed):
+    """A relaxed sweep and the quantized sweep after it run as a pair on the G of the on-grid point
+    (half-flop relaxed sweep on a scratch copy, sparse update by the change of grid point). A refresh period
+    that never comes due switches the pair off: both must follow the same iterates up to float32 round-off."""
+    p = problems.llm_like(300, 160, seed=seed)   # three row panels, five column blocks
+    pair = _core_run(p)
+    plain = _core_run(p, refresh_every=10 ** 6)
+    assert plain["refreshes"] == 0 and pair["quantized"] == plain["quantized"]
+    assert not all(pair["quantized"][:9])
+    np.testing.assert_allclose(pair["loss_history"][:9], plain["loss_history"][:9], rtol=1e-4)
+    assert problems.code_agreement(pair["codes"], plain["codes"]) >= 0.99
+    # the pair's quantized sweep moves G by the entries whose grid point changed only: far fewer than all
+    after_relaxed = [i for i in range(1, 9) if pair["quantized"][i] and not pair["quantized"][i - 1]]
+    assert after_relaxed and all(pair["moves"][i] < pair["changes"][i] for i in after_relaxed)
+    assert all(plain["moves"][i] == plain["changes"][i] for i in after_relaxed)
+
+
+def test_sweep_statistics():
+    p = problems.llm_like(40, 96, seed=2)
+    res = quantease.quantease(p.W, p.H, bits=3, iters=10)
+    n = res.iters
+    assert len(res.info["moves"]) == len(res.info["sweep_times"]) == n
+    assert all(t >= 0 for t in res.info["sweep_times"])
+    # a plain quantized sweep after a quantized one moves G by exactly the entries it changed
+    q = res.info["quantized"]
+    for i in range(1, n):
+        if q[i] and q[i - 1]:
+            assert res.info["moves"][i] == res.info["changes"][i]
+
+
 # ----------------------------------------------------------------------------------- threads and the GIL
 
 DIGESTS = """

@@ -83,6 +83,8 @@ void register_quantease(py::module_& m) {
         d["quantized"] = quantized;
         d["polish"] = polished;
         d["changes"] = py::cast(res.changes);
+        d["moves"] = py::cast(res.moves);
+        d["sweep_times"] = py::cast(res.sweep_times);
         d["sweeps"] = res.sweeps;
         d["converged"] = res.converged;
         d["stopped_by_tol"] = res.stopped_by_tol;

@@ -19,8 +19,27 @@ namespace {
 
 constexpr Index kRowPanel = 128;  // rows per task: fixed, so results do not depend on the thread count
 // A block's Δ with fewer non-zeros than (panel rows x block cols) / kSparseRatio is applied entry by entry
-// (one axpy with a row of Σ each) instead of by a GEMM.
-constexpr Index kSparseRatio = 8;
+// (sparse_update: axpys with rows of Σ, four entries per pass over G, column tiles in L2) instead of by a
+// GEMM. Measured on 4096^2 (the quantized sweep after a relaxed one, ~10 % non-zeros on average, denser in
+// some blocks), 2 threads: ratio 1 (GEMMs only for a fully dense Δ) 3.3 s, 3: 3.7 s, 8: 5.2 s, GEMMs
+// always: 5.8 s. 2 keeps the GEMMs for nearly dense blocks.
+constexpr Index kSparseRatio = 2;
+
+// quantize / relax: the plain sweeps (G follows Ŵ). Without outliers a relaxed sweep and the quantized sweep
+// after it run as a pair that costs about one dense sweep instead of two:
+//   relax_scratch: the relaxed sweep on a per-panel copy of G that gets only the updates later columns need in
+//     this sweep (half the flops); the real G stays (T − Q) Σ at the on-grid point Q before it;
+//   requantize: the quantized sweep after it. With Δ_R = Ŵ − Q (the relaxed changes) and E the change of the
+//     grid point of the columns already visited, column j needs G_j − Σ_{k≥j} Δ_R,k Σ_kj − Σ_{k<j} E_k Σ_kj:
+//     one GEMM per block for the Δ_R part (half the flops in all), and G moves by E only (sparse).
+enum class SweepKind { quantize, relax, relax_scratch, requantize };
+
+struct SweepStats {
+  std::int64_t changed = 0;  // entries whose value changed
+  std::int64_t moves = 0;    // entries by whose change G was updated (the work of the update)
+  double f = 0.0;            // the objective after the sweep (when asked for)
+  double seconds = 0.0;
+};
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -64,82 +83,226 @@ class Solver {
 
   float target(Index r, Index c) const { return outlier_mode ? Wp(r, c) - S(r, c) : Wp(r, c); }
 
+  // Per row: f of the row after the last sweep, and whether the last sweep changed the row.
+  std::vector<double> frow;
+  std::vector<char> row_changed;
+
   // One sweep over all columns: returns the number of entries whose value changed and, when `with_f`,
   // the objective after it. A row panel is a self-contained problem (rows share only Σ), so each task runs
   // the whole sweep over its panel: one parallel region per sweep.
-  std::pair<std::int64_t, double> sweep(bool quantize, bool with_f) {
-    std::vector<std::int64_t> changed(n_panels_, 0);
+  //
+  // `skip_unchanged` (a quantized sweep right after a quantized sweep, S and grids fixed, G not rebuilt in
+  // between): rows the last sweep left unchanged are skipped. Rows are independent problems and such a row
+  // is a fixed point (same Ŵ, same G, so the same β and codes), so skipping it gives exactly the same result.
+  SweepStats sweep(SweepKind kind, bool with_f, bool skip_unchanged = false) {
+    const auto t_start = Clock::now();
+    std::vector<std::int64_t> changed(n_panels_, 0), moved(n_panels_, 0);
     std::vector<double> fpart(n_panels_, 0.0);
+    const bool quantize = kind == SweepKind::quantize || kind == SweepKind::requantize;
     parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
       const Index p = r0 / kRowPanel;
-      for (Index b0 = 0; b0 < cols_; b0 += B_) {
-        const Index b1 = std::min(b0 + B_, cols_);
-        const auto t0 = Clock::now();
-        std::int64_t count = 0;
+      const Index pr = r1 - r0;
+      std::vector<Index> act;
+      act.reserve(pr);
+      for (Index r = r0; r < r1; ++r)
+        if (!skip_unchanged || row_changed[r]) act.push_back(r);
+      // rows left out keep Δ = 0 in the GEMM of apply_outside
+      if (static_cast<Index>(act.size()) < pr) D.middleRows(r0, pr).setZero();
+      // relax_scratch: G of the panel copied (the real G stays at the on-grid point the next sweep needs);
+      // requantize: Δ_R = Ŵ − quant point before the relaxed sweep
+      RowMatrixXf scratch;
+      RowMatrixXf U;
+      std::vector<double> df;
+      if (kind == SweepKind::relax_scratch) {
+        scratch = G.middleRows(r0, pr);
+        df.assign(pr, 0.0);
+      } else if (kind == SweepKind::requantize) {
+        scratch.resize(pr, cols_);
+        for (Index r = r0; r < r1; ++r)
+          for (Index j = 0; j < cols_; ++j) scratch(r - r0, j) = What(r, j) - dequantize(codes(r, j), grids.at(r, j));
+      }
+      std::vector<std::int64_t> row_count(pr, 0);
+      for (Index b0 = 0; b0 < cols_ && !act.empty(); b0 += B_) {
+        const Index b1 = std::min(b0 + B_, cols_), nb = b1 - b0;
+        auto t0 = Clock::now();
+        if (kind == SweepKind::requantize) {
+          // The block's columns see the relaxed changes of the columns from their own on: subtract
+          // U = Δ_R[:, b0:] Σ[b0:, block] (k >= j on the diagonal block), added back after the block.
+          U.noalias() = scratch.middleCols(b0, nb) * Sig.block(b0, b0, nb, nb).triangularView<Eigen::Lower>();
+          if (b1 < cols_) U.noalias() += scratch.middleCols(b1, cols_ - b1) * Sig.block(b1, b0, cols_ - b1, nb);
+          G.block(r0, b0, pr, nb) -= U;
+          const auto t1 = Clock::now();
+          gemm_sec[p] += std::chrono::duration<double>(t1 - t0).count();
+          t0 = t1;
+        }
+        std::int64_t count = 0, nnz = 0;
         // Column by column, and for each column every row of the panel: the rows' dependency chains
         // (β_j needs the update of column j-1) are independent, so they overlap.
         for (Index j = b0; j < b1; ++j) {
           const float* s = Sig.row(j).data();
           const float dj = diag[j];
+          const double sjj = Sig(j, j);
           const Index grp = j / grids.gs;
-          for (Index r = r0; r < r1; ++r) {
+          for (const Index r : act) {
             float* w = What.row(r).data();
-            float* g = G.row(r).data();
+            float* g = kind == SweepKind::relax_scratch ? scratch.row(r - r0).data() : G.row(r).data();
             // β_j = ŵ_j + G_j / Σ_jj: the best value of this entry with all others fixed
             const float beta = w[j] + g[j] / dj;
             float v = beta;
+            float step;  // what G moves by (times Σ_j)
             if (quantize) {
               const AffineGrid grid{grids.scale(r, grp), grids.zero(r, grp)};
               const std::uint8_t code = quantize_code(beta, grid, maxq_);
-              codes(r, j) = code;
               v = dequantize(code, grid);
+              // requantize: G is kept at the pre-relaxed point, so it moves by the change of the grid point
+              step = kind == SweepKind::requantize ? v - dequantize(codes(r, j), grid) : v - w[j];
+              codes(r, j) = code;
+            } else {
+              step = v - w[j];
+              if (kind == SweepKind::relax_scratch) {
+                // f changes by δ² Σ_jj − 2 δ G_j (exact for a one-entry move)
+                df[r - r0] += static_cast<double>(step) * step * sjj - 2.0 * static_cast<double>(step) * g[j];
+              }
             }
-            const float delta = v - w[j];
-            D(r, j - b0) = delta;
-            if (delta != 0.0f) {
+            if (v != w[j]) {
               w[j] = v;
-              // only the block's later columns need it now; the earlier ones get it after the block
-              for (Index k = j; k < b1; ++k) g[k] -= delta * s[k];
               ++count;
+              ++row_count[r - r0];
+            }
+            D(r, j - b0) = step;
+            if (step != 0.0f) {
+              // only the block's later columns need it now; the earlier ones get it after the block
+              for (Index k = j; k < b1; ++k) g[k] -= step * s[k];
+              ++nnz;
             }
           }
         }
         const auto t1 = Clock::now();
-        apply_outside(r0, r1, b0, b1, count);
+        if (kind == SweepKind::requantize) G.block(r0, b0, pr, nb) += U;
+        if (kind == SweepKind::relax_scratch) apply_right(scratch, act, r0, r1, b0, b1, nnz);
+        else apply_outside(act, r0, r1, b0, b1, nnz);
         col_sec[p] += std::chrono::duration<double>(t1 - t0).count();
         gemm_sec[p] += seconds_since(t1);
         changed[p] += count;
+        moved[p] += nnz;
       }
-      if (with_f) fpart[p] = panel_objective(r0, r1);
+      for (Index r = r0; r < r1; ++r) row_changed[r] = row_count[r - r0] > 0;
+      if (kind == SweepKind::relax_scratch) {
+        for (Index r = r0; r < r1; ++r) frow[r] += df[r - r0];
+      } else if (with_f) {
+        for (const Index r : act) frow[r] = row_objective(r);
+      }
+      double acc = 0.0;
+      for (Index r = r0; r < r1; ++r) acc += frow[r];
+      fpart[p] = acc;
     });
     return {std::accumulate(changed.begin(), changed.end(), std::int64_t{0}),
-            std::accumulate(fpart.begin(), fpart.end(), 0.0)};
+            std::accumulate(moved.begin(), moved.end(), std::int64_t{0}),
+            std::accumulate(fpart.begin(), fpart.end(), 0.0), seconds_since(t_start)};
   }
 
-  // G[:, outside the block] −= Δ_block Σ[block, outside] for rows r0..r1, and the block's own columns get
+  // G[:, outside the block] −= Δ_block Σ[block, outside] for the panel's rows, and the block's own columns get
   // what the in-block loop left out: column k the changes of the block's later columns j > k (a strictly
   // lower triangular product). Skipped when Δ is zero, entry by entry when it is sparse, GEMMs otherwise.
-  void apply_outside(Index r0, Index r1, Index b0, Index b1, std::int64_t nnz) {
+  void apply_outside(const std::vector<Index>& act, Index r0, Index r1, Index b0, Index b1, std::int64_t nnz) {
     if (nnz == 0) return;
     const Index pr = r1 - r0, nb = b1 - b0, right = cols_ - b1;
     if (nnz * kSparseRatio < pr * nb) {
-      for (Index r = r0; r < r1; ++r) {
-        const float* d = D.row(r).data();
-        float* g = G.row(r).data();
-        for (Index k = 0; k < nb; ++k) {
-          const float delta = d[k];
-          if (delta == 0.0f) continue;
-          const float* s = Sig.row(b0 + k).data();
-          for (Index c = 0; c < b0 + k; ++c) g[c] -= delta * s[c];
-          for (Index c = b1; c < cols_; ++c) g[c] -= delta * s[c];
-        }
-      }
+      sparse_update(G, 0, act, b0, b1, true);
       return;
     }
     const auto Dp = D.block(r0, 0, pr, nb);
     if (b0 > 0) G.block(r0, 0, pr, b0).noalias() -= Dp * Sig.block(b0, 0, nb, b0);
     G.block(r0, b0, pr, nb).noalias() -= Dp * Sig.block(b0, b0, nb, nb).triangularView<Eigen::StrictlyLower>();
     if (right > 0) G.block(r0, b1, pr, right).noalias() -= Dp * Sig.block(b0, b1, nb, right);
+  }
+
+  // The relaxed sweep on a scratch copy Gs of the panel's G (row r0 at row 0): only the columns right of the
+  // block still need the block's changes in this sweep (the copy is dropped after it).
+  void apply_right(RowMatrixXf& Gs, const std::vector<Index>& act, Index r0, Index r1, Index b0, Index b1,
+                   std::int64_t nnz) {
+    const Index pr = r1 - r0, nb = b1 - b0, right = cols_ - b1;
+    if (nnz == 0 || right == 0) return;
+    if (nnz * kSparseRatio < pr * nb) {
+      sparse_update(Gs, r0, act, b0, b1, false);
+      return;
+    }
+    Gs.rightCols(right).noalias() -= D.block(r0, 0, pr, nb) * Sig.block(b0, b1, nb, right);
+  }
+
+  // Entry by entry: for each non-zero D(r, k) of the block, Gm(r − row0, c) −= D(r, k) Σ(b0 + k, c) over the
+  // columns c right of the block and, with `left`, those before column b0 + k. Each element gets the entries
+  // in increasing k; outside the block four entries at a time (one pass over g per four), and over column
+  // tiles so that the block's rows of Σ in one tile stay in L2 while every row of the panel uses them.
+  void sparse_update(RowMatrixXf& Gm, Index row0, const std::vector<Index>& act, Index b0, Index b1, bool left) {
+    constexpr Index kTile = 512;
+    const Index nb = b1 - b0;
+    // the block's non-zeros per row, gathered once
+    std::vector<Index> start(act.size() + 1, 0);
+    std::vector<Index> ks;
+    std::vector<float> ds;
+    std::vector<const float*> rows;
+    for (std::size_t i = 0; i < act.size(); ++i) {
+      const float* d = D.row(act[i]).data();
+      for (Index k = 0; k < nb; ++k)
+        if (d[k] != 0.0f) {
+          ks.push_back(k);
+          ds.push_back(d[k]);
+          rows.push_back(Sig.row(b0 + k).data());
+        }
+      start[i + 1] = static_cast<Index>(ks.size());
+    }
+    if (left) {
+      // the block's own columns before each entry's column (the strictly lower triangle)
+      for (std::size_t i = 0; i < act.size(); ++i) {
+        float* g = Gm.row(act[i] - row0).data();
+        for (Index e = start[i]; e < start[i + 1]; ++e) {
+          const float delta = ds[e];
+          const float* sr = rows[e];
+          for (Index c = b0; c < b0 + ks[e]; ++c) g[c] -= delta * sr[c];
+        }
+      }
+    }
+    auto tiles = [&](Index c0, Index c1) {
+      for (Index t0 = c0; t0 < c1; t0 += kTile) {
+        const Index t1 = std::min(t0 + kTile, c1);
+        for (std::size_t i = 0; i < act.size(); ++i)
+          subtract_entries(Gm.row(act[i] - row0).data(), rows.data() + start[i], ds.data() + start[i],
+                           start[i + 1] - start[i], t0, t1);
+      }
+    };
+    if (left) tiles(0, b0);
+    tiles(b1, cols_);
+  }
+
+  // g[c] −= Σ_i d[i] s[i][c] for c in [c0, c1), the entries subtracted in order i = 0, 1, ...
+  static void subtract_entries(float* __restrict g, const float* const* s, const float* d, Index m, Index c0,
+                               Index c1) {
+    Index i = 0;
+    for (; i + 4 <= m; i += 4) {
+      const float d0 = d[i], d1 = d[i + 1], d2 = d[i + 2], d3 = d[i + 3];
+      const float* __restrict s0 = s[i];
+      const float* __restrict s1 = s[i + 1];
+      const float* __restrict s2 = s[i + 2];
+      const float* __restrict s3 = s[i + 3];
+      for (Index c = c0; c < c1; ++c) g[c] = g[c] - d0 * s0[c] - d1 * s1[c] - d2 * s2[c] - d3 * s3[c];
+    }
+    for (; i < m; ++i) {
+      const float di = d[i];
+      const float* __restrict si = s[i];
+      for (Index c = c0; c < c1; ++c) g[c] -= di * si[c];
+    }
+  }
+
+  // Σ_c (T − Ŵ)_{rc} G_{rc} of row r, in float64.
+  double row_objective(Index r) const {
+    const float* g = G.row(r).data();
+    const float* w = What.row(r).data();
+    const float* t = Wp.row(r).data();
+    const float* o = outlier_mode ? S.row(r).data() : nullptr;
+    double row = 0.0;
+    for (Index c = 0; c < cols_; ++c) row += static_cast<double>((o ? t[c] - o[c] : t[c]) - w[c]) * g[c];
+    return row;
   }
 
   // G = (T − Ŵ) Σ from scratch (one GEMM per row panel).
@@ -154,25 +317,14 @@ class Solver {
     });
   }
 
-  // Σ over rows r0..r1 of (T − Ŵ) ∘ G in float64.
-  double panel_objective(Index r0, Index r1) const {
-    double acc = 0.0;
-    for (Index r = r0; r < r1; ++r) {
-      const float* g = G.row(r).data();
-      const float* w = What.row(r).data();
-      const float* t = Wp.row(r).data();
-      const float* o = outlier_mode ? S.row(r).data() : nullptr;
-      double row = 0.0;
-      for (Index c = 0; c < cols_; ++c) row += static_cast<double>((o ? t[c] - o[c] : t[c]) - w[c]) * g[c];
-      acc += row;
-    }
-    return acc;
-  }
-
-  // f = Σ (T − Ŵ) ∘ G, float64 sums per panel added in a fixed order.
-  double objective() const {
+  // f = Σ (T − Ŵ) ∘ G (every row's frow refreshed), float64 sums per panel added in a fixed order.
+  double objective() {
     std::vector<double> part(n_panels_, 0.0);
-    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) { part[r0 / kRowPanel] = panel_objective(r0, r1); });
+    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+      double acc = 0.0;
+      for (Index r = r0; r < r1; ++r) acc += frow[r] = row_objective(r);
+      part[r0 / kRowPanel] = acc;
+    });
     return std::accumulate(part.begin(), part.end(), 0.0);
   }
 
@@ -489,6 +641,8 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   s.codes.resize(rows, cols);
   s.D.resize(rows, std::min<Index>(s.B_, cols));
   s.G.resize(rows, cols);
+  s.frow.assign(rows, 0.0);
+  s.row_changed.assign(rows, 1);
   s.grids.gs = gs;
   s.grids.scale.resize(rows, groups);
   s.grids.zero.resize(rows, groups);
@@ -551,12 +705,16 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   else s.G.setZero();  // Ŵ = T: G = 0 exactly
   f0 = s.objective();
   {
-    // tr(W Σ Wᵀ), for relative errors: one GEMM per row panel, float64 sums in a fixed order
+    // tr(W Σ Wᵀ), for relative errors: w Σ wᵀ = Σ_j Σ_jj w_j² + 2 w (Σ strictly upper) wᵀ, a triangular
+    // product per row panel (half a GEMM), float64 sums in a fixed order
     std::vector<double> part(s.n_panels_, 0.0);
+    const Eigen::VectorXd sdiag = s.Sig.diagonal().cast<double>();
     parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
       const auto Wr = s.Wp.middleRows(r0, r1 - r0);
-      const RowMatrixXf WS = Wr * s.Sig;
-      part[r0 / kRowPanel] = (WS.cast<double>().array() * Wr.cast<double>().array()).sum();
+      const RowMatrixXf WU = Wr * s.Sig.triangularView<Eigen::StrictlyUpper>();
+      const Eigen::ArrayXXd Wd = Wr.cast<double>().array();
+      part[r0 / kRowPanel] = 2.0 * (WU.cast<double>().array() * Wd).sum() +
+                             (Wd.square().rowwise() * sdiag.transpose().array()).sum();
     });
     res.base = std::accumulate(part.begin(), part.end(), 0.0);
   }
@@ -586,12 +744,28 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   const auto sweeps_t0 = Clock::now();
   bool prev_quantized = on_grid;
   double prev_f = f0;
+  // k = 0 outliers: S stays empty and the IHT step is a no-op, so run exactly the plain sweeps.
+  const bool live_outliers = outl && outl->k() > 0;
+  // The relaxed/quantized pair (SweepKind) needs G untouched between the two sweeps: no IHT, no refresh.
+  const bool pair_ok = !live_outliers && opt.refresh_every == 0;
+  // Unchanged rows can be skipped in a quantized sweep after a quantized sweep (plain QuantEase, G not
+  // rebuilt since): they are fixed points.
+  bool skip_ok = false;
+  SweepKind prev_kind = SweepKind::quantize;
   auto run_sweep = [&](bool quantize, bool iht, bool polish) {
     if (structured) fit_masked_grids(s.Wp, outl->outlier_col, gopt, s.grids);
-    const bool with_f = !(iht && outl) && !(opt.refresh_every > 0 && (res.sweeps + 1) % opt.refresh_every == 0);
-    const auto [changed, f_sweep] = s.sweep(quantize, with_f);
+    iht = iht && live_outliers;
+    const bool with_f = !iht && !(opt.refresh_every > 0 && (res.sweeps + 1) % opt.refresh_every == 0);
+    const SweepKind kind = !quantize ? (pair_ok ? SweepKind::relax_scratch : SweepKind::relax)
+                           : prev_kind == SweepKind::relax_scratch ? SweepKind::requantize : SweepKind::quantize;
+    const SweepStats st = s.sweep(kind, with_f, kind == SweepKind::quantize && skip_ok);
+    const std::int64_t changed = st.changed;
+    res.moves.push_back(st.moves);
+    res.sweep_times.push_back(st.seconds);
+    prev_kind = kind;
+    skip_ok = quantize && !live_outliers && with_f;
     bool s_changed = false;
-    if (iht && outl) {
+    if (iht) {
       const auto t0 = Clock::now();
       s_changed = outl->step();
       res.iht_seconds += seconds_since(t0);
@@ -601,7 +775,7 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
       s.refresh();
       ++res.refreshes;
     }
-    const double f = with_f ? f_sweep : s.objective();
+    const double f = with_f ? st.f : s.objective();
     res.loss_history.push_back(f);
     res.quantized.push_back(quantize ? 1 : 0);
     res.changes.push_back(changed);
@@ -645,9 +819,15 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
       s.dequantize_all();
       s.refresh();
       ++res.refreshes;
+      skip_ok = false;
     }
     for (int p = 0; p < opt.iters; ++p) {
-      const auto [changed, f] = s.sweep(true, true);
+      const SweepStats st = s.sweep(SweepKind::quantize, true, skip_ok);
+      const std::int64_t changed = st.changed;
+      const double f = st.f;
+      res.moves.push_back(st.moves);
+      res.sweep_times.push_back(st.seconds);
+      skip_ok = !live_outliers;
       const int it = res.sweeps++;
       res.loss_history.push_back(f);
       res.quantized.push_back(1);

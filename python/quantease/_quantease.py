@@ -70,7 +70,8 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
 
     ``result.loss_history``: the objective after every sweep (float32-maintained G, float64 sums);
     ``result.iters``: sweeps run (polish included); ``result.loss``: exact float64 ``layer_loss``.
-    ``result.info``: ``quantized``/``polish`` flags and ``changes`` per sweep, ``rel_history`` (objective /
+    ``result.info``: ``quantized``/``polish`` flags, ``changes`` (entries changed), ``moves`` (entry changes
+    applied to G: the update's work) and ``sweep_times`` (wall seconds) per sweep, ``rel_history`` (objective /
     tr(W H W^T)), ``converged``, ``stopped_by_tol``, ``best_sweep`` (-1: the initial point), ``kept_init``,
     ``lambda_max``/``eta`` (outliers), ``phase_seconds`` and CPU seconds in the GEMMs and the column loop.
     """
@@ -110,6 +111,8 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
         "quantized": out["quantized"],
         "polish": out["polish"],
         "changes": out["changes"],
+        "moves": out["moves"],
+        "sweep_times": out["sweep_times"],
         "rel_history": history / base if base > 0 else np.full_like(history, np.nan),
         "converged": out["converged"],
         "stopped_by_tol": out["stopped_by_tol"],
