@@ -10,6 +10,7 @@
 #include <memory>
 #include <numeric>
 
+#include "quantease/gemm.hpp"
 #include "quantease/gptq.hpp"
 #include "quantease/hessian.hpp"
 #include "quantease/parallel.hpp"
@@ -129,7 +130,7 @@ class Solver {
           // The block's columns see the relaxed changes of the columns from their own on: subtract
           // U = Δ_R[:, b0:] Σ[b0:, block] (k >= j on the diagonal block), added back after the block.
           U.noalias() = scratch.middleCols(b0, nb) * Sig.block(b0, b0, nb, nb).triangularView<Eigen::Lower>();
-          if (b1 < cols_) U.noalias() += scratch.middleCols(b1, cols_ - b1) * Sig.block(b1, b0, cols_ - b1, nb);
+          if (b1 < cols_) gemm_add(U, 1.0f, scratch.middleCols(b1, cols_ - b1), Sig.block(b1, b0, cols_ - b1, nb));
           G.block(r0, b0, pr, nb) -= U;
           const auto t1 = Clock::now();
           gemm_sec[p] += std::chrono::duration<double>(t1 - t0).count();
@@ -212,9 +213,9 @@ class Solver {
       return;
     }
     const auto Dp = D.block(r0, 0, pr, nb);
-    if (b0 > 0) G.block(r0, 0, pr, b0).noalias() -= Dp * Sig.block(b0, 0, nb, b0);
+    if (b0 > 0) gemm_add(G.block(r0, 0, pr, b0), -1.0f, Dp, Sig.block(b0, 0, nb, b0));
     G.block(r0, b0, pr, nb).noalias() -= Dp * Sig.block(b0, b0, nb, nb).triangularView<Eigen::StrictlyLower>();
-    if (right > 0) G.block(r0, b1, pr, right).noalias() -= Dp * Sig.block(b0, b1, nb, right);
+    if (right > 0) gemm_add(G.block(r0, b1, pr, right), -1.0f, Dp, Sig.block(b0, b1, nb, right));
   }
 
   // The relaxed sweep on a scratch copy Gs of the panel's G (row r0 at row 0): only the columns right of the
@@ -227,7 +228,7 @@ class Solver {
       sparse_update(Gs, r0, act, b0, b1, false);
       return;
     }
-    Gs.rightCols(right).noalias() -= D.block(r0, 0, pr, nb) * Sig.block(b0, b1, nb, right);
+    gemm_add(Gs.rightCols(right), -1.0f, D.block(r0, 0, pr, nb), Sig.block(b0, b1, nb, right));
   }
 
   // Entry by entry: for each non-zero D(r, k) of the block, Gm(r − row0, c) −= D(r, k) Σ(b0 + k, c) over the
@@ -312,7 +313,8 @@ class Solver {
       const Index pr = r1 - r0;
       RowMatrixXf R = Wp.middleRows(r0, pr) - What.middleRows(r0, pr);
       if (outlier_mode) R -= S.middleRows(r0, pr);
-      G.middleRows(r0, pr).noalias() = R * Sig;
+      G.middleRows(r0, pr).setZero();
+      gemm_add(G.middleRows(r0, pr), 1.0f, R, Sig);
       gemm_sec[r0 / kRowPanel] += seconds_since(t0);
     });
   }
@@ -397,7 +399,7 @@ class Solver {
           }
         }
         // G = (T − Ŵ) Σ: Ŵ moved by Δ on the group's columns
-        if (any) G.middleRows(r0, pr).noalias() -= Dl * Sig.middleRows(c0, gs);
+        if (any) gemm_add(G.middleRows(r0, pr), -1.0f, Dl, Sig.middleRows(c0, gs));
       }
       gain[r0 / kRowPanel] = part;
     });
@@ -861,7 +863,12 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
       const bool last = !(gain > 1e-6 * f) || round == opt.refit - 1;
       res.converged = false;
       for (int p = 0; p < opt.iters; ++p) {
-        const auto [changed, fs] = s.sweep(true, true);
+        // The refit moved grids: the first sweep after it must visit every row.
+        const SweepStats st = s.sweep(SweepKind::quantize, true, p > 0);
+        const std::int64_t changed = st.changed;
+        const double fs = st.f;
+        res.moves.push_back(st.moves);
+        res.sweep_times.push_back(st.seconds);
         const int it = res.sweeps++;
         res.loss_history.push_back(fs);
         res.quantized.push_back(1);
