@@ -133,6 +133,17 @@ def test_block_sizes_and_groups_across_blocks(block_size, reference):
     assert_matches_oracle(res, ref)
 
 
+@pytest.mark.parametrize("group_size,block_size", [(32, 32), (64, 32), (32, 64), (96, 32)])
+def test_groups_starting_at_block_starts(group_size, block_size):
+    # A group that starts where a block starts takes its statistics from one triangular product for the
+    # whole panel (M_g = (I + N_g)^-1); the rest from the per-row substitution: both must give the oracle's grids.
+    p = problems.llm_like(24, 192, seed=65)
+    for act_order in (False, True):
+        res, ref = run_both(p, bits=3, group_size=group_size, block_size=block_size, act_order=act_order)
+        assert_matches_oracle(res, ref)
+        np.testing.assert_allclose(res.scales, ref["scales"], rtol=1e-4)
+
+
 def test_h_float64():
     p = problems.llm_like(32, 128, seed=70, h_dtype=np.float64)
     res, ref = run_both(p, bits=4, group_size=32)

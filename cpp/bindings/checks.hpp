@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -64,8 +65,16 @@ void check_weight(const CArray<T>& W, const char* name = "W") {
     py::gil_scoped_release release;
     const T* p = W.data();
     const Index n = W.size();
-    for (Index i = 0; i < n; ++i)
-      if (!std::isfinite(static_cast<double>(p[i]))) { bad = i; break; }
+    // Chunks without an early exit vectorise; the first bad chunk is then searched entry by entry.
+    constexpr Index kChunk = 4096;
+    for (Index c0 = 0; c0 < n && bad < 0; c0 += kChunk) {
+      const Index c1 = std::min(n, c0 + kChunk);
+      bool all_finite = true;
+      for (Index i = c0; i < c1; ++i) all_finite &= std::isfinite(static_cast<double>(p[i]));
+      if (!all_finite)
+        for (Index i = c0; i < c1; ++i)
+          if (!std::isfinite(static_cast<double>(p[i]))) { bad = i; break; }
+    }
   }
   if (bad >= 0) {
     std::ostringstream msg;
@@ -89,10 +98,15 @@ void check_hessian(const CArray<T>& H, Index cols, const char* name = "H") {
   {
     py::gil_scoped_release release;
     const auto h = as_matrix(H);
-    for (Index i = 0; i < cols; ++i) {
-      for (Index j = 0; j <= i; ++j) {
-        max_abs = std::max(max_abs, std::fabs(static_cast<double>(h(i, j))));
-        max_asym = std::max(max_asym, std::fabs(static_cast<double>(h(i, j)) - static_cast<double>(h(j, i))));
+    constexpr Index kTile = 64;  // h(j, i) walks a column: tiles keep both sides in cache
+    for (Index i0 = 0; i0 < cols; i0 += kTile) {
+      for (Index j0 = 0; j0 <= i0; j0 += kTile) {
+        for (Index i = i0; i < std::min(i0 + kTile, cols); ++i) {
+          for (Index j = j0; j < std::min({j0 + kTile, i + 1, cols}); ++j) {
+            max_abs = std::max(max_abs, std::fabs(static_cast<double>(h(i, j))));
+            max_asym = std::max(max_asym, std::fabs(static_cast<double>(h(i, j)) - static_cast<double>(h(j, i))));
+          }
+        }
       }
     }
   }

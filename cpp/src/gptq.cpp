@@ -112,6 +112,11 @@ QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>&
   loop_opt.block_size = opt.block_size;
   loop_opt.group_size = dynamic_groups ? gs : -1;
   loop_opt.stale_group_stats = opt.reference;
+  RowMatrixXf group_inverse;
+  if (dynamic_groups && !opt.reference) {
+    group_inverse = group_substitution_inverses(prep.factor.P, gs);
+    loop_opt.group_inverse = &group_inverse;
+  }
   const VectorXi64& perm = prep.perm;
   parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
     const Index pr = r1 - r0;

@@ -25,7 +25,24 @@ struct ColumnLoopOptions {
   Index block_size = 128;
   Index group_size = -1;       // > 0: call fit_group at the start of every group (processing order)
   bool stale_group_stats = false;  // reference quirk: group stats from the block-start values
+  // Optional (cols x group_size): rows [g gs, (g+1) gs) hold M_g = (I + N_g)^-1, N_g the strict upper part of
+  // P's diagonal block of group g (group_substitution_inverses). A group that starts where a block starts then
+  // gets its values for the whole panel from one triangular product instead of a substitution per row.
+  const RowMatrixXf* group_inverse = nullptr;
 };
+
+// M_g = (I + strict_upper(P[g gs:(g+1) gs, same]))^-1 for every group, stacked (cols x gs); float64 inside.
+inline RowMatrixXf group_substitution_inverses(const RowMatrixXf& P, Index gs) {
+  const Index cols = P.rows();
+  RowMatrixXf M(cols, gs);
+  for (Index c0 = 0; c0 < cols; c0 += gs) {
+    Eigen::MatrixXd T = P.block(c0, c0, gs, gs).cast<double>().triangularView<Eigen::StrictlyUpper>();
+    T.diagonal().setOnes();
+    const Eigen::MatrixXd inv = T.triangularView<Eigen::UnitUpper>().solve(Eigen::MatrixXd::Identity(gs, gs));
+    M.middleRows(c0, gs) = inv.cast<float>().triangularView<Eigen::Upper>();
+  }
+  return M;
+}
 
 // Wp: panel rows x cols in processing order (not modified). P: cols x cols propagation factor.
 // codes_out(row, j): the code of processing-order column j.
@@ -40,9 +57,17 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
   RowMatrixXf snapshot;
   std::vector<float> group_values(gs > 0 ? gs : 0);
   std::vector<float> delta(gs > 0 ? gs + B : 0);
+  RowMatrixXf start_delta;  // the group starting at the block start: its delta for every panel row
   for (Index i1 = 0; i1 < cols; i1 += B) {
     const Index i2 = std::min(i1 + B, cols), nb = i2 - i1;
     if (opt.stale_group_stats && gs > 0) snapshot = A.middleCols(i1, nb);
+    const bool group_at_start = gs > 0 && !opt.stale_group_stats && opt.group_inverse && i1 % gs == 0;
+    if (group_at_start) {
+      // delta = a (I + N)^-1 (the substitution below, for all rows at once); a is current at the block start
+      const Index glen = std::min(gs, cols - i1);
+      start_delta.noalias() = A.middleCols(i1, glen) *
+                              opt.group_inverse->block(i1, 0, glen, glen).template triangularView<Eigen::Upper>();
+    }
     for (Index r = 0; r < rows; ++r) {
       const float* w = Wp.row(r).data();
       float* a = A.row(r).data();
@@ -57,23 +82,27 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
           // (a forward substitution with C's diagonal block: P accumulates only each column's final value).
           const Index t = opt.stale_group_stats ? i1 : j;
           const Index end = std::min(j + gs, cols);
-          for (Index c = t; c < end; ++c) {
-            float ac;
-            if (c < i2) {
-              ac = opt.stale_group_stats ? snapshot(r, c - i1) : a[c];
-            } else {
-              ac = a[c];
-              // Beyond this block the lazy update is still pending: add this row's share now.
-              for (Index k = i1; k < t; ++k) ac += d[k - i1] * P(k, c);
+          if (group_at_start && j == i1) {
+            for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + start_delta(r, c - j);
+          } else {
+            for (Index c = t; c < end; ++c) {
+              float ac;
+              if (c < i2) {
+                ac = opt.stale_group_stats ? snapshot(r, c - i1) : a[c];
+              } else {
+                ac = a[c];
+                // Beyond this block the lazy update is still pending: add this row's share now.
+                for (Index k = i1; k < t; ++k) ac += d[k - i1] * P(k, c);
+              }
+              delta[c - t] = ac;
             }
-            delta[c - t] = ac;
+            for (Index k = t; k < end; ++k) {
+              const float dk = delta[k - t];
+              const float* p = P.row(k).data();
+              for (Index c = k + 1; c < end; ++c) delta[c - t] -= p[c] * dk;
+            }
+            for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + delta[c - t];
           }
-          for (Index k = t; k < end; ++k) {
-            const float dk = delta[k - t];
-            const float* p = P.row(k).data();
-            for (Index c = k + 1; c < end; ++c) delta[c - t] -= p[c] * dk;
-          }
-          for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + delta[c - t];
           quant.fit_group(r, j, group_values.data(), end - j);
         }
         float q;
