@@ -31,6 +31,8 @@ struct ColumnLoopOptions {
   const RowMatrixXf* group_inverse = nullptr;
 };
 
+constexpr Index kInnerBlock = 32;  // columns per inner block of the column loop
+
 // M_g = (I + strict_upper(P[g gs:(g+1) gs, same]))^-1 for every group, stacked (cols x gs); float64 inside.
 inline RowMatrixXf group_substitution_inverses(const RowMatrixXf& P, Index gs) {
   const Index cols = P.rows();
@@ -52,6 +54,8 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
   const Index rows = Wp.rows(), cols = Wp.cols();
   const Index B = std::max<Index>(1, opt.block_size);
   const Index gs = opt.group_size;
+  // Reference mode reads block-start statistics (the quirk), which the inner blocks would not keep.
+  const Index b = opt.stale_group_stats ? B : std::min<Index>(B, kInnerBlock);
   RowMatrixXf A = RowMatrixXf::Zero(rows, cols);  // pending corrections: v = Wp + A
   RowMatrixXf D(rows, B);                          // this block's w - q
   RowMatrixXf snapshot;
@@ -68,49 +72,58 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
       start_delta.noalias() = A.middleCols(i1, glen) *
                               opt.group_inverse->block(i1, 0, glen, glen).template triangularView<Eigen::Upper>();
     }
-    for (Index r = 0; r < rows; ++r) {
-      const float* w = Wp.row(r).data();
-      float* a = A.row(r).data();
-      float* d = D.row(r).data();
-      Index next_group = gs > 0 ? (i1 + gs - 1) / gs * gs : cols;  // first group start >= i1
-      for (Index j = i1; j < i2; ++j) {
-        if (j == next_group) {
-          next_group += gs;
-          // The group's values as the authors' loop holds them at time t (t = j, or the block start in
-          // reference mode): columns >= t carry the OBS compensation of the columns before t,
-          //   v_c = w_c + delta_c,  delta_c = a_c - sum_{t<=k<c} P_kc delta_k,  a_c = sum_{k<t} d_k P_kc
-          // (a forward substitution with C's diagonal block: P accumulates only each column's final value).
-          const Index t = opt.stale_group_stats ? i1 : j;
-          const Index end = std::min(j + gs, cols);
-          if (group_at_start && j == i1) {
-            for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + start_delta(r, c - j);
-          } else {
-            for (Index c = t; c < end; ++c) {
-              float ac;
-              if (c < i2) {
-                ac = opt.stale_group_stats ? snapshot(r, c - i1) : a[c];
-              } else {
-                ac = a[c];
-                // Beyond this block the lazy update is still pending: add this row's share now.
-                for (Index k = i1; k < t; ++k) ac += d[k - i1] * P(k, c);
+    // Inner blocks of `b` columns: each row's entry-by-entry updates stay inside the inner block, and one
+    // small product per inner block brings the rest of the block up to date (less scalar work per entry).
+    for (Index s1 = i1; s1 < i2; s1 += b) {
+      const Index s2 = std::min(s1 + b, i2);
+      for (Index r = 0; r < rows; ++r) {
+        const float* w = Wp.row(r).data();
+        float* a = A.row(r).data();
+        float* d = D.row(r).data();
+        Index next_group = gs > 0 ? (s1 + gs - 1) / gs * gs : cols;  // first group start >= s1
+        for (Index j = s1; j < s2; ++j) {
+          if (j == next_group) {
+            next_group += gs;
+            // The group's values as the authors' loop holds them at time t (t = j, or the block start in
+            // reference mode): columns >= t carry the OBS compensation of the columns before t,
+            //   v_c = w_c + delta_c,  delta_c = a_c - sum_{t<=k<c} P_kc delta_k,  a_c = sum_{k<t} d_k P_kc
+            // (a forward substitution with C's diagonal block: P accumulates only each column's final value).
+            const Index t = opt.stale_group_stats ? i1 : j;
+            const Index end = std::min(j + gs, cols);
+            if (group_at_start && j == i1) {
+              for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + start_delta(r, c - j);
+            } else {
+              for (Index c = t; c < end; ++c) {
+                float ac;
+                if (c < s2) {
+                  ac = opt.stale_group_stats ? snapshot(r, c - i1) : a[c];
+                } else {
+                  ac = a[c];
+                  // Updates still pending for c (from the inner block, or the whole block beyond it): add now.
+                  for (Index k = c < i2 ? s1 : i1; k < t; ++k) ac += d[k - i1] * P(k, c);
+                }
+                delta[c - t] = ac;
               }
-              delta[c - t] = ac;
+              for (Index k = t; k < end; ++k) {
+                const float dk = delta[k - t];
+                const float* p = P.row(k).data();
+                for (Index c = k + 1; c < end; ++c) delta[c - t] -= p[c] * dk;
+              }
+              for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + delta[c - t];
             }
-            for (Index k = t; k < end; ++k) {
-              const float dk = delta[k - t];
-              const float* p = P.row(k).data();
-              for (Index c = k + 1; c < end; ++c) delta[c - t] -= p[c] * dk;
-            }
-            for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + delta[c - t];
+            quant.fit_group(r, j, group_values.data(), end - j);
           }
-          quant.fit_group(r, j, group_values.data(), end - j);
+          float q;
+          codes_out(r, j) = quant.quantize(r, j, w[j] + a[j], q);
+          const float dj = w[j] - q;
+          d[j - i1] = dj;
+          const float* p = P.row(j).data();
+          for (Index c = j + 1; c < s2; ++c) a[c] += dj * p[c];
         }
-        float q;
-        codes_out(r, j) = quant.quantize(r, j, w[j] + a[j], q);
-        const float dj = w[j] - q;
-        d[j - i1] = dj;
-        const float* p = P.row(j).data();
-        for (Index c = j + 1; c < i2; ++c) a[c] += dj * p[c];
+      }
+      if (s2 < i2) {
+        gemm_add(A.block(0, s2, rows, i2 - s2), 1.0f, D.middleCols(s1 - i1, s2 - s1),
+                 P.block(s1, s2, s2 - s1, i2 - s2));
       }
     }
     if (i2 < cols) {
