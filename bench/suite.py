@@ -699,33 +699,25 @@ def targets(results: List[dict], gemm: float) -> List[dict]:
     else:
         add("hot loops >= 50% of the GEMM rate", None, False, "no hot-loop timings")
     sm = summary([r for r in results if r["name"] != "synthetic"])
-    b = [x for x in sm["quantease_beats_gptq"] if x["method"] in ("QuantEase", "QuantEase g")]
-    if b:
-        n = sum(x["n"] for x in b)
-        fig = sum(x["share"] * x["n"] for x in b) / n
-        add("QuantEase loss below GPTQ on >= 90% of real layers at 3 and 4 bits", fig, fig >= 0.9,
-            f"{n} (layer, bits, group) pairs vs GPTQ act-order, same group")
-    else:
-        add("QuantEase loss below GPTQ on >= 90% of real layers at 3 and 4 bits", None, False,
-            "no real layers with QuantEase and GPTQ")
-    b = sm["quantease_beats_gptq_default"]
-    if b:
-        n = sum(x["n"] for x in b)
-        fig = sum(x["share"] * x["n"] for x in b) / n
-        add("QuantEase (defaults) loss below GPTQ (defaults, no act-order) on > 50% of real layers", fig, fig > 0.5,
-            f"{n} (layer, bits, group) pairs, 3 and 4 bits")
-    else:
-        add("QuantEase (defaults) loss below GPTQ (defaults, no act-order) on > 50% of real layers", None, False,
-            "no real layers with QuantEase and GPTQ without act-order")
-    b = [x for x in sm["quantease_beats_gptq"] if x["method"] in ("QuantEase init GPTQ", "QuantEase init GPTQ g")]
-    if b:
-        n = sum(x["n"] for x in b)
-        fig = sum(x["share"] * x["n"] for x in b) / n
-        add("QuantEase init='gptq' loss below GPTQ act-order on >= 90% of real layers", fig, fig >= 0.9,
-            f"{n} (layer, bits, group) pairs, 3 and 4 bits")
-    else:
-        add("QuantEase init='gptq' loss below GPTQ act-order on >= 90% of real layers", None, False,
-            "no real layers with QuantEase init='gptq' and GPTQ")
+    def share_target(name, rows, threshold, detail, missing):
+        # the share over every (layer, bits, group) pair of the rows, weighted by their counts
+        if rows:
+            n = sum(x["n"] for x in rows)
+            fig = sum(x["share"] * x["n"] for x in rows) / n
+            add(name, fig, fig >= threshold, f"{n} (layer, bits, group) pairs, {detail}")
+        else:
+            add(name, None, False, missing)
+
+    beats = sm["quantease_beats_gptq"]
+    share_target("QuantEase loss below GPTQ on >= 90% of real layers at 3 and 4 bits",
+                 [x for x in beats if x["method"] in ("QuantEase", "QuantEase g")], 0.9,
+                 "vs GPTQ act-order, same group", "no real layers with QuantEase and GPTQ")
+    share_target("QuantEase (defaults) loss below GPTQ (defaults, no act-order) on > 50% of real layers",
+                 sm["quantease_beats_gptq_default"], 0.5 + 1e-12, "3 and 4 bits",
+                 "no real layers with QuantEase and GPTQ without act-order")
+    share_target("QuantEase init='gptq' loss below GPTQ act-order on >= 90% of real layers",
+                 [x for x in beats if x["method"] in ("QuantEase init GPTQ", "QuantEase init GPTQ g")], 0.9,
+                 "3 and 4 bits", "no real layers with QuantEase init='gptq' and GPTQ")
     return out
 
 
