@@ -3,10 +3,11 @@ from __future__ import annotations
 
 
 def gptq_flops(rows: int, cols: int, block_size: int = 128) -> dict:
-    """Factorization (float64): Cholesky + triangular inverse, cols^3/3 each. Column loop (float32):
-    the lazy batch updates, ~rows cols^2 (2 flops per multiply-add over the upper triangle), plus the
-    in-block updates, ~rows cols block_size."""
-    factor = 2.0 * cols**3 / 3.0
+    """Factorization (float64): one Cholesky, cols^3/3 -- what quantease's GPTQ does (it needs no triangular
+    inverse). The reference chain (cholesky, cholesky_inverse, cholesky) does about 4x that; the peers' rates
+    use this same count, i.e. the useful flops. Column loop (float32): the lazy batch updates, ~rows cols^2
+    (2 flops per multiply-add over the upper triangle), plus the in-block updates, ~rows cols block_size."""
+    factor = cols**3 / 3.0
     loop = float(rows) * cols * cols + float(rows) * cols * block_size
     return {"factor": factor, "column_loop": loop, "total": factor + loop}
 
