@@ -22,7 +22,7 @@ def warn_if_damping_raised(requested: float, used: float, attempts: int, stackle
 def gptq(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_order: bool = False,
          static_groups: bool = False, damp: float = 0.01, block_size: int = 128, mse: bool = False,
          reference: bool = False, fp16_scales: bool = False) -> QuantResult:
-    """Quantize W column by column, feeding each column's error forward through the inverse Hessian.
+    """Quantize W column by column, feeding each column's error forward to the columns not yet quantized (OBS).
 
     W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric, e.g. (2/n) X X^T.
     ``act_order`` processes columns by decreasing diag(H); ``static_groups`` fixes every group's grid

@@ -21,7 +21,7 @@ struct GptqOptions {
 };
 
 // W: rows x cols; H: cols x cols symmetric (both finite, validated by the caller).
-// Minimises sum_rows (w - q)^T H (w - q) column by column with the inverse-Hessian error feedback.
+// Minimises sum_rows (w - q)^T H (w - q) column by column with the OBS error feedback (gptq_loop.hpp).
 // Throws NumericalError when H cannot be factored (after the damping ladder unless `reference`).
 template <class HT>
 QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H, const GptqOptions& opt);
