@@ -2,10 +2,11 @@
 //
 // Columns are processed in blocks of B in processing order. Column j of every row is quantized from
 //   v_j = w_j + sum_{k<j} d_k P_kj,   d_k = w_k - q_k  (w the original weights; P from linalg.hpp)
-// -- the authors' OBS updates, accumulated. Inside a block the corrections are applied column by column;
-// after each block the rest of the row gets the lazy batch update A[:, end:] += D P[block, end:] (one
-// matrix product). Rows are independent, so a panel is a self-contained problem: the caller runs panels
-// on separate threads.
+// -- the authors' OBS updates, accumulated in A. Inside an inner block of kInnerBlock columns the corrections
+// are applied column by column; after it one small product brings the rest of the block up to date, and after
+// each block the rest of the row gets the lazy batch update A[:, end:] += D P[block, end:] (one matrix
+// product). Rows are independent, so a panel is a self-contained problem: the caller runs panels on
+// separate threads.
 //
 // A Quantizer provides
 //   void fit_group(Index row, Index j, const float* values, Index n)  // dynamic groups: at j % gs == 0
@@ -38,8 +39,8 @@ inline RowMatrixXf group_substitution_inverses(const RowMatrixXf& P, Index gs) {
   const Index cols = P.rows();
   RowMatrixXf M(cols, gs);
   for (Index c0 = 0; c0 < cols; c0 += gs) {
-    Eigen::MatrixXd T = P.block(c0, c0, gs, gs).cast<double>().triangularView<Eigen::StrictlyUpper>();
-    T.diagonal().setOnes();
+    // UnitUpper reads only the strict upper part: P's diagonal (U_jj) stands in for the unit diagonal.
+    const Eigen::MatrixXd T = P.block(c0, c0, gs, gs).cast<double>();
     const Eigen::MatrixXd inv = T.triangularView<Eigen::UnitUpper>().solve(Eigen::MatrixXd::Identity(gs, gs));
     M.middleRows(c0, gs) = inv.cast<float>().triangularView<Eigen::Upper>();
   }
