@@ -88,6 +88,33 @@ class Solver {
   std::vector<double> frow;
   std::vector<char> row_changed;
 
+  // The panel's active rows on one block of columns, transposed: row k holds column b0 + k of every active
+  // row side by side (leading dimension ld), so that the column loop reads and writes contiguously and
+  // vectorises across rows. (In place, a column of the row-major Ŵ and G is one entry per row cols floats
+  // apart: with cols a power of two all of a column's entries fall into one cache set, and every access
+  // missed L1 and L2.) ld is an odd multiple of 8 floats for the same reason.
+  struct BlockPanel {
+    Index na = 0, ld = 0;
+    RowMatrixXf W, G, D;  // B x ld: Ŵ, G (or the relaxed sweep's scratch G) and Δ of the block
+    RowMatrixU8 C;        // codes (requantize: the codes of the on-grid point before, on the way in)
+    std::vector<float> scale, zero;     // the active rows' grid for the current group
+    std::vector<std::int32_t> changed;  // per active row: entries changed in this sweep
+    std::vector<double> df;             // per active row: change of f in a relaxed (scratch) sweep
+    std::vector<std::int32_t> nz;       // the active rows with a non-zero Δ in the current column
+
+    BlockPanel(Index B, Index n_active) : na(n_active), ld((n_active + 15) / 16 * 16 + 8) {
+      W.resize(B, ld);
+      G.resize(B, ld);
+      D.resize(B, ld);
+      C.resize(B, ld);
+      scale.resize(na);
+      zero.resize(na);
+      changed.assign(na, 0);
+      df.assign(na, 0.0);
+      nz.resize(na);
+    }
+  };
+
   // One sweep over all columns: returns the number of entries whose value changed and, when `with_f`,
   // the objective after it. A row panel is a self-contained problem (rows share only Σ), so each task runs
   // the whole sweep over its panel: one parallel region per sweep.
@@ -96,10 +123,20 @@ class Solver {
   // between): rows the last sweep left unchanged are skipped. Rows are independent problems and such a row
   // is a fixed point (same Ŵ, same G, so the same β and codes), so skipping it gives exactly the same result.
   SweepStats sweep(SweepKind kind, bool with_f, bool skip_unchanged = false) {
+    switch (kind) {
+      case SweepKind::quantize: return sweep_kind<SweepKind::quantize>(with_f, skip_unchanged);
+      case SweepKind::relax: return sweep_kind<SweepKind::relax>(with_f, skip_unchanged);
+      case SweepKind::relax_scratch: return sweep_kind<SweepKind::relax_scratch>(with_f, skip_unchanged);
+      case SweepKind::requantize: return sweep_kind<SweepKind::requantize>(with_f, skip_unchanged);
+    }
+    return {};
+  }
+
+  template <SweepKind K>
+  SweepStats sweep_kind(bool with_f, bool skip_unchanged) {
     const auto t_start = Clock::now();
     std::vector<std::int64_t> changed(n_panels_, 0), moved(n_panels_, 0);
     std::vector<double> fpart(n_panels_, 0.0);
-    const bool quantize = kind == SweepKind::quantize || kind == SweepKind::requantize;
     parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
       const Index p = r0 / kRowPanel;
       const Index pr = r1 - r0;
@@ -113,20 +150,24 @@ class Solver {
       // requantize: Δ_R = Ŵ − quant point before the relaxed sweep
       RowMatrixXf scratch;
       RowMatrixXf U;
-      std::vector<double> df;
-      if (kind == SweepKind::relax_scratch) {
+      if constexpr (K == SweepKind::relax_scratch) {
         scratch = G.middleRows(r0, pr);
-        df.assign(pr, 0.0);
-      } else if (kind == SweepKind::requantize) {
+      } else if constexpr (K == SweepKind::requantize) {
         scratch.resize(pr, cols_);
         for (Index r = r0; r < r1; ++r)
-          for (Index j = 0; j < cols_; ++j) scratch(r - r0, j) = What(r, j) - dequantize(codes(r, j), grids.at(r, j));
+          for (Index c0 = 0; c0 < cols_; c0 += grids.gs) {
+            const AffineGrid grid = grids.at(r, c0);
+            for (Index j = c0; j < c0 + grids.gs; ++j)
+              scratch(r - r0, j) = What(r, j) - dequantize(codes(r, j), grid);
+          }
       }
-      std::vector<std::int64_t> row_count(pr, 0);
+      RowMatrixXf& Gsrc = K == SweepKind::relax_scratch ? scratch : G;
+      const Index g_row0 = K == SweepKind::relax_scratch ? r0 : 0;
+      BlockPanel t(B_, static_cast<Index>(act.size()));
       for (Index b0 = 0; b0 < cols_ && !act.empty(); b0 += B_) {
         const Index b1 = std::min(b0 + B_, cols_), nb = b1 - b0;
         auto t0 = Clock::now();
-        if (kind == SweepKind::requantize) {
+        if constexpr (K == SweepKind::requantize) {
           // The block's columns see the relaxed changes of the columns from their own on: subtract
           // U = Δ_R[:, b0:] Σ[b0:, block] (k >= j on the diagonal block), added back after the block.
           U.noalias() = scratch.middleCols(b0, nb) * Sig.block(b0, b0, nb, nb).triangularView<Eigen::Lower>();
@@ -136,62 +177,26 @@ class Solver {
           gemm_sec[p] += std::chrono::duration<double>(t1 - t0).count();
           t0 = t1;
         }
+        gather<K>(t, act, Gsrc, g_row0, b0, nb);
         std::int64_t count = 0, nnz = 0;
-        // Column by column, and for each column every row of the panel: the rows' dependency chains
-        // (β_j needs the update of column j-1) are independent, so they overlap.
-        for (Index j = b0; j < b1; ++j) {
-          const float* s = Sig.row(j).data();
-          const float dj = diag[j];
-          const double sjj = Sig(j, j);
-          const Index grp = j / grids.gs;
-          for (const Index r : act) {
-            float* w = What.row(r).data();
-            float* g = kind == SweepKind::relax_scratch ? scratch.row(r - r0).data() : G.row(r).data();
-            // β_j = ŵ_j + G_j / Σ_jj: the best value of this entry with all others fixed
-            const float beta = w[j] + g[j] / dj;
-            float v = beta;
-            float step;  // what G moves by (times Σ_j)
-            if (quantize) {
-              const AffineGrid grid{grids.scale(r, grp), grids.zero(r, grp)};
-              const std::uint8_t code = quantize_code(beta, grid, maxq_);
-              v = dequantize(code, grid);
-              // requantize: G is kept at the pre-relaxed point, so it moves by the change of the grid point
-              step = kind == SweepKind::requantize ? v - dequantize(codes(r, j), grid) : v - w[j];
-              codes(r, j) = code;
-            } else {
-              step = v - w[j];
-              if (kind == SweepKind::relax_scratch) {
-                // f changes by δ² Σ_jj − 2 δ G_j (exact for a one-entry move)
-                df[r - r0] += static_cast<double>(step) * step * sjj - 2.0 * static_cast<double>(step) * g[j];
-              }
-            }
-            if (v != w[j]) {
-              w[j] = v;
-              ++count;
-              ++row_count[r - r0];
-            }
-            D(r, j - b0) = step;
-            if (step != 0.0f) {
-              // only the block's later columns need it now; the earlier ones get it after the block
-              for (Index k = j; k < b1; ++k) g[k] -= step * s[k];
-              ++nnz;
-            }
-          }
-        }
+        block_columns<K>(t, act, b0, b1, count, nnz);
+        scatter<K>(t, act, Gsrc, g_row0, b0, nb);
         const auto t1 = Clock::now();
-        if (kind == SweepKind::requantize) G.block(r0, b0, pr, nb) += U;
-        if (kind == SweepKind::relax_scratch) apply_right(scratch, act, r0, r1, b0, b1, nnz);
+        if constexpr (K == SweepKind::requantize) G.block(r0, b0, pr, nb) += U;
+        if constexpr (K == SweepKind::relax_scratch) apply_right(scratch, act, r0, r1, b0, b1, nnz);
         else apply_outside(act, r0, r1, b0, b1, nnz);
         col_sec[p] += std::chrono::duration<double>(t1 - t0).count();
         gemm_sec[p] += seconds_since(t1);
         changed[p] += count;
         moved[p] += nnz;
       }
-      for (Index r = r0; r < r1; ++r) row_changed[r] = row_count[r - r0] > 0;
-      if (kind == SweepKind::relax_scratch) {
-        for (Index r = r0; r < r1; ++r) frow[r] += df[r - r0];
-      } else if (with_f) {
-        for (const Index r : act) frow[r] = row_objective(r);
+      for (Index r = r0; r < r1; ++r) row_changed[r] = 0;
+      for (std::size_t i = 0; i < act.size(); ++i) row_changed[act[i]] = t.changed[i] > 0;
+      if constexpr (K == SweepKind::relax_scratch) {
+        for (std::size_t i = 0; i < act.size(); ++i) frow[act[i]] += t.df[i];
+      } else {
+        if (with_f)
+          for (const Index r : act) frow[r] = row_objective(r);
       }
       double acc = 0.0;
       for (Index r = r0; r < r1; ++r) acc += frow[r];
@@ -200,6 +205,144 @@ class Solver {
     return {std::accumulate(changed.begin(), changed.end(), std::int64_t{0}),
             std::accumulate(moved.begin(), moved.end(), std::int64_t{0}),
             std::accumulate(fpart.begin(), fpart.end(), 0.0), seconds_since(t_start)};
+  }
+
+  // The block's columns of the active rows into t (transposed): Ŵ, G (row r of Gsrc is row r + g_row0 of
+  // Ŵ) and, requantize, the codes of the on-grid point before the relaxed sweep.
+  template <SweepKind K>
+  void gather(BlockPanel& t, const std::vector<Index>& act, const RowMatrixXf& Gsrc, Index g_row0, Index b0,
+              Index nb) const {
+    for (Index i = 0; i < t.na; ++i) {
+      const Index r = act[i];
+      const float* w = What.row(r).data() + b0;
+      const float* g = Gsrc.row(r - g_row0).data() + b0;
+      for (Index k = 0; k < nb; ++k) {
+        t.W(k, i) = w[k];
+        t.G(k, i) = g[k];
+      }
+      if constexpr (K == SweepKind::requantize) {
+        const std::uint8_t* c = codes.row(r).data() + b0;
+        for (Index k = 0; k < nb; ++k) t.C(k, i) = c[k];
+      }
+    }
+  }
+
+  // t back into Ŵ, G, the codes (quantized sweeps) and D.
+  template <SweepKind K>
+  void scatter(const BlockPanel& t, const std::vector<Index>& act, RowMatrixXf& Gsrc, Index g_row0, Index b0,
+               Index nb) {
+    constexpr bool quantize = K == SweepKind::quantize || K == SweepKind::requantize;
+    for (Index i = 0; i < t.na; ++i) {
+      const Index r = act[i];
+      float* w = What.row(r).data() + b0;
+      float* g = Gsrc.row(r - g_row0).data() + b0;
+      float* d = D.row(r).data();
+      for (Index k = 0; k < nb; ++k) {
+        w[k] = t.W(k, i);
+        g[k] = t.G(k, i);
+        d[k] = t.D(k, i);
+      }
+      if constexpr (quantize) {
+        std::uint8_t* c = codes.row(r).data() + b0;
+        for (Index k = 0; k < nb; ++k) c[k] = t.C(k, i);
+      }
+    }
+  }
+
+  // Column k of the block for the active rows of t: β = ŵ + G / Σ_jj (the best value of each entry with all
+  // others fixed), the new value (quant(β), or β relaxed), Δ into t.D. Returns (entries changed, non-zero Δ).
+  template <SweepKind K>
+  std::pair<std::int64_t, std::int64_t> step_column(BlockPanel& t, Index k, float dj, double sjj) {
+    constexpr bool quantize = K == SweepKind::quantize || K == SweepKind::requantize;
+    float* __restrict w = t.W.row(k).data();
+    const float* __restrict g = t.G.row(k).data();
+    float* __restrict d = t.D.row(k).data();
+    std::uint8_t* __restrict c = t.C.row(k).data();
+    const float* __restrict sc = t.scale.data();
+    const float* __restrict ze = t.zero.data();
+    std::int32_t* __restrict ch = t.changed.data();
+    double* __restrict df = t.df.data();
+    const float maxq = maxq_;
+    std::int64_t n_changed = 0, n_moved = 0;
+    for (Index i = 0; i < t.na; ++i) {
+      const float beta = w[i] + g[i] / dj;
+      float v = beta;
+      float step;  // what G moves by (times Σ_j)
+      if constexpr (quantize) {
+        const AffineGrid grid{sc[i], ze[i]};
+        const std::uint8_t code = quantize_code(beta, grid, maxq);
+        v = dequantize(code, grid);
+        // requantize: G is kept at the pre-relaxed point, so it moves by the change of the grid point
+        if constexpr (K == SweepKind::requantize) step = v - dequantize(c[i], grid);
+        else step = v - w[i];
+        c[i] = code;
+      } else {
+        step = v - w[i];
+        // f changes by δ² Σ_jj − 2 δ G_j (exact for a one-entry move)
+        if constexpr (K == SweepKind::relax_scratch)
+          df[i] += static_cast<double>(step) * step * sjj - 2.0 * static_cast<double>(step) * g[i];
+      }
+      const std::int32_t changed = v != w[i];
+      n_changed += changed;
+      ch[i] += changed;
+      w[i] = v;
+      d[i] = step;
+      n_moved += step != 0.0f;
+    }
+    return {n_changed, n_moved};
+  }
+
+  // The coordinate steps of columns b0..b1 for the active rows of t: β_j = ŵ_j + G_j / Σ_jj, the new value
+  // (quant(β_j), or β_j relaxed), Δ_j and the update of the block's columns from j on (G −= Δ_j Σ_{j,k}); the
+  // block's earlier columns and the rest of the row get the block's Δ after it (apply_outside/apply_right).
+  // Each element of G gets the steps of the columns in increasing order, whichever form the update takes.
+  template <SweepKind K>
+  void block_columns(BlockPanel& t, const std::vector<Index>& act, Index b0, Index b1, std::int64_t& count,
+                     std::int64_t& nnz) {
+    constexpr bool quantize = K == SweepKind::quantize || K == SweepKind::requantize;
+    const Index na = t.na, ld = t.ld;
+    Index loaded = -1;  // the group whose grids are in t.scale/t.zero
+    for (Index j = b0; j < b1; ++j) {
+      const Index k = j - b0;
+      const float* s = Sig.row(j).data() + b0;  // s[m] = Σ(j, b0 + m)
+      const float dj = diag[j];
+      const double sjj = Sig(j, j);
+      if constexpr (quantize) {
+        const Index grp = j / grids.gs;
+        if (grp != loaded) {
+          for (Index i = 0; i < na; ++i) {
+            t.scale[i] = grids.scale(act[i], grp);
+            t.zero[i] = grids.zero(act[i], grp);
+          }
+          loaded = grp;
+        }
+      }
+      const auto [n_changed, n_moved] = step_column<K>(t, k, dj, sjj);
+      count += n_changed;
+      nnz += n_moved;
+      if (n_moved == 0) continue;
+      // only the block's columns from j on need it now (j itself included: G stays exact); few non-zeros:
+      // entry by entry, else a dense axpy over the active rows per column (a zero Δ leaves G unchanged)
+      float* G0 = t.G.data();
+      const float* d = t.D.row(k).data();
+      if (n_moved * 8 <= na) {
+        std::int32_t* nz = t.nz.data();
+        Index m = 0;
+        for (Index i = 0; i < na; ++i)
+          if (d[i] != 0.0f) nz[m++] = static_cast<std::int32_t>(i);
+        for (Index kk = k; kk < b1 - b0; ++kk) {
+          const float sv = s[kk];
+          float* gk = G0 + kk * ld;
+          for (Index e = 0; e < m; ++e) gk[nz[e]] -= d[nz[e]] * sv;
+        }
+      } else {
+        for (Index kk = k; kk < b1 - b0; ++kk) {
+          const float sv = s[kk];
+          float* __restrict gk = G0 + kk * ld;
+          for (Index i = 0; i < na; ++i) gk[i] -= d[i] * sv;
+        }
+      }
+    }
   }
 
   // G[:, outside the block] −= Δ_block Σ[block, outside] for the panel's rows, and the block's own columns get

@@ -10,8 +10,9 @@
 // −δ Σ_{j,:}. The objective is free from G: f = Σ_{r,c} (T − Ŵ)_{rc} G_{rc} (no constant term, because G is
 // taken against T = W − S itself).
 //
-// Blocked sweeps: columns in blocks of B (processing order). Inside a block only G[:, block] is updated,
-// entry by entry (B per changed entry); after the block, G[:, outside] −= Δ_block Σ[block, outside] — one
+// Blocked sweeps: columns in blocks of B (processing order). Inside a block only G[:, block] is updated, on a
+// transposed copy of the block's columns (a column of the active rows is contiguous: the steps vectorise
+// across rows, and no column walks rows cols floats apart through one cache set); after the block, G[:, outside] −= Δ_block Σ[block, outside] — one
 // GEMM per row panel when Δ is dense, one axpy per changed entry when it is sparse (after the first sweeps
 // most quantized entries stop changing). Rows are split into fixed panels (parallel_chunks), so the
 // result is bit-identical for any thread count. Memory: Σ (the permuted float32 copy) is the only
