@@ -419,7 +419,8 @@ class Solver {
     tiles(b1, cols_);
   }
 
-  // g[c] −= Σ_i d[i] s[i][c] for c in [c0, c1), the entries subtracted in order i = 0, 1, ...
+  // g[c] −= Σ_i d[i] s[i][c] for c in [c0, c1), the entries subtracted in order i = 0, 1, ..., up to four per
+  // pass over g (after the first sweeps most rows have only one to three entries in a block)
   static void subtract_entries(float* __restrict g, const float* const* s, const float* d, Index m, Index c0,
                                Index c1) {
     Index i = 0;
@@ -431,10 +432,22 @@ class Solver {
       const float* __restrict s3 = s[i + 3];
       for (Index c = c0; c < c1; ++c) g[c] = g[c] - d0 * s0[c] - d1 * s1[c] - d2 * s2[c] - d3 * s3[c];
     }
-    for (; i < m; ++i) {
-      const float di = d[i];
-      const float* __restrict si = s[i];
-      for (Index c = c0; c < c1; ++c) g[c] -= di * si[c];
+    // the last one to three entries in one pass too
+    if (m - i == 3) {
+      const float d0 = d[i], d1 = d[i + 1], d2 = d[i + 2];
+      const float* __restrict s0 = s[i];
+      const float* __restrict s1 = s[i + 1];
+      const float* __restrict s2 = s[i + 2];
+      for (Index c = c0; c < c1; ++c) g[c] = g[c] - d0 * s0[c] - d1 * s1[c] - d2 * s2[c];
+    } else if (m - i == 2) {
+      const float d0 = d[i], d1 = d[i + 1];
+      const float* __restrict s0 = s[i];
+      const float* __restrict s1 = s[i + 1];
+      for (Index c = c0; c < c1; ++c) g[c] = g[c] - d0 * s0[c] - d1 * s1[c];
+    } else if (m - i == 1) {
+      const float d0 = d[i];
+      const float* __restrict s0 = s[i];
+      for (Index c = c0; c < c1; ++c) g[c] -= d0 * s0[c];
     }
   }
 
