@@ -863,16 +863,31 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   else s.G.setZero();  // Ŵ = T: G = 0 exactly
   f0 = s.objective();
   {
-    // tr(W Σ Wᵀ), for relative errors: w Σ wᵀ = Σ_j Σ_jj w_j² + 2 w (Σ strictly upper) wᵀ, a triangular
-    // product per row panel (half a GEMM), float64 sums in a fixed order
+    // tr(W Σ Wᵀ), for relative errors: w Σ wᵀ = Σ_j Σ_jj w_j² + 2 w (Σ strictly upper) wᵀ. Per row panel and
+    // block of columns: the diagonal block's strictly upper triangle (a small triangular product) and one GEMM
+    // with the columns right of the block (on the BLAS, half a dense product in all), each dotted with W;
+    // float64 sums in a fixed order.
+    constexpr Index kBaseBlock = 256;
     std::vector<double> part(s.n_panels_, 0.0);
     const Eigen::VectorXd sdiag = s.Sig.diagonal().cast<double>();
     parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
-      const auto Wr = s.Wp.middleRows(r0, r1 - r0);
-      const RowMatrixXf WU = Wr * s.Sig.triangularView<Eigen::StrictlyUpper>();
+      const Index pr = r1 - r0;
+      const auto Wr = s.Wp.middleRows(r0, pr);
+      RowMatrixXf C(pr, cols);
+      double upper = 0.0;
+      for (Index b0 = 0; b0 < cols; b0 += kBaseBlock) {
+        const Index b1 = std::min(b0 + kBaseBlock, cols), nb = b1 - b0, right = cols - b1;
+        // C[:, 0:cols-b0] = W[:, block] Σ[block, b0:] with the block's lower triangle (and diagonal) left out
+        C.leftCols(nb).noalias() =
+            Wr.middleCols(b0, nb) * s.Sig.block(b0, b0, nb, nb).triangularView<Eigen::StrictlyUpper>();
+        if (right > 0) {
+          C.middleCols(nb, right).setZero();
+          gemm_add(C.middleCols(nb, right), 1.0f, Wr.middleCols(b0, nb), s.Sig.block(b0, b1, nb, right));
+        }
+        upper += (C.leftCols(cols - b0).cast<double>().array() * Wr.rightCols(cols - b0).cast<double>().array()).sum();
+      }
       const Eigen::ArrayXXd Wd = Wr.cast<double>().array();
-      part[r0 / kRowPanel] = 2.0 * (WU.cast<double>().array() * Wd).sum() +
-                             (Wd.square().rowwise() * sdiag.transpose().array()).sum();
+      part[r0 / kRowPanel] = 2.0 * upper + (Wd.square().rowwise() * sdiag.transpose().array()).sum();
     });
     res.base = std::accumulate(part.begin(), part.end(), 0.0);
   }
