@@ -377,9 +377,10 @@ class Solver {
   // Entry by entry: for each non-zero D(r, k) of the block, Gm(r − row0, c) −= D(r, k) Σ(b0 + k, c) over the
   // columns c right of the block and, with `left`, those before column b0 + k. Each element gets the entries
   // in increasing k; outside the block four entries at a time (one pass over g per four), and over column
-  // tiles so that the block's rows of Σ in one tile stay in L2 while every row of the panel uses them.
+  // tiles so that the block's rows of Σ in one tile stay in cache while every row of the panel uses them
+  // (1024 columns: 15-25 % faster than 512 in a stand-alone test at 1.5 % and 13 % non-zeros, 4096 columns).
   void sparse_update(RowMatrixXf& Gm, Index row0, const std::vector<Index>& act, Index b0, Index b1, bool left) {
-    constexpr Index kTile = 512;
+    constexpr Index kTile = 1024;
     const Index nb = b1 - b0;
     // the block's non-zeros per row, gathered once
     std::vector<Index> start(act.size() + 1, 0);
