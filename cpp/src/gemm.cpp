@@ -47,6 +47,14 @@ void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd&
                     C.data(), static_cast<blasint>(C.outerStride()));
 }
 
+void trsm_right_lower_transpose(ColBlockXd B, const ConstColBlockXd& L) {
+  if (B.rows() == 0 || B.cols() == 0) return;
+  single_threaded();
+  scipy_cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, static_cast<blasint>(B.rows()),
+                    static_cast<blasint>(B.cols()), 1.0, L.data(), static_cast<blasint>(L.outerStride()), B.data(),
+                    static_cast<blasint>(B.outerStride()));
+}
+
 void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) {
   if (B.rows() == 0 || B.cols() == 0) return;
   single_threaded();
@@ -72,6 +80,10 @@ void gemm_add(RowBlock<double> C, double alpha, const ConstRowBlock<double>& A, 
 
 void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd& B) {
   C.noalias() -= A * B.transpose();
+}
+
+void trsm_right_lower_transpose(ColBlockXd B, const ConstColBlockXd& L) {
+  L.triangularView<Eigen::Lower>().transpose().solveInPlace<Eigen::OnTheRight>(B);
 }
 
 void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) {

@@ -43,8 +43,7 @@ Index cholesky_lower_inplace(ColMatrixXd& A) {
     if (rest == 0) break;
     // Panel below the diagonal block: A21 <- A21 L11^{-T}, rows independent.
     parallel_chunks(rest, kPanel, [&](Index r0, Index r1) {
-      auto A21 = A.block(k + kb + r0, k, r1 - r0, kb);
-      A.block(k, k, kb, kb).triangularView<Eigen::Lower>().transpose().solveInPlace<Eigen::OnTheRight>(A21);
+      trsm_right_lower_transpose(A.block(k + kb + r0, k, r1 - r0, kb), A.block(k, k, kb, kb));
     });
     // Trailing update of the lower triangle: A22 -= A21 A21^T, one column block per task.
     const auto A21 = A.block(k + kb, k, rest, kb);

@@ -25,6 +25,9 @@ void gemm_add(RowBlock<double> C, double alpha, const ConstRowBlock<double>& A, 
 // C -= A B^T (column-major blocks; A: m x k, B: n x k, C: m x n).
 void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd& B);
 
+// B = B L^-T (column-major; L: n x n, only its lower triangle with the diagonal is read; B: m x n).
+void trsm_right_lower_transpose(ColBlockXd B, const ConstColBlockXd& L);
+
 // B = B triu(U) (row-major; U: n x n, only its upper triangle with the diagonal is read; B: m x n).
 void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U);
 
