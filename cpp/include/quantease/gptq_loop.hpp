@@ -12,9 +12,14 @@
 //   void fit_group(Index row, Index j, const float* values, Index n)  // dynamic groups: at j % gs == 0
 //   std::uint8_t quantize(Index row, Index j, float w, float& q)      // code and grid value of w
 // where `row` is the panel row and `values` are the group's current values v (with every pending update
-// applied) or, in reference mode, the stale values the authors' code reads.
+// applied) or, in reference mode, the stale values the authors' code reads. A Quantizer that also provides
+// quantize_batch (below) gets its per-column work done kRowBatch rows at a time, in SIMD lanes.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "quantease/gemm.hpp"
@@ -47,90 +52,193 @@ inline RowMatrixXf group_substitution_inverses(const RowMatrixXf& P, Index gs) {
   return M;
 }
 
+// Buffers of one column-loop call, kept by the caller and reused across the row panels a thread runs:
+// fresh pages cost more to fault in than the loop spends on a panel's per-column work.
+struct ColumnLoopWorkspace {
+  RowMatrixXf A;            // pending corrections: v = Wp + A
+  RowMatrixXf D;            // this block's w - q
+  RowMatrixXf snapshot;     // reference mode: the block-start corrections
+  RowMatrixXf start_delta;  // the group starting at the block start: its delta for every panel row
+  std::vector<float> group_values, delta;
+  std::vector<float> tile_w, tile_a;  // row batch x inner block, column-major (see below)
+};
+
+namespace detail {
+// Whether the Quantizer also offers the row-batch call
+//   void quantize_batch(Index row, Index j, const float* v, float* q, std::uint8_t* codes)
+// for kRowBatch consecutive panel rows starting at `row` (lanes past the panel's end hold zeros and their
+// outputs are ignored); it must give what quantize() gives row by row.
+template <class Q, class = void>
+struct has_quantize_batch : std::false_type {};
+template <class Q>
+struct has_quantize_batch<Q, std::void_t<decltype(std::declval<Q&>().quantize_batch(
+                                 Index{}, Index{}, std::declval<const float*>(), std::declval<float*>(),
+                                 std::declval<std::uint8_t*>()))>> : std::true_type {};
+}  // namespace detail
+
+constexpr Index kRowBatch = 8;  // rows whose per-column work runs together, one SIMD lane each
+
 // Wp: panel rows x cols in processing order (not modified). P: cols x cols propagation factor.
 // codes_out(row, j): the code of processing-order column j.
 template <class Quantizer>
 void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnLoopOptions& opt,
-                      Quantizer& quant, RowMatrixU8& codes_out) {
+                      Quantizer& quant, RowMatrixU8& codes_out, ColumnLoopWorkspace& ws) {
   const Index rows = Wp.rows(), cols = Wp.cols();
   const Index B = std::max<Index>(1, opt.block_size);
   const Index gs = opt.group_size;
   // Reference mode reads block-start statistics (the quirk), which the inner blocks would not keep.
   const Index b = opt.stale_group_stats ? B : std::min<Index>(B, kInnerBlock);
-  RowMatrixXf A = RowMatrixXf::Zero(rows, cols);  // pending corrections: v = Wp + A
-  RowMatrixXf D(rows, B);                          // this block's w - q
-  RowMatrixXf snapshot;
-  std::vector<float> group_values(gs > 0 ? gs : 0);
-  std::vector<float> delta(gs > 0 ? gs + B : 0);
-  RowMatrixXf start_delta;  // the group starting at the block start: its delta for every panel row
+  // Row batches: each column's quantization and its corrections inside the inner block run across
+  // kRowBatch rows at once (the same arithmetic per row, in SIMD lanes) instead of row by row.
+  constexpr bool kBatchable = detail::has_quantize_batch<Quantizer>::value;
+  const bool batched = kBatchable && !opt.stale_group_stats;
+  RowMatrixXf& A = ws.A;
+  RowMatrixXf& D = ws.D;
+  A.setZero(rows, cols);
+  D.resize(rows, B);
+  ws.group_values.resize(gs > 0 ? gs : 0);
+  ws.delta.resize(gs > 0 ? gs + B : 0);
+  float* group_values = ws.group_values.data();
+  float* delta = ws.delta.data();
+  if (batched) {
+    ws.tile_w.resize(kRowBatch * b);
+    ws.tile_a.resize(kRowBatch * b);
+  }
   for (Index i1 = 0; i1 < cols; i1 += B) {
     const Index i2 = std::min(i1 + B, cols), nb = i2 - i1;
-    if (opt.stale_group_stats && gs > 0) snapshot = A.middleCols(i1, nb);
+    if (opt.stale_group_stats && gs > 0) ws.snapshot = A.middleCols(i1, nb);
     const bool group_at_start = gs > 0 && !opt.stale_group_stats && opt.group_inverse && i1 % gs == 0;
     if (group_at_start) {
       // delta = a (I + N)^-1 (the substitution below, for all rows at once); a is current at the block start
       const Index glen = std::min(gs, cols - i1);
-      start_delta.noalias() = A.middleCols(i1, glen) *
-                              opt.group_inverse->block(i1, 0, glen, glen).template triangularView<Eigen::Upper>();
+      ws.start_delta.noalias() = A.middleCols(i1, glen) *
+          opt.group_inverse->block(i1, 0, glen, glen).template triangularView<Eigen::Upper>();
     }
+    // Fits row r's grid for the group starting at column j of the inner block [s1, s2): its values as the
+    // authors' loop holds them at time t (t = j, or the block start in reference mode): columns >= t carry
+    // the OBS compensation of the columns before t,
+    //   v_c = w_c + delta_c,  delta_c = a_c - sum_{t<=k<c} P_kc delta_k,  a_c = sum_{k<t} d_k P_kc
+    // (a forward substitution with C's diagonal block: P accumulates only each column's final value).
+    // Reads A's row r current up to s2 and D's row r up to j.
+    const auto fit_group_at = [&](Index r, Index j, Index s1, Index s2) {
+      const float* w = Wp.row(r).data();
+      const float* a = A.row(r).data();
+      const float* d = D.row(r).data();
+      const Index t = opt.stale_group_stats ? i1 : j;
+      const Index end = std::min(j + gs, cols);
+      if (group_at_start && j == i1) {
+        for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + ws.start_delta(r, c - j);
+      } else {
+        for (Index c = t; c < end; ++c) {
+          float ac;
+          if (c < s2) {
+            ac = opt.stale_group_stats ? ws.snapshot(r, c - i1) : a[c];
+          } else {
+            ac = a[c];
+            // Updates still pending for c (from the inner block, or the whole block beyond it): add now.
+            for (Index k = c < i2 ? s1 : i1; k < t; ++k) ac += d[k - i1] * P(k, c);
+          }
+          delta[c - t] = ac;
+        }
+        for (Index k = t; k < end; ++k) {
+          const float dk = delta[k - t];
+          const float* p = P.row(k).data();
+          for (Index c = k + 1; c < end; ++c) delta[c - t] -= p[c] * dk;
+        }
+        for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + delta[c - t];
+      }
+      quant.fit_group(r, j, group_values, end - j);
+    };
     // Inner blocks of `b` columns: each row's entry-by-entry updates stay inside the inner block, and one
     // small product per inner block brings the rest of the block up to date (less scalar work per entry).
     for (Index s1 = i1; s1 < i2; s1 += b) {
-      const Index s2 = std::min(s1 + b, i2);
-      for (Index r = 0; r < rows; ++r) {
-        const float* w = Wp.row(r).data();
-        float* a = A.row(r).data();
-        float* d = D.row(r).data();
-        Index next_group = gs > 0 ? (s1 + gs - 1) / gs * gs : cols;  // first group start >= s1
-        for (Index j = s1; j < s2; ++j) {
-          if (j == next_group) {
-            next_group += gs;
-            // The group's values as the authors' loop holds them at time t (t = j, or the block start in
-            // reference mode): columns >= t carry the OBS compensation of the columns before t,
-            //   v_c = w_c + delta_c,  delta_c = a_c - sum_{t<=k<c} P_kc delta_k,  a_c = sum_{k<t} d_k P_kc
-            // (a forward substitution with C's diagonal block: P accumulates only each column's final value).
-            const Index t = opt.stale_group_stats ? i1 : j;
-            const Index end = std::min(j + gs, cols);
-            if (group_at_start && j == i1) {
-              for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + start_delta(r, c - j);
-            } else {
-              for (Index c = t; c < end; ++c) {
-                float ac;
-                if (c < s2) {
-                  ac = opt.stale_group_stats ? snapshot(r, c - i1) : a[c];
-                } else {
-                  ac = a[c];
-                  // Updates still pending for c (from the inner block, or the whole block beyond it): add now.
-                  for (Index k = c < i2 ? s1 : i1; k < t; ++k) ac += d[k - i1] * P(k, c);
-                }
-                delta[c - t] = ac;
-              }
-              for (Index k = t; k < end; ++k) {
-                const float dk = delta[k - t];
-                const float* p = P.row(k).data();
-                for (Index c = k + 1; c < end; ++c) delta[c - t] -= p[c] * dk;
-              }
-              for (Index c = j; c < end; ++c) group_values[c - j] = w[c] + delta[c - t];
+      const Index s2 = std::min(s1 + b, i2), sb = s2 - s1;
+      const Index first_group = gs > 0 ? (s1 + gs - 1) / gs * gs : cols;  // first group start >= s1
+      if constexpr (kBatchable) {
+        if (batched) {
+          // Tiles of the batch's rows over the inner block, column-major: tile[(c - s1) * kRowBatch + lane].
+          float* tw = ws.tile_w.data();
+          float* ta = ws.tile_a.data();
+          for (Index r0 = 0; r0 < rows; r0 += kRowBatch) {
+            const Index nr = std::min(kRowBatch, rows - r0);
+            if (nr < kRowBatch) {
+              std::fill(tw, tw + sb * kRowBatch, 0.0f);
+              std::fill(ta, ta + sb * kRowBatch, 0.0f);
             }
-            quant.fit_group(r, j, group_values.data(), end - j);
+            for (Index l = 0; l < nr; ++l) {
+              const float* w = Wp.row(r0 + l).data() + s1;
+              const float* a = A.row(r0 + l).data() + s1;
+              for (Index c = 0; c < sb; ++c) {
+                tw[c * kRowBatch + l] = w[c];
+                ta[c * kRowBatch + l] = a[c];
+              }
+            }
+            Index next_group = first_group;
+            for (Index j = s1; j < s2; ++j) {
+              float* aj = ta + (j - s1) * kRowBatch;
+              const float* wj = tw + (j - s1) * kRowBatch;
+              if (j == next_group) {
+                next_group += gs;
+                // The group's values read A: bring the batch's rows of it up to date first.
+                for (Index c = j; c < s2; ++c)
+                  for (Index l = 0; l < nr; ++l) A(r0 + l, c) = ta[(c - s1) * kRowBatch + l];
+                for (Index l = 0; l < nr; ++l) fit_group_at(r0 + l, j, s1, s2);
+              }
+              alignas(32) float v[kRowBatch], q[kRowBatch], dj[kRowBatch];
+              std::uint8_t code[kRowBatch];
+              for (Index l = 0; l < kRowBatch; ++l) v[l] = wj[l] + aj[l];
+              quant.quantize_batch(r0, j, v, q, code);
+              for (Index l = 0; l < kRowBatch; ++l) dj[l] = wj[l] - q[l];
+              for (Index l = 0; l < nr; ++l) {
+                codes_out(r0 + l, j) = code[l];
+                D(r0 + l, j - i1) = dj[l];
+              }
+              const float* p = P.row(j).data();
+              for (Index c = j + 1; c < s2; ++c) {
+                float* ac = ta + (c - s1) * kRowBatch;
+                const float pc = p[c];
+                for (Index l = 0; l < kRowBatch; ++l) ac[l] += dj[l] * pc;
+              }
+            }
           }
-          float q;
-          codes_out(r, j) = quant.quantize(r, j, w[j] + a[j], q);
-          const float dj = w[j] - q;
-          d[j - i1] = dj;
-          const float* p = P.row(j).data();
-          for (Index c = j + 1; c < s2; ++c) a[c] += dj * p[c];
+        }
+      }
+      if (!batched) {
+        for (Index r = 0; r < rows; ++r) {
+          const float* w = Wp.row(r).data();
+          float* a = A.row(r).data();
+          float* d = D.row(r).data();
+          Index next_group = first_group;
+          for (Index j = s1; j < s2; ++j) {
+            if (j == next_group) {
+              next_group += gs;
+              fit_group_at(r, j, s1, s2);
+            }
+            float q;
+            codes_out(r, j) = quant.quantize(r, j, w[j] + a[j], q);
+            const float dj = w[j] - q;
+            d[j - i1] = dj;
+            const float* p = P.row(j).data();
+            for (Index c = j + 1; c < s2; ++c) a[c] += dj * p[c];
+          }
         }
       }
       if (s2 < i2) {
-        gemm_add(A.block(0, s2, rows, i2 - s2), 1.0f, D.middleCols(s1 - i1, s2 - s1),
-                 P.block(s1, s2, s2 - s1, i2 - s2));
+        gemm_add(A.block(0, s2, rows, i2 - s2), 1.0f, D.middleCols(s1 - i1, sb),
+                 P.block(s1, s2, sb, i2 - s2));
       }
     }
     if (i2 < cols) {
       gemm_add(A.rightCols(cols - i2), 1.0f, D.leftCols(nb), P.block(i1, i2, nb, cols - i2));
     }
   }
+}
+
+template <class Quantizer>
+void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnLoopOptions& opt,
+                      Quantizer& quant, RowMatrixU8& codes_out) {
+  ColumnLoopWorkspace ws;
+  gptq_column_loop(Wp, P, opt, quant, codes_out, ws);
 }
 
 }  // namespace quantease
