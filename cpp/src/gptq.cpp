@@ -151,18 +151,30 @@ QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>&
     ColumnLoopWorkspace loop;
   };
   std::vector<PanelBuffers> buffers(max_threads());
+  std::vector<Index> dead_columns;
+  for (Index j = 0; j < cols; ++j)
+    if (prep.dead[j]) dead_columns.push_back(j);
   parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
     const Index pr = r1 - r0;
     PanelBuffers& buf = buffers[thread_index()];
     RowMatrixXf& Wp = buf.Wp;
-    Wp.resize(pr, cols);
-    for (Index r = 0; r < pr; ++r)
-      for (Index j = 0; j < cols; ++j) Wp(r, j) = prep.dead[perm[j]] ? 0.0f : W(r0 + r, perm[j]);
+    if (opt.act_order) {
+      Wp.resize(pr, cols);
+      for (Index r = 0; r < pr; ++r)
+        for (Index j = 0; j < cols; ++j) Wp(r, j) = prep.dead[perm[j]] ? 0.0f : W(r0 + r, perm[j]);
+    } else {
+      Wp = W.middleRows(r0, pr);  // processing order is W's own
+      for (const Index j : dead_columns) Wp.col(j).setZero();
+    }
     AffineQuantizer quant(grid_opt, r0, pr, row_grids, static_grids, groups, perm, gs, out);
     buf.codes.resize(pr, cols);
     gptq_column_loop(Wp, prep.factor.P, loop_opt, quant, buf.codes, buf.loop);
-    for (Index r = 0; r < pr; ++r)
-      for (Index j = 0; j < cols; ++j) out.codes(r0 + r, perm[j]) = buf.codes(r, j);
+    if (opt.act_order) {
+      for (Index r = 0; r < pr; ++r)
+        for (Index j = 0; j < cols; ++j) out.codes(r0 + r, perm[j]) = buf.codes(r, j);
+    } else {
+      out.codes.middleRows(r0, pr) = buf.codes;
+    }
   });
 
   timer.lap("column_loop");

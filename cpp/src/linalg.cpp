@@ -14,31 +14,14 @@ namespace {
 
 constexpr Index kPanel = 128;  // Cholesky panel and parallel block width
 
-// Unblocked lower Cholesky of the diagonal block A[k0:k1, k0:k1]; returns the failing index or -1.
-Index cholesky_diagonal_block(ColMatrixXd& A, Index k0, Index k1) {
-  for (Index j = k0; j < k1; ++j) {
-    double d = A(j, j);
-    for (Index p = k0; p < j; ++p) d -= A(j, p) * A(j, p);
-    if (!(d > 0.0) || !std::isfinite(d)) return j;
-    d = std::sqrt(d);
-    A(j, j) = d;
-    for (Index i = j + 1; i < k1; ++i) {
-      double s = A(i, j);
-      for (Index p = k0; p < j; ++p) s -= A(i, p) * A(j, p);
-      A(i, j) = s / d;
-    }
-  }
-  return -1;
-}
-
 }  // namespace
 
 Index cholesky_lower_inplace(ColMatrixXd& A) {
   const Index n = A.rows();
   for (Index k = 0; k < n; k += kPanel) {
     const Index kb = std::min(kPanel, n - k);
-    const Index failed = cholesky_diagonal_block(A, k, k + kb);
-    if (failed >= 0) return failed;
+    const Index failed = cholesky_block_lower(A.block(k, k, kb, kb));
+    if (failed >= 0) return k + failed;
     const Index rest = n - k - kb;
     if (rest == 0) break;
     // Panel below the diagonal block: A21 <- A21 L11^{-T}, rows independent.
