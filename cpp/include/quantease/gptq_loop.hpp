@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "quantease/gemm.hpp"
+#include "quantease/parallel.hpp"
 #include "quantease/types.hpp"
 
 namespace quantease {
@@ -43,12 +44,13 @@ constexpr Index kInnerBlock = 32;  // columns per inner block of the column loop
 inline RowMatrixXf group_substitution_inverses(const RowMatrixXf& P, Index gs) {
   const Index cols = P.rows();
   RowMatrixXf M(cols, gs);
-  for (Index c0 = 0; c0 < cols; c0 += gs) {
+  parallel_chunks(cols, gs, [&](Index c0, Index c1) {
     // UnitUpper reads only the strict upper part: P's diagonal (U_jj) stands in for the unit diagonal.
-    const Eigen::MatrixXd T = P.block(c0, c0, gs, gs).cast<double>();
-    const Eigen::MatrixXd inv = T.triangularView<Eigen::UnitUpper>().solve(Eigen::MatrixXd::Identity(gs, gs));
-    M.middleRows(c0, gs) = inv.cast<float>().triangularView<Eigen::Upper>();
-  }
+    const Eigen::MatrixXd T = P.block(c0, c0, c1 - c0, c1 - c0).cast<double>();
+    const Eigen::MatrixXd inv =
+        T.triangularView<Eigen::UnitUpper>().solve(Eigen::MatrixXd::Identity(c1 - c0, c1 - c0));
+    M.block(c0, 0, c1 - c0, c1 - c0) = inv.cast<float>().triangularView<Eigen::Upper>();
+  });
   return M;
 }
 
