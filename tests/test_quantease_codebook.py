@@ -164,6 +164,17 @@ def test_ties_take_the_lower_level():
     assert res.info["converged"]
 
 
+@pytest.mark.parametrize("bits", [2, 3, 5, 8])
+def test_diagonal_h_rounds_to_the_nearest_level(bits):
+    """Diagonal H: CD from W is nearest-level rounding of W, for every codebook size (the binary search)."""
+    rng = np.random.default_rng(bits)
+    W = rng.standard_normal((6, 40)).astype(np.float32)
+    H = np.diag(rng.uniform(0.5, 2.0, 40)).astype(np.float32)
+    cb = np.sort(rng.standard_normal((6, 1 << bits)), axis=1).astype(np.float32)
+    res = quantease.quantease(W, H, bits=bits, codebook=cb)
+    np.testing.assert_array_equal(res.codes, [[nearest_level(w, cb[r]) for w in W[r]] for r in range(6)])
+
+
 # ----------------------------------------------------------------------------- optimisation properties
 
 def _problem_set():
