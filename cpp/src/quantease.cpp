@@ -48,11 +48,13 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 
 // The grids, two kinds chosen once per call (Solver::with_grids); the sweeps are templates on the kind.
 // Each has group(j) (the group of processing-order column j) and row(r, group), a row's grid with
-// quantize(x) -> code of the nearest point and value(code) -> the point.
+// quantize(x) -> code of the nearest point, quantize(x, hint) -> the same code, found faster when it is
+// `hint` (the entry's previous code), and value(code) -> the point.
 struct AffineRowGrid {
   AffineGrid g;
   float maxq;
   std::uint8_t quantize(float x) const { return quantize_code(x, g, maxq); }
+  std::uint8_t quantize(float x, std::uint8_t) const { return quantize_code(x, g, maxq); }
   float value(std::uint8_t code) const { return dequantize(code, g); }
 };
 
@@ -71,6 +73,13 @@ struct CodebookRowGrid {
       len -= half;
     }
     return static_cast<std::uint8_t>((base - mid) + (*base < x ? 1 : 0));
+  }
+  // Most entries keep their level from one quantized sweep to the next: test the hint's interval
+  // (mid[t-1], mid[t]] first (two independent loads instead of log2(2^bits) dependent ones).
+  std::uint8_t quantize(float x, std::uint8_t hint) const {
+    const Index t = std::min<Index>(hint, n_mid);
+    if ((t == 0 || mid[t - 1] < x) && (t == n_mid || x <= mid[t])) return static_cast<std::uint8_t>(t);
+    return quantize(x);
   }
   float value(std::uint8_t code) const { return level[code]; }
 };
@@ -217,7 +226,7 @@ class Solver {
             float step;  // what G moves by (times Σ_j)
             if (quantize) {
               const auto grid = gr.row(r, grp);
-              const std::uint8_t code = grid.quantize(beta);
+              const std::uint8_t code = grid.quantize(beta, codes(r, j));
               v = grid.value(code);
               // requantize: G is kept at the pre-relaxed point, so it moves by the change of the grid point
               step = kind == SweepKind::requantize ? v - grid.value(codes(r, j)) : v - w[j];
@@ -708,7 +717,7 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   });
   s.gemm_sec.assign(s.n_panels_, 0.0);
   s.col_sec.assign(s.n_panels_, 0.0);
-  s.codes.resize(rows, cols);
+  s.codes.setZero(rows, cols);  // also the first sweep's hints (CodebookRowGrid::quantize)
   s.D.resize(rows, std::min<Index>(s.B_, cols));
   s.G.resize(rows, cols);
   s.frow.assign(rows, 0.0);
