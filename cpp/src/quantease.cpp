@@ -193,7 +193,8 @@ class Solver {
       } else if (kind == SweepKind::requantize) {
         scratch.resize(pr, cols_);
         for (Index r = r0; r < r1; ++r)
-          for (Index j = 0; j < cols_; ++j) scratch(r - r0, j) = What(r, j) - gr.row(r, gr.group(j)).value(codes(r, j));
+          for (Index j = 0; j < cols_; ++j)
+            scratch(r - r0, j) = What(r, j) - gr.row(r, gr.group(j)).value(codes(r, j));
       }
       std::vector<std::int64_t> row_count(pr, 0);
       for (Index b0 = 0; b0 < cols_ && !act.empty(); b0 += B_) {
