@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -64,7 +65,8 @@ def _as_codebook(codebook, rows: int, cols: int, bits: int, group_size: int) -> 
 def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_order: bool = True,
               iters: int = 30, init: str = "w", relaxed: bool = True, tol: float = 0.0, outliers: float = 0.0,
               outlier_structure: str = "unstructured", outlier_step: float = 1.0,
-              block_size: int = 128, mse: bool = False, refit: int = 0, codebook=None) -> QuantResult:
+              block_size: int = 128, mse: bool = False, refit: int = 0,
+              codebook: Optional[np.ndarray] = None) -> QuantResult:
     """Quantize W by cyclic coordinate descent on ``tr((W - Ŵ) H (W - Ŵ)^T)``, one column at a time.
 
     W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric (e.g. (2/n) X X^T; any
