@@ -251,6 +251,64 @@ def test_below_leanquant_on_llm_like_problems():
     assert np.median(ratios) < 0.9, ratios
 
 
+# ------------------------------------------------------------------------------------------- refit
+
+def optimal_levels_gain(p, res):
+    """Σ over rows of f(row) − min over its used levels (codes fixed, one codebook per row), float64 lstsq."""
+    W, H = p.W.astype(np.float64), p.H.astype(np.float64)
+    k = res.codebook.shape[-1]
+    gain = 0.0
+    for r in range(W.shape[0]):
+        A = np.eye(k)[res.codes[r]]                 # cols x k one-hot
+        used = np.flatnonzero(np.diag(A.T @ H @ A) > 0)
+        c = res.codebook[r].astype(np.float64)
+        d = W[r] - A @ c
+        # f(c + Δ) − f(c) = −2 Δᵀ Aᵀ H d + Δᵀ AᵀHA Δ: the best Δ on the used levels
+        Au = A[:, used]
+        delta = np.linalg.lstsq(Au.T @ H @ Au, Au.T @ H @ d, rcond=None)[0]
+        gain += float(delta @ (Au.T @ H @ d))
+    return gain
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_refit_first_step_is_the_exact_level_optimum(seed):
+    """The first refit of a converged codebook result gains what the least-squares optimum of the levels
+    (codes fixed) gains: one codebook per row, so the C++ closed form is the joint optimum."""
+    p = problems.make(["llm_like", "dead_columns", "random"][seed], 16, 64, seed=seed)
+    base = quantease.quantease(p.W, p.H, bits=3, init="leanquant")
+    assert base.info["converged"] and not base.info["kept_init"]
+    r = quantease.quantease(p.W, p.H, bits=3, init="leanquant", refit=1)
+    want = optimal_levels_gain(p, base)
+    assert r.info["refit_gains"][0] == pytest.approx(want, rel=1e-3)
+    assert r.loss <= base.loss - 0.99 * want
+
+
+@pytest.mark.parametrize("opts", [dict(bits=3), dict(bits=4, group_size=32), dict(bits=2, group_size=48,
+                                  act_order=False), dict(bits=3, init="w")], ids=str)
+def test_refit_lowers_the_loss_and_stays_optimal(opts):
+    lower = []
+    for i, p in enumerate(PROBLEM_SET[::3]):
+        kw = dict(opts)
+        kw.setdefault("init", "leanquant")
+        if kw["init"] != "leanquant":
+            kw["codebook"] = random_codebook(p.W, kw["bits"], kw.get("group_size", -1), seed=i)
+        a = quantease.quantease(p.W, p.H, **kw)
+        r = quantease.quantease(p.W, p.H, refit=5, **kw)
+        assert r.loss <= a.loss * (1 + 1e-6), (p, r.loss, a.loss)
+        lower.append(r.loss < a.loss)
+        assert all(g >= 0 for g in r.info["refit_gains"]) and r.info["refits"] >= 1
+        assert np.all(np.diff(r.codebook, axis=-1) >= 0)             # re-sorted, codes renumbered
+        np.testing.assert_array_equal(r.grid_weight(), r.weight)
+        assert r.info["converged"]
+        h, pol = r.loss_history, r.info["polish"]
+        for t in range(1, len(h)):   # the polish/refit sweeps only go down (a refit between two also does)
+            if pol[t] and pol[t - 1]:
+                assert h[t] <= h[t - 1] * (1 + 1e-6) + 1e-12
+        worst, f = best_single_move(p, r)
+        assert worst >= -1e-6 * f - 1e-12, (worst, f)
+    assert np.mean(lower) >= 0.8, lower
+
+
 # ------------------------------------------------------------------------------------- the result
 
 @pytest.mark.parametrize("kw", [dict(), dict(group_size=16), dict(group_size=16, act_order=False),
@@ -318,7 +376,9 @@ DIGESTS = """
     cb = np.sort(rng.standard_normal((200, 6, 16)).astype(np.float32) * 0.05, axis=-1)
     out = dict(lq=digest(quantease.quantease(p.W, p.H, bits=3, init="leanquant", iters=8)),
                lq_g64=digest(quantease.quantease(p.W, p.H, bits=4, group_size=64, init="leanquant", iters=8)),
-               given=digest(quantease.quantease(p.W, p.H, bits=4, group_size=64, codebook=cb, iters=8)))
+               given=digest(quantease.quantease(p.W, p.H, bits=4, group_size=64, codebook=cb, iters=8)),
+               refit=digest(quantease.quantease(p.W, p.H, bits=3, group_size=64, init="leanquant", iters=8,
+                                                refit=3)))
     print(json.dumps(out))
 """
 
@@ -359,7 +419,6 @@ def test_bad_codebooks_and_options():
     for kw, what in ((dict(sym=True), "sym=True cannot be combined with {} (codebooks are not symmetric affine "
                                       "grids)"),
                      (dict(mse=True), "mse=True cannot be combined with {} (the MSE range search fits affine grids)"),
-                     (dict(refit=2), "refit > 0 cannot be combined with {} (the refit fits affine scales and zeros)"),
                      (dict(outliers=0.01), "outliers > 0 cannot be combined with {} (the outlier variant's grids "
                                            "are affine)")):
         _raises(what.format("a codebook"), W, H, bits=3, codebook=cb, **kw)

@@ -121,7 +121,6 @@ void register_quantease(py::module_& m) {
           };
           if (sym) refuse("sym=True", "codebooks are not symmetric affine grids");
           if (mse) refuse("mse=True", "the MSE range search fits affine grids");
-          if (refit > 0) refuse("refit > 0", "the refit fits affine scales and zeros");
           if (outliers > 0.0) refuse("outliers > 0", "the outlier variant's grids are affine");
         }
         QuantEaseOptions opt;

@@ -480,6 +480,98 @@ class Solver {
     return std::accumulate(gain.begin(), gain.end(), 0.0);
   }
 
+  // Codebook refit (ours, codebook grids): for every row and group, with its codes fixed, the levels that
+  // minimise f exactly. With A the group's one-hot code matrix (columns C of the group) and Ŵ_C = A c, moving
+  // the levels by Δ changes f by −2 Δᵀ b + Δᵀ M Δ, b = Aᵀ G_C (G summed per level), M = Aᵀ Σ_CC A (Σ summed
+  // per pair of levels): Δ = M⁻¹ b over the levels in use (LDLT; the others stay). Taken only when the exact
+  // change for the float32 levels it will store is negative; the levels are then re-sorted (codes renumbered).
+  // The groups of a row go one after the other, each with the G its predecessors left.
+  // Needs valid codes (after a quantized sweep). Returns the total decrease of f (float64, ≥ 0).
+  double refit_codebooks() {
+    const Index k = books.level.cols(), groups = books.groups;
+    // processing positions of every group's columns (static groups of original columns)
+    std::vector<std::vector<Index>> members(groups);
+    for (Index j = 0; j < cols_; ++j) members[books.group(j)].push_back(j);
+    std::vector<double> gain(n_panels_, 0.0);
+    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+      const Index pr = r1 - r0;
+      Eigen::MatrixXd M(k, k);
+      Eigen::VectorXd b(k), dq(k);
+      std::vector<double> acc(k);
+      std::vector<Index> used, order(k), renum(k);
+      std::vector<float> nl(k);
+      RowMatrixXf Dl, SigC;
+      double part = 0.0;
+      for (Index g = 0; g < groups; ++g) {
+        const std::vector<Index>& C = members[g];
+        const Index nc = static_cast<Index>(C.size());
+        Dl.setZero(pr, nc);
+        bool any = false;
+        for (Index r = r0; r < r1; ++r) {
+          M.setZero();
+          b.setZero();
+          for (const Index i : C) {
+            const Index a = codes(r, i);
+            b[a] += G(r, i);
+            std::fill(acc.begin(), acc.end(), 0.0);
+            const float* si = Sig.row(i).data();
+            for (const Index j : C) acc[codes(r, j)] += si[j];
+            for (Index t = 0; t < k; ++t) M(a, t) += acc[t];
+          }
+          used.clear();
+          for (Index t = 0; t < k; ++t)
+            if (M(t, t) > 0.0) used.push_back(t);
+          const Index n = static_cast<Index>(used.size());
+          if (n == 0) continue;
+          Eigen::MatrixXd Mu(n, n);
+          Eigen::VectorXd bu(n);
+          for (Index x = 0; x < n; ++x) {
+            bu[x] = b[used[x]];
+            for (Index y = 0; y < n; ++y) Mu(x, y) = M(used[x], used[y]);
+          }
+          const Eigen::VectorXd d = Mu.ldlt().solve(bu);
+          if (!d.allFinite()) continue;
+          // the float32 levels that would be stored, and their exact change of f
+          float* lv = books.level.row(r * groups + g).data();
+          dq.setZero();
+          for (Index t = 0; t < k; ++t) nl[t] = lv[t];
+          for (Index x = 0; x < n; ++x) {
+            nl[used[x]] = static_cast<float>(lv[used[x]] + d[x]);
+            dq[used[x]] = static_cast<double>(nl[used[x]]) - lv[used[x]];
+          }
+          const double change = -2.0 * dq.dot(b) + dq.dot(M * dq);
+          if (!(change < 0.0) || !std::isfinite(change)) continue;
+          part -= change;
+          any = true;
+          // Ŵ moves by dq[code] on the group's columns (G after the panel's group, below)
+          for (Index c = 0; c < nc; ++c) {
+            const Index j = C[c];
+            Dl(r - r0, c) = nl[codes(r, j)] - What(r, j);
+            What(r, j) = nl[codes(r, j)];
+          }
+          // ascending levels again: sort (stable), renumber the codes, new midpoints
+          std::iota(order.begin(), order.end(), Index{0});
+          std::stable_sort(order.begin(), order.end(), [&](Index x, Index y) { return nl[x] < nl[y]; });
+          for (Index t = 0; t < k; ++t) {
+            lv[t] = nl[order[t]];
+            renum[order[t]] = t;
+          }
+          for (const Index j : C) codes(r, j) = static_cast<std::uint8_t>(renum[codes(r, j)]);
+          float* md = books.mid.row(r * groups + g).data();
+          for (Index t = 0; t + 1 < k; ++t) md[t] = 0.5f * (lv[t] + lv[t + 1]);
+        }
+        // G = (T − Ŵ) Σ: Ŵ moved by Dl on the group's columns
+        if (any) {
+          SigC.resize(nc, cols_);
+          for (Index c = 0; c < nc; ++c) SigC.row(c) = Sig.row(C[c]);
+          gemm_add(G.middleRows(r0, pr), -1.0f, Dl, SigC);
+        }
+      }
+      gain[r0 / kRowPanel] = part;
+    });
+    return std::accumulate(gain.begin(), gain.end(), 0.0);
+  }
+
   // Ŵ from codes on the current grids.
   void dequantize_all() {
     with_grids([&](const auto& gr) {
@@ -953,7 +1045,7 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   // --- grid refit rounds (ours, opt.refit > 0): from the best iterate, refit every grid to the current codes,
   // then quantized sweeps until one changes nothing; both steps only lower f, so the result stays
   // coordinate-wise optimal and the objective monotone. The round after which a refit gained < 1e-6 f is the last.
-  if (opt.refit > 0 && !s.outlier_mode && !s.codebook_mode && have_best) {
+  if (opt.refit > 0 && !s.outlier_mode && have_best) {
     if (best_sweep != res.sweeps - 1) {
       s.codes = best_codes;
       s.dequantize_all();
@@ -962,7 +1054,7 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     }
     double f = best_f;
     for (int round = 0; round < opt.refit; ++round) {
-      const double gain = s.refit_grids();
+      const double gain = s.codebook_mode ? s.refit_codebooks() : s.refit_grids();
       res.refit_gains.push_back(gain);
       if (!(gain > 0.0)) break;
       ++res.refits;
@@ -1030,6 +1122,7 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
       out.weight = init_out->weight;
       out.scales = init_out->scales;  // the refit rounds may have moved the grids (empty for LeanQuant)
       out.zeros = init_out->zeros;
+      if (opt.init == QuantEaseInit::leanquant) res.codebook = lq_out.codebook;
       res.kept_init = true;
       res.best_sweep = -1;
     }

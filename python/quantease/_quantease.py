@@ -95,9 +95,11 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
       LeanQuant ``result.codebook`` can be passed as it is). Levels in any order (they are sorted); the CD step
       takes the nearest level, a β exactly on a float32 midpoint ``(c_t + c_{t+1}) / 2`` the lower one (as
       LeanQuant). ``result.codebook`` holds the sorted levels, ``codes`` index them, ``scales``/``zeros`` are
-      None. Codebooks (given, or LeanQuant's with ``init="leanquant"``) cannot be combined with ``sym``,
-      ``mse``, ``refit`` or ``outliers`` (affine-grid options); ``init`` is then ``"w"``, ``"rtn"`` (nearest
-      level of W) or ``"leanquant"`` without a ``codebook``.
+      None. ``refit`` refits the levels: per row and group, with the codes fixed, the levels in use move to
+      the exact minimiser of the objective (a 2^bits x 2^bits solve), then are re-sorted. Codebooks (given,
+      or LeanQuant's with ``init="leanquant"``) cannot be combined with ``sym``, ``mse`` or ``outliers``
+      (affine-grid options); ``init`` is then ``"w"``, ``"rtn"`` (nearest level of W) or ``"leanquant"``
+      without a ``codebook``.
     * Stopping: a quantized sweep that changes nothing (coordinate-wise optimal); ``tol > 0``: a quantized
       sweep after a quantized one lowering the objective by less than ``tol`` times its value. When the
       schedule ends unconverged, quantized "polish" sweeps from the best on-grid iterate run until one
@@ -141,7 +143,6 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
                              "init='leanquant' LeanQuant's own codebooks)")
         for what, bad, why in (("sym=True", sym, "codebooks are not symmetric affine grids"),
                                ("mse=True", mse, "the MSE range search fits affine grids"),
-                               ("refit > 0", refit > 0, "the refit fits affine scales and zeros"),
                                ("outliers > 0", fraction > 0, "the outlier variant's grids are affine")):
             if bad:
                 raise ValueError(f"{what} cannot be combined with {src} ({why})")

@@ -36,7 +36,8 @@
 //     from the best iterate run until one changes nothing (at most `iters` more): each can only lower f, so
 //     the output is coordinate-wise optimal;
 //   * refit > 0 (ours): up to that many rounds of "refit every row's (group's) scale and zero to the current
-//     codes, exactly, where it lowers f; then quantized sweeps until nothing changes" (see refit_grids);
+//     codes, exactly, where it lowers f; then quantized sweeps until nothing changes" (see refit_grids;
+//     codebook grids: the levels in use, exactly, see refit_codebooks);
 //   * mse: the grids from W by GPTQ's MSE range search instead of min-max;
 //   * init = rtn (W rounded on the grid) or gptq (GPTQ's result and grid; the CD target stays the ORIGINAL W,
 //     and when CD cannot improve on GPTQ in exact float64 arithmetic GPTQ's own result is returned).
@@ -89,7 +90,7 @@ struct QuantEaseOptions {
   double gptq_damp = 0.01;  // init = gptq only
   int refit = 0;         // grid refit rounds after the schedule (ours; 0: grids fixed, as the paper)
   // Codebook grids: (rows * groups) x 2^bits, ascending per row (row r, group g at r * groups + g; groups of
-  // original columns). Empty: affine grids. Not with sym, mse, refit, outliers or init = gptq/leanquant.
+  // original columns). Empty: affine grids. Not with sym, mse, outliers or init = gptq/leanquant.
   RowMatrixXf codebook;
   // init = leanquant: LeanQuant's exponent, damp, seed and k-means options (its bits, group_size, act_order
   // and block_size are taken from the options above; always the non-uniform grid).
@@ -125,7 +126,7 @@ struct QuantEaseOutput {
 // W: rows x cols, H: cols x cols symmetric (both finite); options validated by the caller (bits 2..8,
 // group_size -1 or a divisor, iters >= 1, tol >= 0, 0 <= fraction < 1, step > 0, block_size >= 1,
 // init = gptq only without outliers, a codebook finite, ascending, (rows * groups) x 2^bits and without
-// sym/mse/refit/outliers/init = gptq; init = leanquant likewise, with no codebook given). Throws
+// sym/mse/outliers/init = gptq; init = leanquant likewise, with no codebook given). Throws
 // NumericalError only from GPTQ's or LeanQuant's factorization.
 template <class HT>
 QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H,
