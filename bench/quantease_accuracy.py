@@ -39,11 +39,12 @@ CONFIGS = {
     # LeanQuant's non-uniform codebooks (exponent 4, damp 0.1), and CD from its result on them
     "leanquant": ("leanquant", dict()),
     "quantease init leanquant": ("quantease", dict(init="leanquant")),
+    "quantease init leanquant refit5": ("quantease", dict(init="leanquant", refit=5)),
 }
 #: (configuration, reference) pairs of the table
 ROWS = [(c, "gptq act") for c in CONFIGS if c != "gptq act"] + [
     ("quantease", "gptq"), ("quantease mse", "gptq act mse"), ("quantease init gptq mse refit5", "gptq act mse"),
-    ("quantease init leanquant", "leanquant")]
+    ("quantease init leanquant", "leanquant"), ("quantease init leanquant refit5", "leanquant")]
 
 
 def layer_problems(synthetic: bool):
