@@ -497,8 +497,7 @@ class Solver {
       const Index pr = r1 - r0;
       Eigen::MatrixXd M(k, k);
       Eigen::VectorXd b(k), dq(k);
-      std::vector<double> acc(k);
-      std::vector<Index> used, order(k), renum(k);
+      std::vector<Index> used, order(k), renum(k), start(k + 1), fill(k), bucket(cols_);
       std::vector<float> nl(k);
       RowMatrixXf Dl, SigC;
       double part = 0.0;
@@ -510,13 +509,29 @@ class Solver {
         for (Index r = r0; r < r1; ++r) {
           M.setZero();
           b.setZero();
+          // the group's columns bucketed by code (counting sort), so that each M(a, t) row is a sum of
+          // gathers over one bucket (no scatter into accumulators)
+          std::fill(start.begin(), start.end(), Index{0});
+          for (const Index j : C) ++start[codes(r, j) + 1];
+          for (Index t = 0; t < k; ++t) start[t + 1] += start[t];
+          std::copy(start.begin(), start.end() - 1, fill.begin());
+          for (const Index j : C) bucket[fill[codes(r, j)]++] = j;
           for (const Index i : C) {
             const Index a = codes(r, i);
             b[a] += G(r, i);
-            std::fill(acc.begin(), acc.end(), 0.0);
             const float* si = Sig.row(i).data();
-            for (const Index j : C) acc[codes(r, j)] += si[j];
-            for (Index t = 0; t < k; ++t) M(a, t) += acc[t];
+            for (Index t = 0; t < k; ++t) {
+              double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+              Index e = start[t];
+              for (; e + 4 <= start[t + 1]; e += 4) {
+                s0 += si[bucket[e]];
+                s1 += si[bucket[e + 1]];
+                s2 += si[bucket[e + 2]];
+                s3 += si[bucket[e + 3]];
+              }
+              for (; e < start[t + 1]; ++e) s0 += si[bucket[e]];
+              M(a, t) += (s0 + s1) + (s2 + s3);
+            }
           }
           used.clear();
           for (Index t = 0; t < k; ++t)
