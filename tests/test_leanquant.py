@@ -197,6 +197,24 @@ def test_grid_search_branch_and_bound_equals_brute_force_on_groups(bits, n, step
         assert abs(own - res["error"][r]) <= 1e-9 * own + 1e-18
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_grid_search_long_rows_equal_brute_force(bits):
+    # rows longer than 512 (the wide radix sort) whose bulk crowds a few buckets of the search's position
+    # table (outliers stretch [min, max]): positions found from that table must still be exact
+    rng = np.random.default_rng(50 + bits)
+    n = 1100
+    X = (rng.standard_t(5, size=(4, n)) * 0.01).astype(np.float32)
+    X[0, 7] = 2.0                                      # one far outlier: the bulk sits in ~1 % of the buckets
+    X[1, :3] = [-3.0, 1.5, 2.5]
+    X[2] = np.round(X[2] * 300) / 300                  # many ties
+    X[3] = np.abs(X[3]) + 1e-3
+    s = rng.uniform(0.01, 1.0, n) ** 4
+    res = weighted_grid_search(X, s, bits, 96)
+    for r in range(X.shape[0]):
+        bf = ref.brute_force_grid_search(X[r], s, bits, 96)
+        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
+
+
 def test_grid_search_constant_row():
     res = weighted_grid_search(np.full((1, 10), 0.5, np.float32), np.ones(10), 4, 16)
     assert np.isnan(res["scale"][0]) and np.isnan(res["error"][0])

@@ -366,15 +366,18 @@ class AffineSearch {
     open_.resize(L + 2);
     need_.assign(maxq_ + 1, 0);
     present_.assign(maxq_ + 1, 0);
-    // bucket_[b] = number of values below mn + b w, w = R / nb: seek() starts there
+    // bucket_[b] ~ number of values below mn + b w, w = R / nb: seek() starts there and corrects both ways,
+    // so the table need not be exact. Built branch-free from a histogram of each value's bucket (a walk over
+    // the edges mispredicted about once per bucket: a third of the search's time on 4096-value rows).
     nb_ = n_;
     inv_w_ = nb_ / R_;
-    bucket_.resize(nb_ + 1);
-    for (Index b = 0, p = 0; b <= nb_; ++b) {
-      const double edge = mn_ + b * (R_ / nb_);
-      while (p < n_ && x_[p] < edge) ++p;
-      bucket_[b] = p;
+    bucket_.assign(nb_ + 1, 0);
+    for (Index p = 0; p < n_; ++p) {
+      const double f = (x_[p] - mn_) * inv_w_;  // value p counts for the buckets above floor(f)
+      const Index b = f < static_cast<double>(nb_) ? static_cast<Index>(f) + 1 : nb_;
+      ++bucket_[b];
     }
+    for (Index b = 1; b <= nb_; ++b) bucket_[b] += bucket_[b - 1];
     // i0: candidates i with lo < 0 are i < i0; j0: those j with hi > 0 are j < j0.
     auto count_below = [&](auto&& pred) {
       Index lo = 0, hi = T_;  // pred is true on a prefix of [0, T)
