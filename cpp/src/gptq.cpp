@@ -8,9 +8,6 @@
 namespace quantease {
 namespace {
 
-// Rows per task: fixed, so results do not depend on the thread count. Every panel repacks the factor's
-// blocks for its lazy updates; 128 rows halve that against 64 and keep a panel's corrections in cache.
-constexpr Index kRowPanel = 128;
 
 // The affine quantizer of one row panel: a row grid, static group grids, or grids refitted at every
 // dynamic group start (recorded into the output scales/zeros at the group's processing position).
@@ -143,39 +140,11 @@ QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>&
     loop_opt.group_inverse = &group_inverse;
   }
   const VectorXi64& perm = prep.perm;
-  // Per-thread buffers, reused by every panel the thread runs (which thread runs a panel does not change
-  // its arithmetic: results stay the same for any thread count).
-  struct PanelBuffers {
-    RowMatrixXf Wp;
-    RowMatrixU8 codes;
-    ColumnLoopWorkspace loop;
-  };
-  std::vector<PanelBuffers> buffers(max_threads());
-  std::vector<Index> dead_columns;
-  for (Index j = 0; j < cols; ++j)
-    if (prep.dead[j]) dead_columns.push_back(j);
-  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
-    const Index pr = r1 - r0;
-    PanelBuffers& buf = buffers[thread_index()];
-    RowMatrixXf& Wp = buf.Wp;
-    if (opt.act_order) {
-      Wp.resize(pr, cols);
-      for (Index r = 0; r < pr; ++r)
-        for (Index j = 0; j < cols; ++j) Wp(r, j) = prep.dead[perm[j]] ? 0.0f : W(r0 + r, perm[j]);
-    } else {
-      Wp = W.middleRows(r0, pr);  // processing order is W's own
-      for (const Index j : dead_columns) Wp.col(j).setZero();
-    }
-    AffineQuantizer quant(grid_opt, r0, pr, row_grids, static_grids, groups, perm, gs, out);
-    buf.codes.resize(pr, cols);
-    gptq_column_loop(Wp, prep.factor.P, loop_opt, quant, buf.codes, buf.loop);
-    if (opt.act_order) {
-      for (Index r = 0; r < pr; ++r)
-        for (Index j = 0; j < cols; ++j) out.codes(r0 + r, perm[j]) = buf.codes(r, j);
-    } else {
-      out.codes.middleRows(r0, pr) = buf.codes;
-    }
-  });
+  run_column_loop(W, perm, opt.act_order, prep.dead, prep.factor.P, loop_opt,
+                  [&](Index r0, Index pr) {
+                    return AffineQuantizer(grid_opt, r0, pr, row_grids, static_grids, groups, perm, gs, out);
+                  },
+                  out.codes);
 
   timer.lap("column_loop");
   if (opt.act_order) out.perm = perm;

@@ -15,7 +15,6 @@
 namespace quantease {
 namespace {
 
-constexpr Index kRowPanel = 64;   // rows per column-loop task (fixed: thread-count independent)
 constexpr Index kFitChunk = 16;   // rows per grid-fitting task
 constexpr Index kDirectSums = 16; // k-means clusters this small are summed directly
 
@@ -898,13 +897,24 @@ double weighted_grid_error(const float* x, const double* s, Index n, const Affin
 
 namespace {
 
+// quantize() for the kRowBatch lanes from panel row r; lanes past the panel's `rows` are left at zero.
+template <class Quantizer>
+void quantize_lanes(const Quantizer& quant, Index rows, Index r, Index j, const float* v, float* q,
+                    std::uint8_t* codes) {
+  for (Index l = 0; l < kRowBatch; ++l) {
+    q[l] = 0.0f;
+    codes[l] = 0;
+    if (r + l < rows) codes[l] = quant.quantize(r + l, j, v[l], q[l]);
+  }
+}
+
 // quant(w) = the nearest entry of the row's (and group's) ascending codebook; a value on a midpoint takes
 // the lower entry. Midpoints in float32, as the oracle.
 class CodebookQuantizer {
  public:
-  CodebookQuantizer(const RowMatrixXf& cb, const RowMatrixXf& mids, Index row0, Index groups, Index gs,
-                    const VectorXi64& perm)
-      : cb_(cb), mids_(mids), row0_(row0), groups_(groups), gs_(gs), perm_(perm) {}
+  CodebookQuantizer(const RowMatrixXf& cb, const RowMatrixXf& mids, Index row0, Index rows, Index groups,
+                    Index gs, const VectorXi64& perm)
+      : cb_(cb), mids_(mids), row0_(row0), rows_(rows), groups_(groups), gs_(gs), perm_(perm) {}
   void fit_group(Index, Index, const float*, Index) {}
   std::uint8_t quantize(Index r, Index j, float w, float& q) const {
     const Index idx = (row0_ + r) * groups_ + (gs_ > 0 ? perm_[j] / gs_ : 0);
@@ -913,20 +923,24 @@ class CodebookQuantizer {
     q = cb_(idx, t);
     return static_cast<std::uint8_t>(t);
   }
+  // The column loop's row-batch call (its corrections then run in SIMD lanes): quantize() lane by lane.
+  void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) const {
+    quantize_lanes(*this, rows_, r, j, v, q, codes);
+  }
 
  private:
   const RowMatrixXf& cb_;
   const RowMatrixXf& mids_;
-  Index row0_, groups_, gs_;
+  Index row0_, rows_, groups_, gs_;
   const VectorXi64& perm_;
 };
 
 // quant(w) on the fixed affine grid of the row (and group of the original column).
 class StaticAffineQuantizer {
  public:
-  StaticAffineQuantizer(const std::vector<AffineGrid>& grids, float maxq, Index row0, Index groups, Index gs,
-                        const VectorXi64& perm)
-      : grids_(grids), maxq_(maxq), row0_(row0), groups_(groups), gs_(gs), perm_(perm) {}
+  StaticAffineQuantizer(const std::vector<AffineGrid>& grids, float maxq, Index row0, Index rows, Index groups,
+                        Index gs, const VectorXi64& perm)
+      : grids_(grids), maxq_(maxq), row0_(row0), rows_(rows), groups_(groups), gs_(gs), perm_(perm) {}
   void fit_group(Index, Index, const float*, Index) {}
   std::uint8_t quantize(Index r, Index j, float w, float& q) const {
     const AffineGrid& g = grids_[(row0_ + r) * groups_ + (gs_ > 0 ? perm_[j] / gs_ : 0)];
@@ -934,11 +948,14 @@ class StaticAffineQuantizer {
     q = dequantize(code, g);
     return code;
   }
+  void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) const {
+    quantize_lanes(*this, rows_, r, j, v, q, codes);
+  }
 
  private:
   const std::vector<AffineGrid>& grids_;
   float maxq_;
-  Index row0_, groups_, gs_;
+  Index row0_, rows_, groups_, gs_;
   const VectorXi64& perm_;
 };
 
@@ -1039,22 +1056,15 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   out.codes.resize(rows, cols);
   ColumnLoopOptions loop_opt;
   loop_opt.block_size = opt.block_size;
-  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
-    const Index pr = r1 - r0;
-    RowMatrixXf Wp(pr, cols);
-    for (Index r = 0; r < pr; ++r)
-      for (Index j = 0; j < cols; ++j) Wp(r, j) = prep.dead[perm[j]] ? 0.0f : W(r0 + r, perm[j]);
-    RowMatrixU8 codes(pr, cols);
-    if (opt.affine) {
-      StaticAffineQuantizer quant(grids, maxq, r0, groups, gs, perm);
-      gptq_column_loop(Wp, P, loop_opt, quant, codes);
-    } else {
-      CodebookQuantizer quant(res.codebook, mids, r0, groups, gs, perm);
-      gptq_column_loop(Wp, P, loop_opt, quant, codes);
-    }
-    for (Index r = 0; r < pr; ++r)
-      for (Index j = 0; j < cols; ++j) out.codes(r0 + r, perm[j]) = codes(r, j);
-  });
+  if (opt.affine) {
+    run_column_loop(W, perm, opt.act_order, prep.dead, P, loop_opt,
+                    [&](Index r0, Index pr) { return StaticAffineQuantizer(grids, maxq, r0, pr, groups, gs, perm); },
+                    out.codes);
+  } else {
+    run_column_loop(W, perm, opt.act_order, prep.dead, P, loop_opt,
+                    [&](Index r0, Index pr) { return CodebookQuantizer(res.codebook, mids, r0, pr, groups, gs, perm); },
+                    out.codes);
+  }
   timer.lap("column_loop");
 
   if (opt.act_order) out.perm = perm;

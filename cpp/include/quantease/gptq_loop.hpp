@@ -243,4 +243,50 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
   gptq_column_loop(Wp, P, opt, quant, codes_out, ws);
 }
 
+// Rows per task of run_column_loop: fixed, so results do not depend on the thread count. Every panel
+// repacks the factor's blocks for its lazy updates; 128 rows halve that against 64 and keep a panel's
+// corrections in cache.
+constexpr Index kLoopPanelRows = 128;
+
+// The column loop over every row of W: fixed panels of kLoopPanelRows rows on all threads, each panel's rows
+// in processing order (column perm[j] at j; dead columns zeroed), its quantizer from make_quantizer(r0, rows)
+// (panel row r is W's row r0 + r), and its codes written back in W's column order into codes_out. Buffers are
+// per thread and reused across the panels it runs.
+template <class MakeQuantizer>
+void run_column_loop(const ConstRowMatrixRef<float>& W, const VectorXi64& perm, bool permuted,
+                     const std::vector<char>& dead, const RowMatrixXf& P, const ColumnLoopOptions& opt,
+                     MakeQuantizer&& make_quantizer, RowMatrixU8& codes_out) {
+  const Index rows = W.rows(), cols = W.cols();
+  struct PanelBuffers {
+    RowMatrixXf Wp;
+    RowMatrixU8 codes;
+    ColumnLoopWorkspace loop;
+  };
+  std::vector<PanelBuffers> buffers(max_threads());
+  std::vector<Index> dead_columns;
+  for (Index j = 0; j < cols; ++j)
+    if (dead[j]) dead_columns.push_back(j);
+  parallel_chunks(rows, kLoopPanelRows, [&](Index r0, Index r1) {
+    const Index pr = r1 - r0;
+    PanelBuffers& buf = buffers[thread_index()];
+    if (permuted) {
+      buf.Wp.resize(pr, cols);
+      for (Index r = 0; r < pr; ++r)
+        for (Index j = 0; j < cols; ++j) buf.Wp(r, j) = dead[perm[j]] ? 0.0f : W(r0 + r, perm[j]);
+    } else {
+      buf.Wp = W.middleRows(r0, pr);  // processing order is W's own
+      for (const Index j : dead_columns) buf.Wp.col(j).setZero();
+    }
+    auto quant = make_quantizer(r0, pr);
+    buf.codes.resize(pr, cols);
+    gptq_column_loop(buf.Wp, P, opt, quant, buf.codes, buf.loop);
+    if (permuted) {
+      for (Index r = 0; r < pr; ++r)
+        for (Index j = 0; j < cols; ++j) codes_out(r0 + r, perm[j]) = buf.codes(r, j);
+    } else {
+      codes_out.middleRows(r0, pr) = buf.codes;
+    }
+  });
+}
+
 }  // namespace quantease
