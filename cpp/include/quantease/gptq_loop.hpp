@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -54,6 +55,12 @@ inline RowMatrixXf group_substitution_inverses(const RowMatrixXf& P, Index gs) {
   return M;
 }
 
+constexpr Index kRowBatch = 8;  // rows whose per-column work runs together, one SIMD lane each
+// One column of a row batch as a SIMD value (GCC/Clang vector extension: one AVX register with
+// -march=native, a pair of SSE registers otherwise). Written out so that the compiler vectorizes across the
+// rows, not along the columns.
+using RowLanes = float __attribute__((vector_size(kRowBatch * sizeof(float))));
+
 // Buffers of one column-loop call, kept by the caller and reused across the row panels a thread runs:
 // fresh pages cost more to fault in than the loop spends on a panel's per-column work.
 struct ColumnLoopWorkspace {
@@ -62,7 +69,7 @@ struct ColumnLoopWorkspace {
   RowMatrixXf snapshot;     // reference mode: the block-start corrections
   RowMatrixXf start_delta;  // the group starting at the block start: its delta for every panel row
   std::vector<float> group_values, delta;
-  std::vector<float> tile_w, tile_a;  // row batch x inner block, column-major (see below)
+  std::vector<RowLanes> tile_w, tile_a;  // the row batch's w and a over the inner block, a column each
 };
 
 namespace detail {
@@ -78,7 +85,6 @@ struct has_quantize_batch<Q, std::void_t<decltype(std::declval<Q&>().quantize_ba
                                  std::declval<std::uint8_t*>()))>> : std::true_type {};
 }  // namespace detail
 
-constexpr Index kRowBatch = 8;  // rows whose per-column work runs together, one SIMD lane each
 
 // Wp: panel rows x cols in processing order (not modified). P: cols x cols propagation factor.
 // codes_out(row, j): the code of processing-order column j.
@@ -103,8 +109,8 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
   float* group_values = ws.group_values.data();
   float* delta = ws.delta.data();
   if (batched) {
-    ws.tile_w.resize(kRowBatch * b);
-    ws.tile_a.resize(kRowBatch * b);
+    ws.tile_w.resize(b);
+    ws.tile_a.resize(b);
   }
   for (Index i1 = 0; i1 < cols; i1 += B) {
     const Index i2 = std::min(i1 + B, cols), nb = i2 - i1;
@@ -158,49 +164,47 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
       const Index first_group = gs > 0 ? (s1 + gs - 1) / gs * gs : cols;  // first group start >= s1
       if constexpr (kBatchable) {
         if (batched) {
-          // Tiles of the batch's rows over the inner block, column-major: tile[(c - s1) * kRowBatch + lane].
-          float* tw = ws.tile_w.data();
-          float* ta = ws.tile_a.data();
+          // The batch's rows over the inner block, a column per RowLanes: lane l is panel row r0 + l.
+          RowLanes* tw = ws.tile_w.data();
+          RowLanes* ta = ws.tile_a.data();
           for (Index r0 = 0; r0 < rows; r0 += kRowBatch) {
             const Index nr = std::min(kRowBatch, rows - r0);
-            if (nr < kRowBatch) {
-              std::fill(tw, tw + sb * kRowBatch, 0.0f);
-              std::fill(ta, ta + sb * kRowBatch, 0.0f);
+            for (Index c = 0; c < sb; ++c) {
+              tw[c] = RowLanes{};
+              ta[c] = RowLanes{};
             }
             for (Index l = 0; l < nr; ++l) {
               const float* w = Wp.row(r0 + l).data() + s1;
               const float* a = A.row(r0 + l).data() + s1;
               for (Index c = 0; c < sb; ++c) {
-                tw[c * kRowBatch + l] = w[c];
-                ta[c * kRowBatch + l] = a[c];
+                tw[c][l] = w[c];
+                ta[c][l] = a[c];
               }
             }
             Index next_group = first_group;
             for (Index j = s1; j < s2; ++j) {
-              float* aj = ta + (j - s1) * kRowBatch;
-              const float* wj = tw + (j - s1) * kRowBatch;
               if (j == next_group) {
                 next_group += gs;
                 // The group's values read A: bring the batch's rows of it up to date first.
                 for (Index c = j; c < s2; ++c)
-                  for (Index l = 0; l < nr; ++l) A(r0 + l, c) = ta[(c - s1) * kRowBatch + l];
+                  for (Index l = 0; l < nr; ++l) A(r0 + l, c) = ta[c - s1][l];
                 for (Index l = 0; l < nr; ++l) fit_group_at(r0 + l, j, s1, s2);
               }
-              alignas(32) float v[kRowBatch], q[kRowBatch], dj[kRowBatch];
+              const RowLanes wj = tw[j - s1];
+              const RowLanes v = wj + ta[j - s1];
+              alignas(sizeof(RowLanes)) float vf[kRowBatch], qf[kRowBatch];
               std::uint8_t code[kRowBatch];
-              for (Index l = 0; l < kRowBatch; ++l) v[l] = wj[l] + aj[l];
-              quant.quantize_batch(r0, j, v, q, code);
-              for (Index l = 0; l < kRowBatch; ++l) dj[l] = wj[l] - q[l];
+              std::memcpy(vf, &v, sizeof v);
+              quant.quantize_batch(r0, j, vf, qf, code);
+              RowLanes q;
+              std::memcpy(&q, qf, sizeof q);
+              const RowLanes dj = wj - q;
               for (Index l = 0; l < nr; ++l) {
                 codes_out(r0 + l, j) = code[l];
                 D(r0 + l, j - i1) = dj[l];
               }
               const float* p = P.row(j).data();
-              for (Index c = j + 1; c < s2; ++c) {
-                float* ac = ta + (c - s1) * kRowBatch;
-                const float pc = p[c];
-                for (Index l = 0; l < kRowBatch; ++l) ac[l] += dj[l] * pc;
-              }
+              for (Index c = j + 1; c < s2; ++c) ta[c - s1] += dj * p[c];
             }
           }
         }
