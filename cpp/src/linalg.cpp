@@ -81,10 +81,10 @@ PropagationFactor propagation_factor(ColMatrixXd& L, const std::function<void(Co
     throw NumericalError(msg.str());
   }
   // P(k, j) = L(n-1-k, n-1-j) / L(n-1-j, n-1-j): a block of P's rows reads contiguous runs of L's columns.
-  // Each task writes all of its rows (zeros below the diagonal too): one pass over P, first touched by its writer.
+  // Each task writes the upper part of its rows: one pass over P, first touched by its writer. Nothing reads
+  // below the diagonal, so those pages are never faulted in.
   out.P.resize(n, n);
   parallel_chunks(n, kPanel, [&](Index k0, Index k1) {
-    for (Index k = k0; k < k1; ++k) out.P.row(k).head(k).setZero();
     for (Index j = k0; j < n; ++j) {
       const Index c = n - 1 - j;
       const double* lcol = L.col(c).data();

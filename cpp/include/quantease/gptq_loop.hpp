@@ -47,7 +47,8 @@ inline RowMatrixXf group_substitution_inverses(const RowMatrixXf& P, Index gs) {
   RowMatrixXf M(cols, gs);
   parallel_chunks(cols, gs, [&](Index c0, Index c1) {
     // UnitUpper reads only the strict upper part: P's diagonal (U_jj) stands in for the unit diagonal.
-    const Eigen::MatrixXd T = P.block(c0, c0, c1 - c0, c1 - c0).cast<double>();
+    const Eigen::MatrixXd T =
+        P.block(c0, c0, c1 - c0, c1 - c0).triangularView<Eigen::Upper>().toDenseMatrix().cast<double>();
     const Eigen::MatrixXd inv =
         T.triangularView<Eigen::UnitUpper>().solve(Eigen::MatrixXd::Identity(c1 - c0, c1 - c0));
     M.block(c0, 0, c1 - c0, c1 - c0) = inv.cast<float>().triangularView<Eigen::Upper>();
