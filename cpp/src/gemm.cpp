@@ -57,6 +57,14 @@ void trsm_right_lower_transpose(ColBlockXd B, const ConstColBlockXd& L) {
                     static_cast<blasint>(B.outerStride()));
 }
 
+void trmm_right_upper(RowBlock<float> B, const ConstRowBlock<float>& U) {
+  if (B.rows() == 0 || B.cols() == 0) return;
+  single_threaded();
+  scipy_cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, static_cast<blasint>(B.rows()),
+                    static_cast<blasint>(B.cols()), 1.0f, U.data(), static_cast<blasint>(U.outerStride()), B.data(),
+                    static_cast<blasint>(B.outerStride()));
+}
+
 Index cholesky_block_lower(ColBlockXd A) {
   if (A.rows() == 0) return -1;
   single_threaded();
@@ -114,6 +122,10 @@ Index cholesky_block_lower(ColBlockXd A) {
 }
 
 void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) {
+  B = B * U.triangularView<Eigen::Upper>();
+}
+
+void trmm_right_upper(RowBlock<float> B, const ConstRowBlock<float>& U) {
   B = B * U.triangularView<Eigen::Upper>();
 }
 

@@ -34,6 +34,7 @@ Index cholesky_block_lower(ColBlockXd A);
 
 // B = B triu(U) (row-major; U: n x n, only its upper triangle with the diagonal is read; B: m x n).
 void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U);
+void trmm_right_upper(RowBlock<float> B, const ConstRowBlock<float>& U);
 
 // "OpenBLAS <version>" or "Eigen <version>": what the products above run on.
 const char* gemm_backend();

@@ -120,8 +120,8 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
     if (group_at_start) {
       // delta = a (I + N)^-1 (the substitution below, for all rows at once); a is current at the block start
       const Index glen = std::min(gs, cols - i1);
-      ws.start_delta.noalias() = A.middleCols(i1, glen) *
-          opt.group_inverse->block(i1, 0, glen, glen).template triangularView<Eigen::Upper>();
+      ws.start_delta = A.middleCols(i1, glen);
+      trmm_right_upper(ws.start_delta, opt.group_inverse->block(i1, 0, glen, glen));
     }
     // Fits row r's grid for the group starting at column j of the inner block [s1, s2): its values as the
     // authors' loop holds them at time t (t = j, or the block start in reference mode): columns >= t carry
