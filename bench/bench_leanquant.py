@@ -9,6 +9,12 @@ What the numbers mean
   U), kmeans / grid_search (fitting every row's grid), column_loop (the GPTQ loop), dequantize. "fit/loop"
   is the grid-fitting time over the column-loop time. Layers: bench/synthetic.py llm_like_problem (H built
   directly, Student-t weights), 4096 x 4096 and 4096 x 11008 (--quick: 1024 x 4096 only).
+* affine search share: grid="affine" per channel, g128 and g64 on the 4096 x 4096 layer (--quick: 1024 x
+  4096): grid_search seconds (sorting each row or group, the min-max grid, the exact weighted search) and
+  grid_search / column_loop from the same call's phase_seconds (wall clock). Run with OMP_NUM_THREADS=1:
+  the solver then runs on the calling thread, and the call's thread CPU time printed next to its wall time
+  says how much of the phases was waiting for the CPU (CPU/wall = 1 on a quiet machine).
+  ``--affine-only`` runs this section alone.
 * k-means: ms per row for the same rows and the same weights s (the solver's importance): ours (sorted row,
   prefix sums, Lloyd by binary search) vs sklearn.cluster.KMeans as the official code calls it (same init
   rule, max_iter 100, tol 1e-6, one row at a time). "obj ratio" = our weighted objective / sklearn's
@@ -52,6 +58,36 @@ def layer_seconds(rows: int, cols: int, bits: int) -> list:
         out.append(dict(shape=[rows, cols], method=f"leanquant-{grid}", bits=bits, seconds=r.seconds, phases=ph,
                         fit_over_loop=fit / ph["column_loop"], rel_loss=relative_loss(r.loss, W, H)))
     return out
+
+
+def affine_search_share(rows: int, cols: int, bits: int) -> list:
+    from quantease import _core
+    from quantease._validate import as_hessian, as_weight
+    W, H = llm_like_problem(rows, cols, seed=0)
+    W, H = as_weight(W), as_hessian(H)  # the wrapper's one conversion
+    out = []
+    for group_size in (-1, 128, 64):
+        # the core call alone (the wrapper adds the layer loss, a GEMM, after its clock stops)
+        kw = dict(bits=bits, grid="affine", exponent=4.0, damp=0.1, act_order=True, group_size=group_size,
+                  block_size=128, seed=0, kmeans_iters=100, grid_steps=2048)
+        c0, t0 = _thread_cpu(), time.perf_counter()
+        o = _core.leanquant(W, H, **kw)
+        cpu, wall = _thread_cpu() - c0, time.perf_counter() - t0
+        ph = o["phase_seconds"]
+        out.append(dict(shape=[rows, cols], bits=bits, group_size=group_size, search_seconds=ph["grid_search"],
+                        loop_seconds=ph["column_loop"], search_over_loop=ph["grid_search"] / ph["column_loop"],
+                        seconds=wall, thread_cpu_seconds=cpu, phases=ph))
+    return out
+
+
+def _thread_cpu() -> float:
+    # CPU seconds of this thread: with OMP_NUM_THREADS=1 the solver runs on it, so this is the call's CPU time
+    import resource
+    try:
+        u = resource.getrusage(resource.RUSAGE_THREAD)
+    except AttributeError:  # not Linux
+        return float("nan")
+    return u.ru_utime + u.ru_stime
 
 
 def sklearn_rows(X: np.ndarray, s: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -126,8 +162,20 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1024 x 4096 only, fewer rows elsewhere")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--affine-only", action="store_true", help="only the affine search share")
     args = ap.parse_args(argv)
     res = {"machine": describe()}
+    print("affine search vs the GPTQ column loop (4-bit, same call; under load, see machine.load_1min)")
+    res["affine_search"] = affine_search_share(1024 if args.quick else 4096, 4096, 4)
+    for row in res["affine_search"]:
+        g = "per channel" if row["group_size"] == -1 else f"g{row['group_size']}"
+        print(f"  {row['shape'][0]}x{row['shape'][1]} {g:<12} search {row['search_seconds']:6.2f} s  "
+              f"loop {row['loop_seconds']:6.2f} s  search/loop {row['search_over_loop']:.2f}  "
+              f"(call {row['seconds']:.2f} s wall, {row['thread_cpu_seconds']:.2f} s thread CPU)")
+    if args.affine_only:
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2, default=float) + "\n")
+        return res
     shapes = [(1024, 4096)] if args.quick else [(4096, 4096), (4096, 11008)]
     print("seconds per layer (4-bit; under load, see machine.load_1min)")
     res["layers"] = []

@@ -3,6 +3,7 @@
     python bench/quantease_accuracy.py                 # the real sets of bench/suite.py (33 layers), 3 and 4 bits
     python bench/quantease_accuracy.py --synthetic     # bench/synthetic.py LLM-like problems only (no model)
     python bench/quantease_accuracy.py --json out.json
+    python bench/quantease_accuracy.py --configs leanquant "quantease init leanquant"   # a subset (+ gptq act)
 
 Per layer and bits every configuration below runs on the same W and H; the table gives, per configuration
 and reference, the share of layers where the configuration's loss is strictly lower and the median, min and
@@ -35,10 +36,15 @@ CONFIGS = {
     "quantease init gptq refit5": ("quantease", dict(init="gptq", refit=5)),
     "quantease mse": ("quantease", dict(mse=True)),
     "quantease init gptq mse refit5": ("quantease", dict(init="gptq", mse=True, refit=5)),
+    # LeanQuant's non-uniform codebooks (exponent 4, damp 0.1), and CD from its result on them
+    "leanquant": ("leanquant", dict()),
+    "quantease init leanquant": ("quantease", dict(init="leanquant")),
+    "quantease init leanquant refit5": ("quantease", dict(init="leanquant", refit=5)),
 }
 #: (configuration, reference) pairs of the table
 ROWS = [(c, "gptq act") for c in CONFIGS if c != "gptq act"] + [
-    ("quantease", "gptq"), ("quantease mse", "gptq act mse"), ("quantease init gptq mse refit5", "gptq act mse")]
+    ("quantease", "gptq"), ("quantease mse", "gptq act mse"), ("quantease init gptq mse refit5", "gptq act mse"),
+    ("quantease init leanquant", "leanquant"), ("quantease init leanquant refit5", "leanquant")]
 
 
 def layer_problems(synthetic: bool):
@@ -90,9 +96,13 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", action="store_true", help="bench/synthetic.py problems instead of real layers")
     ap.add_argument("--bits", type=int, nargs="+", default=[3, 4])
     ap.add_argument("--json", default=None, help="write the records and the summary here")
+    ap.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
+                    help="run only these configurations (gptq act, the reference, always runs)")
     args = ap.parse_args(argv)
+    configs = CONFIGS if args.configs is None else {
+        c: CONFIGS[c] for c in CONFIGS if c == "gptq act" or c in args.configs}
     t0 = time.perf_counter()
-    records = run(layer_problems(args.synthetic), bits=tuple(args.bits))
+    records = run(layer_problems(args.synthetic), bits=tuple(args.bits), configs=configs)
     rows = summary(records)
     print(f"\n{'bits':>4}  {'configuration':32s} {'vs':14s} {'below':>6} {'median':>7} {'min':>6} {'max':>6}")
     for r in rows:

@@ -197,6 +197,53 @@ def test_grid_search_branch_and_bound_equals_brute_force_on_groups(bits, n, step
         assert abs(own - res["error"][r]) <= 1e-9 * own + 1e-18
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_grid_search_long_rows_equal_brute_force(bits):
+    # rows longer than 512 (the wide radix sort) whose bulk crowds a few buckets of the search's position
+    # table (outliers stretch [min, max]): positions found from that table must still be exact
+    rng = np.random.default_rng(50 + bits)
+    n = 1100
+    X = (rng.standard_t(5, size=(4, n)) * 0.01).astype(np.float32)
+    X[0, 7] = 2.0                                      # one far outlier: the bulk sits in ~1 % of the buckets
+    X[1, :3] = [-3.0, 1.5, 2.5]
+    X[2] = np.round(X[2] * 300) / 300                  # many ties
+    X[3] = np.abs(X[3]) + 1e-3
+    s = rng.uniform(0.01, 1.0, n) ** 4
+    res = weighted_grid_search(X, s, bits, 96)
+    for r in range(X.shape[0]):
+        bf = ref.brute_force_grid_search(X[r], s, bits, 96)
+        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
+
+
+@pytest.mark.parametrize("bits,n,steps", [(5, 128, 150), (6, 64, 200), (8, 128, 120), (4, 256, 160), (4, 200, 17)])
+def test_grid_search_sweep_equals_brute_force(bits, n, steps):
+    # groups of <= 256 values at 4 bits and more take the event sweep over the scales, not the branch and
+    # bound: every (scale, zero) it sweeps past must still lose to what it returns
+    rng = np.random.default_rng(7 * bits + n)
+    X = _group_rows(rng, n)
+    s = rng.uniform(0.01, 1.0, n) ** 4
+    s[rng.integers(0, n, 3)] = 0.0
+    res = weighted_grid_search(X, s, bits, steps)
+    for r in range(X.shape[0]):
+        bf = ref.brute_force_grid_search(X[r], s, bits, steps)
+        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
+        own = ref.weighted_grid_error(X[r].astype(np.float64), s, res["scale"][r], res["zero"][r], bits)
+        assert abs(own - res["error"][r]) <= 1e-9 * own + 1e-18
+
+
+def test_grid_search_sweep_rows_on_a_grid():
+    # values exactly on a 4-bit grid (error 0 reachable): the sweep's sum cannot rank candidates within its
+    # round-off of 0 and hands the family to the branch and bound, which must still find the 0
+    k = np.arange(-7, 9, dtype=np.float64)
+    X = np.stack([np.resize(k, 64) * 0.01, np.resize(k, 64) * 0.25 + 0.0]).astype(np.float32)
+    s = np.random.default_rng(3).uniform(0.1, 1.0, 64)
+    res = weighted_grid_search(X, s, 4, 64)
+    for r in range(X.shape[0]):
+        bf = ref.brute_force_grid_search(X[r], s, 4, 64)
+        assert bf["error"] <= 1e-12 * np.sum(s * X[r].astype(np.float64) ** 2)
+        assert res["error"][r] <= bf["error"] + 1e-12 * np.sum(s * X[r].astype(np.float64) ** 2)
+
+
 def test_grid_search_constant_row():
     res = weighted_grid_search(np.full((1, 10), 0.5, np.float32), np.ones(10), 4, 16)
     assert np.isnan(res["scale"][0]) and np.isnan(res["error"][0])

@@ -376,7 +376,7 @@ def raises(fragment):
     (dict(iters=0), "iters must be a positive integer, got 0"),
     (dict(iters=2.5), "iters must be a positive integer, got 2.5"),
     (dict(block_size=0), "block_size must be a positive integer, got 0"),
-    (dict(init="zeros"), "init must be one of 'w', 'rtn', 'gptq', got 'zeros'"),
+    (dict(init="zeros"), "init must be one of 'w', 'rtn', 'gptq', 'leanquant', got 'zeros'"),
     (dict(tol=-1.0), "tol must be a finite number >= 0, got -1.0"),
     (dict(tol=float("nan")), "tol must be a finite number >= 0, got nan"),
     (dict(outliers=1.0), "outliers must be a fraction in [0, 1), got 1.0"),
@@ -418,7 +418,7 @@ def test_core_binding_checks_too():
     kw = dict(bits=3, group_size=-1, sym=False, act_order=True, iters=2, init="w", relaxed=True, tol=0.0,
               outliers=0.0, outlier_structure="unstructured", outlier_step=1.0, block_size=16)
     for over, message in [(dict(outliers=1.5), "outliers must be a fraction in [0, 1), got 1.5"),
-                          (dict(init="x"), "init must be one of 'w', 'rtn', 'gptq', got 'x'"),
+                          (dict(init="x"), "init must be one of 'w', 'rtn', 'gptq', 'leanquant', got 'x'"),
                           (dict(iters=0), "iters must be a positive integer, got 0")]:
         with raises(message):
             _core.quantease(P.W, P.H, **{**kw, **over})

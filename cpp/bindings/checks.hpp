@@ -10,7 +10,9 @@
 #include <sstream>
 #include <string>
 #include <utility>
+#include <vector>
 
+#include "quantease/parallel.hpp"
 #include "quantease/types.hpp"
 
 namespace quantease::bindings {
@@ -65,16 +67,19 @@ void check_weight(const CArray<T>& W, const char* name = "W") {
     py::gil_scoped_release release;
     const T* p = W.data();
     const Index n = W.size();
-    // Chunks without an early exit vectorise; the first bad chunk is then searched entry by entry.
-    constexpr Index kChunk = 4096;
-    for (Index c0 = 0; c0 < n && bad < 0; c0 += kChunk) {
-      const Index c1 = std::min(n, c0 + kChunk);
+    // Chunks without an early exit vectorise; a bad chunk is then searched entry by entry. Chunks run on
+    // all threads; the first bad entry is the least index found.
+    constexpr Index kChunk = Index{1} << 16;
+    std::vector<Index> first_bad((n + kChunk - 1) / kChunk, -1);
+    parallel_chunks(n, kChunk, [&](Index c0, Index c1) {
       bool all_finite = true;
       for (Index i = c0; i < c1; ++i) all_finite &= std::isfinite(static_cast<double>(p[i]));
       if (!all_finite)
         for (Index i = c0; i < c1; ++i)
-          if (!std::isfinite(static_cast<double>(p[i]))) { bad = i; break; }
-    }
+          if (!std::isfinite(static_cast<double>(p[i]))) { first_bad[c0 / kChunk] = i; break; }
+    });
+    for (const Index i : first_bad)
+      if (i >= 0) { bad = i; break; }
   }
   if (bad >= 0) {
     std::ostringstream msg;
@@ -99,16 +104,23 @@ void check_hessian(const CArray<T>& H, Index cols, const char* name = "H") {
     py::gil_scoped_release release;
     const auto h = as_matrix(H);
     constexpr Index kTile = 64;  // h(j, i) walks a column: tiles keep both sides in cache
-    for (Index i0 = 0; i0 < cols; i0 += kTile) {
+    // One task per band of kTile rows; maxima do not depend on the order they are combined in.
+    std::vector<double> band_abs((cols + kTile - 1) / kTile, 0.0), band_asym(band_abs.size(), 0.0);
+    parallel_chunks(cols, kTile, [&](Index i0, Index i1) {
+      double m_abs = 0.0, m_asym = 0.0;
       for (Index j0 = 0; j0 <= i0; j0 += kTile) {
-        for (Index i = i0; i < std::min(i0 + kTile, cols); ++i) {
+        for (Index i = i0; i < i1; ++i) {
           for (Index j = j0; j < std::min({j0 + kTile, i + 1, cols}); ++j) {
-            max_abs = std::max(max_abs, std::fabs(static_cast<double>(h(i, j))));
-            max_asym = std::max(max_asym, std::fabs(static_cast<double>(h(i, j)) - static_cast<double>(h(j, i))));
+            m_abs = std::max(m_abs, std::fabs(static_cast<double>(h(i, j))));
+            m_asym = std::max(m_asym, std::fabs(static_cast<double>(h(i, j)) - static_cast<double>(h(j, i))));
           }
         }
       }
-    }
+      band_abs[i0 / kTile] = m_abs;
+      band_asym[i0 / kTile] = m_asym;
+    });
+    max_abs = *std::max_element(band_abs.begin(), band_abs.end());
+    max_asym = *std::max_element(band_asym.begin(), band_asym.end());
   }
   if (max_asym > 1e-4 * max_abs) {
     std::ostringstream msg;

@@ -11,19 +11,75 @@
 
 namespace quantease::bindings {
 
+namespace {
+
+// The codebook grids of quantease(): None, or float32 (rows, 2^bits) without groups / (rows, groups, 2^bits)
+// with, finite, ascending along the last axis; returned as (rows * groups) x 2^bits.
+RowMatrixXf codebook_levels(const py::object& codebook, Index rows, Index cols, int bits, int group_size) {
+  RowMatrixXf levels;
+  if (codebook.is_none()) return levels;
+  if (!py::isinstance<CArray<float>>(codebook)) {
+    throw py::value_error("codebook must be a C-contiguous float32 array (the Python layer converts)");
+  }
+  const auto cb = codebook.cast<CArray<float>>();
+  const Index k = Index{1} << bits;
+  const Index groups = group_size > 0 ? cols / group_size : 1;
+  std::ostringstream want;
+  if (group_size > 0) want << "(" << rows << ", " << groups << ", " << k << ") (rows x groups x 2^bits)";
+  else want << "(" << rows << ", " << k << ") (rows x 2^bits)";
+  const py::ssize_t nd = group_size > 0 ? 3 : 2;
+  const bool lead_ok = cb.ndim() == nd && cb.shape(0) == rows && (nd == 2 || cb.shape(1) == groups);
+  if (!lead_ok) {
+    throw py::value_error("codebook must be " + want.str() + " for W of shape (" + std::to_string(rows) + ", " +
+                          std::to_string(cols) + ") and group_size=" + std::to_string(group_size) + ", got " +
+                          shape_str(cb));
+  }
+  if (cb.shape(nd - 1) != k) {
+    std::ostringstream msg;
+    msg << "codebook must have 2^bits = " << k << " levels per row" << (group_size > 0 ? " and group" : "")
+        << " for bits=" << bits << ", got " << cb.shape(nd - 1);
+    throw py::value_error(msg.str());
+  }
+  levels.resize(rows * groups, k);
+  const float* p = cb.data();
+  for (Index i = 0; i < rows * groups; ++i)
+    for (Index t = 0; t < k; ++t) {
+      const float v = p[i * k + t];
+      if (!std::isfinite(v)) {
+        std::ostringstream msg;
+        msg << "codebook contains NaN or Inf (first at row " << i / groups;
+        if (group_size > 0) msg << ", group " << i % groups;
+        msg << ", level " << t << ")";
+        throw py::value_error(msg.str());
+      }
+      if (t > 0 && v < levels(i, t - 1)) {
+        std::ostringstream msg;
+        msg << "codebook must be ascending along its last axis (not at row " << i / groups;
+        if (group_size > 0) msg << ", group " << i % groups;
+        msg << ", level " << t << ")";
+        throw py::value_error(msg.str());
+      }
+      levels(i, t) = v;
+    }
+  return levels;
+}
+
+}  // namespace
+
 void register_quantease(py::module_& m) {
   m.def(
       "quantease",
       [](const CArray<float>& W, const py::array& H, int bits, int group_size, bool sym, bool act_order, int iters,
          const std::string& init, bool relaxed, double tol, double outliers, const std::string& outlier_structure,
-         double outlier_step, int block_size, bool polish, int refresh_every, bool mse, int refit) {
+         double outlier_step, int block_size, bool polish, int refresh_every, bool mse, int refit,
+         const py::object& codebook) {
         check_weight(W);
         check_bits(bits);
         check_group_size(group_size, W.shape(1));
         check_positive("iters", iters);
         check_positive("block_size", block_size);
-        if (init != "w" && init != "rtn" && init != "gptq") {
-          throw py::value_error("init must be one of 'w', 'rtn', 'gptq', got '" + init + "'");
+        if (init != "w" && init != "rtn" && init != "gptq" && init != "leanquant") {
+          throw py::value_error("init must be one of 'w', 'rtn', 'gptq', 'leanquant', got '" + init + "'");
         }
         if (!std::isfinite(tol) || tol < 0.0) {
           std::ostringstream msg;
@@ -53,13 +109,30 @@ void register_quantease(py::module_& m) {
         if (refresh_every < 0) {
           throw py::value_error("refresh_every must be an integer >= 0, got " + std::to_string(refresh_every));
         }
+        // codebook grids: given, or LeanQuant's (init = leanquant); the affine-only options are errors
+        if (!codebook.is_none() || init == "leanquant") {
+          const std::string src = codebook.is_none() ? "init='leanquant'" : "a codebook";
+          if (!codebook.is_none() && (init == "gptq" || init == "leanquant")) {
+            throw py::value_error("init='" + init + "' cannot be combined with a codebook (init='gptq' uses GPTQ's "
+                                  "affine grid, init='leanquant' LeanQuant's own codebooks)");
+          }
+          auto refuse = [&](const std::string& what, const char* why) {
+            throw py::value_error(what + " cannot be combined with " + src + " (" + why + ")");
+          };
+          if (sym) refuse("sym=True", "codebooks are not symmetric affine grids");
+          if (mse) refuse("mse=True", "the MSE range search fits affine grids");
+          if (outliers > 0.0) refuse("outliers > 0", "the outlier variant's grids are affine");
+        }
         QuantEaseOptions opt;
         opt.bits = bits;
         opt.group_size = group_size;
         opt.sym = sym;
         opt.act_order = act_order;
         opt.iters = iters;
-        opt.init = init == "rtn" ? QuantEaseInit::rtn : init == "gptq" ? QuantEaseInit::gptq : QuantEaseInit::w;
+        opt.init = init == "rtn"         ? QuantEaseInit::rtn
+                   : init == "gptq"      ? QuantEaseInit::gptq
+                   : init == "leanquant" ? QuantEaseInit::leanquant
+                                         : QuantEaseInit::w;
         opt.relaxed = relaxed;
         opt.tol = tol;
         opt.outlier_fraction = outliers;
@@ -71,6 +144,7 @@ void register_quantease(py::module_& m) {
         opt.refresh_every = refresh_every;
         opt.mse = mse;
         opt.refit = refit;
+        opt.codebook = codebook_levels(codebook, W.shape(0), W.shape(1), bits, group_size);
         QuantEaseOutput res = with_hessian(H, W.shape(1), [&](const auto& h) {
           py::gil_scoped_release release;
           return quantease(as_matrix(W), h, opt);
@@ -90,6 +164,8 @@ void register_quantease(py::module_& m) {
         d["stopped_by_tol"] = res.stopped_by_tol;
         d["best_sweep"] = res.best_sweep;
         d["kept_init"] = res.kept_init;
+        if (res.codebook.size() > 0) d["codebook"] = to_numpy(std::move(res.codebook));
+        else d["codebook"] = py::none();
         d["base"] = res.base;
         d["refreshes"] = res.refreshes;
         d["refits"] = res.refits;
@@ -112,8 +188,9 @@ void register_quantease(py::module_& m) {
       py::arg("sym"), py::arg("act_order"), py::arg("iters"), py::arg("init"), py::arg("relaxed"), py::arg("tol"),
       py::arg("outliers"), py::arg("outlier_structure"), py::arg("outlier_step"), py::arg("block_size"),
       py::arg("polish") = true, py::arg("refresh_every") = 0, py::arg("mse") = false, py::arg("refit") = 0,
-      "QuantEase coordinate descent (optionally outlier-aware). Returns a dict of NumPy arrays and run "
-      "statistics (the Python layer builds the QuantResult).");
+      py::arg("codebook") = py::none(),
+      "QuantEase coordinate descent (optionally outlier-aware; affine or codebook grids). Returns a dict of "
+      "NumPy arrays and run statistics (the Python layer builds the QuantResult).");
 }
 
 }  // namespace quantease::bindings

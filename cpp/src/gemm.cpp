@@ -1,11 +1,13 @@
 // Matrix products on OpenBLAS or Eigen (see gemm.hpp).
 #include "quantease/gemm.hpp"
 
+#include <cmath>
 #include <mutex>
 #include <string>
 
 #ifdef QUANTEASE_OPENBLAS
 #include <cblas.h>
+#include <lapacke.h>
 #endif
 
 namespace quantease {
@@ -47,6 +49,30 @@ void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd&
                     C.data(), static_cast<blasint>(C.outerStride()));
 }
 
+void trsm_right_lower_transpose(ColBlockXd B, const ConstColBlockXd& L) {
+  if (B.rows() == 0 || B.cols() == 0) return;
+  single_threaded();
+  scipy_cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, static_cast<blasint>(B.rows()),
+                    static_cast<blasint>(B.cols()), 1.0, L.data(), static_cast<blasint>(L.outerStride()), B.data(),
+                    static_cast<blasint>(B.outerStride()));
+}
+
+void trmm_right_upper(RowBlock<float> B, const ConstRowBlock<float>& U) {
+  if (B.rows() == 0 || B.cols() == 0) return;
+  single_threaded();
+  scipy_cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, static_cast<blasint>(B.rows()),
+                    static_cast<blasint>(B.cols()), 1.0f, U.data(), static_cast<blasint>(U.outerStride()), B.data(),
+                    static_cast<blasint>(B.outerStride()));
+}
+
+Index cholesky_block_lower(ColBlockXd A) {
+  if (A.rows() == 0) return -1;
+  single_threaded();
+  const lapack_int info = scipy_LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', static_cast<lapack_int>(A.rows()),
+                                                    A.data(), static_cast<lapack_int>(A.outerStride()));
+  return info > 0 ? static_cast<Index>(info) - 1 : -1;  // info: the order of the failing minor
+}
+
 void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) {
   if (B.rows() == 0 || B.cols() == 0) return;
   single_threaded();
@@ -74,7 +100,32 @@ void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd&
   C.noalias() -= A * B.transpose();
 }
 
+void trsm_right_lower_transpose(ColBlockXd B, const ConstColBlockXd& L) {
+  L.triangularView<Eigen::Lower>().transpose().solveInPlace<Eigen::OnTheRight>(B);
+}
+
+Index cholesky_block_lower(ColBlockXd A) {
+  const Index n = A.rows();
+  for (Index j = 0; j < n; ++j) {
+    double d = A(j, j);
+    for (Index p = 0; p < j; ++p) d -= A(j, p) * A(j, p);
+    if (!(d > 0.0) || !std::isfinite(d)) return j;
+    d = std::sqrt(d);
+    A(j, j) = d;
+    for (Index i = j + 1; i < n; ++i) {
+      double s = A(i, j);
+      for (Index p = 0; p < j; ++p) s -= A(i, p) * A(j, p);
+      A(i, j) = s / d;
+    }
+  }
+  return -1;
+}
+
 void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) {
+  B = B * U.triangularView<Eigen::Upper>();
+}
+
+void trmm_right_upper(RowBlock<float> B, const ConstRowBlock<float>& U) {
   B = B * U.triangularView<Eigen::Upper>();
 }
 

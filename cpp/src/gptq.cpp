@@ -8,50 +8,72 @@
 namespace quantease {
 namespace {
 
-constexpr Index kRowPanel = 64;  // rows per task: fixed, so results do not depend on the thread count
 
 // The affine quantizer of one row panel: a row grid, static group grids, or grids refitted at every
 // dynamic group start (recorded into the output scales/zeros at the group's processing position).
 class AffineQuantizer {
  public:
-  AffineQuantizer(const GridOptions& grid_opt, Index row0, const std::vector<AffineGrid>& row_grids,
+  AffineQuantizer(const GridOptions& grid_opt, Index row0, Index rows, const std::vector<AffineGrid>& row_grids,
                   const std::vector<AffineGrid>& static_grids, Index groups, const VectorXi64& perm,
                   Index group_size, QuantOutput& out)
-      : opt_(grid_opt), maxq_(max_code(grid_opt.bits)), row0_(row0), row_grids_(row_grids),
-        static_grids_(static_grids), groups_(groups), perm_(perm), gs_(group_size), out_(out) {}
+      : opt_(grid_opt), maxq_(max_code(grid_opt.bits)), row0_(row0), rows_(rows),
+        static_grids_(static_grids), groups_(groups), perm_(perm), gs_(group_size), out_(out) {
+    // The current grid of every panel row (lanes past the panel's end: a harmless unit grid).
+    const Index padded = (rows + kRowBatch - 1) / kRowBatch * kRowBatch;
+    scale_.assign(padded, 1.0f);
+    zero_.assign(padded, 0.0f);
+    if (!row_grids.empty()) {
+      for (Index r = 0; r < rows; ++r) set(r, row_grids[row0 + r]);
+    }
+  }
 
   void fit_group(Index r, Index j, const float* values, Index n) {
-    current_[r] = fit_grid(values, n, opt_);
-    out_.scales(row0_ + r, j / gs_) = current_[r].scale;
-    out_.zeros(row0_ + r, j / gs_) = current_[r].zero;
+    const AffineGrid g = fit_grid(values, n, opt_);
+    set(r, g);
+    out_.scales(row0_ + r, j / gs_) = g.scale;
+    out_.zeros(row0_ + r, j / gs_) = g.zero;
   }
 
   std::uint8_t quantize(Index r, Index j, float w, float& q) {
-    const AffineGrid& g = grid_for(r, j);
+    const AffineGrid g = static_grids_.empty() ? AffineGrid{scale_[r], zero_[r]} : static_grid(r, j);
     const std::uint8_t code = quantize_code(w, g, maxq_);
     q = dequantize(code, g);
     return code;
   }
 
-  void resize(Index rows) { current_.resize(rows); }
+  // quantize() for kRowBatch rows from r: the same arithmetic, written so that it vectorizes.
+  void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) {
+    alignas(32) float s[kRowBatch], z[kRowBatch], c[kRowBatch];
+    for (Index l = 0; l < kRowBatch; ++l) {
+      const bool stat = !static_grids_.empty() && r + l < rows_;
+      s[l] = stat ? static_grid(r + l, j).scale : scale_[r + l];
+      z[l] = stat ? static_grid(r + l, j).zero : zero_[r + l];
+    }
+    for (Index l = 0; l < kRowBatch; ++l) {
+      c[l] = std::clamp(std::nearbyint(v[l] / s[l]) + z[l], 0.0f, maxq_);
+      q[l] = s[l] * (c[l] - z[l]);
+    }
+    for (Index l = 0; l < kRowBatch; ++l) codes[l] = static_cast<std::uint8_t>(c[l]);
+  }
 
  private:
-  const AffineGrid& grid_for(Index r, Index j) const {
-    if (!static_grids_.empty()) return static_grids_[(row0_ + r) * groups_ + perm_[j] / gs_];
-    if (gs_ > 0) return current_[r];
-    return row_grids_[row0_ + r];
+  void set(Index r, const AffineGrid& g) {
+    scale_[r] = g.scale;
+    zero_[r] = g.zero;
+  }
+  const AffineGrid& static_grid(Index r, Index j) const {
+    return static_grids_[(row0_ + r) * groups_ + perm_[j] / gs_];
   }
 
   GridOptions opt_;
   float maxq_;
-  Index row0_;
-  const std::vector<AffineGrid>& row_grids_;
+  Index row0_, rows_;
   const std::vector<AffineGrid>& static_grids_;
   Index groups_;
   const VectorXi64& perm_;
   Index gs_;
   QuantOutput& out_;
-  std::vector<AffineGrid> current_;
+  std::vector<float> scale_, zero_;
 };
 
 }  // namespace
@@ -118,18 +140,11 @@ QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>&
     loop_opt.group_inverse = &group_inverse;
   }
   const VectorXi64& perm = prep.perm;
-  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
-    const Index pr = r1 - r0;
-    RowMatrixXf Wp(pr, cols);
-    for (Index r = 0; r < pr; ++r)
-      for (Index j = 0; j < cols; ++j) Wp(r, j) = prep.dead[perm[j]] ? 0.0f : W(r0 + r, perm[j]);
-    AffineQuantizer quant(grid_opt, r0, row_grids, static_grids, groups, perm, gs, out);
-    quant.resize(pr);
-    RowMatrixU8 codes(pr, cols);
-    gptq_column_loop(Wp, prep.factor.P, loop_opt, quant, codes);
-    for (Index r = 0; r < pr; ++r)
-      for (Index j = 0; j < cols; ++j) out.codes(r0 + r, perm[j]) = codes(r, j);
-  });
+  run_column_loop(W, perm, opt.act_order, prep.dead, prep.factor.P, loop_opt,
+                  [&](Index r0, Index pr) {
+                    return AffineQuantizer(grid_opt, r0, pr, row_grids, static_grids, groups, perm, gs, out);
+                  },
+                  out.codes);
 
   timer.lap("column_loop");
   if (opt.act_order) out.perm = perm;

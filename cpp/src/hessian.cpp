@@ -96,7 +96,8 @@ PreparedHessian prepare_hessian(const ConstRowMatrixRef<HT>& H, bool act_order, 
   prep.perm = std::move(order.perm);
   const Eigen::VectorXd& diag = order.diag;
   // H in reversed processing order, Hr(a, b) = H(perm[n-1-a], perm[n-1-b]), gathered from rows of H
-  // (symmetric, so column b of Hr is a row of H): what propagation_factor factors.
+  // (symmetric, so column b of Hr is a row of H): what propagation_factor factors. Only the lower triangle
+  // (a >= b) is written -- the factorization reads nothing else -- so the upper one's pages are never faulted in.
   const auto gather = [&](ColMatrixXd& Hr) {
     Hr.resize(n, n);
     parallel_chunks(n, kColumnBlock, [&](Index c0, Index c1) {
@@ -104,8 +105,8 @@ PreparedHessian prepare_hessian(const ConstRowMatrixRef<HT>& H, bool act_order, 
         const Index pb = prep.perm[n - 1 - b];
         const HT* hrow = H.row(pb).data();
         double* out = Hr.col(b).data();
-        for (Index a = 0; a < n; ++a) out[a] = static_cast<double>(hrow[prep.perm[n - 1 - a]]);
         out[b] = diag[pb];
+        for (Index a = b + 1; a < n; ++a) out[a] = static_cast<double>(hrow[prep.perm[n - 1 - a]]);
       }
     });
   };

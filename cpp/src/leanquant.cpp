@@ -15,7 +15,6 @@
 namespace quantease {
 namespace {
 
-constexpr Index kRowPanel = 64;   // rows per column-loop task (fixed: thread-count independent)
 constexpr Index kFitChunk = 16;   // rows per grid-fitting task
 constexpr Index kDirectSums = 16; // k-means clusters this small are summed directly
 
@@ -335,6 +334,10 @@ namespace {
 // the brute force in tests/test_leanquant.py). Best first, the incumbent is good early and most blocks go
 // at the first or second level: on 4096-value LLM-like rows about 50 bounds and 10-20 E per row at 4 bits
 // instead of the T x 2^bits windows of a sweep.
+// Short groups (<= kSweepMaxN values) at 4 bits and more take family A by an exact sweep instead
+// (sweep_family_a): there a bound, ~3 maxq position searches, costs as much as the few events by which the
+// sums behind every E(h_t, z) change from one t to the next, and about 60 bounds per group (128 values,
+// 4 bits) cost 1.6x the sweep.
 class AffineSearch {
  public:
   GridSearchResult run(const SortedWeighted& d, int bits, int steps) {
@@ -366,15 +369,18 @@ class AffineSearch {
     open_.resize(L + 2);
     need_.assign(maxq_ + 1, 0);
     present_.assign(maxq_ + 1, 0);
-    // bucket_[b] = number of values below mn + b w, w = R / nb: seek() starts there
+    // bucket_[b] ~ number of values below mn + b w, w = R / nb: seek() starts there and corrects both ways,
+    // so the table need not be exact. Built branch-free from a histogram of each value's bucket (a walk over
+    // the edges mispredicted about once per bucket: a third of the search's time on 4096-value rows).
     nb_ = n_;
     inv_w_ = nb_ / R_;
-    bucket_.resize(nb_ + 1);
-    for (Index b = 0, p = 0; b <= nb_; ++b) {
-      const double edge = mn_ + b * (R_ / nb_);
-      while (p < n_ && x_[p] < edge) ++p;
-      bucket_[b] = p;
+    bucket_.assign(nb_ + 1, 0);
+    for (Index p = 0; p < n_; ++p) {
+      const double f = (x_[p] - mn_) * inv_w_;  // value p counts for the buckets above floor(f)
+      const Index b = f < static_cast<double>(nb_) ? static_cast<Index>(f) + 1 : nb_;
+      ++bucket_[b];
     }
+    for (Index b = 1; b <= nb_; ++b) bucket_[b] += bucket_[b - 1];
     // i0: candidates i with lo < 0 are i < i0; j0: those j with hi > 0 are j < j0.
     auto count_below = [&](auto&& pred) {
       Index lo = 0, hi = T_;  // pred is true on a prefix of [0, T)
@@ -389,7 +395,11 @@ class AffineSearch {
     j0_ = count_below([&](Index j) { return mx_ - j * delta_ > 0.0; });
     // A: some i < i0 and j < j0 with i + j = m exist for m <= i0 + j0 - 2. B (zero 0) leaves every x < 0 at
     // 0, C (zero maxq) every x > 0: whole families go when that alone exceeds the best of A.
-    if (i0_ > 0 && j0_ > 0) search_family(0, std::min<Index>(T_, i0_ + j0_ - 1));
+    if (i0_ > 0 && j0_ > 0) {
+      const Index len = std::min<Index>(T_, i0_ + j0_ - 1);
+      // the sweep where it measured faster (short groups, 4 bits and more), the branch and bound elsewhere
+      if (!(maxq_ >= 15 && n_ <= kSweepMaxN && sweep_family_a(usable_len(0, len)))) search_family(0, len);
+    }
     const Index neg = std::lower_bound(x_, x_ + n_, 0.0) - x_;
     const Index nonpos = std::upper_bound(x_, x_ + n_, 0.0) - x_;
     if (i0_ < T_ && !(d.S2[neg] > best_.error + eps_)) search_family(1, T_ - i0_);  // j = 0 .. T - 1 - i0
@@ -508,8 +518,8 @@ class AffineSearch {
     }
   }
 
-  void search_family(int fam, Index len) {
-    // scales below the smallest normal float cannot be stored: drop that tail (h decreases with t)
+  // Scales below the smallest normal float cannot be stored: the t < len that remain (h decreases with t).
+  Index usable_len(int fam, Index len) const {
     const double min_scale = std::numeric_limits<float>::min();
     if (len > 0 && !(scale(fam, len - 1) >= min_scale)) {
       Index lo = 0, hi = len;  // first t with a too small scale
@@ -520,11 +530,196 @@ class AffineSearch {
       }
       len = lo;
     }
+    return len;
+  }
+
+  void search_family(int fam, Index len) {
+    len = usable_len(fam, len);
     if (len == 0) return;
     Level& top = level(0);
     top.blocks.clear();
     for (Index t = 0; t < len; t += kTop) top.blocks.push_back(make_block(fam, t, std::min(len, t + kTop)));
     explore_level(0, nullptr);
+  }
+
+  // Family A on short rows (groups): every scale t of [0, len) in order, every zero it can take, exactly.
+  // A value's lattice point r(x) = k where (k - 1/2) h <= x < (k + 1/2) h (the boundaries of evaluate()) only
+  // moves outwards as h shrinks, and its code under zero z is clamp(r, -z, maxq - z), so over the whole
+  // sweep a value changes code at most maxq + 1 times. With B_z = sum s x code_z, C_z = sum s code_z^2,
+  //   E(h, z) = sum s x^2 - 2 h B_z + h^2 C_z,
+  // and a value crossing from k to k + 1 (x > 0) adds (s x, s (2k + 1)) to (B_z, C_z) for the zeros
+  // z <= maxq - k - 1 whose window still holds k + 1 (x < 0 symmetrically, for z >= 1 - k). The events are
+  // bucketed by the first t at which they hold (exact: the boundary test of evaluate() at that t's scale),
+  // so a group costs O(n (maxq + 1) + len (maxq + 1)) with no bound and no search of positions -- on
+  // 128-value groups several times less than the branch and bound, whose every bound seeks ~3 maxq
+  // positions. The sum can cancel (E << sum s x^2), so the winner's E is recomputed point by point.
+  bool sweep_family_a(Index len) {
+    if (len == 0) return true;
+    const int nz = maxq_ + 1;
+    const double* s = d_->s.data();
+    const double A = d_->S2[n_];
+    inv_delta_ = 1.0 / delta_;
+    inv_half_.resize(2 * maxq_ + 1);
+    for (int b = -maxq_; b <= maxq_; ++b) inv_half_[b + off_] = 1.0 / (b + 0.5);
+    // (B_z, C_z) at t = 0 from each value's lattice point there
+    B_.assign(nz, 0.0);
+    C_.assign(nz, 0.0);
+    k0_.resize(n_);
+    const double h0 = scale(0, 0);
+    for (Index p = 0; p < n_; ++p) {
+      const double x = x_[p], w = s[p];
+      int k = 0;
+      if (x > 0.0) {
+        while (k < maxq_ && x >= (k + 0.5) * h0) ++k;
+        for (int z = 0; z < nz; ++z) {
+          const double c = std::min(k, maxq_ - z);
+          B_[z] += w * x * c;
+          C_[z] += w * c * c;
+        }
+      } else if (x < 0.0) {
+        while (k > -maxq_ && x < (k - 0.5) * h0) --k;
+        for (int z = 0; z < nz; ++z) {
+          const double c = std::max(k, -z);
+          B_[z] += w * x * c;
+          C_[z] += w * c * c;
+        }
+      }
+      k0_[p] = k;
+    }
+    // The incumbent of t = 0 (the min-max range), then the sweep's end: the first checkpoint from which
+    // the bound of all remaining scales excludes every zero (bounds of nested blocks only grow: bisection).
+    double best = best_.error;
+    Index best_t = -1;
+    int best_z = 0;
+    {
+      const int zhi = zero_of(mn_ + ilo(0) * delta_, h0), zlo = zero_of(mn_ + ihi(0) * delta_, h0);
+      for (int z = zlo; z <= zhi; ++z) {
+        const double err = A + h0 * (h0 * C_[z] - 2.0 * B_[z]);
+        if (err < best) {
+          best = err;
+          best_t = 0;
+          best_z = z;
+        }
+      }
+    }
+    tail_lb_.resize(nz);
+    live_.assign(nz, 1);
+    dead_.assign(nz, 0.0);  // +inf for the zeros dropped
+    auto excluded_from = [&](Index t) {  // every zero of the scales [t, len) excluded
+      bound(make_block(0, t, len), tail_lb_.data());
+      for (int z = 0; z < nz; ++z)
+        if (live_[z] && !(tail_lb_[z] > best + eps_)) return false;
+      return true;
+    };
+    Index end = len;
+    {
+      Index lo = 0, hi = (len - 1) / kSweepCheck;  // checkpoints c * kSweepCheck, c in (lo, hi]
+      if (hi > 0 && excluded_from(hi * kSweepCheck)) {
+        while (hi - lo > 1) {
+          const Index mid = (lo + hi) / 2;
+          if (excluded_from(mid * kSweepCheck)) hi = mid;
+          else lo = mid;
+        }
+        end = hi * kSweepCheck;
+      }
+    }
+    // events of the scales [1, end), bucketed by scale
+    head_.assign(end, -1);
+    ev_.resize(n_ * maxq_);  // at most maxq crossings per value
+    nev_ = 0;
+    for (Index p = 0; p < n_; ++p) {
+      const double x = x_[p], w = s[p];
+      if (!(w > 0.0) || x == 0.0) continue;  // no error either way / always on lattice point 0
+      if (x > 0.0) {
+        for (int b = k0_[p]; b < maxq_; ++b) {  // crossing boundary b + 1/2: k = b -> b + 1
+          const Index t = crossing(x * inv_half_[b + off_], end);
+          if (t >= end) break;
+          push_event(t, w * x, w * (2.0 * b + 1.0), 0, maxq_ - b - 1);
+        }
+      } else {
+        for (int b = k0_[p] - 1; b >= -maxq_; --b) {  // crossing boundary b + 1/2 downwards: k = b + 1 -> b
+          const Index t = crossing(x * inv_half_[b + off_], end);
+          if (t >= end) break;
+          push_event(t, -w * x, w * (1.0 - 2.0 * (b + 1)), -b, maxq_);
+        }
+      }
+    }
+    for (Index t = 1; t < end; ++t) {
+      for (Index e = head_[t]; e >= 0; e = ev_[e].next) {
+        const Event& ev = ev_[e];
+        for (int z = ev.z1; z <= ev.z2; ++z) {
+          B_[z] += ev.dB;
+          C_[z] += ev.dC;
+        }
+      }
+      if (t % kSweepCheck == 0) {  // zeros the remaining scales cannot improve on go for good
+        bound(make_block(0, t, end), tail_lb_.data());
+        bool any = false;
+        for (int z = 0; z < nz; ++z) {
+          if (tail_lb_[z] > best + eps_) {
+            live_[z] = 0;
+            dead_[z] = std::numeric_limits<double>::infinity();
+          }
+          any = any || live_[z];
+        }
+        if (!any) break;
+      }
+      // zeros and scale of step t as evaluate_block() computes them (the same candidate set)
+      const double h = scale(0, t);
+      int zhi = zero_of(mn_ + ilo(t) * delta_, h), zlo = zero_of(mn_ + ihi(t) * delta_, h);
+      // -lo / h moves by maxq / (T - m) per step of i: below 1, every zero in between occurs
+      const bool all = T_ - t > maxq_ + 1;
+      if (!all) {
+        std::fill(present_.begin(), present_.end(), 0);
+        for (Index i = ilo(t); i <= ihi(t); ++i) present_[zero_of(mn_ + i * delta_, scale(0, t))] = 1;
+      }
+      if (all) {
+        // the least E of the step first (a branch-free loop), the zero only when it wins (rarely)
+        double least = std::numeric_limits<double>::infinity();
+        for (int z = zlo; z <= zhi; ++z) least = std::min(least, A + h * (h * C_[z] - 2.0 * B_[z]) + dead_[z]);
+        if (!(least < best)) continue;
+      }
+      for (int z = zlo; z <= zhi; ++z) {
+        const double err = A + h * (h * C_[z] - 2.0 * B_[z]) + dead_[z];
+        if (err < best && (all || present_[z])) {
+          best = err;
+          best_t = t;
+          best_z = z;
+        }
+      }
+    }
+    if (best_t < 0) return true;
+    // Within round-off of 0 the sum cannot tell candidates apart: the branch and bound decides instead.
+    if (!(best > 1e-9 * A)) return false;
+    // the winner's E point by point (the sweep's sum may have lost digits to cancellation)
+    const double h = scale(0, best_t);
+    double err = 0.0;
+    for (Index p = 0; p < n_; ++p) {
+      const double k = std::floor(x_[p] / h + 0.5);  // (a point on a boundary: either code, same error)
+      const double c = std::clamp(k, static_cast<double>(-best_z), static_cast<double>(maxq_ - best_z));
+      err += s[p] * (x_[p] - h * c) * (x_[p] - h * c);
+    }
+    if (err < best_.error) {
+      best_.error = err;
+      best_.scale = h;
+      best_.zero = best_z;
+      best_.found = true;
+      best_fam_ = 0;
+      best_t_ = best_t;
+    }
+    return true;
+  }
+  // The first t >= 1 at which the scale h_t = (R - t delta) / maxq is at most v (len if none): a value
+  // crosses the boundary (b + 1/2) h there, v = x / (b + 1/2) (its lattice point at t = 0 is known). Round-off
+  // can put the crossing a step early or late only where the value lies within round-off of the boundary,
+  // where both codes cost the same.
+  Index crossing(double v, Index len) const {
+    const double t = std::ceil((R_ - maxq_ * v) * inv_delta_);
+    return t <= 1.0 ? 1 : t >= static_cast<double>(len) ? len : static_cast<Index>(t);
+  }
+  void push_event(Index t, double dB, double dC, int z1, int z2) {
+    ev_[nev_] = Event{dB, dC, z1, z2, head_[t]};
+    head_[t] = nev_++;
   }
 
   // Sorted position of the first value >= v: from its bucket, a few steps, else binary search.
@@ -661,6 +856,25 @@ class AffineSearch {
   std::vector<double> cum_, lo_, hi_, below_, above_;  // per lattice point (index kk + off_)
   std::vector<char> open_;  // gap kk to kk + 1 open (index kk + off_ + 1)
   std::vector<char> need_, present_;
+  struct Event {
+    double dB, dC;
+    int z1, z2;  // zeros whose code changes
+    Index next;  // next event of the same t (-1: none)
+  };
+  std::vector<Event> ev_;
+  std::vector<Index> head_;     // first event of each t
+  std::vector<double> B_, C_;   // per zero, at the current t of the sweep
+  std::vector<double> inv_half_;  // 1 / (b + 1/2) per boundary b (index b + off_)
+  std::vector<int> k0_;           // each value's lattice point at t = 0
+  double inv_delta_ = 0;
+  std::vector<double> tail_lb_; // per zero, bound of the scales the sweep has not reached
+  std::vector<char> live_;      // zeros the sweep still evaluates
+  std::vector<double> dead_;    // 0 for those, +inf for the others
+  Index nev_ = 0;
+  static constexpr Index kSweepCheck = 128;  // steps between the sweep's bounds of the remaining scales
+  // rows of at most this many values use the sweep for family A at 4 bits and more (measured: faster than
+  // the branch and bound there; slower at 2 bits, about even at 3, slower from 512 values on)
+  static constexpr Index kSweepMaxN = 256;
   std::vector<Level> levels_;
   GridSearchResult best_;
 };
@@ -683,13 +897,24 @@ double weighted_grid_error(const float* x, const double* s, Index n, const Affin
 
 namespace {
 
+// quantize() for the kRowBatch lanes from panel row r; lanes past the panel's `rows` are left at zero.
+template <class Quantizer>
+void quantize_lanes(const Quantizer& quant, Index rows, Index r, Index j, const float* v, float* q,
+                    std::uint8_t* codes) {
+  for (Index l = 0; l < kRowBatch; ++l) {
+    q[l] = 0.0f;
+    codes[l] = 0;
+    if (r + l < rows) codes[l] = quant.quantize(r + l, j, v[l], q[l]);
+  }
+}
+
 // quant(w) = the nearest entry of the row's (and group's) ascending codebook; a value on a midpoint takes
 // the lower entry. Midpoints in float32, as the oracle.
 class CodebookQuantizer {
  public:
-  CodebookQuantizer(const RowMatrixXf& cb, const RowMatrixXf& mids, Index row0, Index groups, Index gs,
-                    const VectorXi64& perm)
-      : cb_(cb), mids_(mids), row0_(row0), groups_(groups), gs_(gs), perm_(perm) {}
+  CodebookQuantizer(const RowMatrixXf& cb, const RowMatrixXf& mids, Index row0, Index rows, Index groups,
+                    Index gs, const VectorXi64& perm)
+      : cb_(cb), mids_(mids), row0_(row0), rows_(rows), groups_(groups), gs_(gs), perm_(perm) {}
   void fit_group(Index, Index, const float*, Index) {}
   std::uint8_t quantize(Index r, Index j, float w, float& q) const {
     const Index idx = (row0_ + r) * groups_ + (gs_ > 0 ? perm_[j] / gs_ : 0);
@@ -698,20 +923,24 @@ class CodebookQuantizer {
     q = cb_(idx, t);
     return static_cast<std::uint8_t>(t);
   }
+  // The column loop's row-batch call (its corrections then run in SIMD lanes): quantize() lane by lane.
+  void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) const {
+    quantize_lanes(*this, rows_, r, j, v, q, codes);
+  }
 
  private:
   const RowMatrixXf& cb_;
   const RowMatrixXf& mids_;
-  Index row0_, groups_, gs_;
+  Index row0_, rows_, groups_, gs_;
   const VectorXi64& perm_;
 };
 
 // quant(w) on the fixed affine grid of the row (and group of the original column).
 class StaticAffineQuantizer {
  public:
-  StaticAffineQuantizer(const std::vector<AffineGrid>& grids, float maxq, Index row0, Index groups, Index gs,
-                        const VectorXi64& perm)
-      : grids_(grids), maxq_(maxq), row0_(row0), groups_(groups), gs_(gs), perm_(perm) {}
+  StaticAffineQuantizer(const std::vector<AffineGrid>& grids, float maxq, Index row0, Index rows, Index groups,
+                        Index gs, const VectorXi64& perm)
+      : grids_(grids), maxq_(maxq), row0_(row0), rows_(rows), groups_(groups), gs_(gs), perm_(perm) {}
   void fit_group(Index, Index, const float*, Index) {}
   std::uint8_t quantize(Index r, Index j, float w, float& q) const {
     const AffineGrid& g = grids_[(row0_ + r) * groups_ + (gs_ > 0 ? perm_[j] / gs_ : 0)];
@@ -719,11 +948,14 @@ class StaticAffineQuantizer {
     q = dequantize(code, g);
     return code;
   }
+  void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) const {
+    quantize_lanes(*this, rows_, r, j, v, q, codes);
+  }
 
  private:
   const std::vector<AffineGrid>& grids_;
   float maxq_;
-  Index row0_, groups_, gs_;
+  Index row0_, rows_, groups_, gs_;
   const VectorXi64& perm_;
 };
 
@@ -824,22 +1056,15 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   out.codes.resize(rows, cols);
   ColumnLoopOptions loop_opt;
   loop_opt.block_size = opt.block_size;
-  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
-    const Index pr = r1 - r0;
-    RowMatrixXf Wp(pr, cols);
-    for (Index r = 0; r < pr; ++r)
-      for (Index j = 0; j < cols; ++j) Wp(r, j) = prep.dead[perm[j]] ? 0.0f : W(r0 + r, perm[j]);
-    RowMatrixU8 codes(pr, cols);
-    if (opt.affine) {
-      StaticAffineQuantizer quant(grids, maxq, r0, groups, gs, perm);
-      gptq_column_loop(Wp, P, loop_opt, quant, codes);
-    } else {
-      CodebookQuantizer quant(res.codebook, mids, r0, groups, gs, perm);
-      gptq_column_loop(Wp, P, loop_opt, quant, codes);
-    }
-    for (Index r = 0; r < pr; ++r)
-      for (Index j = 0; j < cols; ++j) out.codes(r0 + r, perm[j]) = codes(r, j);
-  });
+  if (opt.affine) {
+    run_column_loop(W, perm, opt.act_order, prep.dead, P, loop_opt,
+                    [&](Index r0, Index pr) { return StaticAffineQuantizer(grids, maxq, r0, pr, groups, gs, perm); },
+                    out.codes);
+  } else {
+    run_column_loop(W, perm, opt.act_order, prep.dead, P, loop_opt,
+                    [&](Index r0, Index pr) { return CodebookQuantizer(res.codebook, mids, r0, pr, groups, gs, perm); },
+                    out.codes);
+  }
   timer.lap("column_loop");
 
   if (opt.act_order) out.perm = perm;

@@ -14,37 +14,19 @@ namespace {
 
 constexpr Index kPanel = 128;  // Cholesky panel and parallel block width
 
-// Unblocked lower Cholesky of the diagonal block A[k0:k1, k0:k1]; returns the failing index or -1.
-Index cholesky_diagonal_block(ColMatrixXd& A, Index k0, Index k1) {
-  for (Index j = k0; j < k1; ++j) {
-    double d = A(j, j);
-    for (Index p = k0; p < j; ++p) d -= A(j, p) * A(j, p);
-    if (!(d > 0.0) || !std::isfinite(d)) return j;
-    d = std::sqrt(d);
-    A(j, j) = d;
-    for (Index i = j + 1; i < k1; ++i) {
-      double s = A(i, j);
-      for (Index p = k0; p < j; ++p) s -= A(i, p) * A(j, p);
-      A(i, j) = s / d;
-    }
-  }
-  return -1;
-}
-
 }  // namespace
 
 Index cholesky_lower_inplace(ColMatrixXd& A) {
   const Index n = A.rows();
   for (Index k = 0; k < n; k += kPanel) {
     const Index kb = std::min(kPanel, n - k);
-    const Index failed = cholesky_diagonal_block(A, k, k + kb);
-    if (failed >= 0) return failed;
+    const Index failed = cholesky_block_lower(A.block(k, k, kb, kb));
+    if (failed >= 0) return k + failed;
     const Index rest = n - k - kb;
     if (rest == 0) break;
     // Panel below the diagonal block: A21 <- A21 L11^{-T}, rows independent.
     parallel_chunks(rest, kPanel, [&](Index r0, Index r1) {
-      auto A21 = A.block(k + kb + r0, k, r1 - r0, kb);
-      A.block(k, k, kb, kb).triangularView<Eigen::Lower>().transpose().solveInPlace<Eigen::OnTheRight>(A21);
+      trsm_right_lower_transpose(A.block(k + kb + r0, k, r1 - r0, kb), A.block(k, k, kb, kb));
     });
     // Trailing update of the lower triangle: A22 -= A21 A21^T, one column block per task.
     const auto A21 = A.block(k + kb, k, rest, kb);
@@ -99,10 +81,10 @@ PropagationFactor propagation_factor(ColMatrixXd& L, const std::function<void(Co
     throw NumericalError(msg.str());
   }
   // P(k, j) = L(n-1-k, n-1-j) / L(n-1-j, n-1-j): a block of P's rows reads contiguous runs of L's columns.
-  // Each task writes all of its rows (zeros below the diagonal too): one pass over P, first touched by its writer.
+  // Each task writes the upper part of its rows: one pass over P, first touched by its writer. Nothing reads
+  // below the diagonal, so those pages are never faulted in.
   out.P.resize(n, n);
   parallel_chunks(n, kPanel, [&](Index k0, Index k1) {
-    for (Index k = k0; k < k1; ++k) out.P.row(k).head(k).setZero();
     for (Index j = k0; j < n; ++j) {
       const Index c = n - 1 - j;
       const double* lcol = L.col(c).data();

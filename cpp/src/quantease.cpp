@@ -13,6 +13,7 @@
 #include "quantease/gemm.hpp"
 #include "quantease/gptq.hpp"
 #include "quantease/hessian.hpp"
+#include "quantease/leanquant.hpp"
 #include "quantease/parallel.hpp"
 
 namespace quantease {
@@ -45,11 +46,136 @@ struct SweepStats {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// The grid of every row and group (groups in processing order), as float32 scale/zero.
+// The grids, two kinds chosen once per call (Solver::with_grids); the sweeps are templates on the kind.
+// Each has group(j) (the group of processing-order column j) and row(r, group), a row's grid with
+// quantize(x) -> code of the nearest point, quantize(x, hint) -> the same code, found faster when it is
+// `hint` (the entry's previous code), and value(code) -> the point; residual(r, w, codes, out): out = w − the
+// points of a whole row of codes (processing order); and Active, the grids of a panel's active rows for one group side
+// by side (the column loop's view: load(set, act, group), then lanes() -> quantize(i, x, hint) and
+// value(i, code) for active row i; `hinted`: whether quantize uses the hint, i.e. needs the previous codes).
+struct AffineRowGrid {
+  AffineGrid g;
+  float maxq;
+  std::uint8_t quantize(float x) const { return quantize_code(x, g, maxq); }
+  std::uint8_t quantize(float x, std::uint8_t) const { return quantize_code(x, g, maxq); }
+  float value(std::uint8_t code) const { return dequantize(code, g); }
+};
+
+// Ascending levels with their float32 midpoints: the nearest level, a value on a midpoint taking the lower
+// one (LeanQuant's CodebookQuantizer rule). Branch-free binary search for the first midpoint >= x.
+struct CodebookRowGrid {
+  const float* level;
+  const float* mid;
+  Index n_mid;  // 2^bits − 1 >= 3
+  std::uint8_t quantize(float x) const {
+    const float* base = mid;
+    Index len = n_mid;
+    while (len > 1) {
+      const Index half = len / 2;
+      base = base[half - 1] < x ? base + half : base;
+      len -= half;
+    }
+    return static_cast<std::uint8_t>((base - mid) + (*base < x ? 1 : 0));
+  }
+  // Most entries keep their level from one quantized sweep to the next: test the hint's interval
+  // (mid[t-1], mid[t]] first (two independent loads instead of log2(2^bits) dependent ones).
+  std::uint8_t quantize(float x, std::uint8_t hint) const {
+    const Index t = std::min<Index>(hint, n_mid);
+    if ((t == 0 || mid[t - 1] < x) && (t == n_mid || x <= mid[t])) return static_cast<std::uint8_t>(t);
+    return quantize(x);
+  }
+  float value(std::uint8_t code) const { return level[code]; }
+};
+
+// Codebooks of every row and group: row r, group g at r * groups + g; groups of ORIGINAL columns
+// (LeanQuant's static groups), so column j's group goes through the processing order perm.
+struct Codebooks {
+  Index gs = -1, groups = 1;            // gs = -1: one codebook per row
+  const VectorXi64* perm = nullptr;     // processing position -> original column
+  RowMatrixXf level, mid;               // (rows * groups) x 2^bits and x (2^bits − 1)
+  Index group(Index j) const { return gs > 0 ? (*perm)[j] / gs : 0; }
+  CodebookRowGrid row(Index r, Index g) const {
+    const Index i = r * groups + g;
+    return CodebookRowGrid{level.row(i).data(), mid.row(i).data(), mid.cols()};
+  }
+  void residual(Index r, const float* w, const std::uint8_t* code, float* out) const {
+    for (Index j = 0; j < perm->size(); ++j) out[j] = w[j] - row(r, group(j)).value(code[j]);
+  }
+  // The active rows' levels and midpoints for one group (with act-order groups of original columns the group
+  // may change at every column: a reload is one pair of pointers per row).
+  struct Active {
+    static constexpr bool hinted = true;
+    std::vector<const float*> level, mid;
+    Index n_mid = 0;
+    struct Lanes {
+      const float* const* level;
+      const float* const* mid;
+      Index n_mid;
+      std::uint8_t quantize(Index i, float x, std::uint8_t hint) const {
+        return CodebookRowGrid{level[i], mid[i], n_mid}.quantize(x, hint);
+      }
+      float value(Index i, std::uint8_t code) const { return level[i][code]; }
+    };
+    void load(const Codebooks& b, const std::vector<Index>& act, Index g) {
+      level.resize(act.size());
+      mid.resize(act.size());
+      n_mid = b.mid.cols();
+      for (std::size_t i = 0; i < act.size(); ++i) {
+        const Index row = act[i] * b.groups + g;
+        level[i] = b.level.row(row).data();
+        mid[i] = b.mid.row(row).data();
+      }
+    }
+    Lanes lanes() const { return Lanes{level.data(), mid.data(), n_mid}; }
+  };
+  void set_levels(const RowMatrixXf& levels) {
+    level = levels;
+    mid.resize(level.rows(), level.cols() - 1);
+    for (Index i = 0; i < level.rows(); ++i)
+      for (Index t = 0; t + 1 < level.cols(); ++t) mid(i, t) = 0.5f * (level(i, t) + level(i, t + 1));
+  }
+};
+
+// The affine grid of every row and group (groups in processing order), as float32 scale/zero.
 struct Grids {
   Index gs = 1;  // group width in columns (cols when there are no groups)
+  float maxq = 15.0f;
   RowMatrixXf scale, zero;  // rows x groups
   AffineGrid at(Index r, Index j) const { return AffineGrid{scale(r, j / gs), zero(r, j / gs)}; }
+  Index group(Index j) const { return j / gs; }
+  AffineRowGrid row(Index r, Index g) const { return AffineRowGrid{AffineGrid{scale(r, g), zero(r, g)}, maxq}; }
+  // group by group (no integer division per entry); one expression per entry, as the compiler may fuse it
+  void residual(Index r, const float* w, const std::uint8_t* code, float* out) const {
+    for (Index g = 0, c0 = 0; c0 < scale.cols() * gs; ++g, c0 += gs) {
+      const AffineGrid grid{scale(r, g), zero(r, g)};
+      for (Index j = c0; j < c0 + gs; ++j) out[j] = w[j] - dequantize(code[j], grid);
+    }
+  }
+  // The active rows' scale and zero for one group, as two float arrays (the column loop vectorises across rows).
+  struct Active {
+    static constexpr bool hinted = false;
+    std::vector<float> scale, zero;
+    float maxq = 15.0f;
+    struct Lanes {
+      const float* scale;
+      const float* zero;
+      float maxq;
+      std::uint8_t quantize(Index i, float x, std::uint8_t) const {
+        return quantize_code(x, AffineGrid{scale[i], zero[i]}, maxq);
+      }
+      float value(Index i, std::uint8_t code) const { return dequantize(code, AffineGrid{scale[i], zero[i]}); }
+    };
+    void load(const Grids& gr, const std::vector<Index>& act, Index g) {
+      scale.resize(act.size());
+      zero.resize(act.size());
+      maxq = gr.maxq;
+      for (std::size_t i = 0; i < act.size(); ++i) {
+        scale[i] = gr.scale(act[i], g);
+        zero[i] = gr.zero(act[i], g);
+      }
+    }
+    Lanes lanes() const { return Lanes{scale.data(), zero.data(), maxq}; }
+  };
   void set(Index r, Index g, const AffineGrid& a) {
     scale(r, g) = a.scale;
     zero(r, g) = a.zero;
@@ -77,7 +203,15 @@ class Solver {
   RowMatrixU8 codes;      // codes of Ŵ (valid after a quantized sweep)
   RowMatrixXf D;          // rows x B: Δ of the current block
   Grids grids;
+  Codebooks books;        // codebook_mode: the grids instead of `grids`
+  bool codebook_mode = false;
   bool outlier_mode = false;
+
+  // f(the grids in use): one branch per call (or per sweep), the sweeps are instantiated per grid kind.
+  template <class F>
+  decltype(auto) with_grids(F&& f) const {
+    return codebook_mode ? f(books) : f(grids);
+  }
 
   // CPU seconds spent per kind of work, one slot per row panel (summed in a fixed order).
   std::vector<double> gemm_sec, col_sec;
@@ -96,8 +230,7 @@ class Solver {
   struct BlockPanel {
     Index na = 0, ld = 0;
     RowMatrixXf W, G, D;  // B x ld: Ŵ, G (or the relaxed sweep's scratch G) and Δ of the block
-    RowMatrixU8 C;        // codes (requantize: the codes of the on-grid point before, on the way in)
-    std::vector<float> scale, zero;     // the active rows' grid for the current group
+    RowMatrixU8 C;        // codes (on the way in, requantize and hinted grids: the codes before the sweep)
     std::vector<std::int32_t> changed;  // per active row: entries changed in this sweep
     std::vector<double> df;             // per active row: change of f in a relaxed (scratch) sweep
     std::vector<std::int32_t> nz;       // the active rows with a non-zero Δ in the current column
@@ -106,9 +239,7 @@ class Solver {
       W.resize(B, ld);
       G.resize(B, ld);
       D.resize(B, ld);
-      C.resize(B, ld);
-      scale.resize(na);
-      zero.resize(na);
+      C.setZero(B, ld);  // defined hints for grids that ignore them
       changed.assign(na, 0);
       df.assign(na, 0.0);
       nz.resize(na);
@@ -123,17 +254,25 @@ class Solver {
   // between): rows the last sweep left unchanged are skipped. Rows are independent problems and such a row
   // is a fixed point (same Ŵ, same G, so the same β and codes), so skipping it gives exactly the same result.
   SweepStats sweep(SweepKind kind, bool with_f, bool skip_unchanged = false) {
+    // the quantized sweeps on the grids in use (one branch per sweep, not per entry); the relaxed ones never
+    // read the grids
     switch (kind) {
-      case SweepKind::quantize: return sweep_kind<SweepKind::quantize>(with_f, skip_unchanged);
-      case SweepKind::relax: return sweep_kind<SweepKind::relax>(with_f, skip_unchanged);
-      case SweepKind::relax_scratch: return sweep_kind<SweepKind::relax_scratch>(with_f, skip_unchanged);
-      case SweepKind::requantize: return sweep_kind<SweepKind::requantize>(with_f, skip_unchanged);
+      case SweepKind::quantize:
+        return with_grids([&](const auto& gr) {
+          return sweep_kind<SweepKind::quantize>(gr, with_f, skip_unchanged);
+        });
+      case SweepKind::requantize:
+        return with_grids([&](const auto& gr) {
+          return sweep_kind<SweepKind::requantize>(gr, with_f, skip_unchanged);
+        });
+      case SweepKind::relax: return sweep_kind<SweepKind::relax>(grids, with_f, skip_unchanged);
+      case SweepKind::relax_scratch: return sweep_kind<SweepKind::relax_scratch>(grids, with_f, skip_unchanged);
     }
     return {};
   }
 
-  template <SweepKind K>
-  SweepStats sweep_kind(bool with_f, bool skip_unchanged) {
+  template <SweepKind K, class GridSet>
+  SweepStats sweep_kind(const GridSet& gr, bool with_f, bool skip_unchanged) {
     const auto t_start = Clock::now();
     std::vector<std::int64_t> changed(n_panels_, 0), moved(n_panels_, 0);
     std::vector<double> fpart(n_panels_, 0.0);
@@ -155,15 +294,12 @@ class Solver {
       } else if constexpr (K == SweepKind::requantize) {
         scratch.resize(pr, cols_);
         for (Index r = r0; r < r1; ++r)
-          for (Index c0 = 0; c0 < cols_; c0 += grids.gs) {
-            const AffineGrid grid = grids.at(r, c0);
-            for (Index j = c0; j < c0 + grids.gs; ++j)
-              scratch(r - r0, j) = What(r, j) - dequantize(codes(r, j), grid);
-          }
+          gr.residual(r, What.row(r).data(), codes.row(r).data(), scratch.row(r - r0).data());
       }
       RowMatrixXf& Gsrc = K == SweepKind::relax_scratch ? scratch : G;
       const Index g_row0 = K == SweepKind::relax_scratch ? r0 : 0;
       BlockPanel t(B_, static_cast<Index>(act.size()));
+      typename GridSet::Active active;  // the active rows' grids for one group (quantized sweeps)
       for (Index b0 = 0; b0 < cols_ && !act.empty(); b0 += B_) {
         const Index b1 = std::min(b0 + B_, cols_), nb = b1 - b0;
         auto t0 = Clock::now();
@@ -177,9 +313,9 @@ class Solver {
           gemm_sec[p] += std::chrono::duration<double>(t1 - t0).count();
           t0 = t1;
         }
-        gather<K>(t, act, Gsrc, g_row0, b0, nb);
+        gather<K, GridSet::Active::hinted>(t, act, Gsrc, g_row0, b0, nb);
         std::int64_t count = 0, nnz = 0;
-        block_columns<K>(t, act, b0, b1, count, nnz);
+        block_columns<K>(t, gr, active, act, b0, b1, count, nnz);
         scatter<K>(t, act, Gsrc, g_row0, b0, nb);
         const auto t1 = Clock::now();
         if constexpr (K == SweepKind::requantize) G.block(r0, b0, pr, nb) += U;
@@ -208,8 +344,9 @@ class Solver {
   }
 
   // The block's columns of the active rows into t (transposed): Ŵ, G (row r of Gsrc is row r + g_row0 of
-  // Ŵ) and, requantize, the codes of the on-grid point before the relaxed sweep.
-  template <SweepKind K>
+  // Ŵ) and the codes: requantize, those of the on-grid point before the relaxed sweep; `hinted` grids, the
+  // previous codes as the quantized sweep's hints.
+  template <SweepKind K, bool hinted>
   void gather(BlockPanel& t, const std::vector<Index>& act, const RowMatrixXf& Gsrc, Index g_row0, Index b0,
               Index nb) const {
     for (Index i = 0; i < t.na; ++i) {
@@ -220,7 +357,7 @@ class Solver {
         t.W(k, i) = w[k];
         t.G(k, i) = g[k];
       }
-      if constexpr (K == SweepKind::requantize) {
+      if constexpr (K == SweepKind::requantize || (K == SweepKind::quantize && hinted)) {
         const std::uint8_t* c = codes.row(r).data() + b0;
         for (Index k = 0; k < nb; ++k) t.C(k, i) = c[k];
       }
@@ -251,29 +388,27 @@ class Solver {
 
   // Column k of the block for the active rows of t: β = ŵ + G / Σ_jj (the best value of each entry with all
   // others fixed), the new value (quant(β), or β relaxed), Δ into t.D. Returns (entries changed, non-zero Δ).
-  template <SweepKind K>
-  std::pair<std::int64_t, std::int64_t> step_column(BlockPanel& t, Index k, float dj, double sjj) {
+  // `q`: the active rows' grids for the column's group (a grid set's Active::Lanes; unused when relaxed).
+  template <SweepKind K, class Lanes>
+  std::pair<std::int64_t, std::int64_t> step_column(BlockPanel& t, const Lanes q, Index k, float dj, double sjj) {
     constexpr bool quantize = K == SweepKind::quantize || K == SweepKind::requantize;
     float* __restrict w = t.W.row(k).data();
     const float* __restrict g = t.G.row(k).data();
     float* __restrict d = t.D.row(k).data();
     std::uint8_t* __restrict c = t.C.row(k).data();
-    const float* __restrict sc = t.scale.data();
-    const float* __restrict ze = t.zero.data();
     std::int32_t* __restrict ch = t.changed.data();
     double* __restrict df = t.df.data();
-    const float maxq = maxq_;
     std::int64_t n_changed = 0, n_moved = 0;
     for (Index i = 0; i < t.na; ++i) {
       const float beta = w[i] + g[i] / dj;
       float v = beta;
       float step;  // what G moves by (times Σ_j)
       if constexpr (quantize) {
-        const AffineGrid grid{sc[i], ze[i]};
-        const std::uint8_t code = quantize_code(beta, grid, maxq);
-        v = dequantize(code, grid);
+        // c[i] on the way in: the previous code (the hint of codebook grids; requantize: the point before)
+        const std::uint8_t code = q.quantize(i, beta, c[i]);
+        v = q.value(i, code);
         // requantize: G is kept at the pre-relaxed point, so it moves by the change of the grid point
-        if constexpr (K == SweepKind::requantize) step = v - dequantize(c[i], grid);
+        if constexpr (K == SweepKind::requantize) step = v - q.value(i, c[i]);
         else step = v - w[i];
         c[i] = code;
       } else {
@@ -296,28 +431,25 @@ class Solver {
   // (quant(β_j), or β_j relaxed), Δ_j and the update of the block's columns from j on (G −= Δ_j Σ_{j,k}); the
   // block's earlier columns and the rest of the row get the block's Δ after it (apply_outside/apply_right).
   // Each element of G gets the steps of the columns in increasing order, whichever form the update takes.
-  template <SweepKind K>
-  void block_columns(BlockPanel& t, const std::vector<Index>& act, Index b0, Index b1, std::int64_t& count,
-                     std::int64_t& nnz) {
+  template <SweepKind K, class GridSet>
+  void block_columns(BlockPanel& t, const GridSet& gr, typename GridSet::Active& active,
+                     const std::vector<Index>& act, Index b0, Index b1, std::int64_t& count, std::int64_t& nnz) {
     constexpr bool quantize = K == SweepKind::quantize || K == SweepKind::requantize;
     const Index na = t.na, ld = t.ld;
-    Index loaded = -1;  // the group whose grids are in t.scale/t.zero
+    Index loaded = -1;  // the group whose grids are in `active`
     for (Index j = b0; j < b1; ++j) {
       const Index k = j - b0;
       const float* s = Sig.row(j).data() + b0;  // s[m] = Σ(j, b0 + m)
       const float dj = diag[j];
       const double sjj = Sig(j, j);
       if constexpr (quantize) {
-        const Index grp = j / grids.gs;
+        const Index grp = gr.group(j);
         if (grp != loaded) {
-          for (Index i = 0; i < na; ++i) {
-            t.scale[i] = grids.scale(act[i], grp);
-            t.zero[i] = grids.zero(act[i], grp);
-          }
+          active.load(gr, act, grp);
           loaded = grp;
         }
       }
-      const auto [n_changed, n_moved] = step_column<K>(t, k, dj, sjj);
+      const auto [n_changed, n_moved] = step_column<K>(t, active.lanes(), k, dj, sjj);
       count += n_changed;
       nnz += n_moved;
       if (n_moved == 0) continue;
@@ -563,23 +695,134 @@ class Solver {
     return std::accumulate(gain.begin(), gain.end(), 0.0);
   }
 
+  // Codebook refit (ours, codebook grids): for every row and group, with its codes fixed, the levels that
+  // minimise f exactly. With A the group's one-hot code matrix (columns C of the group) and Ŵ_C = A c, moving
+  // the levels by Δ changes f by −2 Δᵀ b + Δᵀ M Δ, b = Aᵀ G_C (G summed per level), M = Aᵀ Σ_CC A (Σ summed
+  // per pair of levels): Δ = M⁻¹ b over the levels in use (LDLT; the others stay). Taken only when the exact
+  // change for the float32 levels it will store is negative; the levels are then re-sorted (codes renumbered).
+  // The groups of a row go one after the other, each with the G its predecessors left.
+  // Needs valid codes (after a quantized sweep). Returns the total decrease of f (float64, ≥ 0).
+  double refit_codebooks() {
+    const Index k = books.level.cols(), groups = books.groups;
+    // processing positions of every group's columns (static groups of original columns)
+    std::vector<std::vector<Index>> members(groups);
+    for (Index j = 0; j < cols_; ++j) members[books.group(j)].push_back(j);
+    std::vector<double> gain(n_panels_, 0.0);
+    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+      const Index pr = r1 - r0;
+      Eigen::MatrixXd M(k, k);
+      Eigen::VectorXd b(k), dq(k);
+      std::vector<Index> used, order(k), renum(k), start(k + 1), fill(k), bucket(cols_);
+      std::vector<float> nl(k);
+      RowMatrixXf Dl, SigC;
+      double part = 0.0;
+      for (Index g = 0; g < groups; ++g) {
+        const std::vector<Index>& C = members[g];
+        const Index nc = static_cast<Index>(C.size());
+        Dl.setZero(pr, nc);
+        bool any = false;
+        for (Index r = r0; r < r1; ++r) {
+          M.setZero();
+          b.setZero();
+          // the group's columns bucketed by code (counting sort), so that each M(a, t) row is a sum of
+          // gathers over one bucket (no scatter into accumulators)
+          std::fill(start.begin(), start.end(), Index{0});
+          for (const Index j : C) ++start[codes(r, j) + 1];
+          for (Index t = 0; t < k; ++t) start[t + 1] += start[t];
+          std::copy(start.begin(), start.end() - 1, fill.begin());
+          for (const Index j : C) bucket[fill[codes(r, j)]++] = j;
+          for (const Index i : C) {
+            const Index a = codes(r, i);
+            b[a] += G(r, i);
+            const float* si = Sig.row(i).data();
+            for (Index t = 0; t < k; ++t) {
+              double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+              Index e = start[t];
+              for (; e + 4 <= start[t + 1]; e += 4) {
+                s0 += si[bucket[e]];
+                s1 += si[bucket[e + 1]];
+                s2 += si[bucket[e + 2]];
+                s3 += si[bucket[e + 3]];
+              }
+              for (; e < start[t + 1]; ++e) s0 += si[bucket[e]];
+              M(a, t) += (s0 + s1) + (s2 + s3);
+            }
+          }
+          used.clear();
+          for (Index t = 0; t < k; ++t)
+            if (M(t, t) > 0.0) used.push_back(t);
+          const Index n = static_cast<Index>(used.size());
+          if (n == 0) continue;
+          Eigen::MatrixXd Mu(n, n);
+          Eigen::VectorXd bu(n);
+          for (Index x = 0; x < n; ++x) {
+            bu[x] = b[used[x]];
+            for (Index y = 0; y < n; ++y) Mu(x, y) = M(used[x], used[y]);
+          }
+          const Eigen::VectorXd d = Mu.ldlt().solve(bu);
+          if (!d.allFinite()) continue;
+          // the float32 levels that would be stored, and their exact change of f
+          float* lv = books.level.row(r * groups + g).data();
+          dq.setZero();
+          for (Index t = 0; t < k; ++t) nl[t] = lv[t];
+          for (Index x = 0; x < n; ++x) {
+            nl[used[x]] = static_cast<float>(lv[used[x]] + d[x]);
+            dq[used[x]] = static_cast<double>(nl[used[x]]) - lv[used[x]];
+          }
+          const double change = -2.0 * dq.dot(b) + dq.dot(M * dq);
+          if (!(change < 0.0) || !std::isfinite(change)) continue;
+          part -= change;
+          any = true;
+          // Ŵ moves by dq[code] on the group's columns (G after the panel's group, below)
+          for (Index c = 0; c < nc; ++c) {
+            const Index j = C[c];
+            Dl(r - r0, c) = nl[codes(r, j)] - What(r, j);
+            What(r, j) = nl[codes(r, j)];
+          }
+          // ascending levels again: sort (stable), renumber the codes, new midpoints
+          std::iota(order.begin(), order.end(), Index{0});
+          std::stable_sort(order.begin(), order.end(), [&](Index x, Index y) { return nl[x] < nl[y]; });
+          for (Index t = 0; t < k; ++t) {
+            lv[t] = nl[order[t]];
+            renum[order[t]] = t;
+          }
+          for (const Index j : C) codes(r, j) = static_cast<std::uint8_t>(renum[codes(r, j)]);
+          float* md = books.mid.row(r * groups + g).data();
+          for (Index t = 0; t + 1 < k; ++t) md[t] = 0.5f * (lv[t] + lv[t + 1]);
+        }
+        // G = (T − Ŵ) Σ: Ŵ moved by Dl on the group's columns
+        if (any) {
+          SigC.resize(nc, cols_);
+          for (Index c = 0; c < nc; ++c) SigC.row(c) = Sig.row(C[c]);
+          gemm_add(G.middleRows(r0, pr), -1.0f, Dl, SigC);
+        }
+      }
+      gain[r0 / kRowPanel] = part;
+    });
+    return std::accumulate(gain.begin(), gain.end(), 0.0);
+  }
+
   // Ŵ from codes on the current grids.
   void dequantize_all() {
-    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
-      for (Index r = r0; r < r1; ++r)
-        for (Index j = 0; j < cols_; ++j) What(r, j) = dequantize(codes(r, j), grids.at(r, j));
+    with_grids([&](const auto& gr) {
+      parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+        for (Index r = r0; r < r1; ++r)
+          for (Index j = 0; j < cols_; ++j) What(r, j) = gr.row(r, gr.group(j)).value(codes(r, j));
+      });
     });
   }
 
   // Ŵ = quant(T) on the current grids (init = rtn).
   void round_target() {
-    parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
-      for (Index r = r0; r < r1; ++r)
-        for (Index j = 0; j < cols_; ++j) {
-          const AffineGrid grid = grids.at(r, j);
-          codes(r, j) = quantize_code(target(r, j), grid, maxq_);
-          What(r, j) = dequantize(codes(r, j), grid);
-        }
+    with_grids([&](const auto& gr) {
+      parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
+        for (Index r = r0; r < r1; ++r)
+          for (Index j = 0; j < cols_; ++j) {
+            const auto grid = gr.row(r, gr.group(j));
+            codes(r, j) = grid.quantize(target(r, j));
+            What(r, j) = grid.value(codes(r, j));
+          }
+      });
     });
   }
 };
@@ -797,14 +1040,19 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   });
   s.gemm_sec.assign(s.n_panels_, 0.0);
   s.col_sec.assign(s.n_panels_, 0.0);
-  s.codes.resize(rows, cols);
+  s.codes.setZero(rows, cols);  // also the first sweep's hints (CodebookRowGrid::quantize)
   s.D.resize(rows, std::min<Index>(s.B_, cols));
   s.G.resize(rows, cols);
   s.frow.assign(rows, 0.0);
   s.row_changed.assign(rows, 1);
   s.grids.gs = gs;
+  s.grids.maxq = max_code(opt.bits);
   s.grids.scale.resize(rows, groups);
   s.grids.zero.resize(rows, groups);
+  s.codebook_mode = opt.codebook.size() > 0 || opt.init == QuantEaseInit::leanquant;
+  s.books.gs = opt.group_size;
+  s.books.groups = groups;
+  s.books.perm = &perm;
   GridOptions gopt;
   gopt.bits = opt.bits;
   gopt.sym = opt.sym;
@@ -826,8 +1074,30 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   bool on_grid = false;
   double f0 = 0.0;
   QuantOutput gptq_out;
+  LeanQuantOutput lq_out;
   const bool structured = outl && outl->structured();
-  if (opt.init == QuantEaseInit::gptq) {
+  if (opt.init == QuantEaseInit::leanquant) {
+    // LeanQuant's codes on its codebooks: an on-grid start (the target stays the original W)
+    LeanQuantOptions lq = opt.leanquant;
+    lq.bits = opt.bits;
+    lq.affine = false;
+    lq.group_size = opt.group_size;
+    lq.act_order = opt.act_order;
+    lq.block_size = opt.block_size;
+    lq_out = leanquant(W, H, lq);
+    out.damp = lq_out.quant.damp;
+    out.damp_attempts = lq_out.quant.damp_attempts;
+    s.books.set_levels(lq_out.codebook);
+    s.What.resize(rows, cols);
+    parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+      for (Index r = r0; r < r1; ++r)
+        for (Index j = 0; j < cols; ++j) {
+          s.codes(r, j) = lq_out.quant.codes(r, perm[j]);
+          s.What(r, j) = s.books.row(r, s.books.group(j)).value(s.codes(r, j));
+        }
+    });
+    on_grid = true;
+  } else if (opt.init == QuantEaseInit::gptq) {
     GptqOptions g;
     g.bits = opt.bits;
     g.group_size = opt.group_size;
@@ -851,7 +1121,8 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     });
     on_grid = true;
   } else {
-    if (structured) fit_masked_grids(s.Wp, outl->outlier_col, gopt, s.grids);
+    if (s.codebook_mode) s.books.set_levels(opt.codebook);
+    else if (structured) fit_masked_grids(s.Wp, outl->outlier_col, gopt, s.grids);
     else fit_fixed_grids(s.Wp, gopt, s.outlier_mode ? opt.outlier_fraction : 0.0, s.grids);
     if (!s.outlier_mode) s.What = s.Wp;
     else s.What = s.Wp - s.S;
@@ -1028,7 +1299,7 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     }
     double f = best_f;
     for (int round = 0; round < opt.refit; ++round) {
-      const double gain = s.refit_grids();
+      const double gain = s.codebook_mode ? s.refit_codebooks() : s.refit_grids();
       res.refit_gains.push_back(gain);
       if (!(gain > 0.0)) break;
       ++res.refits;
@@ -1064,24 +1335,39 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
 
   // --- output in the original column order
   out.codes.resize(rows, cols);
-  out.scales = structured ? best_grids.scale : s.grids.scale;
-  out.zeros = structured ? best_grids.zero : s.grids.zero;
   for (Index r = 0; r < rows; ++r)
     for (Index j = 0; j < cols; ++j) out.codes(r, perm[j]) = best_codes(r, j);
   if (opt.act_order) out.perm = perm;
-  out.g_idx = group_index(cols, opt.group_size, perm, opt.act_order);
-  dequantize_affine(out);
+  if (s.codebook_mode) {
+    // weight = codebook[codes], LeanQuant's static groups (g_idx = c / gs)
+    out.g_idx = group_index(cols, opt.group_size, perm, false);
+    out.weight.resize(rows, cols);
+    parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+      for (Index r = r0; r < r1; ++r)
+        for (Index c = 0; c < cols; ++c) out.weight(r, c) = s.books.row(r, out.g_idx[c]).value(out.codes(r, c));
+    });
+    res.codebook = s.books.level;
+  } else {
+    out.scales = structured ? best_grids.scale : s.grids.scale;
+    out.zeros = structured ? best_grids.zero : s.grids.zero;
+    out.g_idx = group_index(cols, opt.group_size, perm, opt.act_order);
+    dequantize_affine(out);
+  }
 
-  // init = gptq: never worse than GPTQ, decided in float64 (the float32 G's objective is accurate to about
-  // 1e-5 relative only, when H's entries span orders of magnitude)
-  if (opt.init == QuantEaseInit::gptq && best_sweep >= 0) {
+  // init = gptq / leanquant: never worse than the init, decided in float64 (the float32 G's objective is
+  // accurate to about 1e-5 relative only, when H's entries span orders of magnitude)
+  const QuantOutput* init_out = opt.init == QuantEaseInit::gptq        ? &gptq_out
+                                : opt.init == QuantEaseInit::leanquant ? &lq_out.quant
+                                                                       : nullptr;
+  if (init_out && best_sweep >= 0) {
     const RowMatrixXd Dq = W.cast<double>() - out.weight.cast<double>();
-    const RowMatrixXd Dg = W.cast<double>() - gptq_out.weight.cast<double>();
+    const RowMatrixXd Dg = W.cast<double>() - init_out->weight.cast<double>();
     if (quadratic_form_sum(ConstRowMatrixRef<double>(Dq), H) >= quadratic_form_sum(ConstRowMatrixRef<double>(Dg), H)) {
-      out.codes = gptq_out.codes;
-      out.weight = gptq_out.weight;
-      out.scales = gptq_out.scales;  // the refit rounds may have moved the grids
-      out.zeros = gptq_out.zeros;
+      out.codes = init_out->codes;
+      out.weight = init_out->weight;
+      out.scales = init_out->scales;  // the refit rounds may have moved the grids (empty for LeanQuant)
+      out.zeros = init_out->zeros;
+      if (opt.init == QuantEaseInit::leanquant) res.codebook = lq_out.codebook;
       res.kept_init = true;
       res.best_sweep = -1;
     }

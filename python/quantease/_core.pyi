@@ -33,7 +33,8 @@ def easyquant(W: npt.NDArray[np.float32], *, bits: int, group_size: int, sym: bo
 def quantease(W: npt.NDArray[np.float32], H: npt.NDArray[np.floating], *, bits: int, group_size: int, sym: bool,
               act_order: bool, iters: int, init: str, relaxed: bool, tol: float, outliers: float,
               outlier_structure: str, outlier_step: float, block_size: int, polish: bool = True,
-              refresh_every: int = 0, mse: bool = False, refit: int = 0) -> Dict[str, Any]: ...
+              refresh_every: int = 0, mse: bool = False, refit: int = 0,
+              codebook: Optional[npt.NDArray[np.float32]] = None) -> Dict[str, Any]: ...
 def leanquant(W: npt.NDArray[np.float32], H: npt.NDArray[np.floating], *, bits: int, grid: str, exponent: float,
               damp: float, act_order: bool, group_size: int, block_size: int, seed: int, kmeans_iters: int,
               grid_steps: int) -> Dict[str, Any]: ...

@@ -1,9 +1,10 @@
 """QuantEase (Behdin et al., arXiv 2309.01885): coordinate descent on the layer objective, optionally with
-full-precision sparse outliers."""
+full-precision sparse outliers, on affine grids or per-row (per-group) codebooks."""
 from __future__ import annotations
 
 import numbers
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -34,10 +35,38 @@ def _check_step(value) -> float:
     return float(value)
 
 
+def _as_codebook(codebook, rows: int, cols: int, bits: int, group_size: int) -> np.ndarray:
+    """The codebook as float32 (rows, 2^bits) / (rows, groups, 2^bits), sorted along the last axis."""
+    a = np.asarray(codebook)
+    if a.dtype.kind != "f":
+        raise ValueError(f"codebook must be a real floating-point array (float16/float32/float64), got {a.dtype}")
+    k = 1 << bits
+    if group_size > 0:
+        groups = cols // group_size
+        want, lead = f"({rows}, {groups}, {k}) (rows x groups x 2^bits)", (rows, groups)
+    else:
+        want, lead = f"({rows}, {k}) (rows x 2^bits)", (rows,)
+    if a.ndim != len(lead) + 1 or a.shape[:-1] != lead:
+        raise ValueError(f"codebook must be {want} for W of shape ({rows}, {cols}) and group_size={group_size}, "
+                         f"got {a.shape}")
+    if a.shape[-1] != k:
+        per = "per row and group" if group_size > 0 else "per row"
+        raise ValueError(f"codebook must have 2^bits = {k} levels {per} for bits={bits}, got {a.shape[-1]}")
+    with np.errstate(over="ignore"):   # a level beyond float32's range becomes Inf and is reported below
+        a = a.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(a))
+    if len(bad):
+        where = ", ".join(f"{n} {i}" for n, i in zip(("row", "group", "level") if a.ndim == 3 else ("row", "level"),
+                                                      bad[0]))
+        raise ValueError(f"codebook contains NaN or Inf (first at {where})")
+    return np.ascontiguousarray(np.sort(a, axis=-1))
+
+
 def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_order: bool = True,
               iters: int = 30, init: str = "w", relaxed: bool = True, tol: float = 0.0, outliers: float = 0.0,
               outlier_structure: str = "unstructured", outlier_step: float = 1.0,
-              block_size: int = 128, mse: bool = False, refit: int = 0) -> QuantResult:
+              block_size: int = 128, mse: bool = False, refit: int = 0,
+              codebook: Optional[np.ndarray] = None) -> QuantResult:
     """Quantize W by cyclic coordinate descent on ``tr((W - Ŵ) H (W - Ŵ)^T)``, one column at a time.
 
     W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric (e.g. (2/n) X X^T; any
@@ -54,9 +83,23 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
       minimiser of the objective over the scale, the zero within +-2 of its value -- then quantized sweeps
       until one changes nothing"; each step only lowers the objective. ``info["refits"]``: rounds that did.
     * Schedule (official defaults): ``iters`` sweeps starting from ``init`` -- ``"w"`` (Ŵ = W), ``"rtn"``
-      (W rounded on the grid) or ``"gptq"`` (GPTQ's result on GPTQ's grid; the target stays the original
-      W, so the result is never worse than GPTQ's). With ``relaxed`` the sweeps with ``it % 3 == 1``
-      (it <= 25, never the last) leave the columns unquantized.
+      (W rounded on the grid), ``"gptq"`` (GPTQ's result on GPTQ's grid) or ``"leanquant"`` (LeanQuant's
+      non-uniform result on its codebooks, ``quantease.leanquant(W, H, bits=bits, group_size=group_size,
+      act_order=act_order, block_size=block_size)`` with its other defaults); with ``"gptq"``/``"leanquant"``
+      the target stays the original W and the best on-grid iterate is kept, so the result is never worse than
+      the init's (``info["kept_init"]``: the init's own result was returned). With ``relaxed`` the sweeps with
+      ``it % 3 == 1`` (it <= 25, never the last) leave the columns unquantized.
+    * ``codebook`` (ours): non-uniform grids instead of affine ones, float (rows, 2^bits), or with
+      ``group_size`` (rows, groups, 2^bits) where group g holds the ORIGINAL columns [g * group_size,
+      (g + 1) * group_size) whatever ``act_order`` (LeanQuant's static groups, ``g_idx = c // group_size``; a
+      LeanQuant ``result.codebook`` can be passed as it is). Levels in any order (they are sorted); the CD step
+      takes the nearest level, a β exactly on a float32 midpoint ``(c_t + c_{t+1}) / 2`` the lower one (as
+      LeanQuant). ``result.codebook`` holds the sorted levels, ``codes`` index them, ``scales``/``zeros`` are
+      None. ``refit`` refits the levels: per row and group, with the codes fixed, the levels in use move to
+      the exact minimiser of the objective (a 2^bits x 2^bits solve), then are re-sorted. Codebooks (given,
+      or LeanQuant's with ``init="leanquant"``) cannot be combined with ``sym``, ``mse`` or ``outliers``
+      (affine-grid options); ``init`` is then ``"w"``, ``"rtn"`` (nearest level of W) or ``"leanquant"``
+      without a ``codebook``.
     * Stopping: a quantized sweep that changes nothing (coordinate-wise optimal); ``tol > 0``: a quantized
       sweep after a quantized one lowering the objective by less than ``tol`` times its value. When the
       schedule ends unconverged, quantized "polish" sweeps from the best on-grid iterate run until one
@@ -82,7 +125,7 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
     sym = check_bool("sym", sym)
     act_order = check_bool("act_order", act_order)
     iters = check_positive_int("iters", iters)
-    init = check_choice("init", init, ("w", "rtn", "gptq"))
+    init = check_choice("init", init, ("w", "rtn", "gptq", "leanquant"))
     relaxed = check_bool("relaxed", relaxed)
     tol = check_nonnegative_float("tol", tol)
     fraction = _check_fraction(outliers)
@@ -93,15 +136,30 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
     refit = _check_refit(refit)
     if init == "gptq" and fraction > 0:
         raise ValueError("init='gptq' cannot be combined with outliers > 0 (GPTQ's grid ignores the outliers)")
+    if codebook is not None or init == "leanquant":
+        src = "a codebook" if codebook is not None else "init='leanquant'"
+        if codebook is not None and init in ("gptq", "leanquant"):
+            raise ValueError(f"init='{init}' cannot be combined with a codebook (init='gptq' uses GPTQ's affine grid, "
+                             "init='leanquant' LeanQuant's own codebooks)")
+        for what, bad, why in (("sym=True", sym, "codebooks are not symmetric affine grids"),
+                               ("mse=True", mse, "the MSE range search fits affine grids"),
+                               ("outliers > 0", fraction > 0, "the outlier variant's grids are affine")):
+            if bad:
+                raise ValueError(f"{what} cannot be combined with {src} ({why})")
+        if codebook is not None:
+            codebook = _as_codebook(codebook, *Wf.shape, bits, group_size)
     t0 = time.perf_counter()
     out = _core.quantease(Wf, Hf, bits=bits, group_size=group_size, sym=sym, act_order=act_order, iters=iters,
                           init=init, relaxed=relaxed, tol=tol, outliers=fraction,
                           outlier_structure=outlier_structure, outlier_step=outlier_step, block_size=block_size,
-                          mse=mse, refit=refit)
+                          mse=mse, refit=refit, codebook=codebook)
     seconds = time.perf_counter() - t0
-    if init == "gptq":
-        warn_if_damping_raised(0.01, out["damp"], out["damp_attempts"])
+    if init in ("gptq", "leanquant"):
+        warn_if_damping_raised(0.01 if init == "gptq" else 0.1, out["damp"], out["damp_attempts"])
     rows, cols = Wf.shape
+    books = out["codebook"]
+    if books is not None:
+        books = books.reshape((rows, 1 << bits) if group_size == -1 else (rows, cols // group_size, 1 << bits))
     sparse = None
     if fraction > 0:
         sparse = SparseOutliers(out["outlier_indptr"], out["outlier_indices"], out["outlier_values"], (rows, cols))
@@ -132,7 +190,8 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
                     outlier_structure=outlier_structure, iht_seconds=out["iht_seconds"])
     return QuantResult(weight=out["weight"], codes=out["codes"], scales=out["scales"], zeros=out["zeros"],
                        g_idx=out["g_idx"], perm=out["perm"], loss=layer_loss(Wf, out["weight"], Hf),
-                       damp=out["damp"] if init == "gptq" else None, bits=bits, group_size=group_size, sym=sym,
+                       damp=out["damp"] if init in ("gptq", "leanquant") else None, bits=bits,
+                       group_size=group_size, sym=sym,
                        method="quantease", seconds=seconds, loss_history=history, iters=int(out["sweeps"]),
                        outliers=sparse, outlier_fraction=None if sparse is None else sparse.nnz / float(Wf.size),
-                       info=info)
+                       codebook=books, info=info)

@@ -25,8 +25,16 @@ void gemm_add(RowBlock<double> C, double alpha, const ConstRowBlock<double>& A, 
 // C -= A B^T (column-major blocks; A: m x k, B: n x k, C: m x n).
 void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd& B);
 
+// B = B L^-T (column-major; L: n x n, only its lower triangle with the diagonal is read; B: m x n).
+void trsm_right_lower_transpose(ColBlockXd B, const ConstColBlockXd& L);
+
+// In-place lower Cholesky factor of the (small) diagonal block A (its lower triangle is read and written).
+// Returns -1, or the 0-based index k whose leading (k+1) x (k+1) minor is not positive definite.
+Index cholesky_block_lower(ColBlockXd A);
+
 // B = B triu(U) (row-major; U: n x n, only its upper triangle with the diagonal is read; B: m x n).
 void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U);
+void trmm_right_upper(RowBlock<float> B, const ConstRowBlock<float>& U);
 
 // "OpenBLAS <version>" or "Eigen <version>": what the products above run on.
 const char* gemm_backend();

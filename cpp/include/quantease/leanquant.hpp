@@ -87,7 +87,9 @@ struct GridSearchResult {
 // three sequences of scales (lo < 0 < hi: the scale depends on m = i + j only; lo >= 0: zero 0; hi <= 0:
 // zero maxq), and a branch and bound over blocks of consecutive scales, with a lower bound per zero point
 // that costs O(2^bits) on the sorted row, evaluates only the (scale, zero) pairs it cannot exclude -- on
-// LLM-like rows a few dozen bounds and evaluations instead of the paper's O(T^2 n).
+// LLM-like rows a few dozen bounds and evaluations instead of the paper's O(T^2 n). Groups of at most 256
+// values at 4 bits and more instead sweep the scales of lo < 0 < hi in order with the sums of E per zero
+// updated by the values' code changes (at most 2^bits per value), bounded ahead only every 128 scales.
 GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int steps);
 
 // E of a float32 affine grid, evaluated point by point as the column loop would quantize.

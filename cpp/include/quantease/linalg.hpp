@@ -22,7 +22,7 @@ Index cholesky_lower_inplace(ColMatrixXd& A);
 //   w_j + sum_{k<j} (w_k - q_k) C_kj / C_jj        (w: the ORIGINAL weights, q: the codes' values)
 // -- the same numbers without the triangular inverse, which costs as much as the Cholesky itself.
 struct PropagationFactor {
-  RowMatrixXf P;       // P(k, j) = C_kj / C_jj for k < j; P(j, j) = U_jj = 1 / C_jj; zero below the diagonal
+  RowMatrixXf P;       // P(k, j) = C_kj / C_jj for k < j; P(j, j) = U_jj = 1 / C_jj; unset below the diagonal
   double damp = 0.0;   // relative damping that succeeded
   int attempts = 0;    // factorizations tried
 };
@@ -32,7 +32,8 @@ struct PropagationFactor {
 std::vector<double> damping_ladder(double damp, bool retry);
 
 // P of (H + d mean(diag H) I), for the first d of the ladder that factors. `fill(L)` writes H_reversed =
-// J H J into L (J the order-reversing permutation; cols x cols, symmetric, float64), because C = J chol(J H J) J:
+// J H J into L (J the order-reversing permutation; cols x cols, float64; the lower triangle with the diagonal
+// is all that is read), because C = J chol(J H J) J:
 // one Cholesky (n^3 / 3 flops), in place in L, refilled only when a damping fails. L ends as the factor.
 // Throws NumericalError naming the failing minor when no damping works.
 PropagationFactor propagation_factor(ColMatrixXd& L, const std::function<void(ColMatrixXd&)>& fill, double damp,

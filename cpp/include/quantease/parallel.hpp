@@ -8,9 +8,31 @@
 #include <exception>
 #include <mutex>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "quantease/types.hpp"
 
 namespace quantease {
+
+// The number of threads parallel_chunks may use, and the calling thread's index in [0, max_threads()):
+// for per-thread scratch buffers.
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
 
 // Calls body(begin, end) for consecutive chunks of [0, n) of size `chunk` (the last may be shorter),
 // spread over OpenMP threads. The first exception thrown by any chunk is rethrown after the loop.

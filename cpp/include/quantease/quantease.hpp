@@ -12,11 +12,12 @@
 //
 // Blocked sweeps: columns in blocks of B (processing order). Inside a block only G[:, block] is updated, on a
 // transposed copy of the block's columns (a column of the active rows is contiguous: the steps vectorise
-// across rows, and no column walks rows cols floats apart through one cache set); after the block, G[:, outside] −= Δ_block Σ[block, outside] — one
-// GEMM per row panel when Δ is dense, one axpy per changed entry when it is sparse (after the first sweeps
-// most quantized entries stop changing). Rows are split into fixed panels (parallel_chunks), so the
-// result is bit-identical for any thread count. Memory: Σ (the permuted float32 copy) is the only
-// cols x cols matrix; the rest is rows x cols (plus a panel x cols scratch per task).
+// across rows, and no column walks rows cols floats apart through one cache set); after the block,
+// G[:, outside] −= Δ_block Σ[block, outside] — one GEMM per row panel when Δ is dense, one axpy per changed
+// entry when it is sparse (after the first sweeps most quantized entries stop changing). Rows are split into
+// fixed panels (parallel_chunks), so the result is bit-identical for any thread count. Memory: Σ (the
+// permuted float32 copy) is the only cols x cols matrix; the rest is rows x cols (plus a panel x cols scratch
+// per task).
 // Less work than a dense sweep each, same iterates (up to float32 round-off):
 //   * a relaxed sweep and the quantized sweep after it (plain QuantEase) run as a pair at the cost of about
 //     one dense sweep: the relaxed sweep updates a scratch copy of G for the later columns only, and the
@@ -37,10 +38,19 @@
 //     from the best iterate run until one changes nothing (at most `iters` more): each can only lower f, so
 //     the output is coordinate-wise optimal;
 //   * refit > 0 (ours): up to that many rounds of "refit every row's (group's) scale and zero to the current
-//     codes, exactly, where it lowers f; then quantized sweeps until nothing changes" (see refit_grids);
+//     codes, exactly, where it lowers f; then quantized sweeps until nothing changes" (see refit_grids;
+//     codebook grids: the levels in use, exactly, see refit_codebooks);
 //   * mse: the grids from W by GPTQ's MSE range search instead of min-max;
 //   * init = rtn (W rounded on the grid) or gptq (GPTQ's result and grid; the CD target stays the ORIGINAL W,
 //     and when CD cannot improve on GPTQ in exact float64 arithmetic GPTQ's own result is returned).
+//
+// Codebook grids (ours; specs: "works with every grid the library has"): instead of an affine grid, each row
+// (or row and group) has a set of 2^bits ascending levels — given (opt.codebook) or LeanQuant's non-uniform
+// codebooks (init = leanquant: LeanQuant's result and codebooks as the start, target still the ORIGINAL W,
+// never worse than LeanQuant, as init = gptq). The CD step is unchanged: quant(β) = the nearest level; a β
+// on a midpoint (float32, (c_t + c_{t+1}) / 2) takes the lower level, as LeanQuant's column loop. Groups are
+// LeanQuant's: group g holds the ORIGINAL columns [g gs, (g + 1) gs) whatever the processing order (static
+// groups, g_idx = c / gs). The grid kind is chosen once per call (the sweep is a template on it).
 //
 // Outlier-aware variant (outlier_fraction > 0): minimise f(Ŵ + S), S with k non-zeros (k = round(fraction x
 // entries)) or k whole columns (structured, k = round(fraction x cols)). S starts at the k largest |W|
@@ -55,11 +65,12 @@
 #include <vector>
 
 #include "quantease/grid.hpp"
+#include "quantease/leanquant.hpp"
 #include "quantease/result.hpp"
 
 namespace quantease {
 
-enum class QuantEaseInit { w, rtn, gptq };
+enum class QuantEaseInit { w, rtn, gptq, leanquant };
 enum class OutlierStructure { unstructured, structured };
 
 struct QuantEaseOptions {
@@ -80,10 +91,17 @@ struct QuantEaseOptions {
   int refresh_every = 0; // > 0: recompute G = (T − Ŵ) Σ by a GEMM every that many sweeps (drift control)
   double gptq_damp = 0.01;  // init = gptq only
   int refit = 0;         // grid refit rounds after the schedule (ours; 0: grids fixed, as the paper)
+  // Codebook grids: (rows * groups) x 2^bits, ascending per row (row r, group g at r * groups + g; groups of
+  // original columns). Empty: affine grids. Not with sym, mse, outliers or init = gptq/leanquant.
+  RowMatrixXf codebook;
+  // init = leanquant: LeanQuant's exponent, damp, seed and k-means options (its bits, group_size, act_order
+  // and block_size are taken from the options above; always the non-uniform grid).
+  LeanQuantOptions leanquant;
 };
 
 struct QuantEaseOutput {
-  QuantOutput quant;             // weight = grid part + S; codes/scales/zeros of the grid part
+  QuantOutput quant;             // weight = grid part + S; codes/scales/zeros of the grid part (no scales: codebook)
+  RowMatrixXf codebook;          // codebook grids: the (rows * groups) x 2^bits levels the codes index; else empty
   std::vector<double> loss_history;  // f after every sweep (after the IHT step in the outlier variant)
   std::vector<char> quantized;       // per sweep: 1 quantized, 0 relaxed
   std::vector<std::int64_t> changes; // per sweep: entries whose value changed
@@ -94,7 +112,7 @@ struct QuantEaseOutput {
   bool converged = false;   // the last quantized sweep changed nothing
   bool stopped_by_tol = false;
   int best_sweep = -1;      // sweep whose iterate is returned (-1: the initial point)
-  bool kept_init = false;   // init = gptq: GPTQ's own result returned (CD did not improve it)
+  bool kept_init = false;   // init = gptq/leanquant: the init's own result returned (CD did not improve it)
   double base = 0.0;        // tr(W Σ Wᵀ), for relative errors
   int refreshes = 0;        // exact recomputations of G
   int refits = 0;           // grid refit rounds that lowered f
@@ -109,7 +127,9 @@ struct QuantEaseOutput {
 
 // W: rows x cols, H: cols x cols symmetric (both finite); options validated by the caller (bits 2..8,
 // group_size -1 or a divisor, iters >= 1, tol >= 0, 0 <= fraction < 1, step > 0, block_size >= 1,
-// init = gptq only without outliers). Throws NumericalError only from GPTQ's factorization (init = gptq).
+// init = gptq only without outliers, a codebook finite, ascending, (rows * groups) x 2^bits and without
+// sym/mse/outliers/init = gptq; init = leanquant likewise, with no codebook given). Throws
+// NumericalError only from GPTQ's or LeanQuant's factorization.
 template <class HT>
 QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H,
                           const QuantEaseOptions& opt);
