@@ -139,6 +139,19 @@ def _rows(rng, n):
     return X
 
 
+def assert_search_equals_brute_force(X, s, bits, steps, check_reported=True):
+    """The search's minimum over the (lo, hi) lattice equals brute force's, row by row; with check_reported,
+    the reported grid really has the reported error and a valid zero point."""
+    res = weighted_grid_search(X, s, bits, steps)
+    for r in range(X.shape[0]):
+        bf = ref.brute_force_grid_search(X[r], s, bits, steps)
+        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
+        if check_reported:
+            own = ref.weighted_grid_error(X[r].astype(np.float64), s, res["scale"][r], res["zero"][r], bits)
+            assert abs(own - res["error"][r]) <= 1e-9 * own + 1e-18
+            assert 0 <= res["zero"][r] <= (1 << bits) - 1
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("steps", [1, 2, 7, 16, 33, 64])
 def test_grid_search_reaches_the_brute_force_minimum(bits, steps):
@@ -146,14 +159,7 @@ def test_grid_search_reaches_the_brute_force_minimum(bits, steps):
     n = 48
     X = _rows(rng, n)
     s = rng.uniform(0.01, 1.0, n) ** 4
-    res = weighted_grid_search(X, s, bits, steps)
-    for r in range(X.shape[0]):
-        bf = ref.brute_force_grid_search(X[r], s, bits, steps)
-        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf)
-        # the reported grid really has the reported error
-        own = ref.weighted_grid_error(X[r].astype(np.float64), s, res["scale"][r], res["zero"][r], bits)
-        assert abs(own - res["error"][r]) <= 1e-9 * own + 1e-18
-        assert 0 <= res["zero"][r] <= (1 << bits) - 1
+    assert_search_equals_brute_force(X, s, bits, steps)
 
 
 @pytest.mark.parametrize("bits", [3, 4])
@@ -162,10 +168,7 @@ def test_grid_search_reaches_the_brute_force_minimum_large_t(bits):
     rng = np.random.default_rng(bits)
     X = _rows(rng, 96)[:6]
     s = rng.uniform(0.01, 1.0, 96) ** 4
-    res = weighted_grid_search(X, s, bits, 500)
-    for r in range(X.shape[0]):
-        bf = ref.brute_force_grid_search(X[r], s, bits, 500)
-        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
+    assert_search_equals_brute_force(X, s, bits, 500, check_reported=False)
 
 
 def _group_rows(rng, n):
@@ -189,12 +192,7 @@ def test_grid_search_branch_and_bound_equals_brute_force_on_groups(bits, n, step
     X = _group_rows(rng, n)
     s = rng.uniform(0.01, 1.0, n) ** 4
     s[rng.integers(0, n, 3)] = 0.0                     # weights may be 0
-    res = weighted_grid_search(X, s, bits, steps)
-    for r in range(X.shape[0]):
-        bf = ref.brute_force_grid_search(X[r], s, bits, steps)
-        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
-        own = ref.weighted_grid_error(X[r].astype(np.float64), s, res["scale"][r], res["zero"][r], bits)
-        assert abs(own - res["error"][r]) <= 1e-9 * own + 1e-18
+    assert_search_equals_brute_force(X, s, bits, steps)
 
 
 @pytest.mark.parametrize("bits", [2, 4])
@@ -209,10 +207,7 @@ def test_grid_search_long_rows_equal_brute_force(bits):
     X[2] = np.round(X[2] * 300) / 300                  # many ties
     X[3] = np.abs(X[3]) + 1e-3
     s = rng.uniform(0.01, 1.0, n) ** 4
-    res = weighted_grid_search(X, s, bits, 96)
-    for r in range(X.shape[0]):
-        bf = ref.brute_force_grid_search(X[r], s, bits, 96)
-        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
+    assert_search_equals_brute_force(X, s, bits, 96, check_reported=False)
 
 
 @pytest.mark.parametrize("bits,n,steps", [(5, 128, 150), (6, 64, 200), (8, 128, 120), (4, 256, 160), (4, 200, 17)])
@@ -223,12 +218,7 @@ def test_grid_search_sweep_equals_brute_force(bits, n, steps):
     X = _group_rows(rng, n)
     s = rng.uniform(0.01, 1.0, n) ** 4
     s[rng.integers(0, n, 3)] = 0.0
-    res = weighted_grid_search(X, s, bits, steps)
-    for r in range(X.shape[0]):
-        bf = ref.brute_force_grid_search(X[r], s, bits, steps)
-        assert abs(res["error"][r] - bf["error"]) <= 1e-9 * bf["error"] + 1e-18, (r, res["error"][r], bf["error"])
-        own = ref.weighted_grid_error(X[r].astype(np.float64), s, res["scale"][r], res["zero"][r], bits)
-        assert abs(own - res["error"][r]) <= 1e-9 * own + 1e-18
+    assert_search_equals_brute_force(X, s, bits, steps)
 
 
 def test_grid_search_sweep_rows_on_a_grid():

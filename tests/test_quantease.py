@@ -27,9 +27,11 @@ def grid_values(res, r, j):
     return res.scales[r, g] * (np.arange(maxq + 1, dtype=np.float32) - res.zeros[r, g])
 
 
-def best_single_move(p, res):
+def best_single_move(p, res, points=None):
     """(the most any single entry moved to another point of its grid lowers the objective (<= 0), the objective),
-    exhaustively: f(Ŵ + e_rj t) - f(Ŵ) = t^2 H_jj - 2 t R_rj with R = (W - Ŵ) H."""
+    exhaustively: f(Ŵ + e_rj t) - f(Ŵ) = t^2 H_jj - 2 t R_rj with R = (W - Ŵ) H. points(res, r, j): the grid
+    values entry (r, j) may take (default: its affine grid)."""
+    points = points or grid_values
     H = p.H.astype(np.float64)
     D = p.W.astype(np.float64) - res.weight.astype(np.float64)
     R = D @ H
@@ -37,7 +39,7 @@ def best_single_move(p, res):
     worst = 0.0
     for r in range(res.weight.shape[0]):
         for j in range(res.weight.shape[1]):
-            t = grid_values(res, r, j).astype(np.float64) - res.weight[r, j]
+            t = points(res, r, j).astype(np.float64) - res.weight[r, j]
             worst = min(worst, float(np.min(t * t * H[j, j] - 2 * t * R[r, j])))
     return worst, f
 

@@ -14,6 +14,7 @@ import quantease
 import problems
 from quantease import _core
 from subprocess_run import run_python
+import test_quantease
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -25,18 +26,8 @@ def levels_of(res, r, c):
 
 
 def best_single_move(p, res):
-    """(the most any single entry moved to another level of its codebook lowers the objective (<= 0), f),
-    exhaustively: f(Ŵ + e_rc t) - f(Ŵ) = t^2 H_cc - 2 t R_rc with R = (W - Ŵ) H."""
-    H = p.H.astype(np.float64)
-    D = p.W.astype(np.float64) - res.weight.astype(np.float64)
-    R = D @ H
-    f = float(np.sum(R * D))
-    worst = 0.0
-    for r in range(res.weight.shape[0]):
-        for c in range(res.weight.shape[1]):
-            t = levels_of(res, r, c).astype(np.float64) - res.weight[r, c]
-            worst = min(worst, float(np.min(t * t * H[c, c] - 2 * t * R[r, c])))
-    return worst, f
+    """Exhaustive single-entry moves to another level of the entry's codebook (see test_quantease)."""
+    return test_quantease.best_single_move(p, res, points=levels_of)
 
 
 def random_codebook(W, bits, group_size=-1, seed=0):
