@@ -86,7 +86,6 @@ struct has_quantize_batch<Q, std::void_t<decltype(std::declval<Q&>().quantize_ba
                                  std::declval<std::uint8_t*>()))>> : std::true_type {};
 }  // namespace detail
 
-
 // Wp: panel rows x cols in processing order (not modified). P: cols x cols propagation factor.
 // codes_out(row, j): the code of processing-order column j.
 template <class Quantizer>
@@ -170,9 +169,8 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
           RowLanes* ta = ws.tile_a.data();
           for (Index r0 = 0; r0 < rows; r0 += kRowBatch) {
             const Index nr = std::min(kRowBatch, rows - r0);
-            for (Index c = 0; c < sb; ++c) {
-              tw[c] = RowLanes{};
-              ta[c] = RowLanes{};
+            if (nr < kRowBatch) {  // lanes past the panel's end stay zero
+              for (Index c = 0; c < sb; ++c) tw[c] = ta[c] = RowLanes{};
             }
             for (Index l = 0; l < nr; ++l) {
               const float* w = Wp.row(r0 + l).data() + s1;
@@ -241,13 +239,6 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
   }
 }
 
-template <class Quantizer>
-void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnLoopOptions& opt,
-                      Quantizer& quant, RowMatrixU8& codes_out) {
-  ColumnLoopWorkspace ws;
-  gptq_column_loop(Wp, P, opt, quant, codes_out, ws);
-}
-
 // Rows per task of run_column_loop: fixed, so results do not depend on the thread count. Every panel
 // repacks the factor's blocks for its lazy updates; 128 rows halve that against 64 and keep a panel's
 // corrections in cache.
@@ -268,9 +259,10 @@ void run_column_loop(const ConstRowMatrixRef<float>& W, const VectorXi64& perm, 
     ColumnLoopWorkspace loop;
   };
   std::vector<PanelBuffers> buffers(max_threads());
-  std::vector<Index> dead_columns;
-  for (Index j = 0; j < cols; ++j)
-    if (dead[j]) dead_columns.push_back(j);
+  std::vector<Index> dead_columns;  // without the permutation: zeroed after a block copy
+  if (!permuted)
+    for (Index j = 0; j < cols; ++j)
+      if (dead[j]) dead_columns.push_back(j);
   parallel_chunks(rows, kLoopPanelRows, [&](Index r0, Index r1) {
     const Index pr = r1 - r0;
     PanelBuffers& buf = buffers[thread_index()];
