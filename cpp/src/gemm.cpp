@@ -20,24 +20,48 @@ void single_threaded() {
   static std::once_flag once;
   std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
 }
+
+// The single- and double-precision routines under one name.
+template <class T>
+struct Blas;
+template <>
+struct Blas<float> {
+  static constexpr auto gemm = scipy_cblas_sgemm;
+  static constexpr auto trmm = scipy_cblas_strmm;
+};
+template <>
+struct Blas<double> {
+  static constexpr auto gemm = scipy_cblas_dgemm;
+  static constexpr auto trmm = scipy_cblas_dtrmm;
+};
+
+// C += alpha A B, row-major.
+template <class T>
+void gemm_add_blas(RowBlock<T> C, T alpha, const ConstRowBlock<T>& A, const ConstRowBlock<T>& B) {
+  if (C.rows() == 0 || C.cols() == 0 || A.cols() == 0) return;
+  single_threaded();
+  Blas<T>::gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(C.rows()), static_cast<blasint>(C.cols()),
+       static_cast<blasint>(A.cols()), alpha, A.data(), static_cast<blasint>(A.outerStride()), B.data(),
+       static_cast<blasint>(B.outerStride()), T(1), C.data(), static_cast<blasint>(C.outerStride()));
+}
+
+// B = B triu(U), row-major.
+template <class T>
+void trmm_right_upper_blas(RowBlock<T> B, const ConstRowBlock<T>& U) {
+  if (B.rows() == 0 || B.cols() == 0) return;
+  single_threaded();
+  Blas<T>::trmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, static_cast<blasint>(B.rows()),
+       static_cast<blasint>(B.cols()), T(1), U.data(), static_cast<blasint>(U.outerStride()), B.data(),
+       static_cast<blasint>(B.outerStride()));
+}
 }  // namespace
 
 void gemm_add(RowBlock<float> C, float alpha, const ConstRowBlock<float>& A, const ConstRowBlock<float>& B) {
-  if (C.rows() == 0 || C.cols() == 0 || A.cols() == 0) return;
-  single_threaded();
-  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(C.rows()),
-                    static_cast<blasint>(C.cols()), static_cast<blasint>(A.cols()), alpha, A.data(),
-                    static_cast<blasint>(A.outerStride()), B.data(), static_cast<blasint>(B.outerStride()), 1.0f,
-                    C.data(), static_cast<blasint>(C.outerStride()));
+  gemm_add_blas(C, alpha, A, B);
 }
 
 void gemm_add(RowBlock<double> C, double alpha, const ConstRowBlock<double>& A, const ConstRowBlock<double>& B) {
-  if (C.rows() == 0 || C.cols() == 0 || A.cols() == 0) return;
-  single_threaded();
-  scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(C.rows()),
-                    static_cast<blasint>(C.cols()), static_cast<blasint>(A.cols()), alpha, A.data(),
-                    static_cast<blasint>(A.outerStride()), B.data(), static_cast<blasint>(B.outerStride()), 1.0,
-                    C.data(), static_cast<blasint>(C.outerStride()));
+  gemm_add_blas(C, alpha, A, B);
 }
 
 void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd& B) {
@@ -57,13 +81,9 @@ void trsm_right_lower_transpose(ColBlockXd B, const ConstColBlockXd& L) {
                     static_cast<blasint>(B.outerStride()));
 }
 
-void trmm_right_upper(RowBlock<float> B, const ConstRowBlock<float>& U) {
-  if (B.rows() == 0 || B.cols() == 0) return;
-  single_threaded();
-  scipy_cblas_strmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, static_cast<blasint>(B.rows()),
-                    static_cast<blasint>(B.cols()), 1.0f, U.data(), static_cast<blasint>(U.outerStride()), B.data(),
-                    static_cast<blasint>(B.outerStride()));
-}
+void trmm_right_upper(RowBlock<float> B, const ConstRowBlock<float>& U) { trmm_right_upper_blas(B, U); }
+
+void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) { trmm_right_upper_blas(B, U); }
 
 Index cholesky_block_lower(ColBlockXd A) {
   if (A.rows() == 0) return -1;
@@ -73,14 +93,6 @@ Index cholesky_block_lower(ColBlockXd A) {
   return info > 0 ? static_cast<Index>(info) - 1 : -1;  // info: the order of the failing minor
 }
 
-void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) {
-  if (B.rows() == 0 || B.cols() == 0) return;
-  single_threaded();
-  scipy_cblas_dtrmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, static_cast<blasint>(B.rows()),
-                    static_cast<blasint>(B.cols()), 1.0, U.data(), static_cast<blasint>(U.outerStride()), B.data(),
-                    static_cast<blasint>(B.outerStride()));
-}
-
 const char* gemm_backend() {
   static const std::string name = scipy_openblas_get_config();  // "OpenBLAS <version> <build options>"
   return name.c_str();
@@ -88,12 +100,24 @@ const char* gemm_backend() {
 
 #else
 
-void gemm_add(RowBlock<float> C, float alpha, const ConstRowBlock<float>& A, const ConstRowBlock<float>& B) {
+namespace {
+template <class T>
+void gemm_add_eigen(RowBlock<T> C, T alpha, const ConstRowBlock<T>& A, const ConstRowBlock<T>& B) {
   C.noalias() += alpha * A * B;
 }
 
+template <class T>
+void trmm_right_upper_eigen(RowBlock<T> B, const ConstRowBlock<T>& U) {
+  B = B * U.template triangularView<Eigen::Upper>();
+}
+}  // namespace
+
+void gemm_add(RowBlock<float> C, float alpha, const ConstRowBlock<float>& A, const ConstRowBlock<float>& B) {
+  gemm_add_eigen(C, alpha, A, B);
+}
+
 void gemm_add(RowBlock<double> C, double alpha, const ConstRowBlock<double>& A, const ConstRowBlock<double>& B) {
-  C.noalias() += alpha * A * B;
+  gemm_add_eigen(C, alpha, A, B);
 }
 
 void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd& B) {
@@ -121,13 +145,9 @@ Index cholesky_block_lower(ColBlockXd A) {
   return -1;
 }
 
-void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) {
-  B = B * U.triangularView<Eigen::Upper>();
-}
+void trmm_right_upper(RowBlock<float> B, const ConstRowBlock<float>& U) { trmm_right_upper_eigen(B, U); }
 
-void trmm_right_upper(RowBlock<float> B, const ConstRowBlock<float>& U) {
-  B = B * U.triangularView<Eigen::Upper>();
-}
+void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) { trmm_right_upper_eigen(B, U); }
 
 const char* gemm_backend() {
   static const std::string name = "Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." +
