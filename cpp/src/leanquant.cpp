@@ -24,52 +24,70 @@ std::uint64_t mix64(std::uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// Running sums of p over blocks of kBlock positions, so that a draw by p costs O(n / kBlock + kBlock) and a
-// change of p in a range re-sums only the blocks it touches.
-constexpr Index kBlock = 64;
+// Branch-free binary searches on x[lo, hi): the first position with x >= v (lower) or x > v (upper). The
+// k-means++ searches land anywhere, so a branch would mispredict every other step.
+template <bool Upper, class T>
+Index search_sorted(const T* x, Index lo, Index hi, T v) {
+  const T* base = x + lo;
+  Index len = hi - lo;
+  if (len <= 0) return lo;
+  while (len > 1) {
+    const Index half = len / 2;
+    // (an index multiply: GCC turns a ternary of pointers into a branch here)
+    base += half * static_cast<Index>(Upper ? base[half - 1] <= v : base[half - 1] < v);
+    len -= half;
+  }
+  return (base - x) + (Upper ? *base <= v : *base < v);
+}
 
+// Sums of p over blocks of positions and running sums over the blocks, so that a draw by p costs a binary
+// search over the blocks and a scan of one block, and a change of p in a range re-sums only the blocks it
+// touches (in independent lanes: a single running sum waits one add latency per position). Blocks of 16
+// positions on short rows (groups), 32 on long ones.
 struct BlockedSums {
-  std::vector<double> p, block;
+  std::vector<double> p, block, upto;  // block[k]: sum of p over block k; upto[k]: over blocks 0..k
   double total = 0.0;
+  Index bs = 32;
   void reset(Index n) {
+    bs = n <= 1024 ? 16 : 32;
     p.assign(n, 0.0);
-    block.assign((n + kBlock - 1) / kBlock, 0.0);
+    block.assign((n + bs - 1) / bs, 0.0);
+    upto.assign(block.size(), 0.0);
   }
   void resum(Index a, Index b) {  // blocks holding positions [a, b)
     if (a >= b) return;
-    for (Index k = a / kBlock; k <= (b - 1) / kBlock; ++k) {
-      double acc = 0.0;
-      const Index end = std::min<Index>((k + 1) * kBlock, static_cast<Index>(p.size()));
-      for (Index i = k * kBlock; i < end; ++i) acc += p[i];
-      block[k] = acc;
+    const Index n = static_cast<Index>(p.size()), nb = static_cast<Index>(block.size());
+    for (Index k = a / bs; k <= (b - 1) / bs; ++k) {
+      const Index i0 = k * bs, i1 = std::min<Index>(i0 + bs, n);
+      double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      Index i = i0;
+      for (; i + 8 <= i1; i += 8)
+        for (int l = 0; l < 8; ++l) lane[l] += p[i + l];
+      for (; i < i1; ++i) lane[0] += p[i];
+      block[k] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
     }
-    total = 0.0;
-    for (double v : block) total += v;
+    double acc = a / bs > 0 ? upto[a / bs - 1] : 0.0;
+    for (Index k = a / bs; k < nb; ++k) upto[k] = acc += block[k];
+    total = upto[nb - 1];
   }
   // The first position whose running sum exceeds u * total (the last positive one if round-off leaves none).
   Index sample(SplitMix64& rng) const {
     const double target = rng.uniform() * total;
-    double acc = 0.0;
-    Index last = -1;
-    for (Index k = 0; k < static_cast<Index>(block.size()); ++k) {
-      if (block[k] > 0.0) last = k;
-      if (acc + block[k] > target) {
-        const Index end = std::min<Index>((k + 1) * kBlock, static_cast<Index>(p.size()));
-        Index pos = -1;
-        for (Index i = k * kBlock; i < end; ++i) {
-          acc += p[i];
-          if (p[i] > 0.0) pos = i;
-          if (acc > target) return i;
-        }
-        return pos;
-      }
-      acc += block[k];
-    }
-    Index pos = 0;
-    if (last >= 0)
-      for (Index i = last * kBlock; i < std::min<Index>((last + 1) * kBlock, static_cast<Index>(p.size())); ++i)
+    const Index n = static_cast<Index>(p.size()), nb = static_cast<Index>(upto.size());
+    const Index k = search_sorted<true>(upto.data(), 0, nb, target);
+    if (k < nb) {
+      double acc = k > 0 ? upto[k - 1] : 0.0;
+      Index pos = -1;
+      for (Index i = k * bs; i < std::min<Index>((k + 1) * bs, n); ++i) {
+        acc += p[i];
         if (p[i] > 0.0) pos = i;
-    return pos;
+        if (acc > target) return i;
+      }
+      if (pos >= 0) return pos;
+    }
+    for (Index i = n - 1; i > 0; --i)
+      if (p[i] > 0.0) return i;
+    return 0;
   }
 };
 
@@ -84,55 +102,90 @@ constexpr int kMinTrials = 8;
 
 void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c) {
   const Index n = d.size();
-  std::vector<double> D(n);
-  BlockedSums ps;
+  const double* x = d.x.data();
+  // scratch reused across rows and groups of this thread (one call per group: no allocation each time)
+  thread_local std::vector<double> D;
+  thread_local BlockedSums ps;
+  thread_local std::vector<double> centres;      // ascending
+  thread_local std::vector<Index> first, after;  // per centre: positions of the first x >= it, first x > it
+  D.resize(n);
   ps.reset(n);
-  ps.p = d.s;
+  std::copy(d.s.begin(), d.s.end(), ps.p.begin());
   ps.resum(0, n);
-  std::vector<double> centres{d.x[ps.sample(rng)]};  // ascending
+  centres.assign(1, x[ps.sample(rng)]);
+  first.assign(1, search_sorted<false>(x, 0, n, centres[0]));
+  after.assign(1, search_sorted<true>(x, 0, n, centres[0]));
   for (Index i = 0; i < n; ++i) {
-    D[i] = (d.x[i] - centres[0]) * (d.x[i] - centres[0]);
+    D[i] = (x[i] - centres[0]) * (x[i] - centres[0]);
     ps.p[i] = d.s[i] * D[i];
   }
   ps.resum(0, n);
-  // The sorted positions whose nearest centre would become v: strictly between the midpoints to v's
-  // neighbouring centres.
-  auto range_of = [&](double v) {
-    const auto right = std::lower_bound(centres.begin(), centres.end(), v);
-    Index a = 0, b = n;
-    if (right != centres.begin())
-      a = std::upper_bound(d.x.begin(), d.x.end(), 0.5 * (*(right - 1) + v)) - d.x.begin();
-    if (right != centres.end()) b = std::lower_bound(d.x.begin(), d.x.end(), 0.5 * (v + *right)) - d.x.begin();
-    return std::make_pair(a, std::max(a, b));
+  // v's neighbouring centres cL < v <= cR (either may be missing) and the sorted positions whose nearest
+  // centre would become v: strictly between the midpoints to cL and cR. Every midpoint lies in [cL, cR],
+  // so the searches need only the positions from cL's first to past cR's last.
+  struct Around {
+    bool has_l, has_r;
+    double cl, cr;
+    Index lo, hi, a, b;
+  };
+  auto around = [&](double v) {
+    const Index right = search_sorted<false>(centres.data(), 0, static_cast<Index>(centres.size()), v);
+    Around r;
+    r.has_l = right > 0;
+    r.has_r = right < static_cast<Index>(centres.size());
+    r.cl = r.has_l ? centres[right - 1] : 0.0;
+    r.cr = r.has_r ? centres[right] : 0.0;
+    r.lo = r.has_l ? first[right - 1] : 0;
+    r.hi = r.has_r ? after[right] : n;
+    r.a = r.has_l ? search_sorted<true>(x, r.lo, r.hi, 0.5 * (r.cl + v)) : 0;
+    r.b = std::max(r.a, r.has_r ? search_sorted<false>(x, r.lo, r.hi, 0.5 * (v + r.cr)) : n);
+    return r;
+  };
+  // The potential removed by adding v, from the prefix sums in O(log n): the points of v's range are
+  // nearest cL up to the midpoint of cL and cR, nearest cR after it, and each moves from (x - c)^2 to
+  // (x - v)^2, a change of s (v - c)(2x - c - v) whose sum over positions [p, q) is
+  // (v - c) (2 (S1[q] - S1[p]) - (c + v) (S0[q] - S0[p])) -- the S2 terms cancel.
+  auto gain_of = [&](double v) {
+    const Around r = around(v);
+    // split of [a, b) between cL and cR (a point on their midpoint: either, the same distance)
+    const Index m = !r.has_l ? r.a : !r.has_r ? r.b
+                  : std::clamp<Index>(search_sorted<true>(x, r.lo, r.hi, 0.5 * (r.cl + r.cr)), r.a, r.b);
+    auto part = [&](Index p, Index q, double cen) {
+      return q > p ? (v - cen) * (2.0 * (d.S1[q] - d.S1[p]) - (cen + v) * (d.S0[q] - d.S0[p])) : 0.0;
+    };
+    return part(r.a, m, r.cl) + part(m, r.b, r.cr);
+  };
+  auto add_centre = [&](double v) {
+    const Index at = search_sorted<true>(centres.data(), 0, static_cast<Index>(centres.size()), v);
+    centres.insert(centres.begin() + at, v);
+    first.insert(first.begin() + at, search_sorted<false>(x, 0, n, v));
+    after.insert(after.begin() + at, search_sorted<true>(x, 0, n, v));
   };
   const int trials = std::max(kMinTrials, 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k)))));
-  std::vector<Index> cand(trials);
+  Index cand[64];
   for (int t = 1; t < k; ++t) {
     if (!(ps.total > 0.0)) {  // every point already sits on a centre: repeat the largest
-      centres.push_back(centres.back());
+      add_centre(centres.back());
       continue;
     }
     for (int r = 0; r < trials; ++r) cand[r] = ps.sample(rng);
     double best_gain = -1.0;
     Index best = cand[0];
     for (int r = 0; r < trials; ++r) {
-      const double v = d.x[cand[r]];
-      const auto [a, b] = range_of(v);
-      double gain = 0.0;  // potential removed by adding v
-      for (Index i = a; i < b; ++i) gain += d.s[i] * std::max(0.0, D[i] - (d.x[i] - v) * (d.x[i] - v));
+      const double gain = gain_of(x[cand[r]]);
       if (gain > best_gain) {
         best_gain = gain;
         best = cand[r];
       }
     }
-    const double v = d.x[best];
-    const auto [a, b] = range_of(v);
-    for (Index i = a; i < b; ++i) {
-      D[i] = std::min(D[i], (d.x[i] - v) * (d.x[i] - v));
+    const double v = x[best];
+    const Around r = around(v);
+    for (Index i = r.a; i < r.b; ++i) {
+      D[i] = std::min(D[i], (x[i] - v) * (x[i] - v));
       ps.p[i] = d.s[i] * D[i];
     }
-    ps.resum(a, b);
-    centres.insert(std::upper_bound(centres.begin(), centres.end(), v), v);
+    ps.resum(r.a, r.b);
+    add_centre(v);
   }
   std::copy(centres.begin(), centres.end(), c);
 }
@@ -192,18 +245,37 @@ void SortedWeighted::assign(const float* values, const double* weights, Index n)
   }
   x.resize(n);
   s.resize(n);
-  S0.assign(n + 1, 0.0);
-  S1.assign(n + 1, 0.0);
-  S2.assign(n + 1, 0.0);
+  S0.resize(n + 1);
+  S1.resize(n + 1);
+  S2.resize(n + 1);
+  // running sums in registers (through the arrays, each step would wait for the store of the last)
+  double a0 = 0.0, a1 = 0.0, a2 = 0.0;
+  S0[0] = S1[0] = S2[0] = 0.0;
   for (Index i = 0; i < n; ++i) {
     const Index j = static_cast<Index>(keys_[i] & 0xFFFFFFFFu);
-    x[i] = values[j];
-    s[i] = weights[j];
-    S0[i + 1] = S0[i] + s[i];
-    S1[i + 1] = S1[i] + s[i] * x[i];
-    S2[i + 1] = S2[i] + s[i] * x[i] * x[i];
+    const double xi = values[j], si = weights[j];
+    x[i] = xi;
+    s[i] = si;
+    S0[i + 1] = a0 += si;
+    S1[i + 1] = a1 += si * xi;
+    S2[i + 1] = a2 += si * xi * xi;
   }
 }
+
+namespace {
+
+// sum f(v[i]) over i < n in 8 independent lanes (one running sum waits an add latency per element)
+template <class F>
+double lane_sum(const double* v, Index n, F f) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  Index i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) lane[l] += f(v[i + l]);
+  for (; i < n; ++i) lane[i % 8] += f(v[i]);
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+}  // namespace
 
 SplitMix64::SplitMix64(std::uint64_t seed, std::uint64_t stream) : state(mix64(seed ^ mix64(stream + 1))) {}
 
@@ -223,12 +295,8 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
   } else {
     kmeans_plus_plus(d, k, rng, c);
   }
-  double mean = 0.0;
-  for (Index i = 0; i < n; ++i) mean += d.x[i];
-  mean /= n;
-  double var = 0.0;
-  for (Index i = 0; i < n; ++i) var += (d.x[i] - mean) * (d.x[i] - mean);
-  var /= n;
+  const double mean = lane_sum(d.x.data(), n, [](double v) { return v; }) / n;
+  const double var = lane_sum(d.x.data(), n, [mean](double v) { return (v - mean) * (v - mean); }) / n;
 
   std::vector<Index> b(k, n), prev(k, -1), lo_pos(k), moved(k), count(k);
   std::vector<double> w(k), sx(k);
@@ -245,7 +313,7 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
     Index start = 0;
     for (int t = 0; t + 1 < k; ++t) {
       const double mid = 0.5 * (c[t] + c[t + 1]);
-      start = std::upper_bound(d.x.begin() + start, d.x.end(), mid) - d.x.begin();
+      start = search_sorted<true>(d.x.data(), start, n, mid);
       b[t] = start;
     }
     // Equal centroids: the first of the run takes all their points (argmin's first index), the rest are empty.
