@@ -40,6 +40,34 @@ Index search_sorted(const T* x, Index lo, Index hi, T v) {
   return (base - x) + (Upper ? *base <= v : *base < v);
 }
 
+// search_sorted for R independent queries in lockstep: their steps interleave, so the load latency of one
+// chain hides behind the others (R <= kMaxLanes).
+constexpr int kMaxLanes = 64;
+
+template <bool Upper, class T>
+void search_sorted_lanes(const T* x, const Index* lo, const Index* hi, const T* v, Index* out, int R) {
+  const T* base[kMaxLanes];
+  Index len[kMaxLanes];
+  Index longest = 0;
+  for (int r = 0; r < R; ++r) {
+    base[r] = x + lo[r];
+    len[r] = std::max<Index>(hi[r] - lo[r], 0);
+    longest = std::max(longest, len[r]);
+  }
+  while (longest > 1) {
+    longest = 0;
+    for (int r = 0; r < R; ++r) {
+      const Index half = len[r] / 2;  // 0 once a query is down to one position: its steps are no-ops
+      const T probe = base[r][std::max<Index>(half - 1, 0)];
+      base[r] += half * static_cast<Index>(Upper ? probe <= v[r] : probe < v[r]);
+      len[r] -= half;
+      longest = std::max(longest, len[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    out[r] = len[r] == 0 ? lo[r] : (base[r] - x) + (Upper ? *base[r] <= v[r] : *base[r] < v[r]);
+}
+
 // Sums of p over blocks of positions and running sums over the blocks, so that a draw by p costs a binary
 // search over the blocks and a scan of one block, and a change of p in a range re-sums only the blocks it
 // touches (in independent lanes: a single running sum waits one add latency per position). Blocks of 16
@@ -108,6 +136,7 @@ void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c
   thread_local BlockedSums ps;
   thread_local std::vector<double> centres;      // ascending
   thread_local std::vector<Index> first, after;  // per centre: positions of the first x >= it, first x > it
+  thread_local std::vector<Index> split;         // per gap g (centres g-1, g): first position nearer centre g
   D.resize(n);
   ps.reset(n);
   std::copy(d.s.begin(), d.s.end(), ps.p.begin());
@@ -115,71 +144,112 @@ void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c
   centres.assign(1, x[ps.sample(rng)]);
   first.assign(1, search_sorted<false>(x, 0, n, centres[0]));
   after.assign(1, search_sorted<true>(x, 0, n, centres[0]));
+  split.assign(2, 0);
   for (Index i = 0; i < n; ++i) {
     D[i] = (x[i] - centres[0]) * (x[i] - centres[0]);
     ps.p[i] = d.s[i] * D[i];
   }
   ps.resum(0, n);
-  // v's neighbouring centres cL < v <= cR (either may be missing) and the sorted positions whose nearest
-  // centre would become v: strictly between the midpoints to cL and cR. Every midpoint lies in [cL, cR],
-  // so the searches need only the positions from cL's first to past cR's last.
+  // The candidate v = x[q], its neighbouring centres cL < v <= cR (either may be missing) and the sorted
+  // positions [a, b) whose nearest centre would become v: strictly between the midpoints to cL and cR.
+  // Every midpoint lies in [cL, cR], so the searches need only the positions from cL's first to past cR's
+  // last, and the one to cL's side only those up to q, the one to cR's side only those after it (the other
+  // side only where round-off put the midpoint on v itself).
   struct Around {
+    Index gap;  // centres gap - 1 and gap
     bool has_l, has_r;
     double cl, cr;
-    Index lo, hi, a, b;
+    Index a, b;
   };
-  auto around = [&](double v) {
-    const Index right = search_sorted<false>(centres.data(), 0, static_cast<Index>(centres.size()), v);
-    Around r;
-    r.has_l = right > 0;
-    r.has_r = right < static_cast<Index>(centres.size());
-    r.cl = r.has_l ? centres[right - 1] : 0.0;
-    r.cr = r.has_r ? centres[right] : 0.0;
-    r.lo = r.has_l ? first[right - 1] : 0;
-    r.hi = r.has_r ? after[right] : n;
-    r.a = r.has_l ? search_sorted<true>(x, r.lo, r.hi, 0.5 * (r.cl + v)) : 0;
-    r.b = std::max(r.a, r.has_r ? search_sorted<false>(x, r.lo, r.hi, 0.5 * (v + r.cr)) : n);
-    return r;
+  // around() of R candidates at once (the searches in lockstep)
+  auto around = [&](const Index* q, int R, Around* out) {
+    const Index nc = static_cast<Index>(centres.size());
+    Index lo[kMaxLanes], hi[kMaxLanes], slo[kMaxLanes], shi[kMaxLanes], res[kMaxLanes];
+    double v[kMaxLanes], mid[kMaxLanes];
+    for (int r = 0; r < R; ++r) {
+      v[r] = x[q[r]];
+      lo[r] = 0;
+      hi[r] = nc;
+    }
+    search_sorted_lanes<false>(centres.data(), lo, hi, v, res, R);
+    for (int r = 0; r < R; ++r) {
+      Around& o = out[r];
+      o.gap = res[r];
+      o.has_l = o.gap > 0;
+      o.has_r = o.gap < nc;
+      o.cl = o.has_l ? centres[o.gap - 1] : 0.0;
+      o.cr = o.has_r ? centres[o.gap] : 0.0;
+      lo[r] = o.has_l ? first[o.gap - 1] : 0;
+      hi[r] = o.has_r ? after[o.gap] : n;
+      // cL's side: [lo, q] (nothing to search without cL: a = 0)
+      slo[r] = o.has_l ? lo[r] : 0;
+      shi[r] = o.has_l ? q[r] + 1 : 0;
+      mid[r] = 0.5 * (o.cl + v[r]);
+    }
+    search_sorted_lanes<true>(x, slo, shi, mid, res, R);
+    for (int r = 0; r < R; ++r) {
+      Around& o = out[r];
+      o.a = res[r];
+      if (o.has_l && o.a == q[r] + 1) o.a = search_sorted<true>(x, q[r] + 1, hi[r], mid[r]);
+      // cR's side: [q, hi) (without cR: b = n)
+      slo[r] = o.has_r ? q[r] : n;
+      shi[r] = o.has_r ? hi[r] : n;
+      mid[r] = 0.5 * (v[r] + o.cr);
+    }
+    search_sorted_lanes<false>(x, slo, shi, mid, res, R);
+    for (int r = 0; r < R; ++r) {
+      Around& o = out[r];
+      o.b = res[r];
+      if (o.has_r && o.b == q[r]) o.b = search_sorted<false>(x, lo[r], q[r], mid[r]);
+      o.b = std::max(o.a, o.b);
+    }
   };
   // The potential removed by adding v, from the prefix sums in O(log n): the points of v's range are
   // nearest cL up to the midpoint of cL and cR, nearest cR after it, and each moves from (x - c)^2 to
-  // (x - v)^2, a change of s (v - c)(2x - c - v) whose sum over positions [p, q) is
-  // (v - c) (2 (S1[q] - S1[p]) - (c + v) (S0[q] - S0[p])) -- the S2 terms cancel.
-  auto gain_of = [&](double v) {
-    const Around r = around(v);
+  // (x - v)^2, a change of s (v - c)(2x - c - v) whose sum over positions [p, e) is
+  // (v - c) (2 (S1[e] - S1[p]) - (c + v) (S0[e] - S0[p])) -- the S2 terms cancel.
+  auto gain_of = [&](double v, const Around& r) {
     // split of [a, b) between cL and cR (a point on their midpoint: either, the same distance)
-    const Index m = !r.has_l ? r.a : !r.has_r ? r.b
-                  : std::clamp<Index>(search_sorted<true>(x, r.lo, r.hi, 0.5 * (r.cl + r.cr)), r.a, r.b);
-    auto part = [&](Index p, Index q, double cen) {
-      return q > p ? (v - cen) * (2.0 * (d.S1[q] - d.S1[p]) - (cen + v) * (d.S0[q] - d.S0[p])) : 0.0;
+    const Index m = !r.has_l ? r.a : !r.has_r ? r.b : std::clamp<Index>(split[r.gap], r.a, r.b);
+    auto part = [&](Index p, Index e, double cen) {
+      return e > p ? (v - cen) * (2.0 * (d.S1[e] - d.S1[p]) - (cen + v) * (d.S0[e] - d.S0[p])) : 0.0;
     };
     return part(r.a, m, r.cl) + part(m, r.b, r.cr);
+  };
+  auto split_of = [&](Index g) {  // gap g, 0 < g < centres
+    return search_sorted<true>(x, first[g - 1], after[g], 0.5 * (centres[g - 1] + centres[g]));
   };
   auto add_centre = [&](double v) {
     const Index at = search_sorted<true>(centres.data(), 0, static_cast<Index>(centres.size()), v);
     centres.insert(centres.begin() + at, v);
     first.insert(first.begin() + at, search_sorted<false>(x, 0, n, v));
     after.insert(after.begin() + at, search_sorted<true>(x, 0, n, v));
+    split.insert(split.begin() + at, 0);  // gap `at` became gaps `at` and `at + 1`
+    const Index nc = static_cast<Index>(centres.size());
+    if (at > 0) split[at] = split_of(at);
+    if (at + 1 < nc) split[at + 1] = split_of(at + 1);
   };
-  const int trials = std::max(kMinTrials, 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k)))));
-  Index cand[64];
+  const int trials = std::min(kMaxLanes, std::max(kMinTrials, 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k))))));
+  Index cand[kMaxLanes];
+  Around where[kMaxLanes];
   for (int t = 1; t < k; ++t) {
     if (!(ps.total > 0.0)) {  // every point already sits on a centre: repeat the largest
       add_centre(centres.back());
       continue;
     }
     for (int r = 0; r < trials; ++r) cand[r] = ps.sample(rng);
+    around(cand, trials, where);
     double best_gain = -1.0;
-    Index best = cand[0];
+    int best_r = 0;
     for (int r = 0; r < trials; ++r) {
-      const double gain = gain_of(x[cand[r]]);
+      const double gain = gain_of(x[cand[r]], where[r]);
       if (gain > best_gain) {
         best_gain = gain;
-        best = cand[r];
+        best_r = r;
       }
     }
-    const double v = x[best];
-    const Around r = around(v);
+    const double v = x[cand[best_r]];
+    const Around r = where[best_r];
     for (Index i = r.a; i < r.b; ++i) {
       D[i] = std::min(D[i], (x[i] - v) * (x[i] - v));
       ps.p[i] = d.s[i] * D[i];
@@ -987,7 +1057,14 @@ class CodebookQuantizer {
   std::uint8_t quantize(Index r, Index j, float w, float& q) const {
     const Index idx = (row0_ + r) * groups_ + (gs_ > 0 ? perm_[j] / gs_ : 0);
     const float* m = mids_.row(idx).data();
-    const Index t = std::lower_bound(m, m + mids_.cols(), w) - m;
+    // the entry = the number of midpoints below w, counted branch-free (a binary search mispredicts about
+    // every other step); past 32 entries a branch-free binary search
+    Index t = 0;
+    if (mids_.cols() <= 32) {
+      for (Index i = 0; i < mids_.cols(); ++i) t += m[i] < w;
+    } else {
+      t = search_sorted<false>(m, 0, mids_.cols(), w);
+    }
     q = cb_(idx, t);
     return static_cast<std::uint8_t>(t);
   }
@@ -1066,7 +1143,7 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   } else {
     res.codebook.resize(rows * groups, k);
     res.iters.resize(rows * groups);
-    mids.resize(rows * groups, k - 1);
+    mids.resize(rows * groups, k);  // k - 1 midpoints and +inf, which no weight is above
   }
   GridOptions minmax_opt;
   minmax_opt.bits = opt.bits;
@@ -1103,6 +1180,7 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
           for (int t = 0; t < k; ++t) res.codebook(idx, t) = static_cast<float>(centroids[t]);
           for (int t = 0; t + 1 < k; ++t)
             mids(idx, t) = 0.5f * (res.codebook(idx, t) + res.codebook(idx, t + 1));
+          mids(idx, k - 1) = std::numeric_limits<float>::infinity();
           // The codebook's weighted error on these weights (what k-means minimised), with the loop's
           // nearest-entry rule: entry t takes the values in (mids[t-1], mids[t]].
           double err = 0.0;
