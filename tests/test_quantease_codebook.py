@@ -193,7 +193,9 @@ def test_objective_never_increases_across_quantized_sweeps(opts, init):
         if not res.info["kept_init"]:   # the returned point is the best on-grid iterate
             best = min(h[k] for k in range(len(h)) if q[k])
             assert res.loss == pytest.approx(best, rel=1e-4, abs=1e-9)
-            assert res.loss_history[res.info["best_sweep"]] == best
+            # a quantized sweep from the best point continues it even where float32 G reports a last-digit
+            # rise (quantease.cpp: `continuation`), so the best sweep's f equals the minimum to that noise
+            assert res.loss_history[res.info["best_sweep"]] == pytest.approx(best, rel=1e-6)
 
 
 @pytest.mark.parametrize("opts", [dict(bits=3, init="leanquant"), dict(bits=2, group_size=8, init="leanquant"),
