@@ -131,12 +131,22 @@ constexpr int kMinTrials = 8;
 void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c) {
   const Index n = d.size();
   const double* x = d.x.data();
-  // scratch reused across rows and groups of this thread (one call per group: no allocation each time)
-  thread_local std::vector<double> D;
-  thread_local BlockedSums ps;
-  thread_local std::vector<double> centres;      // ascending
-  thread_local std::vector<Index> first, after;  // per centre: positions of the first x >= it, first x > it
-  thread_local std::vector<Index> split;         // per gap g (centres g-1, g): first position nearer centre g
+  // scratch reused across rows and groups of this thread (one call per group: no allocation each time),
+  // reached through references (each use of a thread_local itself is a TLS look-up in a shared library)
+  struct Scratch {
+    std::vector<double> D;
+    BlockedSums ps;
+    std::vector<double> centres;      // ascending
+    std::vector<Index> first, after;  // per centre: positions of the first x >= it, first x > it
+    std::vector<Index> split;         // per gap g (centres g-1, g): first position nearer centre g
+  };
+  thread_local Scratch scratch;
+  auto& D = scratch.D;
+  auto& ps = scratch.ps;
+  auto& centres = scratch.centres;
+  auto& first = scratch.first;
+  auto& after = scratch.after;
+  auto& split = scratch.split;
   D.resize(n);
   ps.reset(n);
   std::copy(d.s.begin(), d.s.end(), ps.p.begin());
