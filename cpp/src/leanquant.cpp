@@ -1064,8 +1064,22 @@ class CodebookQuantizer {
                     Index gs, const VectorXi64& perm)
       : cb_(cb), mids_(mids), row0_(row0), rows_(rows), groups_(groups), gs_(gs), perm_(perm) {}
   void fit_group(Index, Index, const float*, Index) {}
-  std::uint8_t quantize(Index r, Index j, float w, float& q) const {
-    const Index idx = (row0_ + r) * groups_ + (gs_ > 0 ? perm_[j] / gs_ : 0);
+  std::uint8_t quantize(Index r, Index j, float w, float& q) const { return quantize_at(entry(r, group(j)), w, q); }
+  // The column loop's row-batch call (its corrections then run in SIMD lanes): the column's group once (an
+  // integer division), then quantize() lane by lane; lanes past the panel's rows are left at zero.
+  void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) const {
+    const Index g = group(j);
+    for (Index l = 0; l < kRowBatch; ++l) {
+      q[l] = 0.0f;
+      codes[l] = 0;
+      if (r + l < rows_) codes[l] = quantize_at(entry(r + l, g), v[l], q[l]);
+    }
+  }
+
+ private:
+  Index group(Index j) const { return gs_ > 0 ? perm_[j] / gs_ : 0; }
+  Index entry(Index r, Index g) const { return (row0_ + r) * groups_ + g; }
+  std::uint8_t quantize_at(Index idx, float w, float& q) const {
     const float* m = mids_.row(idx).data();
     // the entry = the number of midpoints below w, counted branch-free (a binary search mispredicts about
     // every other step); past 32 entries a branch-free binary search
@@ -1078,12 +1092,7 @@ class CodebookQuantizer {
     q = cb_(idx, t);
     return static_cast<std::uint8_t>(t);
   }
-  // The column loop's row-batch call (its corrections then run in SIMD lanes): quantize() lane by lane.
-  void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) const {
-    quantize_lanes(*this, rows_, r, j, v, q, codes);
-  }
 
- private:
   const RowMatrixXf& cb_;
   const RowMatrixXf& mids_;
   Index row0_, rows_, groups_, gs_;
