@@ -340,7 +340,113 @@ namespace {
 // 4 bits) cost 1.6x the sweep.
 class AffineSearch {
  public:
+  // The least-E grid of d (weighted_grid_search), building the bucket table of seek() first.
   GridSearchResult run(const SortedWeighted& d, int bits, int steps) {
+    const Index n = d.size();
+    const double mn = d.x.front(), mx = d.x.back();
+    if (mx > mn) {
+      // bucket_[b] ~ number of values below mn + b w, w = R / nb: seek() starts there and corrects both
+      // ways, so the table need not be exact. Built branch-free from a histogram of each value's bucket (a
+      // walk over the edges mispredicted about once per bucket: a third of the search's time on 4096-value
+      // rows).
+      const double inv_w = static_cast<double>(n) / (mx - mn);
+      bucket_.assign(n + 1, 0);
+      for (Index p = 0; p < n; ++p) {
+        const double f = (d.x[p] - mn) * inv_w;  // value p counts for the buckets above floor(f)
+        const Index b = f < static_cast<double>(n) ? static_cast<Index>(f) + 1 : n;
+        ++bucket_[b];
+      }
+      for (Index b = 1; b <= n; ++b) bucket_[b] += bucket_[b - 1];
+    }
+    return search(d, bits, steps);
+  }
+
+  // Sorts a row (or group) into sorted() by (value, position) -- the order and sums of SortedWeighted::assign
+  // -- and fills the bucket table of seek() on the way, then searches it. A bucket sort on the table's own
+  // buckets: the bucket of a value, floor((x - min) n / (max - min)), is monotone in x, so counting, a stable
+  // scatter and one insertion sort over the whole array (which moves values only within their bucket) sort
+  // in O(n + inversions within buckets); rows whose buckets are too crowded for that take std::sort.
+  GridSearchResult sort_and_run(const float* values, const double* weights, Index n, int bits, int steps) {
+    float lo[16], hi[16];  // min and max in independent lanes (vectorised)
+    for (int l = 0; l < 16; ++l) lo[l] = hi[l] = values[0];
+    Index p = 0;
+    for (; p + 16 <= n; p += 16)
+      for (int l = 0; l < 16; ++l) {
+        lo[l] = values[p + l] < lo[l] ? values[p + l] : lo[l];
+        hi[l] = values[p + l] > hi[l] ? values[p + l] : hi[l];
+      }
+    for (; p < n; ++p) {
+      lo[0] = values[p] < lo[0] ? values[p] : lo[0];
+      hi[0] = values[p] > hi[0] ? values[p] : hi[0];
+    }
+    float fmn = lo[0], fmx = hi[0];
+    for (int l = 1; l < 16; ++l) {
+      fmn = std::min(fmn, lo[l]);
+      fmx = std::max(fmx, hi[l]);
+    }
+    const double mn = fmn, mx = fmx;
+    keys_.resize(n);
+    auto key = [&](Index i) {  // (value, position) as one integer: the float's order-preserving pattern
+      std::uint32_t u;
+      const float v = values[i] + 0.0f;  // -0 counts as +0, as in a comparison
+      std::memcpy(&u, &v, sizeof u);
+      u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+      return (static_cast<std::uint64_t>(u) << 32) | static_cast<std::uint64_t>(i);
+    };
+    if (!(mx > mn)) {  // constant: already in order, no search (and no table) needed
+      for (Index i = 0; i < n; ++i) keys_[i] = key(i);
+    } else {
+      // the table of run(): value p counts for bucket_[b] for every b above its bucket c(p)
+      const double inv_w = static_cast<double>(n) / (mx - mn);
+      bucket_.assign(n + 1, 0);
+      bin_.resize(n);
+      for (Index i = 0; i < n; ++i) {
+        const double f = (static_cast<double>(values[i]) - mn) * inv_w;
+        bin_[i] = static_cast<std::uint32_t>(f < static_cast<double>(n) ? static_cast<Index>(f) : n - 1);
+      }
+      for (Index i = 0; i < n; ++i) ++bucket_[bin_[i]];
+      // inversions within buckets at most sum c (c - 1) / 2
+      std::uint64_t pairs = 0;
+      for (Index b = 0; b < n; ++b) pairs += static_cast<std::uint64_t>(bucket_[b]) * (bucket_[b] - (bucket_[b] > 0));
+      for (Index b = 1; b < n; ++b) bucket_[b] += bucket_[b - 1];  // end of bucket b
+      // stable scatter from the back: bucket_[c] ends at the start of bucket c, the table's entry
+      for (Index i = n - 1; i >= 0; --i) keys_[--bucket_[bin_[i]]] = key(i);
+      bucket_[n] = n;
+      if (pairs <= static_cast<std::uint64_t>(64 * n)) {
+        for (Index i = 1; i < n; ++i) {
+          const std::uint64_t k = keys_[i];
+          Index j = i;
+          for (; j > 0 && keys_[j - 1] > k; --j) keys_[j] = keys_[j - 1];
+          keys_[j] = k;
+        }
+      } else {
+        std::sort(keys_.begin(), keys_.end());  // keys are distinct: the same order as a stable sort
+      }
+    }
+    SortedWeighted& d = sorted_;
+    d.x.resize(n);
+    d.s.resize(n);
+    d.S0.resize(n + 1);
+    d.S1.resize(n + 1);
+    d.S2.resize(n + 1);
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0;  // the sums of assign(), in registers
+    d.S0[0] = d.S1[0] = d.S2[0] = 0.0;
+    for (Index i = 0; i < n; ++i) {
+      const Index j = static_cast<Index>(keys_[i] & 0xFFFFFFFFu);
+      const double xi = values[j], si = weights[j];
+      d.x[i] = xi;
+      d.s[i] = si;
+      d.S0[i + 1] = a0 += si;
+      d.S1[i + 1] = a1 += si * xi;
+      d.S2[i + 1] = a2 += si * xi * xi;
+    }
+    return search(d, bits, steps);
+  }
+  const SortedWeighted& sorted() const { return sorted_; }
+
+ private:
+  // The search proper, on d and the bucket table built for it.
+  GridSearchResult search(const SortedWeighted& d, int bits, int steps) {
     d_ = &d;
     x_ = d.x.data();
     n_ = d.size();
@@ -369,18 +475,8 @@ class AffineSearch {
     open_.resize(L + 2);
     need_.assign(maxq_ + 1, 0);
     present_.assign(maxq_ + 1, 0);
-    // bucket_[b] ~ number of values below mn + b w, w = R / nb: seek() starts there and corrects both ways,
-    // so the table need not be exact. Built branch-free from a histogram of each value's bucket (a walk over
-    // the edges mispredicted about once per bucket: a third of the search's time on 4096-value rows).
     nb_ = n_;
     inv_w_ = nb_ / R_;
-    bucket_.assign(nb_ + 1, 0);
-    for (Index p = 0; p < n_; ++p) {
-      const double f = (x_[p] - mn_) * inv_w_;  // value p counts for the buckets above floor(f)
-      const Index b = f < static_cast<double>(nb_) ? static_cast<Index>(f) + 1 : nb_;
-      ++bucket_[b];
-    }
-    for (Index b = 1; b <= nb_; ++b) bucket_[b] += bucket_[b - 1];
     // i0: candidates i with lo < 0 are i < i0; j0: those j with hi > 0 are j < j0.
     auto count_below = [&](auto&& pred) {
       Index lo = 0, hi = T_;  // pred is true on a prefix of [0, T)
@@ -408,7 +504,6 @@ class AffineSearch {
     return best_;
   }
 
- private:
   struct Block {
     int fam;
     Index t1, t2;  // [t1, t2)
@@ -877,6 +972,9 @@ class AffineSearch {
   static constexpr Index kSweepMaxN = 256;
   std::vector<Level> levels_;
   GridSearchResult best_;
+  SortedWeighted sorted_;                    // sort_and_run()'s row
+  std::vector<std::uint64_t> keys_;          // its sort keys (value pattern << 32 | position)
+  std::vector<std::uint32_t> bin_;           // each value's bucket
 };
 
 }  // namespace
@@ -905,6 +1003,42 @@ double weighted_grid_error(const float* x, const double* s, Index n, const Affin
 }
 
 namespace {
+
+// The affine grid of one row (or group) as leanquant() keeps it: the min-max grid, replaced by the search's
+// grid where that has the smaller E point by point. One per fitting task (its scratch reused across rows).
+struct AffineFit {
+  AffineGrid grid;
+  double error = 0.0, minmax_error = 0.0;
+};
+
+class AffineFitter {
+ public:
+  AffineFitter(int bits, int steps) : bits_(bits), steps_(steps), maxq_(max_code(bits)) { opt_.bits = bits; }
+  AffineFit fit(const float* values, const double* s, Index n) {
+    const GridSearchResult found = search_.sort_and_run(values, s, n, bits_, steps_);
+    // fit_grid() of the row from its extremes alone (it reads only min(0, min x) and max(0, max x))
+    const float ends[2] = {static_cast<float>(search_.sorted().x.front()),
+                           static_cast<float>(search_.sorted().x.back())};
+    AffineFit f;
+    f.grid = fit_grid(ends, 2, opt_);
+    f.error = f.minmax_error = weighted_grid_error(values, s, n, f.grid, maxq_);
+    if (found.found && static_cast<float>(found.scale) >= std::numeric_limits<float>::min()) {
+      const AffineGrid cand{static_cast<float>(found.scale), static_cast<float>(found.zero)};
+      const double cand_err = weighted_grid_error(values, s, n, cand, maxq_);
+      if (cand_err < f.error) {
+        f.grid = cand;
+        f.error = cand_err;
+      }
+    }
+    return f;
+  }
+
+ private:
+  int bits_, steps_;
+  float maxq_;
+  GridOptions opt_;
+  AffineSearch search_;
+};
 
 // quantize() for the kRowBatch lanes from panel row r; lanes past the panel's `rows` are left at zero.
 template <class Quantizer>
@@ -1009,36 +1143,23 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     res.iters.resize(rows * groups);
     mids.resize(rows * groups, k - 1);
   }
-  GridOptions minmax_opt;
-  minmax_opt.bits = opt.bits;
   parallel_chunks(rows, kFitChunk, [&](Index r0, Index r1) {
     std::vector<float> values(glen);
     std::vector<double> centroids(k);
     SortedWeighted sorted;
+    AffineFitter fitter(opt.bits, opt.grid_steps);
     for (Index r = r0; r < r1; ++r) {
       for (Index g = 0; g < groups; ++g) {
         const Index c0 = g * glen, idx = r * groups + g;
         for (Index c = 0; c < glen; ++c) values[c] = prep.dead[c0 + c] ? 0.0f : W(r, c0 + c);
         const double* s = res.importance.data() + c0;
-        sorted.assign(values.data(), s, glen);
         if (opt.affine) {
-          const AffineGrid minmax = fit_grid(values.data(), glen, minmax_opt);
-          const double minmax_err = weighted_grid_error(values.data(), s, glen, minmax, maxq);
-          const GridSearchResult found = weighted_grid_search(sorted, opt.bits, opt.grid_steps);
-          AffineGrid grid = minmax;
-          double err = minmax_err;
-          if (found.found && static_cast<float>(found.scale) >= std::numeric_limits<float>::min()) {
-            const AffineGrid cand{static_cast<float>(found.scale), static_cast<float>(found.zero)};
-            const double cand_err = weighted_grid_error(values.data(), s, glen, cand, maxq);
-            if (cand_err < err) {
-              grid = cand;
-              err = cand_err;
-            }
-          }
-          grids[idx] = grid;
-          res.grid_error[idx] = err;
-          res.minmax_error[idx] = minmax_err;
+          const AffineFit f = fitter.fit(values.data(), s, glen);
+          grids[idx] = f.grid;
+          res.grid_error[idx] = f.error;
+          res.minmax_error[idx] = f.minmax_error;
         } else {
+          sorted.assign(values.data(), s, glen);
           SplitMix64 rng(opt.seed, static_cast<std::uint64_t>(idx));
           res.iters[idx] = weighted_kmeans(sorted, k, opt.kmeans_iters, opt.kmeans_tol, rng, centroids.data());
           for (int t = 0; t < k; ++t) res.codebook(idx, t) = static_cast<float>(centroids[t]);
