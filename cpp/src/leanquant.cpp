@@ -349,14 +349,15 @@ class AffineSearch {
       // ways, so the table need not be exact. Built branch-free from a histogram of each value's bucket (a
       // walk over the edges mispredicted about once per bucket: a third of the search's time on 4096-value
       // rows).
-      const double inv_w = static_cast<double>(n) / (mx - mn);
-      bucket_.assign(n + 1, 0);
+      const Index nb = kBucketsPerValue * n;
+      const double inv_w = static_cast<double>(nb) / (mx - mn);
+      bucket_.assign(nb + 1, 0);
       for (Index p = 0; p < n; ++p) {
         const double f = (d.x[p] - mn) * inv_w;  // value p counts for the buckets above floor(f)
-        const Index b = f < static_cast<double>(n) ? static_cast<Index>(f) + 1 : n;
+        const Index b = f < static_cast<double>(nb) ? static_cast<Index>(f) + 1 : nb;
         ++bucket_[b];
       }
-      for (Index b = 1; b <= n; ++b) bucket_[b] += bucket_[b - 1];
+      for (Index b = 1; b <= nb; ++b) bucket_[b] += bucket_[b - 1];
     }
     return search(d, bits, steps);
   }
@@ -397,21 +398,22 @@ class AffineSearch {
       for (Index i = 0; i < n; ++i) keys_[i] = key(i);
     } else {
       // the table of run(): value p counts for bucket_[b] for every b above its bucket c(p)
-      const double inv_w = static_cast<double>(n) / (mx - mn);
-      bucket_.assign(n + 1, 0);
+      const Index nb = kBucketsPerValue * n;
+      const double inv_w = static_cast<double>(nb) / (mx - mn);
+      bucket_.assign(nb + 1, 0);
       bin_.resize(n);
       for (Index i = 0; i < n; ++i) {
         const double f = (static_cast<double>(values[i]) - mn) * inv_w;
-        bin_[i] = static_cast<std::uint32_t>(f < static_cast<double>(n) ? static_cast<Index>(f) : n - 1);
+        bin_[i] = static_cast<std::uint32_t>(f < static_cast<double>(nb) ? static_cast<Index>(f) : nb - 1);
       }
       for (Index i = 0; i < n; ++i) ++bucket_[bin_[i]];
       // inversions within buckets at most sum c (c - 1) / 2
       std::uint64_t pairs = 0;
-      for (Index b = 0; b < n; ++b) pairs += static_cast<std::uint64_t>(bucket_[b]) * (bucket_[b] - (bucket_[b] > 0));
-      for (Index b = 1; b < n; ++b) bucket_[b] += bucket_[b - 1];  // end of bucket b
+      for (Index b = 0; b < nb; ++b) pairs += static_cast<std::uint64_t>(bucket_[b]) * (bucket_[b] - (bucket_[b] > 0));
+      for (Index b = 1; b < nb; ++b) bucket_[b] += bucket_[b - 1];  // end of bucket b
       // stable scatter from the back: bucket_[c] ends at the start of bucket c, the table's entry
       for (Index i = n - 1; i >= 0; --i) keys_[--bucket_[bin_[i]]] = key(i);
-      bucket_[n] = n;
+      bucket_[nb] = static_cast<std::uint32_t>(n);
       if (pairs <= static_cast<std::uint64_t>(64 * n)) {
         for (Index i = 1; i < n; ++i) {
           const std::uint64_t k = keys_[i];
@@ -475,7 +477,7 @@ class AffineSearch {
     open_.resize(L + 2);
     need_.assign(maxq_ + 1, 0);
     present_.assign(maxq_ + 1, 0);
-    nb_ = n_;
+    nb_ = kBucketsPerValue * n_;  // the table's size (run(), sort_and_run())
     inv_w_ = nb_ / R_;
     // i0: candidates i with lo < 0 are i < i0; j0: those j with hi > 0 are j < j0.
     auto count_below = [&](auto&& pred) {
@@ -509,7 +511,10 @@ class AffineSearch {
     Index t1, t2;  // [t1, t2)
     int zlo, zhi;  // zeros any candidate of the block can take
   };
-  static constexpr Index kTop = 256, kSplit = 4;  // by instruction counts on LLM-like rows (2..4 bits)
+  static constexpr Index kTop = 256, kSplit = 4;
+  // buckets per value of seek()'s table (and of the bucket sort): fewer values per bucket in the dense
+  // middle of an LLM-like row, so shorter scans in seek() and fewer inversions for the insertion sort
+  static constexpr Index kBucketsPerValue = 4;  // by instruction counts on LLM-like rows (2..4 bits)
 
   double scale(int fam, Index t) const {
     const double top = fam == 0 ? R_ : fam == 1 ? mx_ : -mn_;
@@ -947,7 +952,8 @@ class AffineSearch {
   Index i0_ = 0, j0_ = 0;
   int fam_ = 0, best_fam_ = 0;  // family and position of the candidate evaluated, of the best
   Index t_ = 0, best_t_ = 0;
-  std::vector<Index> bucket_, P_, PL_, PR_, PM_;
+  std::vector<Index> P_, PL_, PR_, PM_;
+  std::vector<std::uint32_t> bucket_;  // seek()'s table: nb_ + 1 entries (n < 2^32)
   std::vector<double> cum_, lo_, hi_, below_, above_;  // per lattice point (index kk + off_)
   std::vector<char> open_;  // gap kk to kk + 1 open (index kk + off_ + 1)
   std::vector<char> need_, present_;
