@@ -311,7 +311,6 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
 }
 
 namespace {
-
 // The affine search as branch and bound. Every candidate (lo, hi) of the paper's set gives a grid
 // (scale h, zero z), and its weighted error depends on (h, z) only:
 //   E(h, z) = sum_x s (x - h k(x))^2,  k(x) = clamp(rint(x / h), -z, maxq - z)   (nearest allowed lattice point).
@@ -340,15 +339,13 @@ namespace {
 // 4 bits) cost 1.6x the sweep.
 class AffineSearch {
  public:
-  // The least-E grid of d (weighted_grid_search), building the bucket table of seek() first.
+  // The least-E grid of d (weighted_grid_search), building the bucket table of at() first.
   GridSearchResult run(const SortedWeighted& d, int bits, int steps) {
     const Index n = d.size();
     const double mn = d.x.front(), mx = d.x.back();
     if (mx > mn) {
-      // bucket_[b] ~ number of values below mn + b w, w = R / nb: seek() starts there and corrects both
-      // ways, so the table need not be exact. Built branch-free from a histogram of each value's bucket (a
-      // walk over the edges mispredicted about once per bucket: a third of the search's time on 4096-value
-      // rows).
+      // bucket_[b] = number of values in the buckets below b (see at()), w = R / nb. Built branch-free from
+      // a histogram of each value's bucket (a walk over the edges mispredicted about once per bucket).
       const Index nb = kBucketsPerValue * n;
       const double inv_w = static_cast<double>(nb) / (mx - mn);
       bucket_.assign(nb + 1, 0);
@@ -359,14 +356,15 @@ class AffineSearch {
       }
       for (Index b = 1; b <= nb; ++b) bucket_[b] += bucket_[b - 1];
     }
-    return search(d, bits, steps);
+    pre_.resize(n + 1);
+    for (Index i = 0; i <= n; ++i) pre_[i] = Cum{d.S0[i], d.S1[i], d.S2[i]};
+    return search(d, mn, mx, bits, steps);
   }
 
-  // Sorts a row (or group) into sorted() by (value, position) -- the order and sums of SortedWeighted::assign
-  // -- and fills the bucket table of seek() on the way, then searches it. A bucket sort on the table's own
-  // buckets: the bucket of a value, floor((x - min) n / (max - min)), is monotone in x, so counting, a stable
-  // scatter and one insertion sort over the whole array (which moves values only within their bucket) sort
-  // in O(n + inversions within buckets); rows whose buckets are too crowded for that take std::sort.
+  // Puts a row (or group) into bucket order -- the buckets of at()'s table, in increasing order of
+  // value, each bucket's values in position order -- with the prefix sums of that order, and searches it.
+  // No sort within the buckets: the table is exact for the bucket of any query (see at()), whose own few
+  // values at() adds one by one. Counting, one stable scatter and one pass of sums, O(n + nb).
   GridSearchResult sort_and_run(const float* values, const double* weights, Index n, int bits, int steps) {
     float lo[16], hi[16];  // min and max in independent lanes (vectorised)
     for (int l = 0; l < 16; ++l) lo[l] = hi[l] = values[0];
@@ -380,24 +378,23 @@ class AffineSearch {
       lo[0] = values[p] < lo[0] ? values[p] : lo[0];
       hi[0] = values[p] > hi[0] ? values[p] : hi[0];
     }
-    float fmn = lo[0], fmx = hi[0];
+    fmin_ = lo[0];
+    fmax_ = hi[0];
     for (int l = 1; l < 16; ++l) {
-      fmn = std::min(fmn, lo[l]);
-      fmx = std::max(fmx, hi[l]);
+      fmin_ = std::min(fmin_, lo[l]);
+      fmax_ = std::max(fmax_, hi[l]);
     }
-    const double mn = fmn, mx = fmx;
-    keys_.resize(n);
-    auto key = [&](Index i) {  // (value, position) as one integer: the float's order-preserving pattern
-      std::uint32_t u;
-      const float v = values[i] + 0.0f;  // -0 counts as +0, as in a comparison
-      std::memcpy(&u, &v, sizeof u);
-      u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-      return (static_cast<std::uint64_t>(u) << 32) | static_cast<std::uint64_t>(i);
-    };
-    if (!(mx > mn)) {  // constant: already in order, no search (and no table) needed
-      for (Index i = 0; i < n; ++i) keys_[i] = key(i);
+    const double mn = fmin_, mx = fmax_;
+    SortedWeighted& d = sorted_;
+    d.x.resize(n);
+    d.s.resize(n);
+    if (!(mx > mn)) {  // constant: no search (and no table) needed
+      for (Index i = 0; i < n; ++i) {
+        d.x[i] = values[i];
+        d.s[i] = weights[i];
+      }
     } else {
-      // the table of run(): value p counts for bucket_[b] for every b above its bucket c(p)
+      // the table of run(): bucket_[c] = number of values in the buckets below c
       const Index nb = kBucketsPerValue * n;
       const double inv_w = static_cast<double>(nb) / (mx - mn);
       bucket_.assign(nb + 1, 0);
@@ -407,63 +404,51 @@ class AffineSearch {
         bin_[i] = static_cast<std::uint32_t>(f < static_cast<double>(nb) ? static_cast<Index>(f) : nb - 1);
       }
       for (Index i = 0; i < n; ++i) ++bucket_[bin_[i]];
-      // inversions within buckets at most sum c (c - 1) / 2
-      std::uint64_t pairs = 0;
-      for (Index b = 0; b < nb; ++b) pairs += static_cast<std::uint64_t>(bucket_[b]) * (bucket_[b] - (bucket_[b] > 0));
       for (Index b = 1; b < nb; ++b) bucket_[b] += bucket_[b - 1];  // end of bucket b
       // stable scatter from the back: bucket_[c] ends at the start of bucket c, the table's entry
-      for (Index i = n - 1; i >= 0; --i) keys_[--bucket_[bin_[i]]] = key(i);
-      bucket_[nb] = static_cast<std::uint32_t>(n);
-      if (pairs <= static_cast<std::uint64_t>(64 * n)) {
-        for (Index i = 1; i < n; ++i) {
-          const std::uint64_t k = keys_[i];
-          Index j = i;
-          for (; j > 0 && keys_[j - 1] > k; --j) keys_[j] = keys_[j - 1];
-          keys_[j] = k;
-        }
-      } else {
-        std::sort(keys_.begin(), keys_.end());  // keys are distinct: the same order as a stable sort
+      for (Index i = n - 1; i >= 0; --i) {
+        const std::uint32_t q = --bucket_[bin_[i]];
+        d.x[q] = values[i];
+        d.s[q] = weights[i];
       }
+      bucket_[nb] = static_cast<std::uint32_t>(n);
     }
-    SortedWeighted& d = sorted_;
-    d.x.resize(n);
-    d.s.resize(n);
-    d.S0.resize(n + 1);
-    d.S1.resize(n + 1);
-    d.S2.resize(n + 1);
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0;  // the sums of assign(), in registers
-    d.S0[0] = d.S1[0] = d.S2[0] = 0.0;
+    // the prefix sums, interleaved (at() reads all three of one position)
+    pre_.resize(n + 1);
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0;
+    pre_[0] = Cum{0.0, 0.0, 0.0};
     for (Index i = 0; i < n; ++i) {
-      const Index j = static_cast<Index>(keys_[i] & 0xFFFFFFFFu);
-      const double xi = values[j], si = weights[j];
-      d.x[i] = xi;
-      d.s[i] = si;
-      d.S0[i + 1] = a0 += si;
-      d.S1[i + 1] = a1 += si * xi;
-      d.S2[i + 1] = a2 += si * xi * xi;
+      const double xi = d.x[i], si = d.s[i];
+      pre_[i + 1] = Cum{a0 += si, a1 += si * xi, a2 += si * xi * xi};
     }
-    return search(d, bits, steps);
+    return search(d, mn, mx, bits, steps);
   }
-  const SortedWeighted& sorted() const { return sorted_; }
+  // sort_and_run()'s row's extremes
+  float row_min() const { return fmin_; }
+  float row_max() const { return fmax_; }
 
  private:
   // The search proper, on d and the bucket table built for it.
-  GridSearchResult search(const SortedWeighted& d, int bits, int steps) {
+  // d: the values in bucket order (sorted, or bucketed by sort_and_run()), min mn and max mx; pre_ its
+  // prefix sums and bucket_ its table.
+  GridSearchResult search(const SortedWeighted& d, double mn, double mx, int bits, int steps) {
     d_ = &d;
     x_ = d.x.data();
+    s_ = d.s.data();
     n_ = d.size();
+    all_ = pre_[n_];
     maxq_ = (1 << bits) - 1;
     T_ = steps;
     off_ = maxq_;
-    mn_ = d.x.front();
-    mx_ = d.x.back();
+    mn_ = mn;
+    mx_ = mx;
     R_ = mx_ - mn_;
     best_ = GridSearchResult();
     best_.error = std::numeric_limits<double>::infinity();
     if (!(R_ > 0.0)) return best_;
     delta_ = R_ / T_;
     // round-off of a prefix-sum difference: a few ulps of sum s max(x^2, v^2), v <= 2 max |x|
-    eps_ = 1e-11 * std::max(mn_ * mn_, mx_ * mx_) * std::max(d.S0[n_], 0.0);
+    eps_ = 1e-11 * std::max(mn_ * mn_, mx_ * mx_) * std::max(all_.s0, 0.0);
     const Index L = 2 * maxq_ + 1;
     PL_.resize(L);
     PR_.resize(L);
@@ -498,10 +483,9 @@ class AffineSearch {
       // the sweep where it measured faster (short groups, 4 bits and more), the branch and bound elsewhere
       if (!(maxq_ >= 15 && n_ <= kSweepMaxN && sweep_family_a(usable_len(0, len)))) search_family(0, len);
     }
-    const Index neg = std::lower_bound(x_, x_ + n_, 0.0) - x_;
-    const Index nonpos = std::upper_bound(x_, x_ + n_, 0.0) - x_;
-    if (i0_ < T_ && !(d.S2[neg] > best_.error + eps_)) search_family(1, T_ - i0_);  // j = 0 .. T - 1 - i0
-    if (j0_ < T_ && !(d.S2[n_] - d.S2[nonpos] > best_.error + eps_)) search_family(2, T_ - j0_);
+    const double neg = at(0.0).s2, pos = all_.s2 - at<true>(0.0).s2;  // sum s x^2 over x < 0, over x > 0
+    if (i0_ < T_ && !(neg > best_.error + eps_)) search_family(1, T_ - i0_);  // j = 0 .. T - 1 - i0
+    if (j0_ < T_ && !(pos > best_.error + eps_)) search_family(2, T_ - j0_);
     if (best_.found) best_.scale = paper_scale(best_fam_, best_t_, best_.zero);
     return best_;
   }
@@ -512,8 +496,8 @@ class AffineSearch {
     int zlo, zhi;  // zeros any candidate of the block can take
   };
   static constexpr Index kTop = 256, kSplit = 4;
-  // buckets per value of seek()'s table (and of the bucket sort): fewer values per bucket in the dense
-  // middle of an LLM-like row, so shorter scans in seek() and fewer inversions for the insertion sort
+  // buckets per value of at()'s table (and of the bucket order): few values per bucket even in the dense
+  // middle of an LLM-like row, for at() to add one by one
   static constexpr Index kBucketsPerValue = 4;  // by instruction counts on LLM-like rows (2..4 bits)
 
   double scale(int fam, Index t) const {
@@ -657,7 +641,7 @@ class AffineSearch {
     if (len == 0) return true;
     const int nz = maxq_ + 1;
     const double* s = d_->s.data();
-    const double A = d_->S2[n_];
+    const double A = all_.s2;
     inv_delta_ = 1.0 / delta_;
     inv_half_.resize(2 * maxq_ + 1);
     for (int b = -maxq_; b <= maxq_; ++b) inv_half_[b + off_] = 1.0 / (b + 0.5);
@@ -822,24 +806,34 @@ class AffineSearch {
     head_[t] = nev_++;
   }
 
-  // Sorted position of the first value >= v: from its bucket, a few steps, else binary search.
-  Index seek(double v) const {
+  // Sums over the values below v (at or below v with Inclusive). The table is exact for the bucket of v:
+  // the bucket function fl(fl(x - min) / w) is monotone in x and computed from the same min and 1 / w as
+  // the table, so every value of a lower bucket is < v and every value of a higher one > v; the prefix sums
+  // at the bucket's start plus its own values below v (few: four buckets per value) give the sums exactly
+  // over {x < v}, up to the round-off of the sums.
+  struct Cum {
+    double s0, s1, s2;  // sum s, s x, s x^2
+  };
+  template <bool Inclusive = false>
+  Cum at(double v) const {
     const double f = (v - mn_) * inv_w_;
-    const Index b = f > 0.0 ? (f < static_cast<double>(nb_) ? static_cast<Index>(f) : nb_) : 0;
-    Index q = bucket_[b];
-    while (q > 0 && x_[q - 1] >= v) --q;  // (the bucket edge rounded above v)
-    const Index lim = std::min<Index>(n_, q + 16);
-    while (q < lim && x_[q] < v) ++q;
-    if (q == lim && q < n_ && x_[q] < v) q = std::lower_bound(x_ + q, x_ + n_, v) - x_;
-    return q;
+    const Index b = f > 0.0 ? (f < static_cast<double>(nb_ - 1) ? static_cast<Index>(f) : nb_ - 1) : 0;
+    Index p = bucket_[b];
+    const Index e = bucket_[b + 1];
+    Cum c = pre_[p];
+    for (; p < e; ++p) {
+      const double x = x_[p];
+      const double w = (Inclusive ? x <= v : x < v) ? s_[p] : 0.0;
+      c.s0 += w;
+      c.s1 += w * x;
+      c.s2 += w * x * x;
+    }
+    return c;
   }
-  // The same, knowing that the answer is at least p.
-  Index seek_from(Index p, double v) const {
-    const Index lim = std::min<Index>(n_, p + 4);
-    while (p < lim && x_[p] < v) ++p;
-    return p < lim || p == n_ || !(x_[p] < v) ? p : seek(v);
+  // sum over the values in [u, v) (thresholds u <= v) of s (x - c)^2
+  static double seg(const Cum& u, const Cum& v, double c) {
+    return (v.s2 - u.s2) - 2.0 * c * (v.s1 - u.s1) + c * c * (v.s0 - u.s0);
   }
-  double seg(Index a, Index b, double v) const { return b > a ? d_->segment_error(a, b, v) : 0.0; }
 
   // LB(z) of block k for z in [k.zlo, k.zhi] into lb[z] (+inf elsewhere).
   void bound(const Block& k, double* lb) {
@@ -859,14 +853,13 @@ class AffineSearch {
     }
     open[kmin - 1] = open[kmax] = 0;
     for (int kk = kmin; kk < kmax; ++kk) open[kk] = lo[kk + 1] > hi[kk];
-    Index* PL = PL_.data() + off_;
-    Index* PR = PR_.data() + off_;
-    Index* PM = PM_.data() + off_;
+    Cum* PL = PL_.data() + off_;
+    Cum* PR = PR_.data() + off_;
+    Cum* PM = PM_.data() + off_;
     for (int kk = kmin; kk <= kmax; ++kk) {
-      Index pl = -1;
-      if (open[kk - 1] || kk <= ahi) PL[kk] = pl = seek(lo[kk]);
-      if (open[kk] || kk >= blo) PR[kk] = pl >= 0 ? seek_from(pl, hi[kk]) : seek(hi[kk]);
-      if (open[kk]) PM[kk] = seek_from(PR[kk], 0.5 * (hi[kk] + lo[kk + 1]));
+      if (open[kk - 1] || kk <= ahi) PL[kk] = at(lo[kk]);
+      if (open[kk] || kk >= blo) PR[kk] = at(hi[kk]);
+      if (open[kk]) PM[kk] = at(0.5 * (hi[kk] + lo[kk + 1]));
     }
     // below[kk]: points between the previous midpoint and lo_kk; above[kk]: between hi_kk and the next
     double* below = below_.data() + off_;
@@ -883,26 +876,26 @@ class AffineSearch {
     }
     for (int z = k.zlo; z <= k.zhi; ++z) {
       const int a = -z, b = maxq_ - z;
-      lb[z] = seg(0, PL[a], lo[a]) + above[a] + (cum_[b - 1 + off_] - cum_[a + off_]) + below[b] +
-              seg(PR[b], n_, hi[b]);
+      lb[z] = seg(none_, PL[a], lo[a]) + above[a] + (cum_[b - 1 + off_] - cum_[a + off_]) + below[b] +
+              seg(PR[b], all_, hi[b]);
     }
   }
 
   // E(h, z) exactly for the z with need_[z] in [zlo, zhi]; keeps the least.
   void evaluate(double h, int zlo, int zhi) {
     const int kmin = -zhi, kmax = maxq_ - zlo;  // boundaries kk (between lattice points kk, kk + 1) in [kmin, kmax)
-    for (int kk = kmin; kk < kmax; ++kk) P_[kk + off_] = seek((kk + 0.5) * h);
+    for (int kk = kmin; kk < kmax; ++kk) P_[kk + off_] = at((kk + 0.5) * h);
     double acc = 0.0;
     cum_[kmin + off_] = 0.0;
     for (int kk = kmin + 1; kk < kmax; ++kk) {
-      acc += d_->segment_error(P_[kk - 1 + off_], P_[kk + off_], kk * h);
+      acc += seg(P_[kk - 1 + off_], P_[kk + off_], kk * h);
       cum_[kk + off_] = acc;
     }
     for (int z = zlo; z <= zhi; ++z) {
       if (!need_[z]) continue;
       const int a = -z, b = maxq_ - z;  // lattice points of codes 0 and maxq
-      const double err = d_->segment_error(0, P_[a + off_], a * h) + (cum_[b - 1 + off_] - cum_[a + off_]) +
-                         d_->segment_error(P_[b - 1 + off_], n_, b * h);
+      const double err = seg(none_, P_[a + off_], a * h) + (cum_[b - 1 + off_] - cum_[a + off_]) +
+                         seg(P_[b - 1 + off_], all_, b * h);
       if (err < best_.error) {
         best_.error = err;
         best_.scale = h;
@@ -952,8 +945,11 @@ class AffineSearch {
   Index i0_ = 0, j0_ = 0;
   int fam_ = 0, best_fam_ = 0;  // family and position of the candidate evaluated, of the best
   Index t_ = 0, best_t_ = 0;
-  std::vector<Index> P_, PL_, PR_, PM_;
-  std::vector<std::uint32_t> bucket_;  // seek()'s table: nb_ + 1 entries (n < 2^32)
+  std::vector<Cum> P_, PL_, PR_, PM_;  // sums below thresholds (index kk + off_)
+  Cum none_{0, 0, 0}, all_{0, 0, 0};    // below -inf, below +inf
+  const double* s_ = nullptr;
+  float fmin_ = 0, fmax_ = 0;
+  std::vector<std::uint32_t> bucket_;  // at()'s table: nb_ + 1 entries (n < 2^32)
   std::vector<double> cum_, lo_, hi_, below_, above_;  // per lattice point (index kk + off_)
   std::vector<char> open_;  // gap kk to kk + 1 open (index kk + off_ + 1)
   std::vector<char> need_, present_;
@@ -978,8 +974,8 @@ class AffineSearch {
   static constexpr Index kSweepMaxN = 256;
   std::vector<Level> levels_;
   GridSearchResult best_;
-  SortedWeighted sorted_;                    // sort_and_run()'s row
-  std::vector<std::uint64_t> keys_;          // its sort keys (value pattern << 32 | position)
+  SortedWeighted sorted_;                    // sort_and_run()'s row in bucket order (x and s only)
+  std::vector<Cum> pre_;                     // prefix sums of s, s x, s x^2 in that order (n + 1)
   std::vector<std::uint32_t> bin_;           // each value's bucket
 };
 
@@ -1023,8 +1019,7 @@ class AffineFitter {
   AffineFit fit(const float* values, const double* s, Index n) {
     const GridSearchResult found = search_.sort_and_run(values, s, n, bits_, steps_);
     // fit_grid() of the row from its extremes alone (it reads only min(0, min x) and max(0, max x))
-    const float ends[2] = {static_cast<float>(search_.sorted().x.front()),
-                           static_cast<float>(search_.sorted().x.back())};
+    const float ends[2] = {search_.row_min(), search_.row_max()};
     AffineFit f;
     f.grid = fit_grid(ends, 2, opt_);
     f.error = f.minmax_error = weighted_grid_error(values, s, n, f.grid, maxq_);
