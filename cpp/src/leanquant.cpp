@@ -323,8 +323,9 @@ namespace {
 //   C  hi <= 0: xmax = 0, t = i, top = -min, zero maxq.
 // For a block of consecutive t (scales in [h1, h2]) and a zero z, no candidate can beat
 //   LB(z) = sum_x s dist(x, U_z)^2,  U_z = union over k in [-z, maxq - z] of the interval between k h1 and k h2,
-// since each of its grid points lies in U_z. On the sorted row LB costs O(maxq) prefix-sum differences, like
-// one E (positions found from a bucket table over [min, max], a few steps each). Each family is cut into
+// since each of its grid points lies in U_z. LB costs O(maxq) prefix-sum differences, like one E: the sums
+// below a threshold come from a bucket table over [min, max] (at(): the row in bucket order, 8 buckets per
+// value, exact for the query's bucket, plus that bucket's few values). Each family is cut into
 // blocks of kTop scales, bounded, and visited in increasing order of their least bound; a block whose bound
 // (for every zero) exceeds the best error found so far is dropped, otherwise it is split into kSplit
 // sub-blocks bounded the same way (a child keeps its parent's bound where that is larger), down to blocks
@@ -336,7 +337,7 @@ namespace {
 // at the first or second level: on 4096-value LLM-like rows about 50 bounds and 10-20 E per row at 4 bits
 // instead of the T x 2^bits windows of a sweep.
 // Short groups (<= kSweepMaxN values) at 4 bits and more take family A by an exact sweep instead
-// (sweep_family_a): there a bound, ~3 maxq position searches, costs as much as the few events by which the
+// (sweep_family_a): there a bound, ~3 maxq threshold sums, costs as much as the few events by which the
 // sums behind every E(h_t, z) change from one t to the next, and about 60 bounds per group (128 values,
 // 4 bits) cost 1.6x the sweep.
 class AffineSearch {
