@@ -760,6 +760,17 @@ class AffineSearch {
         }
       }
     }
+    // the zeros of each step t as evaluate_block() computes them (the same candidate set), in one pass that
+    // vectorises (two divisions per step: a tenth of the sweep, step by step)
+    zlo_.resize(end);
+    zhi_.resize(end);
+    for (Index t = 1; t < end; ++t) {
+      const double h = scale(0, t);
+      zhi_[t] = zero_of(mn_ + ilo(t) * delta_, h);
+      zlo_[t] = zero_of(mn_ + ihi(t) * delta_, h);
+    }
+    ez_.resize(nz);
+    double* ez = ez_.data();
     for (Index t = 1; t < end; ++t) {
       for (Index e = head_[t]; e >= 0; e = ev_[e].next) {
         const Event& ev = ev_[e];
@@ -780,25 +791,25 @@ class AffineSearch {
         }
         if (!any) break;
       }
-      // zeros and scale of step t as evaluate_block() computes them (the same candidate set)
       const double h = scale(0, t);
-      int zhi = zero_of(mn_ + ilo(t) * delta_, h), zlo = zero_of(mn_ + ihi(t) * delta_, h);
+      const int zhi = zhi_[t], zlo = zlo_[t];
+      // E of every zero and whether one of the step's beats the best (rarely): a fixed loop that vectorises
+      // (a std::min over [zlo, zhi] did not, a third of the sweep)
+      int hit = 0;
+      for (int z = 0; z < nz; ++z) {
+        ez[z] = A + h * (h * C_[z] - 2.0 * B_[z]) + dead_[z];
+        hit |= (z >= zlo) & (z <= zhi) & (ez[z] < best);
+      }
+      if (!hit) continue;
       // -lo / h moves by maxq / (T - m) per step of i: below 1, every zero in between occurs
       const bool all = T_ - t > maxq_ + 1;
       if (!all) {
         std::fill(present_.begin(), present_.end(), 0);
         for (Index i = ilo(t); i <= ihi(t); ++i) present_[zero_of(mn_ + i * delta_, scale(0, t))] = 1;
       }
-      if (all) {
-        // the least E of the step first (a branch-free loop), the zero only when it wins (rarely)
-        double least = std::numeric_limits<double>::infinity();
-        for (int z = zlo; z <= zhi; ++z) least = std::min(least, A + h * (h * C_[z] - 2.0 * B_[z]) + dead_[z]);
-        if (!(least < best)) continue;
-      }
       for (int z = zlo; z <= zhi; ++z) {
-        const double err = A + h * (h * C_[z] - 2.0 * B_[z]) + dead_[z];
-        if (err < best && (all || present_[z])) {
-          best = err;
+        if (ez[z] < best && (all || present_[z])) {
+          best = ez[z];
           best_t = t;
           best_z = z;
         }
@@ -1001,6 +1012,8 @@ class AffineSearch {
   std::vector<int> k0_;           // each value's lattice point at t = 0
   double inv_delta_ = 0;
   std::vector<double> tail_lb_; // per zero, bound of the scales the sweep has not reached
+  std::vector<int> zlo_, zhi_;  // per step of the sweep, its least and largest zero
+  std::vector<double> ez_;      // per zero, E at the sweep's step
   std::vector<char> live_;      // zeros the sweep still evaluates
   std::vector<double> dead_;    // 0 for those, +inf for the others
   Index nev_ = 0;
