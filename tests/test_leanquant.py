@@ -260,6 +260,35 @@ def test_affine_grid_never_worse_than_minmax():
                 assert rel_diff(e, me2[r, g]) <= 1e-9
 
 
+@pytest.mark.parametrize("cols,group_size", [(1024, -1), (512, 128)])
+def test_affine_fit_on_crowded_rows_equals_brute_force(cols, group_size):
+    # leanquant's own fit keeps each row in bucket order and sorts only crowded buckets: rows with many equal
+    # values (zeros, a few levels, one repeated value) must still get the least error over the candidates
+    rng = np.random.default_rng(cols)
+    W = (rng.standard_t(4, size=(6, cols)) * 0.02).astype(np.float32)
+    W[0, rng.random(cols) < 0.6] = 0.0
+    W[1] = np.round(W[1] * 100) / 100
+    W[2, : cols * 3 // 4] = W[2, 0]
+    W[3] = np.abs(W[3])
+    W[3, : cols // 2] = 0.0
+    H = problems.make("random", 6, cols, seed=1).H
+    for bits in (3, 4):
+        res = quantease.leanquant(W, H, bits=bits, grid="affine", group_size=group_size, grid_steps=64)
+        s = res.info["importance"]
+        gs = cols if group_size == -1 else group_size
+        ge = res.info["grid_error"].reshape(6, -1)
+        for r in range(6):
+            for g in range(cols // gs):
+                x, sg = W[r, g * gs:(g + 1) * gs], s[g * gs:(g + 1) * gs]
+                mm = quantease.rtn(x[None, :], bits=bits)
+                best = ref.weighted_grid_error(x, sg, mm.scales[0, 0], mm.zeros[0, 0], bits, np.float32)
+                if x.max() > x.min():
+                    bf = ref.brute_force_grid_search(x, sg, bits, 64)
+                    best = min(best, ref.weighted_grid_error(x, sg, np.float32(bf["scale"]), np.float32(bf["zero"]),
+                                                             bits, np.float32))
+                assert rel_diff(ge[r, g], best) <= 1e-9, (bits, r, g, ge[r, g], best)
+
+
 # --- against GPTQ ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bits", [2, 3, 4])

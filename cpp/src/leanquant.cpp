@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <tuple>
 
 #include "quantease/gptq_loop.hpp"
 #include "quantease/hessian.hpp"
@@ -470,8 +471,9 @@ namespace {
 //   C  hi <= 0: xmax = 0, t = i, top = -min, zero maxq.
 // For a block of consecutive t (scales in [h1, h2]) and a zero z, no candidate can beat
 //   LB(z) = sum_x s dist(x, U_z)^2,  U_z = union over k in [-z, maxq - z] of the interval between k h1 and k h2,
-// since each of its grid points lies in U_z. On the sorted row LB costs O(maxq) prefix-sum differences, like
-// one E (positions found from a bucket table over [min, max], a few steps each). Each family is cut into
+// since each of its grid points lies in U_z. LB costs O(maxq) prefix-sum differences, like one E: the sums
+// below a threshold come from a bucket table over [min, max] (at(): the row in bucket order, 8 buckets per
+// value, exact for the query's bucket, plus that bucket's few values). Each family is cut into
 // blocks of kTop scales, bounded, and visited in increasing order of their least bound; a block whose bound
 // (for every zero) exceeds the best error found so far is dropped, otherwise it is split into kSplit
 // sub-blocks bounded the same way (a child keeps its parent's bound where that is larger), down to blocks
@@ -483,27 +485,148 @@ namespace {
 // at the first or second level: on 4096-value LLM-like rows about 50 bounds and 10-20 E per row at 4 bits
 // instead of the T x 2^bits windows of a sweep.
 // Short groups (<= kSweepMaxN values) at 4 bits and more take family A by an exact sweep instead
-// (sweep_family_a): there a bound, ~3 maxq position searches, costs as much as the few events by which the
+// (sweep_family_a): there a bound, ~3 maxq threshold sums, costs as much as the few events by which the
 // sums behind every E(h_t, z) change from one t to the next, and about 60 bounds per group (128 values,
 // 4 bits) cost 1.6x the sweep.
 class AffineSearch {
  public:
+  // The least-E grid of d (weighted_grid_search), building the bucket table of at() first.
   GridSearchResult run(const SortedWeighted& d, int bits, int steps) {
+    const Index n = d.size();
+    const double mn = d.x.front(), mx = d.x.back();
+    if (mx > mn) {
+      // bucket_[b] = number of values in the buckets below b (see at()), w = R / nb. Built branch-free from
+      // a histogram of each value's bucket (a walk over the edges mispredicted about once per bucket).
+      const Index nb = kBucketsPerValue * n;
+      const double inv_w = static_cast<double>(nb) / (mx - mn);
+      bucket_.assign(nb + 1, 0);
+      for (Index p = 0; p < n; ++p) {
+        const double f = (d.x[p] - mn) * inv_w;  // value p counts for the buckets above floor(f)
+        const Index b = f < static_cast<double>(nb) ? static_cast<Index>(f) + 1 : nb;
+        ++bucket_[b];
+      }
+      for (Index b = 1; b <= nb; ++b) bucket_[b] += bucket_[b - 1];
+    }
+    pre_.resize(n + 1);
+    for (Index i = 0; i <= n; ++i) pre_[i] = Cum{d.S0[i], d.S1[i], d.S2[i]};
+    return search(d, mn, mx, bits, steps);
+  }
+
+  // Puts a row (or group) into bucket order -- the buckets of at()'s table, in increasing order of
+  // value, each bucket's values in position order -- with the prefix sums of that order, and searches it.
+  // No sort within the buckets: the table is exact for the bucket of any query (see at()), whose own few
+  // values at() adds one by one; only crowded buckets are sorted. Counting, one stable scatter and one pass
+  // of sums, O(n + nb) on rows without crowded buckets.
+  GridSearchResult sort_and_run(const float* values, const double* weights, Index n, int bits, int steps) {
+    float lo[16], hi[16];  // min and max in independent lanes (vectorised)
+    for (int l = 0; l < 16; ++l) lo[l] = hi[l] = values[0];
+    Index p = 0;
+    for (; p + 16 <= n; p += 16)
+      for (int l = 0; l < 16; ++l) {
+        lo[l] = values[p + l] < lo[l] ? values[p + l] : lo[l];
+        hi[l] = values[p + l] > hi[l] ? values[p + l] : hi[l];
+      }
+    for (; p < n; ++p) {
+      lo[0] = values[p] < lo[0] ? values[p] : lo[0];
+      hi[0] = values[p] > hi[0] ? values[p] : hi[0];
+    }
+    fmin_ = lo[0];
+    fmax_ = hi[0];
+    for (int l = 1; l < 16; ++l) {
+      fmin_ = std::min(fmin_, lo[l]);
+      fmax_ = std::max(fmax_, hi[l]);
+    }
+    const double mn = fmin_, mx = fmax_;
+    SortedWeighted& d = sorted_;
+    d.x.resize(n);
+    d.s.resize(n);
+    if (!(mx > mn)) {  // constant: no search (and no table) needed
+      for (Index i = 0; i < n; ++i) {
+        d.x[i] = values[i];
+        d.s[i] = weights[i];
+      }
+    } else {
+      // the table of run(): bucket_[c] = number of values in the buckets below c
+      const Index nb = kBucketsPerValue * n;
+      const double inv_w = static_cast<double>(nb) / (mx - mn);
+      bucket_.assign(nb + 1, 0);
+      bin_.resize(n);
+      for (Index i = 0; i < n; ++i) {
+        const double f = (static_cast<double>(values[i]) - mn) * inv_w;
+        bin_[i] = static_cast<std::uint32_t>(f < static_cast<double>(nb) ? static_cast<Index>(f) : nb - 1);
+      }
+      for (Index i = 0; i < n; ++i) ++bucket_[bin_[i]];
+      std::uint32_t most = 0;
+      for (Index c = 0; c < nb; ++c) most = std::max(most, bucket_[c]);
+      // end of bucket b (running sum), eight buckets at a time: their own running sums do not wait for the
+      // total so far (one chain through all nb buckets took 40 % of this function)
+      std::uint32_t acc = 0;
+      Index b = 0;
+      for (; b + 8 <= nb; b += 8) {
+        std::uint32_t g[8];
+        g[0] = bucket_[b];
+        for (int l = 1; l < 8; ++l) g[l] = g[l - 1] + bucket_[b + l];
+        for (int l = 0; l < 8; ++l) bucket_[b + l] = acc + g[l];
+        acc += g[7];
+      }
+      for (; b < nb; ++b) bucket_[b] = acc += bucket_[b];
+      // stable scatter from the back: bucket_[c] ends at the start of bucket c, the table's entry
+      for (Index i = n - 1; i >= 0; --i) {
+        const std::uint32_t q = --bucket_[bin_[i]];
+        d.x[q] = values[i];
+        d.s[q] = weights[i];
+      }
+      bucket_[nb] = static_cast<std::uint32_t>(n);
+      if (most > kCrowded) {
+        // Crowded buckets (many equal or close values: the zeros of dead columns, a row already on a grid)
+        // are sorted, by (x, s) for a deterministic order, so that at() finds its place there by binary
+        // search instead of adding up each value.
+        for (Index c = 0; c < nb; ++c) {
+          const Index a = bucket_[c], e = bucket_[c + 1];
+          if (e - a <= kCrowded) continue;
+          pairs_.resize(e - a);
+          for (Index i = a; i < e; ++i) pairs_[i - a] = {d.x[i], d.s[i]};
+          std::sort(pairs_.begin(), pairs_.end());
+          for (Index i = a; i < e; ++i) std::tie(d.x[i], d.s[i]) = pairs_[i - a];
+        }
+      }
+    }
+    // the prefix sums, interleaved (at() reads all three of one position)
+    pre_.resize(n + 1);
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0;
+    pre_[0] = Cum{0.0, 0.0, 0.0};
+    for (Index i = 0; i < n; ++i) {
+      const double xi = d.x[i], si = d.s[i];
+      pre_[i + 1] = Cum{a0 += si, a1 += si * xi, a2 += si * xi * xi};
+    }
+    return search(d, mn, mx, bits, steps);
+  }
+  // sort_and_run()'s row's extremes
+  float row_min() const { return fmin_; }
+  float row_max() const { return fmax_; }
+
+ private:
+  // The search proper, on d and the bucket table built for it.
+  // d: the values in bucket order (sorted, or bucketed by sort_and_run()), min mn and max mx; pre_ its
+  // prefix sums and bucket_ its table.
+  GridSearchResult search(const SortedWeighted& d, double mn, double mx, int bits, int steps) {
     d_ = &d;
     x_ = d.x.data();
+    s_ = d.s.data();
     n_ = d.size();
+    all_ = pre_[n_];
     maxq_ = (1 << bits) - 1;
     T_ = steps;
     off_ = maxq_;
-    mn_ = d.x.front();
-    mx_ = d.x.back();
+    mn_ = mn;
+    mx_ = mx;
     R_ = mx_ - mn_;
     best_ = GridSearchResult();
     best_.error = std::numeric_limits<double>::infinity();
     if (!(R_ > 0.0)) return best_;
     delta_ = R_ / T_;
     // round-off of a prefix-sum difference: a few ulps of sum s max(x^2, v^2), v <= 2 max |x|
-    eps_ = 1e-11 * std::max(mn_ * mn_, mx_ * mx_) * std::max(d.S0[n_], 0.0);
+    eps_ = 1e-11 * std::max(mn_ * mn_, mx_ * mx_) * std::max(all_.s0, 0.0);
     const Index L = 2 * maxq_ + 1;
     PL_.resize(L);
     PR_.resize(L);
@@ -517,18 +640,8 @@ class AffineSearch {
     open_.resize(L + 2);
     need_.assign(maxq_ + 1, 0);
     present_.assign(maxq_ + 1, 0);
-    // bucket_[b] ~ number of values below mn + b w, w = R / nb: seek() starts there and corrects both ways,
-    // so the table need not be exact. Built branch-free from a histogram of each value's bucket (a walk over
-    // the edges mispredicted about once per bucket: a third of the search's time on 4096-value rows).
-    nb_ = n_;
+    nb_ = kBucketsPerValue * n_;  // the table's size (run(), sort_and_run())
     inv_w_ = nb_ / R_;
-    bucket_.assign(nb_ + 1, 0);
-    for (Index p = 0; p < n_; ++p) {
-      const double f = (x_[p] - mn_) * inv_w_;  // value p counts for the buckets above floor(f)
-      const Index b = f < static_cast<double>(nb_) ? static_cast<Index>(f) + 1 : nb_;
-      ++bucket_[b];
-    }
-    for (Index b = 1; b <= nb_; ++b) bucket_[b] += bucket_[b - 1];
     // i0: candidates i with lo < 0 are i < i0; j0: those j with hi > 0 are j < j0.
     auto count_below = [&](auto&& pred) {
       Index lo = 0, hi = T_;  // pred is true on a prefix of [0, T)
@@ -548,21 +661,24 @@ class AffineSearch {
       // the sweep where it measured faster (short groups, 4 bits and more), the branch and bound elsewhere
       if (!(maxq_ >= 15 && n_ <= kSweepMaxN && sweep_family_a(usable_len(0, len)))) search_family(0, len);
     }
-    const Index neg = std::lower_bound(x_, x_ + n_, 0.0) - x_;
-    const Index nonpos = std::upper_bound(x_, x_ + n_, 0.0) - x_;
-    if (i0_ < T_ && !(d.S2[neg] > best_.error + eps_)) search_family(1, T_ - i0_);  // j = 0 .. T - 1 - i0
-    if (j0_ < T_ && !(d.S2[n_] - d.S2[nonpos] > best_.error + eps_)) search_family(2, T_ - j0_);
+    const double neg = at(0.0).s2, pos = all_.s2 - at<true>(0.0).s2;  // sum s x^2 over x < 0, over x > 0
+    if (i0_ < T_ && !(neg > best_.error + eps_)) search_family(1, T_ - i0_);  // j = 0 .. T - 1 - i0
+    if (j0_ < T_ && !(pos > best_.error + eps_)) search_family(2, T_ - j0_);
     if (best_.found) best_.scale = paper_scale(best_fam_, best_t_, best_.zero);
     return best_;
   }
 
- private:
   struct Block {
     int fam;
     Index t1, t2;  // [t1, t2)
     int zlo, zhi;  // zeros any candidate of the block can take
   };
   static constexpr Index kTop = 256, kSplit = 4;  // by instruction counts on LLM-like rows (2..4 bits)
+  // buckets per value of at()'s table (and of the bucket order): few values per bucket even in the dense
+  // middle of an LLM-like row, for at() to add one by one (measured on 4096-value rows: 8 per value 15 %
+  // faster than 4 or 2, 32 slower; no difference on 128-value groups)
+  static constexpr Index kBucketsPerValue = 8;
+  static constexpr Index kCrowded = 16;  // buckets of more values are kept sorted
 
   double scale(int fam, Index t) const {
     const double top = fam == 0 ? R_ : fam == 1 ? mx_ : -mn_;
@@ -705,7 +821,7 @@ class AffineSearch {
     if (len == 0) return true;
     const int nz = maxq_ + 1;
     const double* s = d_->s.data();
-    const double A = d_->S2[n_];
+    const double A = all_.s2;
     inv_delta_ = 1.0 / delta_;
     inv_half_.resize(2 * maxq_ + 1);
     for (int b = -maxq_; b <= maxq_; ++b) inv_half_[b + off_] = 1.0 / (b + 0.5);
@@ -792,6 +908,17 @@ class AffineSearch {
         }
       }
     }
+    // the zeros of each step t as evaluate_block() computes them (the same candidate set), in one pass that
+    // vectorises (two divisions per step: a tenth of the sweep, step by step)
+    zlo_.resize(end);
+    zhi_.resize(end);
+    for (Index t = 1; t < end; ++t) {
+      const double h = scale(0, t);
+      zhi_[t] = zero_of(mn_ + ilo(t) * delta_, h);
+      zlo_[t] = zero_of(mn_ + ihi(t) * delta_, h);
+    }
+    ez_.resize(nz);
+    double* ez = ez_.data();
     for (Index t = 1; t < end; ++t) {
       for (Index e = head_[t]; e >= 0; e = ev_[e].next) {
         const Event& ev = ev_[e];
@@ -812,25 +939,25 @@ class AffineSearch {
         }
         if (!any) break;
       }
-      // zeros and scale of step t as evaluate_block() computes them (the same candidate set)
       const double h = scale(0, t);
-      int zhi = zero_of(mn_ + ilo(t) * delta_, h), zlo = zero_of(mn_ + ihi(t) * delta_, h);
+      const int zhi = zhi_[t], zlo = zlo_[t];
+      // E of every zero and whether one of the step's beats the best (rarely): a fixed loop that vectorises
+      // (a std::min over [zlo, zhi] did not, a third of the sweep)
+      int hit = 0;
+      for (int z = 0; z < nz; ++z) {
+        ez[z] = A + h * (h * C_[z] - 2.0 * B_[z]) + dead_[z];
+        hit |= (z >= zlo) & (z <= zhi) & (ez[z] < best);
+      }
+      if (!hit) continue;
       // -lo / h moves by maxq / (T - m) per step of i: below 1, every zero in between occurs
       const bool all = T_ - t > maxq_ + 1;
       if (!all) {
         std::fill(present_.begin(), present_.end(), 0);
         for (Index i = ilo(t); i <= ihi(t); ++i) present_[zero_of(mn_ + i * delta_, scale(0, t))] = 1;
       }
-      if (all) {
-        // the least E of the step first (a branch-free loop), the zero only when it wins (rarely)
-        double least = std::numeric_limits<double>::infinity();
-        for (int z = zlo; z <= zhi; ++z) least = std::min(least, A + h * (h * C_[z] - 2.0 * B_[z]) + dead_[z]);
-        if (!(least < best)) continue;
-      }
       for (int z = zlo; z <= zhi; ++z) {
-        const double err = A + h * (h * C_[z] - 2.0 * B_[z]) + dead_[z];
-        if (err < best && (all || present_[z])) {
-          best = err;
+        if (ez[z] < best && (all || present_[z])) {
+          best = ez[z];
           best_t = t;
           best_z = z;
         }
@@ -870,24 +997,38 @@ class AffineSearch {
     head_[t] = nev_++;
   }
 
-  // Sorted position of the first value >= v: from its bucket, a few steps, else binary search.
-  Index seek(double v) const {
+  // Sums over the values below v (at or below v with Inclusive). The table is exact for the bucket of v:
+  // the bucket function fl(fl(x - min) / w) is monotone in x and computed from the same min and 1 / w as
+  // the table, so every value of a lower bucket is < v and every value of a higher one > v; the prefix sums
+  // at the bucket's start plus its own values below v (few: four buckets per value) give the sums exactly
+  // over {x < v}, up to the round-off of the sums.
+  struct Cum {
+    double s0, s1, s2;  // sum s, s x, s x^2
+  };
+  template <bool Inclusive = false>
+  Cum at(double v) const {
     const double f = (v - mn_) * inv_w_;
-    const Index b = f > 0.0 ? (f < static_cast<double>(nb_) ? static_cast<Index>(f) : nb_) : 0;
-    Index q = bucket_[b];
-    while (q > 0 && x_[q - 1] >= v) --q;  // (the bucket edge rounded above v)
-    const Index lim = std::min<Index>(n_, q + 16);
-    while (q < lim && x_[q] < v) ++q;
-    if (q == lim && q < n_ && x_[q] < v) q = std::lower_bound(x_ + q, x_ + n_, v) - x_;
-    return q;
+    const Index b = f > 0.0 ? (f < static_cast<double>(nb_ - 1) ? static_cast<Index>(f) : nb_ - 1) : 0;
+    Index p = bucket_[b];
+    const Index e = bucket_[b + 1];
+    if (e - p > kCrowded) {  // a sorted bucket (sort_and_run(), or run()'s sorted row)
+      const double* q = Inclusive ? std::upper_bound(x_ + p, x_ + e, v) : std::lower_bound(x_ + p, x_ + e, v);
+      return pre_[q - x_];
+    }
+    Cum c = pre_[p];
+    for (; p < e; ++p) {
+      const double x = x_[p];
+      const double w = (Inclusive ? x <= v : x < v) ? s_[p] : 0.0;
+      c.s0 += w;
+      c.s1 += w * x;
+      c.s2 += w * x * x;
+    }
+    return c;
   }
-  // The same, knowing that the answer is at least p.
-  Index seek_from(Index p, double v) const {
-    const Index lim = std::min<Index>(n_, p + 4);
-    while (p < lim && x_[p] < v) ++p;
-    return p < lim || p == n_ || !(x_[p] < v) ? p : seek(v);
+  // sum over the values in [u, v) (thresholds u <= v) of s (x - c)^2
+  static double seg(const Cum& u, const Cum& v, double c) {
+    return (v.s2 - u.s2) - 2.0 * c * (v.s1 - u.s1) + c * c * (v.s0 - u.s0);
   }
-  double seg(Index a, Index b, double v) const { return b > a ? d_->segment_error(a, b, v) : 0.0; }
 
   // LB(z) of block k for z in [k.zlo, k.zhi] into lb[z] (+inf elsewhere).
   void bound(const Block& k, double* lb) {
@@ -907,14 +1048,13 @@ class AffineSearch {
     }
     open[kmin - 1] = open[kmax] = 0;
     for (int kk = kmin; kk < kmax; ++kk) open[kk] = lo[kk + 1] > hi[kk];
-    Index* PL = PL_.data() + off_;
-    Index* PR = PR_.data() + off_;
-    Index* PM = PM_.data() + off_;
+    Cum* PL = PL_.data() + off_;
+    Cum* PR = PR_.data() + off_;
+    Cum* PM = PM_.data() + off_;
     for (int kk = kmin; kk <= kmax; ++kk) {
-      Index pl = -1;
-      if (open[kk - 1] || kk <= ahi) PL[kk] = pl = seek(lo[kk]);
-      if (open[kk] || kk >= blo) PR[kk] = pl >= 0 ? seek_from(pl, hi[kk]) : seek(hi[kk]);
-      if (open[kk]) PM[kk] = seek_from(PR[kk], 0.5 * (hi[kk] + lo[kk + 1]));
+      if (open[kk - 1] || kk <= ahi) PL[kk] = at(lo[kk]);
+      if (open[kk] || kk >= blo) PR[kk] = at(hi[kk]);
+      if (open[kk]) PM[kk] = at(0.5 * (hi[kk] + lo[kk + 1]));
     }
     // below[kk]: points between the previous midpoint and lo_kk; above[kk]: between hi_kk and the next
     double* below = below_.data() + off_;
@@ -931,26 +1071,26 @@ class AffineSearch {
     }
     for (int z = k.zlo; z <= k.zhi; ++z) {
       const int a = -z, b = maxq_ - z;
-      lb[z] = seg(0, PL[a], lo[a]) + above[a] + (cum_[b - 1 + off_] - cum_[a + off_]) + below[b] +
-              seg(PR[b], n_, hi[b]);
+      lb[z] = seg(none_, PL[a], lo[a]) + above[a] + (cum_[b - 1 + off_] - cum_[a + off_]) + below[b] +
+              seg(PR[b], all_, hi[b]);
     }
   }
 
   // E(h, z) exactly for the z with need_[z] in [zlo, zhi]; keeps the least.
   void evaluate(double h, int zlo, int zhi) {
     const int kmin = -zhi, kmax = maxq_ - zlo;  // boundaries kk (between lattice points kk, kk + 1) in [kmin, kmax)
-    for (int kk = kmin; kk < kmax; ++kk) P_[kk + off_] = seek((kk + 0.5) * h);
+    for (int kk = kmin; kk < kmax; ++kk) P_[kk + off_] = at((kk + 0.5) * h);
     double acc = 0.0;
     cum_[kmin + off_] = 0.0;
     for (int kk = kmin + 1; kk < kmax; ++kk) {
-      acc += d_->segment_error(P_[kk - 1 + off_], P_[kk + off_], kk * h);
+      acc += seg(P_[kk - 1 + off_], P_[kk + off_], kk * h);
       cum_[kk + off_] = acc;
     }
     for (int z = zlo; z <= zhi; ++z) {
       if (!need_[z]) continue;
       const int a = -z, b = maxq_ - z;  // lattice points of codes 0 and maxq
-      const double err = d_->segment_error(0, P_[a + off_], a * h) + (cum_[b - 1 + off_] - cum_[a + off_]) +
-                         d_->segment_error(P_[b - 1 + off_], n_, b * h);
+      const double err = seg(none_, P_[a + off_], a * h) + (cum_[b - 1 + off_] - cum_[a + off_]) +
+                         seg(P_[b - 1 + off_], all_, b * h);
       if (err < best_.error) {
         best_.error = err;
         best_.scale = h;
@@ -1000,7 +1140,11 @@ class AffineSearch {
   Index i0_ = 0, j0_ = 0;
   int fam_ = 0, best_fam_ = 0;  // family and position of the candidate evaluated, of the best
   Index t_ = 0, best_t_ = 0;
-  std::vector<Index> bucket_, P_, PL_, PR_, PM_;
+  std::vector<Cum> P_, PL_, PR_, PM_;  // sums below thresholds (index kk + off_)
+  Cum none_{0, 0, 0}, all_{0, 0, 0};    // below -inf, below +inf
+  const double* s_ = nullptr;
+  float fmin_ = 0, fmax_ = 0;
+  std::vector<std::uint32_t> bucket_;  // at()'s table: nb_ + 1 entries (n < 2^32)
   std::vector<double> cum_, lo_, hi_, below_, above_;  // per lattice point (index kk + off_)
   std::vector<char> open_;  // gap kk to kk + 1 open (index kk + off_ + 1)
   std::vector<char> need_, present_;
@@ -1016,6 +1160,8 @@ class AffineSearch {
   std::vector<int> k0_;           // each value's lattice point at t = 0
   double inv_delta_ = 0;
   std::vector<double> tail_lb_; // per zero, bound of the scales the sweep has not reached
+  std::vector<int> zlo_, zhi_;  // per step of the sweep, its least and largest zero
+  std::vector<double> ez_;      // per zero, E at the sweep's step
   std::vector<char> live_;      // zeros the sweep still evaluates
   std::vector<double> dead_;    // 0 for those, +inf for the others
   Index nev_ = 0;
@@ -1025,6 +1171,10 @@ class AffineSearch {
   static constexpr Index kSweepMaxN = 256;
   std::vector<Level> levels_;
   GridSearchResult best_;
+  SortedWeighted sorted_;                    // sort_and_run()'s row in bucket order (x and s only)
+  std::vector<Cum> pre_;                     // prefix sums of s, s x, s x^2 in that order (n + 1)
+  std::vector<std::uint32_t> bin_;           // each value's bucket
+  std::vector<std::pair<double, double>> pairs_;  // a crowded bucket's (x, s) while sorted
 };
 
 }  // namespace
@@ -1035,15 +1185,59 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
 }
 
 double weighted_grid_error(const float* x, const double* s, Index n, const AffineGrid& g, float maxq) {
-  double err = 0.0;
-  for (Index i = 0; i < n; ++i) {
-    const double e = static_cast<double>(x[i]) - dequantize(quantize_code(x[i], g, maxq), g);
-    err += s[i] * e * e;
-  }
-  return err;
+  // quantize_code() and dequantize() with the code kept as a float (clamped, integer-valued: the same value
+  // as through uint8), so that the loop vectorises with the true division; 8 running sums.
+  constexpr int L = 8;
+  double lane[L] = {0, 0, 0, 0, 0, 0, 0, 0};
+  const float scale = g.scale, zero = g.zero;
+  auto term = [&](Index i) {
+    const float c = std::clamp(std::nearbyint(x[i] / scale) + zero, 0.0f, maxq);
+    const double e = static_cast<double>(x[i]) - static_cast<double>(scale * (c - zero));
+    return s[i] * e * e;
+  };
+  Index i = 0;
+  for (; i + L <= n; i += L)
+    for (int l = 0; l < L; ++l) lane[l] += term(i + l);
+  for (; i < n; ++i) lane[i % L] += term(i);
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
 namespace {
+
+// The affine grid of one row (or group) as leanquant() keeps it: the min-max grid, replaced by the search's
+// grid where that has the smaller E point by point. One per fitting task (its scratch reused across rows).
+struct AffineFit {
+  AffineGrid grid;
+  double error = 0.0, minmax_error = 0.0;
+};
+
+class AffineFitter {
+ public:
+  AffineFitter(int bits, int steps) : bits_(bits), steps_(steps), maxq_(max_code(bits)) { opt_.bits = bits; }
+  AffineFit fit(const float* values, const double* s, Index n) {
+    const GridSearchResult found = search_.sort_and_run(values, s, n, bits_, steps_);
+    // fit_grid() of the row from its extremes alone (it reads only min(0, min x) and max(0, max x))
+    const float ends[2] = {search_.row_min(), search_.row_max()};
+    AffineFit f;
+    f.grid = fit_grid(ends, 2, opt_);
+    f.error = f.minmax_error = weighted_grid_error(values, s, n, f.grid, maxq_);
+    if (found.found && static_cast<float>(found.scale) >= std::numeric_limits<float>::min()) {
+      const AffineGrid cand{static_cast<float>(found.scale), static_cast<float>(found.zero)};
+      const double cand_err = weighted_grid_error(values, s, n, cand, maxq_);
+      if (cand_err < f.error) {
+        f.grid = cand;
+        f.error = cand_err;
+      }
+    }
+    return f;
+  }
+
+ private:
+  int bits_, steps_;
+  float maxq_;
+  GridOptions opt_;
+  AffineSearch search_;
+};
 
 // quantize() for the kRowBatch lanes from panel row r; lanes past the panel's `rows` are left at zero.
 template <class Quantizer>
@@ -1164,36 +1358,26 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     res.iters.resize(rows * groups);
     mids.resize(rows * groups, k);  // k - 1 midpoints and +inf, which no weight is above
   }
-  GridOptions minmax_opt;
-  minmax_opt.bits = opt.bits;
   parallel_chunks(rows, kFitChunk, [&](Index r0, Index r1) {
     std::vector<float> values(glen);
     std::vector<double> centroids(k);
     SortedWeighted sorted;
+    AffineFitter fitter(opt.bits, opt.grid_steps);
     for (Index r = r0; r < r1; ++r) {
       for (Index g = 0; g < groups; ++g) {
         const Index c0 = g * glen, idx = r * groups + g;
-        for (Index c = 0; c < glen; ++c) values[c] = prep.dead[c0 + c] ? 0.0f : W(r, c0 + c);
+        // (through plain pointers the copy vectorises; W's rows are contiguous)
+        const float* w = W.row(r).data() + c0;
+        const char* dead = prep.dead.data() + c0;
+        for (Index c = 0; c < glen; ++c) values[c] = dead[c] ? 0.0f : w[c];
         const double* s = res.importance.data() + c0;
-        sorted.assign(values.data(), s, glen);
         if (opt.affine) {
-          const AffineGrid minmax = fit_grid(values.data(), glen, minmax_opt);
-          const double minmax_err = weighted_grid_error(values.data(), s, glen, minmax, maxq);
-          const GridSearchResult found = weighted_grid_search(sorted, opt.bits, opt.grid_steps);
-          AffineGrid grid = minmax;
-          double err = minmax_err;
-          if (found.found && static_cast<float>(found.scale) >= std::numeric_limits<float>::min()) {
-            const AffineGrid cand{static_cast<float>(found.scale), static_cast<float>(found.zero)};
-            const double cand_err = weighted_grid_error(values.data(), s, glen, cand, maxq);
-            if (cand_err < err) {
-              grid = cand;
-              err = cand_err;
-            }
-          }
-          grids[idx] = grid;
-          res.grid_error[idx] = err;
-          res.minmax_error[idx] = minmax_err;
+          const AffineFit f = fitter.fit(values.data(), s, glen);
+          grids[idx] = f.grid;
+          res.grid_error[idx] = f.error;
+          res.minmax_error[idx] = f.minmax_error;
         } else {
+          sorted.assign(values.data(), s, glen);
           SplitMix64 rng(opt.seed, static_cast<std::uint64_t>(idx));
           res.iters[idx] = weighted_kmeans(sorted, k, opt.kmeans_iters, opt.kmeans_tol, rng, centroids.data());
           for (int t = 0; t < k; ++t) res.codebook(idx, t) = static_cast<float>(centroids[t]);

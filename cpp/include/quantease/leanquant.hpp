@@ -9,7 +9,9 @@
 //     shrunk ranges (min + i d, max - j d), d = (max - min) / T, i + j < T -- searched exactly, see
 //     weighted_grid_search.
 // Every 1-D fit works on the row sorted once, with prefix sums of s, s w and s w^2, so one Lloyd
-// iteration costs O(k log n) and one affine (scale, zero) O(1) after O(2^bits) per distinct scale.
+// iteration costs O(k log n) and one affine (scale, zero) O(1) after O(2^bits) per distinct scale
+// (leanquant()'s affine fit needs no full sort: it keeps the row in the order of a fine bucket table, whose
+// prefix sums at a bucket's start plus that bucket's few values give the sums below any threshold).
 #pragma once
 
 #include <cstdint>
