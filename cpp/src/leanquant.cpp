@@ -1239,17 +1239,6 @@ class AffineFitter {
   AffineSearch search_;
 };
 
-// quantize() for the kRowBatch lanes from panel row r; lanes past the panel's `rows` are left at zero.
-template <class Quantizer>
-void quantize_lanes(const Quantizer& quant, Index rows, Index r, Index j, const float* v, float* q,
-                    std::uint8_t* codes) {
-  for (Index l = 0; l < kRowBatch; ++l) {
-    q[l] = 0.0f;
-    codes[l] = 0;
-    if (r + l < rows) codes[l] = quant.quantize(r + l, j, v[l], q[l]);
-  }
-}
-
 // quant(w) = the nearest entry of the row's (and group's) ascending codebook; a value on a midpoint takes
 // the lower entry. Midpoints in float32, as the oracle.
 class CodebookQuantizer {
@@ -1301,16 +1290,26 @@ class StaticAffineQuantizer {
       : grids_(grids), maxq_(maxq), row0_(row0), rows_(rows), groups_(groups), gs_(gs), perm_(perm) {}
   void fit_group(Index, Index, const float*, Index) {}
   std::uint8_t quantize(Index r, Index j, float w, float& q) const {
-    const AffineGrid& g = grids_[(row0_ + r) * groups_ + (gs_ > 0 ? perm_[j] / gs_ : 0)];
+    return quantize_with(grids_[(row0_ + r) * groups_ + group(j)], w, q);
+  }
+  // The column's group once (an integer division), then the lanes; lanes past the panel's rows stay zero.
+  void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) const {
+    const Index g = group(j);
+    for (Index l = 0; l < kRowBatch; ++l) {
+      q[l] = 0.0f;
+      codes[l] = 0;
+      if (r + l < rows_) codes[l] = quantize_with(grids_[(row0_ + r + l) * groups_ + g], v[l], q[l]);
+    }
+  }
+
+ private:
+  Index group(Index j) const { return gs_ > 0 ? perm_[j] / gs_ : 0; }
+  std::uint8_t quantize_with(const AffineGrid& g, float w, float& q) const {
     const std::uint8_t code = quantize_code(w, g, maxq_);
     q = dequantize(code, g);
     return code;
   }
-  void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) const {
-    quantize_lanes(*this, rows_, r, j, v, q, codes);
-  }
 
- private:
   const std::vector<AffineGrid>& grids_;
   float maxq_;
   Index row0_, rows_, groups_, gs_;
