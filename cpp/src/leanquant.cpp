@@ -25,6 +25,18 @@ std::uint64_t mix64(std::uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// sum of term(i) over i < n in 8 independent running sums (a single one waits an add latency per term,
+// and keeps the compiler from vectorising a floating-point sum)
+template <class Term>
+double lane_sum(Index n, Term term) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  Index i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) lane[l] += term(i + l);
+  for (; i < n; ++i) lane[i % 8] += term(i);
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
 // Branch-free binary searches on x[lo, hi): the first position with x >= v (lower) or x > v (upper). The
 // k-means++ searches land anywhere, so a branch would mispredict every other step.
 template <bool Upper, class T>
@@ -87,13 +99,8 @@ struct BlockedSums {
     if (a >= b) return;
     const Index n = static_cast<Index>(p.size()), nb = static_cast<Index>(block.size());
     for (Index k = a / bs; k <= (b - 1) / bs; ++k) {
-      const Index i0 = k * bs, i1 = std::min<Index>(i0 + bs, n);
-      double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      Index i = i0;
-      for (; i + 8 <= i1; i += 8)
-        for (int l = 0; l < 8; ++l) lane[l] += p[i + l];
-      for (; i < i1; ++i) lane[0] += p[i];
-      block[k] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+      const double* pk = p.data() + k * bs;
+      block[k] = lane_sum(std::min<Index>(bs, n - k * bs), [pk](Index i) { return pk[i]; });
     }
     double acc = a / bs > 0 ? upto[a / bs - 1] : 0.0;
     for (Index k = a / bs; k < nb; ++k) upto[k] = acc += block[k];
@@ -343,21 +350,6 @@ void SortedWeighted::assign(const float* values, const double* weights, Index n)
   }
 }
 
-namespace {
-
-// sum f(v[i]) over i < n in 8 independent lanes (one running sum waits an add latency per element)
-template <class F>
-double lane_sum(const double* v, Index n, F f) {
-  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  Index i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) lane[l] += f(v[i + l]);
-  for (; i < n; ++i) lane[i % 8] += f(v[i]);
-  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-}
-
-}  // namespace
-
 SplitMix64::SplitMix64(std::uint64_t seed, std::uint64_t stream) : state(mix64(seed ^ mix64(stream + 1))) {}
 
 std::uint64_t SplitMix64::next() {
@@ -376,8 +368,9 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
   } else {
     kmeans_plus_plus(d, k, rng, c);
   }
-  const double mean = lane_sum(d.x.data(), n, [](double v) { return v; }) / n;
-  const double var = lane_sum(d.x.data(), n, [mean](double v) { return (v - mean) * (v - mean); }) / n;
+  const double* x = d.x.data();
+  const double mean = lane_sum(n, [x](Index i) { return x[i]; }) / n;
+  const double var = lane_sum(n, [x, mean](Index i) { return (x[i] - mean) * (x[i] - mean); }) / n;
 
   std::vector<Index> b(k, n), prev(k, -1), lo_pos(k), moved(k), count(k);
   std::vector<double> w(k), sx(k);
@@ -1187,19 +1180,12 @@ GridSearchResult weighted_grid_search(const SortedWeighted& d, int bits, int ste
 double weighted_grid_error(const float* x, const double* s, Index n, const AffineGrid& g, float maxq) {
   // quantize_code() and dequantize() with the code kept as a float (clamped, integer-valued: the same value
   // as through uint8), so that the loop vectorises with the true division; 8 running sums.
-  constexpr int L = 8;
-  double lane[L] = {0, 0, 0, 0, 0, 0, 0, 0};
   const float scale = g.scale, zero = g.zero;
-  auto term = [&](Index i) {
+  return lane_sum(n, [&](Index i) {
     const float c = std::clamp(std::nearbyint(x[i] / scale) + zero, 0.0f, maxq);
     const double e = static_cast<double>(x[i]) - static_cast<double>(scale * (c - zero));
     return s[i] * e * e;
-  };
-  Index i = 0;
-  for (; i + L <= n; i += L)
-    for (int l = 0; l < L; ++l) lane[l] += term(i + l);
-  for (; i < n; ++i) lane[i % L] += term(i);
-  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+  });
 }
 
 namespace {
