@@ -247,7 +247,8 @@ void kmeans_plus_plus(const SortedWeighted& d, int k, SplitMix64& rng, double* c
     if (at > 0) split[at] = split_of(at);
     if (at + 1 < nc) split[at + 1] = split_of(at + 1);
   };
-  const int trials = std::min(kMaxLanes, std::max(kMinTrials, 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k))))));
+  const int trials =
+      std::min(kMaxLanes, std::max(kMinTrials, 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k))))));
   Index cand[kMaxLanes];
   Around where[kMaxLanes];
   for (int t = 1; t < k; ++t) {
@@ -387,7 +388,7 @@ int weighted_kmeans(const SortedWeighted& d, int k, int max_iter, double tol, Sp
     Index start = 0;
     for (int t = 0; t + 1 < k; ++t) {
       const double mid = 0.5 * (c[t] + c[t + 1]);
-      start = search_sorted<true>(d.x.data(), start, n, mid);
+      start = search_sorted<true>(x, start, n, mid);
       b[t] = start;
     }
     // Equal centroids: the first of the run takes all their points (argmin's first index), the rest are empty.
@@ -993,7 +994,7 @@ class AffineSearch {
   // Sums over the values below v (at or below v with Inclusive). The table is exact for the bucket of v:
   // the bucket function fl(fl(x - min) / w) is monotone in x and computed from the same min and 1 / w as
   // the table, so every value of a lower bucket is < v and every value of a higher one > v; the prefix sums
-  // at the bucket's start plus its own values below v (few: four buckets per value) give the sums exactly
+  // at the bucket's start plus its own values below v (few: kBucketsPerValue buckets per value) give the sums exactly
   // over {x < v}, up to the round-off of the sums.
   struct Cum {
     double s0, s1, s2;  // sum s, s x, s x^2
@@ -1225,6 +1226,21 @@ class AffineFitter {
   AffineSearch search_;
 };
 
+// The group of processing column j's original column (0 without groups): one integer division, which the
+// row batches do once per column.
+inline Index column_group(const VectorXi64& perm, Index gs, Index j) { return gs > 0 ? perm[j] / gs : 0; }
+
+// The kRowBatch lanes from panel row r of one column: codes[l] = quant(r + l, v[l], q[l]); lanes past the
+// panel's `rows` are left at zero.
+template <class Quant>
+void quantize_lanes(Index rows, Index r, const float* v, float* q, std::uint8_t* codes, Quant quant) {
+  for (Index l = 0; l < kRowBatch; ++l) {
+    q[l] = 0.0f;
+    codes[l] = 0;
+    if (r + l < rows) codes[l] = quant(r + l, v[l], q[l]);
+  }
+}
+
 // quant(w) = the nearest entry of the row's (and group's) ascending codebook; a value on a midpoint takes
 // the lower entry. Midpoints in float32, as the oracle.
 class CodebookQuantizer {
@@ -1233,20 +1249,17 @@ class CodebookQuantizer {
                     Index gs, const VectorXi64& perm)
       : cb_(cb), mids_(mids), row0_(row0), rows_(rows), groups_(groups), gs_(gs), perm_(perm) {}
   void fit_group(Index, Index, const float*, Index) {}
-  std::uint8_t quantize(Index r, Index j, float w, float& q) const { return quantize_at(entry(r, group(j)), w, q); }
-  // The column loop's row-batch call (its corrections then run in SIMD lanes): the column's group once (an
-  // integer division), then quantize() lane by lane; lanes past the panel's rows are left at zero.
+  std::uint8_t quantize(Index r, Index j, float w, float& q) const {
+    return quantize_at(entry(r, column_group(perm_, gs_, j)), w, q);
+  }
+  // The column loop's row-batch call (its corrections then run in SIMD lanes): the column's group once.
   void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) const {
-    const Index g = group(j);
-    for (Index l = 0; l < kRowBatch; ++l) {
-      q[l] = 0.0f;
-      codes[l] = 0;
-      if (r + l < rows_) codes[l] = quantize_at(entry(r + l, g), v[l], q[l]);
-    }
+    const Index g = column_group(perm_, gs_, j);
+    quantize_lanes(rows_, r, v, q, codes,
+                   [&](Index rr, float w, float& qq) { return quantize_at(entry(rr, g), w, qq); });
   }
 
  private:
-  Index group(Index j) const { return gs_ > 0 ? perm_[j] / gs_ : 0; }
   Index entry(Index r, Index g) const { return (row0_ + r) * groups_ + g; }
   std::uint8_t quantize_at(Index idx, float w, float& q) const {
     const float* m = mids_.row(idx).data();
@@ -1276,20 +1289,17 @@ class StaticAffineQuantizer {
       : grids_(grids), maxq_(maxq), row0_(row0), rows_(rows), groups_(groups), gs_(gs), perm_(perm) {}
   void fit_group(Index, Index, const float*, Index) {}
   std::uint8_t quantize(Index r, Index j, float w, float& q) const {
-    return quantize_with(grids_[(row0_ + r) * groups_ + group(j)], w, q);
+    return quantize_with(grid(r, column_group(perm_, gs_, j)), w, q);
   }
-  // The column's group once (an integer division), then the lanes; lanes past the panel's rows stay zero.
+  // The row batch: the column's group once, then the lanes.
   void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) const {
-    const Index g = group(j);
-    for (Index l = 0; l < kRowBatch; ++l) {
-      q[l] = 0.0f;
-      codes[l] = 0;
-      if (r + l < rows_) codes[l] = quantize_with(grids_[(row0_ + r + l) * groups_ + g], v[l], q[l]);
-    }
+    const Index g = column_group(perm_, gs_, j);
+    quantize_lanes(rows_, r, v, q, codes,
+                   [&](Index rr, float w, float& qq) { return quantize_with(grid(rr, g), w, qq); });
   }
 
  private:
-  Index group(Index j) const { return gs_ > 0 ? perm_[j] / gs_ : 0; }
+  const AffineGrid& grid(Index r, Index g) const { return grids_[(row0_ + r) * groups_ + g]; }
   std::uint8_t quantize_with(const AffineGrid& g, float w, float& q) const {
     const std::uint8_t code = quantize_code(w, g, maxq_);
     q = dequantize(code, g);
