@@ -11,6 +11,7 @@ void register_core(py::module_& m);
 void register_easyquant(py::module_& m);
 void register_quantease(py::module_& m);
 void register_leanquant(py::module_& m);
+void register_gguf(py::module_& m);
 }  // namespace quantease::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -31,4 +32,5 @@ PYBIND11_MODULE(_core, m) {
   quantease::bindings::register_easyquant(m);
   quantease::bindings::register_quantease(m);
   quantease::bindings::register_leanquant(m);
+  quantease::bindings::register_gguf(m);
 }

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Optional
 
-from . import _core
+from . import _core, _gguf_solvers
 from ._loss import layer_loss
 from ._validate import (as_hessian, as_weight, check_bits, check_bool, check_group_size,
                         check_nonnegative_float, check_positive_int)
@@ -21,7 +22,7 @@ def warn_if_damping_raised(requested: float, used: float, attempts: int, stackle
 
 def gptq(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_order: bool = False,
          static_groups: bool = False, damp: float = 0.01, block_size: int = 128, mse: bool = False,
-         reference: bool = False, fp16_scales: bool = False) -> QuantResult:
+         reference: bool = False, fp16_scales: bool = False, gguf: Optional[str] = None) -> QuantResult:
     """Quantize W column by column, feeding each column's error forward to the columns not yet quantized (OBS).
 
     W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric, e.g. (2/n) X X^T.
@@ -35,9 +36,29 @@ def gptq(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_or
     ``reference=True`` reproduces the authors' code entry for entry (up to float round-off), quirks
     included: the symmetric grid of a row with no negative value keeps xmin = 0, group statistics are
     read before the block's own updates when group_size < block_size, and no damping retry is made.
+
+    ``gguf="Q4_K"`` (a type of ``quantease.gguf.TYPES``, any case): the column loop runs on llama.cpp's
+    blocks of that type (the blocks are the groups): each block's stored parameters come from llama.cpp's
+    importance-weighted search with diag(H) as its importance matrix, on the block's error-compensated values
+    when the loop reaches it (with ``act_order``: on W, before the loop), and the codes are the nearest points
+    of those exact grids. ``result.weight`` is llama.cpp's dequantization of ``quantease.gguf.pack(result)``,
+    bit for bit. The grid options (bits, group_size, sym, static_groups, mse, reference, fp16_scales) cannot
+    be combined with it.
     """
     Wf = as_weight(W)
     Hf = as_hessian(H)
+    if gguf is not None:
+        t = _gguf_solvers.check_options(gguf, Wf.shape[1], bits=bits, group_size=group_size, sym=sym,
+                                        static_groups=static_groups, mse=mse, reference=reference,
+                                        fp16_scales=fp16_scales)
+        damp = check_nonnegative_float("damp", damp)
+        block_size = check_positive_int("block_size", block_size)
+        act_order = check_bool("act_order", act_order)
+        out, seconds = _gguf_solvers.gptq(Wf, Hf, t, act_order=act_order, damp=damp, block_size=block_size)
+        warn_if_damping_raised(damp, out["damp"], out["damp_attempts"])
+        return _gguf_solvers.result(t, out, method="gptq", seconds=seconds, loss=layer_loss(W, out["weight"], Hf),
+                                    damp=out["damp"], perm=out["perm"],
+                                    info={"damp_attempts": out["damp_attempts"], "phase_seconds": out["phase_seconds"]})
     bits = check_bits(bits)
     group_size = check_group_size(group_size, Wf.shape[1])
     damp = check_nonnegative_float("damp", damp)

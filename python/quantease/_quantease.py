@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import _core
+from . import _core, _gguf_solvers
 from ._gptq import warn_if_damping_raised
 from ._loss import layer_loss
 from ._validate import (as_hessian, as_weight, check_bits, check_bool, check_choice, check_group_size,
@@ -66,7 +66,7 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
               iters: int = 30, init: str = "w", relaxed: bool = True, tol: float = 0.0, outliers: float = 0.0,
               outlier_structure: str = "unstructured", outlier_step: float = 1.0,
               block_size: int = 128, mse: bool = False, refit: int = 0,
-              codebook: Optional[np.ndarray] = None) -> QuantResult:
+              codebook: Optional[np.ndarray] = None, gguf: Optional[str] = None) -> QuantResult:
     """Quantize W by cyclic coordinate descent on ``tr((W - Ŵ) H (W - Ŵ)^T)``, one column at a time.
 
     W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric (e.g. (2/n) X X^T; any
@@ -111,6 +111,14 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
       iterative-hard-thresholding step with ``η = outlier_step / (2 λ_max(H))``. ``result.weight`` includes
       the outliers; ``result.grid_weight()`` is the quantized part alone.
 
+    * ``gguf="Q3_K"`` (a type of ``quantease.gguf.TYPES``, any case): the sweeps run on llama.cpp's exact
+      grids of that type, each sub-block's values a fixed codebook: GPTQ's grids (``gptq(..., gguf=)``)
+      with ``init="gptq"`` -- GPTQ's result is kept when the sweeps from W end no lower -- or llama.cpp's
+      imatrix search on W with diag(H) as its importance (``init="w"``/``"rtn"``). ``result.gguf`` holds the
+      blocks, ``quantease.gguf.pack(result)`` llama.cpp's bytes, which dequantize to ``result.weight`` bit
+      for bit. The grid options (bits, group_size, sym, mse, outliers, refit, codebook) cannot be combined
+      with it.
+
     ``result.loss_history``: the objective after every sweep (float32-maintained G, float64 sums);
     ``result.iters``: sweeps run (polish included); ``result.loss``: exact float64 ``layer_loss``.
     ``result.info``: ``quantized``/``polish`` flags, ``changes`` (entries changed), ``moves`` (entry changes
@@ -134,6 +142,14 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
     block_size = check_positive_int("block_size", block_size)
     mse = check_bool("mse", mse)
     refit = _check_refit(refit)
+    if gguf is not None:
+        t = _gguf_solvers.check_options(gguf, Wf.shape[1], bits=bits, group_size=group_size, sym=sym, mse=mse,
+                                        outliers=fraction, refit=refit, codebook=codebook)
+        if init == "leanquant":
+            raise ValueError(f"init='leanquant' cannot be combined with gguf={t.name!r} (LeanQuant's codebooks "
+                             "are not llama.cpp grids); use 'gptq', 'w' or 'rtn'")
+        return _gguf_solvers.quantease(Wf, Hf, t, init=init, act_order=act_order, iters=iters, relaxed=relaxed,
+                                       tol=tol, block_size=block_size, solve=quantease)
     if init == "gptq" and fraction > 0:
         raise ValueError("init='gptq' cannot be combined with outliers > 0 (GPTQ's grid ignores the outliers)")
     if codebook is not None or init == "leanquant":

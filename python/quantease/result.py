@@ -7,9 +7,12 @@ full-precision sparse ``outliers``, and the dequantized ``weight`` that those re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .gguf import GGUFBlocks
 
 __all__ = ["QuantResult", "SparseOutliers"]
 
@@ -77,6 +80,7 @@ class QuantResult:
     outliers: Optional[SparseOutliers] = None      # full-precision sparse part (QuantEase, EasyQuant)
     outlier_fraction: Optional[float] = None       # nnz(outliers) / W.size
     codebook: Optional[np.ndarray] = None          # float32 [rows, 2^bits] or [rows, G, 2^bits] (LeanQuant)
+    gguf: Optional["GGUFBlocks"] = None            # llama.cpp block parameters (solvers called with gguf=)
     info: dict = field(default_factory=dict)       # anything else a solver reports (e.g. timings)
 
     @property
@@ -84,7 +88,12 @@ class QuantResult:
         return tuple(self.weight.shape)  # type: ignore[return-value]
 
     def grid_weight(self) -> np.ndarray:
-        """The quantized part alone, rebuilt from the codes: scales*(codes - zeros), or codebook[codes]."""
+        """The quantized part alone, rebuilt from the codes: scales*(codes - zeros), codebook[codes], or
+        llama.cpp's dequantization of the GGUF blocks."""
+        if self.gguf is not None:
+            from .gguf import dequantize
+
+            return dequantize(self.gguf, self.codes)
         g = self.g_idx.astype(np.int64)
         if self.codebook is not None:
             rows = np.arange(self.codes.shape[0])[:, None]
