@@ -168,3 +168,21 @@ def test_bad_input_is_a_value_error():
         qg.pack(quantease.rtn(W))
     with pytest.raises(ValueError, match="raw must be uint8 with 288 bytes"):
         qg.unpack(np.zeros(287, np.uint8), "Q4_K", (2, 256))
+
+
+@pytest.mark.parametrize("name", ALL_TYPES)
+def test_refined_grids_never_raise_the_weighted_error_of_any_row(name):
+    """Our refinement after llama.cpp's search only keeps changes that lower sum_c imatrix_c (w_c - q_c)^2."""
+    from quantease import _core, _gguf_solvers
+
+    W = awkward_weights(seed=5)
+    importance = np.random.default_rng(6).random(W.shape[1]).astype(np.float32) ** 4
+    llama = _core.gguf_rtn(W, type=name, imatrix=importance)
+    refined = _core.gguf_rtn(W, type=name, imatrix=importance, refine=True)
+    t = qg.TYPES[name]
+    r = _gguf_solvers.result(t, refined, method="rtn", seconds=0.0)
+    assert same_bits(reference_dequantize(qg.pack(r), name), r.weight)
+    before = ((W - llama["weight"]).astype(np.float64) ** 2 * importance).sum(axis=1)
+    after = ((W - refined["weight"]).astype(np.float64) ** 2 * importance).sum(axis=1)
+    assert np.all(after <= before * (1 + 1e-6))
+    assert after.sum() < before.sum()

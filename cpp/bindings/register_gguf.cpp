@@ -66,19 +66,21 @@ const float* optional_importance(const py::object& importance, Index cols, CArra
 void register_gguf(py::module_& m) {
   m.def(
       "gguf_rtn",
-      [](const CArray<float>& W, const std::string& type, const py::object& imatrix) {
+      [](const CArray<float>& W, const std::string& type, const py::object& imatrix, bool refine) {
         check_weight(W);
         const gguf::Type t = checked_type(type, W.shape(1));
         CArray<float> holder;
         const float* importance = optional_importance(imatrix, W.shape(1), holder);
+        if (refine && !importance) throw py::value_error("refine needs an imatrix (the weights of the error)");
         gguf::GgufOutput res;
         {
           py::gil_scoped_release release;
-          res = gguf::rtn(as_matrix(W), t, importance);
+          res = gguf::rtn(as_matrix(W), t, importance, refine);
         }
         return gguf_output_to_dict(std::move(res), t);
       },
-      py::arg("W").noconvert(), py::kw_only(), py::arg("type"), py::arg("imatrix") = py::none());
+      py::arg("W").noconvert(), py::kw_only(), py::arg("type"), py::arg("imatrix") = py::none(),
+      py::arg("refine") = false);
 
   m.def(
       "gguf_gptq",

@@ -1,6 +1,7 @@
 // RTN (llama.cpp's quantizers) and GPTQ on the GGUF block formats (see gguf.hpp).
 #include "quantease/gguf.hpp"
 
+#include "quantease/gguf_refine.hpp"
 #include "quantease/gguf_search.hpp"
 #include "quantease/gptq_loop.hpp"
 #include "quantease/hessian.hpp"
@@ -31,6 +32,7 @@ class BlockQuantizer {
     BlockParams& p = blocks_[row * blocks_per_row_ + b];
     std::uint8_t scratch[256];
     llama_quantize_block(f_, values, importance_ + j, row_sigma2_[row], p, scratch);
+    refine_block(f_, values, importance_ + j, p);
     for (int s = 0; s < f_.subs(); ++s) grids_[row * subs_per_row_ + b * f_.subs() + s] = sub_grid(f_, p, s);
   }
 
@@ -74,7 +76,7 @@ void dequantize(const Format& f, const std::vector<BlockParams>& blocks, const R
   });
 }
 
-GgufOutput rtn(const ConstRowMatrixRef<float>& W, Type type, const float* importance) {
+GgufOutput rtn(const ConstRowMatrixRef<float>& W, Type type, const float* importance, bool refine) {
   const Format& f = format(type);
   const Index rows = W.rows(), cols = W.cols();
   GgufOutput res;
@@ -82,8 +84,19 @@ GgufOutput rtn(const ConstRowMatrixRef<float>& W, Type type, const float* import
   res.out.codes.resize(rows, cols);
   parallel_chunks(rows, 16, [&](Index r0, Index r1) {
     for (Index r = r0; r < r1; ++r) {
-      llama_quantize_row(f, W.row(r).data(), cols, importance, &res.blocks[r * (cols / f.block)],
-                         res.out.codes.row(r).data());
+      const float* w = W.row(r).data();
+      BlockParams* blocks = &res.blocks[r * (cols / f.block)];
+      std::uint8_t* codes = res.out.codes.row(r).data();
+      llama_quantize_row(f, w, cols, importance, blocks, codes);
+      if (!refine) continue;
+      for (Index b = 0; b < cols / f.block; ++b) {
+        const Index c0 = b * f.block;
+        refine_block(f, w + c0, importance + c0, blocks[b]);
+        for (int s = 0; s < f.subs(); ++s) {
+          const SubGrid g = sub_grid(f, blocks[b], s);
+          for (Index c = c0 + s * f.sub; c < c0 + (s + 1) * f.sub; ++c) codes[c] = nearest_code(f, g, w[c]);
+        }
+      }
     }
   });
   res.out.g_idx = sub_block_index(f, cols);
@@ -126,6 +139,7 @@ GgufOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& 
         for (Index b = 0; b < cols / f.block; ++b) {
           llama_quantize_block(f, x.data() + b * f.block, importance.data() + b * f.block, row_sigma2[r], p[b],
                                scratch.data());
+          refine_block(f, x.data() + b * f.block, importance.data() + b * f.block, p[b]);
           for (int s = 0; s < f.subs(); ++s) grids[r * (cols / f.sub) + b * f.subs() + s] = sub_grid(f, p[b], s);
         }
       }

@@ -78,15 +78,15 @@ def quantease(Wf: np.ndarray, Hf: np.ndarray, t: GGUFType, *, init: str, act_ord
               relaxed: bool, tol: float, block_size: int, solve) -> QuantResult:
     """QuantEase's sweeps on fixed GGUF grids: every sub-block's grid is a codebook of its exact values.
 
-    The grids are GPTQ's (init="gptq", ``gptq(..., gguf=)``) or llama.cpp's imatrix search on W with diag(H)
-    ("w", "rtn"); ``solve`` is quantease() itself, run with those codebooks. With init="gptq" the sweeps
+    The grids are GPTQ's (init="gptq", ``gptq(..., gguf=)``) or llama.cpp's imatrix search on W with diag(H),
+    refined on the diag(H)-weighted error ("w", "rtn"); ``solve`` is quantease() itself, run with those codebooks. With init="gptq" the sweeps
     start from W and GPTQ's result is kept when they end no lower (``info["kept_init"]``).
     """
     t0 = time.perf_counter()
     if init == "gptq":
         start, _ = gptq(Wf, Hf, t, act_order=act_order, damp=0.01, block_size=block_size)
     else:
-        start = _core.gguf_rtn(Wf, type=t.name, imatrix=hessian_importance(Hf))
+        start = _core.gguf_rtn(Wf, type=t.name, imatrix=hessian_importance(Hf), refine=True)
     blocks = blocks_from_core(t.name, start)
     book, code_of = sorted_codebook(blocks.levels())
     r = solve(Wf, Hf, bits=t.bits, group_size=t.sub_block, act_order=act_order, iters=iters,

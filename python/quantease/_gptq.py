@@ -39,9 +39,10 @@ def gptq(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_or
 
     ``gguf="Q4_K"`` (a type of ``quantease.gguf.TYPES``, any case): the column loop runs on llama.cpp's
     blocks of that type (the blocks are the groups): each block's stored parameters come from llama.cpp's
-    importance-weighted search with diag(H) as its importance matrix, on the block's error-compensated values
-    when the loop reaches it (with ``act_order``: on W, before the loop), and the codes are the nearest points
-    of those exact grids. ``result.weight`` is llama.cpp's dequantization of ``quantease.gguf.pack(result)``,
+    importance-weighted search with diag(H) as its importance matrix, then refined on the diag(H)-weighted
+    error (sub-block integers within +-2, d/dmin refitted by least squares, in fp16), on the block's
+    error-compensated values when the loop reaches it (with ``act_order``: on W, before the loop); the codes
+    are the nearest points of those exact grids. ``result.weight`` is llama.cpp's dequantization of ``quantease.gguf.pack(result)``,
     bit for bit. The grid options (bits, group_size, sym, static_groups, mse, reference, fp16_scales) cannot
     be combined with it.
     """

@@ -114,7 +114,8 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
     * ``gguf="Q3_K"`` (a type of ``quantease.gguf.TYPES``, any case): the sweeps run on llama.cpp's exact
       grids of that type, each sub-block's values a fixed codebook: GPTQ's grids (``gptq(..., gguf=)``)
       with ``init="gptq"`` -- GPTQ's result is kept when the sweeps from W end no lower -- or llama.cpp's
-      imatrix search on W with diag(H) as its importance (``init="w"``/``"rtn"``). ``result.gguf`` holds the
+      imatrix search on W with diag(H) as its importance, refined on the diag(H)-weighted error
+      (``init="w"``/``"rtn"``). ``result.gguf`` holds the
       blocks, ``quantease.gguf.pack(result)`` llama.cpp's bytes, which dequantize to ``result.weight`` bit
       for bit. The grid options (bits, group_size, sym, mse, outliers, refit, codebook) cannot be combined
       with it.

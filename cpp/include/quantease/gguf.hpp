@@ -17,7 +17,9 @@ struct GgufOutput {
 
 // llama.cpp's quantization of every row (llama-quantize): `importance` (cols values, its --imatrix, e.g.
 // diag(H)) or nullptr for the reference quantizer. W: rows x cols finite, cols a multiple of the block.
-GgufOutput rtn(const ConstRowMatrixRef<float>& W, Type type, const float* importance);
+// `refine` (needs importance): every block then refined on the importance-weighted error (gguf_refine.hpp),
+// codes the nearest grid points.
+GgufOutput rtn(const ConstRowMatrixRef<float>& W, Type type, const float* importance, bool refine = false);
 
 struct GptqOptions {
   bool act_order = false;  // columns by diag(H) descending; every block's grid is then fitted from W up front
@@ -26,8 +28,9 @@ struct GptqOptions {
 };
 
 // GPTQ's column loop with the type's blocks as groups: each block's grid is llama.cpp's imatrix search
-// (importance diag(H)) on the block's error-compensated values when the loop reaches it (on W's values, before
-// the loop, with act-order), the codes the nearest grid points with GPTQ's error feedback.
+// (importance diag(H)) refined on the diag(H)-weighted error (gguf_refine.hpp), on the block's
+// error-compensated values when the loop reaches it (on W's values, before the loop, with act-order); the
+// codes are the nearest grid points with GPTQ's error feedback.
 template <class HT>
 GgufOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H, Type type, const GptqOptions& opt);
 
