@@ -33,6 +33,11 @@ DIGESTS = """
                      ("gptq_ref_g32", dict(group_size=32, reference=True, act_order=True))]:
         out[name] = digest(quantease.gptq(p.W, p.H, **kw))
     out["rtn_g32_mse"] = digest(quantease.rtn(p.W, group_size=32, mse=True))
+    # GGUF blocks: the stored parameters instead of scales/zeros
+    from quantease.gguf import pack
+    wide = problems.llm_like(200, 512, seed=8)
+    for name, kw in [("gguf_q4k", dict(gguf="Q4_K")), ("gguf_q40_act", dict(gguf="Q4_0", act_order=True))]:
+        out[name] = hashlib.sha256(pack(quantease.gptq(wide.W, wide.H, **kw)).tobytes()).hexdigest()
     out["loss"] = repr(quantease.layer_loss(p.W, p.W * 0.9, p.H))
     print(json.dumps(out))
 """
