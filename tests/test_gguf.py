@@ -1,5 +1,6 @@
 """llama.cpp's GGUF block types: packing, unpacking and the solvers' gguf= option, against the `gguf` package
 (llama.cpp's reference in NumPy: every type's dequantizer, the legacy types' quantizers)."""
+
 import numpy as np
 import pytest
 
@@ -20,8 +21,9 @@ def reference_dequantize(raw, name):
 
 
 def same_bits(a, b):
-    return a.shape == b.shape and np.array_equal(np.asarray(a, np.float32).view(np.uint32),
-                                                 np.asarray(b, np.float32).view(np.uint32))
+    return a.shape == b.shape and np.array_equal(
+        np.asarray(a, np.float32).view(np.uint32), np.asarray(b, np.float32).view(np.uint32)
+    )
 
 
 def awkward_weights(rows=12, cols=512, seed=0):
@@ -52,8 +54,10 @@ def test_rtn_dequantizes_bit_for_bit(name, imatrix):
     importance = np.random.default_rng(1).random(W.shape[1]) if imatrix else None
     r = quantease.rtn(W, gguf=name, imatrix=importance)
     raw = qg.pack(r)
-    assert raw.dtype == np.uint8 and raw.shape == (W.shape[0], W.shape[1] // qg.TYPES[name].block_size
-                                                     * qg.TYPES[name].type_size)
+    assert raw.dtype == np.uint8 and raw.shape == (
+        W.shape[0],
+        W.shape[1] // qg.TYPES[name].block_size * qg.TYPES[name].type_size,
+    )
     assert same_bits(reference_dequantize(raw, name), r.weight)
     assert same_bits(r.grid_weight(), r.weight)
     assert int(r.codes.max()) < 1 << qg.TYPES[name].bits
@@ -74,10 +78,24 @@ def test_unpack_equals_gguf_dequantize_on_arbitrary_bytes(name):
         b[:, at + 1] = (b[:, at + 1] & 0x83) | 0x30
     assert same_bits(qg.unpack(raw, name, shape), reference_dequantize(raw, name))
     codes, blocks = qg.unpack_blocks(raw, name, shape)
-    repacked = qg.pack(quantease.QuantResult(
-        weight=qg.dequantize(blocks, codes), codes=codes, scales=None, zeros=None, g_idx=np.zeros(shape[1], np.int32),
-        perm=None, loss=None, damp=None, bits=t.bits, group_size=t.sub_block, sym=False, method="rtn", seconds=0.0,
-        gguf=blocks))
+    repacked = qg.pack(
+        quantease.QuantResult(
+            weight=qg.dequantize(blocks, codes),
+            codes=codes,
+            scales=None,
+            zeros=None,
+            g_idx=np.zeros(shape[1], np.int32),
+            perm=None,
+            loss=None,
+            damp=None,
+            bits=t.bits,
+            group_size=t.sub_block,
+            sym=False,
+            method="rtn",
+            seconds=0.0,
+            gguf=blocks,
+        )
+    )
     if name == "Q3_K":  # the 6-bit sub-scales own all 12 bytes; hmask/qs bits are all meaningful
         assert np.array_equal(repacked, raw)
     else:
@@ -128,9 +146,10 @@ def test_quantease_on_gguf_grids_is_exact_and_never_worse_than_its_start(name, i
         assert r.loss <= quantease.gptq(p.W, p.H, gguf=name, act_order=True).loss
 
 
-@pytest.mark.parametrize("name, cols, fallback", [("Q4_K", 544, "Q5_0"), ("Q3_K", 288, "Q4_0"),
-                                                  ("Q6_K", 320, "Q8_0"), ("Q5_K", 96, "Q5_1"),
-                                                  ("Q4_0", 48, "F16")])
+@pytest.mark.parametrize(
+    "name, cols, fallback",
+    [("Q4_K", 544, "Q5_0"), ("Q3_K", 288, "Q4_0"), ("Q6_K", 320, "Q8_0"), ("Q5_K", 96, "Q5_1"), ("Q4_0", 48, "F16")],
+)
 def test_rows_not_a_multiple_of_the_block_name_llama_cpp_fallback(name, cols, fallback):
     W = np.ones((4, cols), np.float32)
     with pytest.raises(ValueError, match=f"llama.cpp quantizes such a tensor as {fallback} instead"):

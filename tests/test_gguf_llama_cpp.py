@@ -6,6 +6,7 @@ from the llama.cpp sources pinned by scripts/build_llama_cpp.sh (the llama-cpp-p
 in the cache) into a small shared library, the same way, and compares its bytes with
 ``quantease.gguf.pack(quantease.rtn(W, gguf=T, imatrix=...))`` for every type, with and without an imatrix.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -22,9 +23,8 @@ import numpy as np
 import pytest
 
 import quantease
-from quantease import gguf as qg
-
 from problems import llm_like
+from quantease import gguf as qg
 
 ROOT = pathlib.Path(__file__).parents[1]
 BUILD_SCRIPT = ROOT / "scripts" / "build_llama_cpp.sh"
@@ -72,8 +72,22 @@ def _sdist(version: str, sha256: str) -> pathlib.Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
-                        f"llama-cpp-python=={version}", "-d", str(folder)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                f"llama-cpp-python=={version}",
+                "-d",
+                str(folder),
+            ],
+            check=True,
+        )
     assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256, f"sha256 mismatch for {path}"
     return path
 
@@ -89,17 +103,36 @@ def ggml_quants(tmp_path_factory):
     with tarfile.open(_sdist(version, sha256)) as tar:
         members = []
         for m in tar.getmembers():
-            rel = m.name[len(prefix):] if m.name.startswith(prefix) else ""
-            if (rel.startswith("include/") or (rel.startswith("src/") and rel.count("/") == 1)
-                    or (rel.startswith("src/ggml-cpu/") and rel.count("/") == 2)):
+            rel = m.name[len(prefix) :] if m.name.startswith(prefix) else ""
+            if (
+                rel.startswith("include/")
+                or (rel.startswith("src/") and rel.count("/") == 1)
+                or (rel.startswith("src/ggml-cpu/") and rel.count("/") == 2)
+            ):
                 m.name = rel
                 members.append(m)
         tar.extractall(src, members=members, filter="data")
     (src / "stubs.c").write_text(STUBS)
     lib = src / "libggml_quants.so"
-    subprocess.run([compiler, "-std=gnu11", "-O3", "-DNDEBUG", "-shared", "-fPIC", f"-I{src / 'include'}",
-                    f"-I{src / 'src'}", f"-I{src / 'src' / 'ggml-cpu'}", str(src / "src" / "ggml-quants.c"),
-                    str(src / "stubs.c"), "-o", str(lib), "-lm"], check=True)
+    subprocess.run(
+        [
+            compiler,
+            "-std=gnu11",
+            "-O3",
+            "-DNDEBUG",
+            "-shared",
+            "-fPIC",
+            f"-I{src / 'include'}",
+            f"-I{src / 'src'}",
+            f"-I{src / 'src' / 'ggml-cpu'}",
+            str(src / "src" / "ggml-quants.c"),
+            str(src / "stubs.c"),
+            "-o",
+            str(lib),
+            "-lm",
+        ],
+        check=True,
+    )
     return ctypes.CDLL(str(lib))
 
 

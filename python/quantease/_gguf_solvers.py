@@ -3,6 +3,7 @@
 The type fixes the grid (block size, levels, stored precision), so the affine-grid options cannot be
 combined with it; each rule is checked here once, for every solver.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,18 @@ from .gguf import GGUFType, blocks_from_core, gguf_type
 from .result import QuantResult
 
 # Options that choose a grid, with their defaults: none of them may be changed together with gguf=.
-_GRID_OPTIONS = {"bits": 4, "group_size": -1, "sym": False, "mse": False, "fp16_scales": False,
-                 "static_groups": False, "reference": False, "outliers": 0.0, "codebook": None, "refit": 0}
+_GRID_OPTIONS = {
+    "bits": 4,
+    "group_size": -1,
+    "sym": False,
+    "mse": False,
+    "fp16_scales": False,
+    "static_groups": False,
+    "reference": False,
+    "outliers": 0.0,
+    "codebook": None,
+    "refit": 0,
+}
 
 
 def check_options(gguf, cols: int, **given) -> GGUFType:
@@ -24,17 +35,21 @@ def check_options(gguf, cols: int, **given) -> GGUFType:
     for name, value in given.items():
         default = _GRID_OPTIONS[name]
         if value is not default and value != default:
-            raise ValueError(f"{name}={value!r} cannot be combined with gguf={t.name!r}: the GGUF type fixes the "
-                             f"grid ({t.bits}-bit codes on {t.sub_block}-weight sub-blocks, stored as llama.cpp "
-                             f"stores them)")
+            raise ValueError(
+                f"{name}={value!r} cannot be combined with gguf={t.name!r}: the GGUF type fixes the "
+                f"grid ({t.bits}-bit codes on {t.sub_block}-weight sub-blocks, stored as llama.cpp "
+                f"stores them)"
+            )
     return t
 
 
 def as_imatrix(imatrix, cols: int) -> np.ndarray:
     a = np.asarray(imatrix)
     if a.dtype.kind not in "fiu" or a.shape != (cols,):
-        raise ValueError(f"imatrix must be a 1-D real array of {cols} values (one per column of W), "
-                         f"got {a.dtype} with shape {a.shape}")
+        raise ValueError(
+            f"imatrix must be a 1-D real array of {cols} values (one per column of W), "
+            f"got {a.dtype} with shape {a.shape}"
+        )
     a = np.ascontiguousarray(a, dtype=np.float32)
     if not np.all(np.isfinite(a)) or np.any(a < 0):
         raise ValueError("imatrix must be finite and >= 0")
@@ -46,12 +61,27 @@ def hessian_importance(H) -> np.ndarray:
     return np.ascontiguousarray(np.diagonal(H), dtype=np.float32)
 
 
-def result(t: GGUFType, out: dict, *, method: str, seconds: float, loss=None, damp=None, perm=None,
-           info=None) -> QuantResult:
+def result(
+    t: GGUFType, out: dict, *, method: str, seconds: float, loss=None, damp=None, perm=None, info=None
+) -> QuantResult:
     """The QuantResult of a core GGUF solve: stored codes, GGUFBlocks, llama.cpp's dequantized weight."""
-    return QuantResult(weight=out["weight"], codes=out["codes"], scales=None, zeros=None, g_idx=out["g_idx"],
-                       perm=perm, loss=loss, damp=damp, bits=t.bits, group_size=t.sub_block, sym=not t.has_min,
-                       method=method, seconds=seconds, gguf=blocks_from_core(t.name, out), info=info or {})
+    return QuantResult(
+        weight=out["weight"],
+        codes=out["codes"],
+        scales=None,
+        zeros=None,
+        g_idx=out["g_idx"],
+        perm=perm,
+        loss=loss,
+        damp=damp,
+        bits=t.bits,
+        group_size=t.sub_block,
+        sym=not t.has_min,
+        method=method,
+        seconds=seconds,
+        gguf=blocks_from_core(t.name, out),
+        info=info or {},
+    )
 
 
 def rtn(Wf: np.ndarray, t: GGUFType, imatrix) -> QuantResult:
@@ -74,13 +104,25 @@ def sorted_codebook(levels: np.ndarray):
     return np.take_along_axis(levels, order, axis=-1), order.astype(np.uint8)
 
 
-def quantease(Wf: np.ndarray, Hf: np.ndarray, t: GGUFType, *, init: str, act_order: bool, iters: int,
-              relaxed: bool, tol: float, block_size: int, solve) -> QuantResult:
+def quantease(
+    Wf: np.ndarray,
+    Hf: np.ndarray,
+    t: GGUFType,
+    *,
+    init: str,
+    act_order: bool,
+    iters: int,
+    relaxed: bool,
+    tol: float,
+    block_size: int,
+    solve,
+) -> QuantResult:
     """QuantEase's sweeps on fixed GGUF grids: every sub-block's grid is a codebook of its exact values.
 
     The grids are GPTQ's (init="gptq", ``gptq(..., gguf=)``) or llama.cpp's imatrix search on W with diag(H),
-    refined on the diag(H)-weighted error ("w", "rtn"); ``solve`` is quantease() itself, run with those codebooks. With init="gptq" the sweeps
-    start from W and GPTQ's result is kept when they end no lower (``info["kept_init"]``).
+    refined on the diag(H)-weighted error ("w", "rtn"); ``solve`` is quantease() itself, run with those
+    codebooks. With init="gptq" the sweeps start from W and GPTQ's result is kept when they end no lower
+    (``info["kept_init"]``).
     """
     t0 = time.perf_counter()
     if init == "gptq":
@@ -89,8 +131,19 @@ def quantease(Wf: np.ndarray, Hf: np.ndarray, t: GGUFType, *, init: str, act_ord
         start = _core.gguf_rtn(Wf, type=t.name, imatrix=hessian_importance(Hf), refine=True)
     blocks = blocks_from_core(t.name, start)
     book, code_of = sorted_codebook(blocks.levels())
-    r = solve(Wf, Hf, bits=t.bits, group_size=t.sub_block, act_order=act_order, iters=iters,
-              init="rtn" if init == "rtn" else "w", relaxed=relaxed, tol=tol, block_size=block_size, codebook=book)
+    r = solve(
+        Wf,
+        Hf,
+        bits=t.bits,
+        group_size=t.sub_block,
+        act_order=act_order,
+        iters=iters,
+        init="rtn" if init == "rtn" else "w",
+        relaxed=relaxed,
+        tol=tol,
+        block_size=block_size,
+        codebook=book,
+    )
     rows = np.arange(Wf.shape[0])[:, None]
     codes = code_of[rows, r.g_idx.astype(np.int64)[None, :], r.codes]
     weight, loss, kept_init = r.weight, r.loss, False
@@ -101,8 +154,22 @@ def quantease(Wf: np.ndarray, Hf: np.ndarray, t: GGUFType, *, init: str, act_ord
         if start_loss <= r.loss:
             codes, weight, loss, kept_init = start["codes"], start["weight"], start_loss, True
     info = dict(r.info, init=init, kept_init=kept_init)
-    return QuantResult(weight=weight, codes=np.ascontiguousarray(codes), scales=None, zeros=None,
-                       g_idx=start["g_idx"], perm=r.perm, loss=loss, damp=start["damp"] if init == "gptq" else None,
-                       bits=t.bits, group_size=t.sub_block, sym=not t.has_min, method="quantease",
-                       seconds=time.perf_counter() - t0, loss_history=r.loss_history, iters=r.iters, gguf=blocks,
-                       info=info)
+    return QuantResult(
+        weight=weight,
+        codes=np.ascontiguousarray(codes),
+        scales=None,
+        zeros=None,
+        g_idx=start["g_idx"],
+        perm=r.perm,
+        loss=loss,
+        damp=start["damp"] if init == "gptq" else None,
+        bits=t.bits,
+        group_size=t.sub_block,
+        sym=not t.has_min,
+        method="quantease",
+        seconds=time.perf_counter() - t0,
+        loss_history=r.loss_history,
+        iters=r.iters,
+        gguf=blocks,
+        info=info,
+    )

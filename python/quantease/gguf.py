@@ -10,6 +10,7 @@ that::
 Blocks run along a row of W (the input dimension). Codes are stored unsigned: llama.cpp's q plus the type's
 ``offset`` (Q4_0: q - 8 -> code q; Q8_0: int8 q -> q + 128; Q3_K: -4..3 -> 0..7; Q6_K: -32..31 -> 0..63).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,22 +59,24 @@ class GGUFType:
         return self.block_size == QK_K
 
 
-TYPES = {t.name: t for t in (
-    GGUFType("Q4_0", 32, 18, 32, 4, 8, False, "F16"),
-    GGUFType("Q4_1", 32, 20, 32, 4, 0, True, "F16"),
-    GGUFType("Q5_0", 32, 22, 32, 5, 16, False, "F16"),
-    GGUFType("Q5_1", 32, 24, 32, 5, 0, True, "F16"),
-    GGUFType("Q8_0", 32, 34, 32, 8, 128, False, "F16"),
-    GGUFType("IQ4_NL", 32, 18, 32, 4, 0, False, "F16"),
-    GGUFType("Q2_K", QK_K, 84, 16, 2, 0, True, "Q4_0"),
-    GGUFType("Q3_K", QK_K, 110, 16, 3, 4, False, "Q4_0"),
-    GGUFType("Q4_K", QK_K, 144, 32, 4, 0, True, "Q5_0"),
-    GGUFType("Q5_K", QK_K, 176, 32, 5, 0, True, "Q5_1"),
-    GGUFType("Q6_K", QK_K, 210, 16, 6, 32, False, "Q8_0"),
-)}
+TYPES = {
+    t.name: t
+    for t in (
+        GGUFType("Q4_0", 32, 18, 32, 4, 8, False, "F16"),
+        GGUFType("Q4_1", 32, 20, 32, 4, 0, True, "F16"),
+        GGUFType("Q5_0", 32, 22, 32, 5, 16, False, "F16"),
+        GGUFType("Q5_1", 32, 24, 32, 5, 0, True, "F16"),
+        GGUFType("Q8_0", 32, 34, 32, 8, 128, False, "F16"),
+        GGUFType("IQ4_NL", 32, 18, 32, 4, 0, False, "F16"),
+        GGUFType("Q2_K", QK_K, 84, 16, 2, 0, True, "Q4_0"),
+        GGUFType("Q3_K", QK_K, 110, 16, 3, 4, False, "Q4_0"),
+        GGUFType("Q4_K", QK_K, 144, 32, 4, 0, True, "Q5_0"),
+        GGUFType("Q5_K", QK_K, 176, 32, 5, 0, True, "Q5_1"),
+        GGUFType("Q6_K", QK_K, 210, 16, 6, 32, False, "Q8_0"),
+    )
+}
 
-IQ4_NL_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
-                         dtype=np.float32)
+IQ4_NL_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -94,16 +97,23 @@ class GGUFBlocks:
     scales: Optional[np.ndarray] = None
     mins: Optional[np.ndarray] = None
 
+    def required(self, name: str) -> np.ndarray:
+        """The field ``name`` (dmin, scales or mins), which this block type stores."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"GGUFBlocks of type {self.type} need {name}, got None")
+        return value
+
     def grid(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """Every sub-block's grid, (mul, add) float32 [rows, B, S]: value = mul * level + add (add None: 0)."""
         t = TYPES[self.type]
         d = self.d.astype(np.float32)[..., None]
-        mul = d * self.scales.astype(np.float32) if t.k_quant else d
+        mul = d * self.required("scales").astype(np.float32) if t.k_quant else d
         add = None
         if t.has_min and t.k_quant:
-            add = -(self.dmin.astype(np.float32)[..., None] * self.mins.astype(np.float32))
+            add = -(self.required("dmin").astype(np.float32)[..., None] * self.required("mins").astype(np.float32))
         elif t.has_min:
-            add = self.dmin.astype(np.float32)[..., None]
+            add = self.required("dmin").astype(np.float32)[..., None]
         return mul, add
 
     def levels(self) -> np.ndarray:
@@ -124,8 +134,10 @@ def gguf_type(name, cols: Optional[int] = None) -> GGUFType:
         raise ValueError(f"gguf must be one of {', '.join(TYPES)} (any case), got {name!r}")
     t = TYPES[name.upper()]
     if cols is not None and cols % t.block_size:
-        raise ValueError(f"gguf={t.name!r} needs W's rows to be a whole number of {t.block_size}-weight blocks, "
-                         f"got {cols} columns; llama.cpp quantizes such a tensor as {t.fallback} instead")
+        raise ValueError(
+            f"gguf={t.name!r} needs W's rows to be a whole number of {t.block_size}-weight blocks, "
+            f"got {cols} columns; llama.cpp quantizes such a tensor as {t.fallback} instead"
+        )
     return t
 
 
@@ -149,6 +161,7 @@ def dequantize(blocks: GGUFBlocks, codes: np.ndarray) -> np.ndarray:
 
 
 # ---- bytes ----------------------------------------------------------------------------------------------
+
 
 def _f16_bytes(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.astype(np.float16).reshape(-1, 1)).view(np.uint8)
@@ -208,27 +221,27 @@ def pack(result) -> np.ndarray:
     if t.name in ("Q4_0", "IQ4_NL"):
         parts = [d, _nibbles(q)]
     elif t.name == "Q4_1":
-        parts = [d, _f16_bytes(blocks.dmin), _nibbles(q)]
+        parts = [d, _f16_bytes(blocks.required("dmin")), _nibbles(q)]
     elif t.name == "Q5_0":
         parts = [d, _high_bits_32(q), _nibbles(q)]
     elif t.name == "Q5_1":
-        parts = [d, _f16_bytes(blocks.dmin), _high_bits_32(q), _nibbles(q)]
+        parts = [d, _f16_bytes(blocks.required("dmin")), _high_bits_32(q), _nibbles(q)]
     elif t.name == "Q8_0":
         parts = [d, q ^ np.uint8(0x80)]  # code - 128 as int8
     else:
-        sc = blocks.scales.reshape(n, t.sub_blocks)
+        sc = blocks.required("scales").reshape(n, t.sub_blocks)
         if t.name == "Q2_K":
-            mn = blocks.mins.reshape(n, t.sub_blocks)
-            parts = [(sc.astype(np.uint8) & 0x0F) | (mn << 4), _crumbs(q), d, _f16_bytes(blocks.dmin)]
+            mn = blocks.required("mins").reshape(n, t.sub_blocks)
+            parts = [(sc.astype(np.uint8) & 0x0F) | (mn << 4), _crumbs(q), d, _f16_bytes(blocks.required("dmin"))]
         elif t.name == "Q3_K":
             high = (q >> 2).reshape(n, 8, 32) & 1  # element 32 k + m: bit k of hmask[m]
             hmask = (high << np.arange(8, dtype=np.uint8)[None, :, None]).sum(axis=1, dtype=np.uint8)
             parts = [hmask, _crumbs(q), _q3_scales(sc), d]
         elif t.name in ("Q4_K", "Q5_K"):
-            mn = blocks.mins.reshape(n, t.sub_blocks)
+            mn = blocks.required("mins").reshape(n, t.sub_blocks)
             pairs = q.reshape(n, 4, 2, 32)  # 64-weight chunks: byte l holds elements l (low) and l + 32 (high)
             qs = ((pairs[:, :, 0] & 0x0F) | ((pairs[:, :, 1] & 0x0F) << 4)).reshape(n, 128)
-            parts = [d, _f16_bytes(blocks.dmin), _k4_scales(sc, mn)]
+            parts = [d, _f16_bytes(blocks.required("dmin")), _k4_scales(sc, mn)]
             if t.name == "Q5_K":
                 fifth = (pairs >> 4) & 1  # [n, chunk, half, l] -> bit 2 chunk + half of qh[l]
                 shift = (2 * np.arange(4)[:, None] + np.arange(2)[None, :]).astype(np.uint8)
@@ -247,7 +260,7 @@ def pack(result) -> np.ndarray:
 
 
 def _f16(raw: np.ndarray, at: int) -> np.ndarray:
-    return np.ascontiguousarray(raw[:, at:at + 2]).view(np.float16)[:, 0]
+    return np.ascontiguousarray(raw[:, at : at + 2]).view(np.float16)[:, 0]
 
 
 def _unnibble(b: np.ndarray) -> np.ndarray:
@@ -265,8 +278,10 @@ def unpack_blocks(raw, type, shape) -> Tuple[np.ndarray, GGUFBlocks]:
     rows, cols = _check_shape(shape, t)
     raw = np.asarray(raw)
     if raw.dtype != np.uint8 or raw.size != rows * cols // t.block_size * t.type_size:
-        raise ValueError(f"raw must be uint8 with {rows * cols // t.block_size * t.type_size} bytes for a "
-                         f"{t.name} tensor of shape {(rows, cols)}, got {raw.dtype} with {raw.size}")
+        raise ValueError(
+            f"raw must be uint8 with {rows * cols // t.block_size * t.type_size} bytes for a "
+            f"{t.name} tensor of shape {(rows, cols)}, got {raw.dtype} with {raw.size}"
+        )
     n = rows * (cols // t.block_size)
     b = raw.reshape(n, t.type_size)
     dmin = scales = mins = None
@@ -278,8 +293,8 @@ def unpack_blocks(raw, type, shape) -> Tuple[np.ndarray, GGUFBlocks]:
         at = 2 if t.name == "Q5_0" else 4
         d = _f16(b, 0)
         dmin = None if t.name == "Q5_0" else _f16(b, 2)
-        fifth = np.unpackbits(b[:, at:at + 4], axis=1, bitorder="little")
-        q = _unnibble(b[:, at + 4:]) | (fifth << 4)
+        fifth = np.unpackbits(b[:, at : at + 4], axis=1, bitorder="little")
+        q = _unnibble(b[:, at + 4 :]) | (fifth << 4)
     elif t.name == "Q8_0":
         d, q = _f16(b, 0), b[:, 2:] ^ np.uint8(0x80)
     elif t.name == "Q2_K":
@@ -313,10 +328,12 @@ def unpack_blocks(raw, type, shape) -> Tuple[np.ndarray, GGUFBlocks]:
         d = _f16(b, 208)
     nb = cols // t.block_size
     blocks = GGUFBlocks(
-        t.name, d.reshape(rows, nb).copy(),
+        t.name,
+        d.reshape(rows, nb).copy(),
         None if dmin is None else dmin.reshape(rows, nb).copy(),
         None if scales is None else scales.reshape(rows, nb, t.sub_blocks).copy(),
-        None if mins is None else mins.reshape(rows, nb, t.sub_blocks).astype(np.uint8))
+        None if mins is None else mins.reshape(rows, nb, t.sub_blocks).astype(np.uint8),
+    )
     return np.ascontiguousarray(q.reshape(rows, cols), dtype=np.uint8), blocks
 
 
@@ -342,7 +359,9 @@ def blocks_from_core(name: str, out: dict) -> GGUFBlocks:
     """The GGUFBlocks of a core solver's output dict (d, dmin as float32 holding fp16 values)."""
     t = TYPES[name]
     return GGUFBlocks(
-        name, out["d"].astype(np.float16),
+        name,
+        out["d"].astype(np.float16),
         out["dmin"].astype(np.float16) if t.has_min else None,
         out["block_scales"] if t.k_quant else None,
-        out["block_mins"] if t.has_min and t.k_quant else None)
+        out["block_mins"] if t.has_min and t.k_quant else None,
+    )
