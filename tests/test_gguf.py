@@ -131,7 +131,7 @@ def test_gptq_on_gguf_grids_is_exact_and_beats_llama_cpp(name, act_order):
     assert (r.perm is not None) == act_order
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "IQ4_NL", "Q3_K", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("name", ALL_TYPES)
 @pytest.mark.parametrize("init", ["gptq", "w"])
 def test_quantease_on_gguf_grids_is_exact_and_never_worse_than_its_start(name, init):
     p = llm_like(rows=32, cols=512, seed=4)
