@@ -52,7 +52,9 @@ def test_types_table_matches_gguf_package(name):
 def test_rtn_dequantizes_bit_for_bit(name, imatrix):
     W = awkward_weights()
     importance = np.random.default_rng(1).random(W.shape[1]) if imatrix else None
+    W0, importance0 = W.copy(), None if importance is None else importance.copy()
     r = quantease.rtn(W, gguf=name, imatrix=importance)
+    assert np.array_equal(W, W0) and (importance is None or np.array_equal(importance, importance0))
     raw = qg.pack(r)
     assert raw.dtype == np.uint8 and raw.shape == (
         W.shape[0],

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["GGUFBlocks", "GGUFType", "TYPES", "dequantize", "gguf_type", "pack", "unpack"]
+__all__ = ["GGUFBlocks", "GGUFType", "TYPES", "dequantize", "gguf_type", "pack", "unpack", "unpack_blocks"]
 
 QK_K = 256
 
