@@ -4,6 +4,7 @@ spike hits every solver alike). Run it with OMP_NUM_THREADS=1 on a quiet machine
 
     OMP_NUM_THREADS=1 python bench/bench_core_timing.py [--repeats 5] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import quantease  # noqa: E402
 from machine import describe  # noqa: E402
 from synthetic import llm_like_problem  # noqa: E402
+
+import quantease  # noqa: E402
 
 CASES = {
     "gptq per channel": lambda W, H: quantease.gptq(W, H, bits=4),

@@ -15,6 +15,7 @@ What the numbers mean
 * real weights: SmolLM2-135M from the local cache (``quantease.models``); these weights were dequantized
   from Q4_1 (a 4-bit grid per 32 columns), so per-channel errors are meaningful but g32 would be trivial.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,23 +51,23 @@ def llm_weights(rows: int, cols: int, seed: int = 0) -> np.ndarray:
 def rel_error(W: np.ndarray, W_hat: np.ndarray, chunk: int = 512) -> float:
     num = den = 0.0
     for r in range(0, W.shape[0], chunk):
-        w = W[r:r + chunk].astype(np.float64)
-        num += float(np.sum((w - W_hat[r:r + chunk]) ** 2))
+        w = W[r : r + chunk].astype(np.float64)
+        num += float(np.sum((w - W_hat[r : r + chunk]) ** 2))
         den += float(np.sum(w * w))
     return num / den
 
 
 def rebuild(W: np.ndarray, res, scales: np.ndarray, chunk: int = 512) -> np.ndarray:
     """EasyQuant's weight with other per-channel scales (same zeros, same outliers), float32 quantizer."""
-    maxq = np.float32(2 ** res.bits - 1)
+    maxq = np.float32(2**res.bits - 1)
     outliers = res.outliers
     out = np.empty_like(W)
     g = res.g_idx.astype(np.int64)
     for r in range(0, W.shape[0], chunk):
-        s = scales[r:r + chunk][:, g]
-        z = res.zeros[r:r + chunk][:, g]
-        c = np.clip(np.rint(W[r:r + chunk] / s) + z, np.float32(0), maxq)
-        out[r:r + chunk] = s * (c - z)
+        s = scales[r : r + chunk][:, g]
+        z = res.zeros[r : r + chunk][:, g]
+        c = np.clip(np.rint(W[r : r + chunk] / s) + z, np.float32(0), maxq)
+        out[r : r + chunk] = s * (c - z)
     rows = np.repeat(np.arange(W.shape[0]), np.diff(outliers.indptr))
     out[rows, outliers.indices] = outliers.values
     return out
@@ -97,7 +98,9 @@ def peers():
 
         for name in ("hqq", "bitsandbytes"):
             if installed.available(name):
-                found[name] = (lambda n: lambda W, bits, gs: installed.run(n, W, None, bits=bits, group_size=gs)[0])(name)
+                found[name] = (lambda n: lambda W, bits, gs: installed.run(n, W, None, bits=bits, group_size=gs)[0])(
+                    name
+                )
         return found
     except Exception:
         pass
@@ -106,9 +109,17 @@ def peers():
         from hqq.core.quantize import Quantizer
 
         def hqq(W, bits, gs):
-            Wq, meta = Quantizer.quantize(torch.from_numpy(W.copy()), nbits=bits, group_size=gs, optimize=True,
-                                          round_zero=(bits == 4), axis=1, bitpack=False,
-                                          compute_dtype=torch.float32, device="cpu")
+            Wq, meta = Quantizer.quantize(
+                torch.from_numpy(W.copy()),
+                nbits=bits,
+                group_size=gs,
+                optimize=True,
+                round_zero=(bits == 4),
+                axis=1,
+                bitpack=False,
+                compute_dtype=torch.float32,
+                device="cpu",
+            )
             meta["compute_dtype"] = torch.float32
             return Quantizer.dequantize(Wq, meta).float().numpy()
 
@@ -116,8 +127,8 @@ def peers():
     except Exception:
         pass
     try:
-        import torch
         import bitsandbytes.functional as F
+        import torch
 
         def nf4(W, bits, gs):
             q, state = F.quantize_4bit(torch.from_numpy(W.copy()), blocksize=gs, quant_type="nf4")
@@ -141,10 +152,17 @@ def speed_and_quality(shapes, reps, with_peers, report):
         eq_noout, _, _ = timed(lambda: quantease.easyquant(W, outlier_sigma=None), 1)
         rtn, t_rtn, _ = timed(lambda: quantease.rtn(W, sym=True), reps)
         src = np.bincount(eq.info["source"].ravel(), minlength=3) / eq.info["source"].size
-        row = dict(shape=[rows, cols], seconds=t_eq, seconds_all=all_eq, seconds_steps0=t_noadam,
-                   seconds_g128=t_g128, seconds_asym=t_asym, seconds_rtn_sym=t_rtn,
-                   outlier_fraction=eq.outlier_fraction,
-                   source_share=dict(start=float(src[0]), adam=float(src[1]), search=float(src[2])))
+        row = dict(
+            shape=[rows, cols],
+            seconds=t_eq,
+            seconds_all=all_eq,
+            seconds_steps0=t_noadam,
+            seconds_g128=t_g128,
+            seconds_asym=t_asym,
+            seconds_rtn_sym=t_rtn,
+            outlier_fraction=eq.outlier_fraction,
+            source_share=dict(start=float(src[0]), adam=float(src[1]), search=float(src[2])),
+        )
         errors = {
             "RTN sym": rel_error(W, rtn.weight),
             "RTN asym": rel_error(W, quantease.rtn(W, sym=False).weight),
@@ -155,11 +173,16 @@ def speed_and_quality(shapes, reps, with_peers, report):
             "EQ (default)": rel_error(W, eq.weight),
             "EQ asym": rel_error(W, eq_asym.weight),
         }
-        bpw = {"RTN sym": 4 + 16 / cols, "RTN asym": 4 + 32 / cols, "RTN sym mse": 4 + 16 / cols,
-               "EQ no outliers": bits_per_weight(eq_noout, -1, False),
-               "EQ start (outliers only)": bits_per_weight(eq, -1, False),
-               "EQ Adam only (paper)": bits_per_weight(eq, -1, False), "EQ (default)": bits_per_weight(eq, -1, False),
-               "EQ asym": bits_per_weight(eq_asym, -1, True)}
+        bpw = {
+            "RTN sym": 4 + 16 / cols,
+            "RTN asym": 4 + 32 / cols,
+            "RTN sym mse": 4 + 16 / cols,
+            "EQ no outliers": bits_per_weight(eq_noout, -1, False),
+            "EQ start (outliers only)": bits_per_weight(eq, -1, False),
+            "EQ Adam only (paper)": bits_per_weight(eq, -1, False),
+            "EQ (default)": bits_per_weight(eq, -1, False),
+            "EQ asym": bits_per_weight(eq_asym, -1, True),
+        }
         # groups of 64 (HQQ's and NF4's default blocks) and 128
         eq_g64 = quantease.easyquant(W, group_size=64)
         errors["EQ g64"] = rel_error(W, eq_g64.weight)
@@ -179,9 +202,11 @@ def speed_and_quality(shapes, reps, with_peers, report):
                 bpw[label] = 4 + (32 if name == "hqq" else 16) / 64
         row.update(rel_error=errors, bits_per_weight=bpw, peer_seconds=peer_seconds)
         report["synthetic"].append(row)
-        print(f"### {rows} x {cols}: easyquant {t_eq:.3f} s (runs {all_eq}), steps=0 {t_noadam:.3f} s, "
-              f"g128 {t_g128:.3f} s, asym {t_asym:.3f} s; RTN sym {t_rtn:.3f} s; outliers "
-              f"{eq.outlier_fraction:.3%}; final range from start/Adam/search: {src[0]:.1%}/{src[1]:.1%}/{src[2]:.1%}")
+        print(
+            f"### {rows} x {cols}: easyquant {t_eq:.3f} s (runs {all_eq}), steps=0 {t_noadam:.3f} s, "
+            f"g128 {t_g128:.3f} s, asym {t_asym:.3f} s; RTN sym {t_rtn:.3f} s; outliers "
+            f"{eq.outlier_fraction:.3%}; final range from start/Adam/search: {src[0]:.1%}/{src[1]:.1%}/{src[2]:.1%}"
+        )
         print("\n| method | rel. error | bits/weight | seconds |\n|---|---:|---:|---:|")
         secs = {"RTN sym": t_rtn, "EQ (default)": t_eq, "EQ asym": t_asym, "EQ g128": t_g128, **peer_seconds}
         for k, v in errors.items():
@@ -192,8 +217,9 @@ def speed_and_quality(shapes, reps, with_peers, report):
 
 def real_weights(quick: bool, report):
     try:
-        from quantease.models import resolve_cache_dir
         from safetensors.numpy import safe_open
+
+        from quantease.models import resolve_cache_dir
     except Exception as e:  # pragma: no cover
         print(f"\n(real weights skipped: {e})")
         return
@@ -213,8 +239,10 @@ def real_weights(quick: bool, report):
         by_kind = {}
         for k, v in fractions.items():
             by_kind.setdefault(k.split(".")[-2], []).append(v)
-        print(f"3-sigma outlier fraction over {len(fr)} layers: min {fr.min():.3%}, median {np.median(fr):.3%}, "
-              f"max {fr.max():.3%}; below 1 %: {np.mean(fr < 0.01):.0%} of the layers")
+        print(
+            f"3-sigma outlier fraction over {len(fr)} layers: min {fr.min():.3%}, median {np.median(fr):.3%}, "
+            f"max {fr.max():.3%}; below 1 %: {np.mean(fr < 0.01):.0%} of the layers"
+        )
         print("\n| projection | median | max |\n|---|---:|---:|")
         for kind, v in sorted(by_kind.items()):
             print(f"| {kind} | {np.median(v):.3%} | {np.max(v):.3%} |")
@@ -228,15 +256,23 @@ def real_weights(quick: bool, report):
                 W = f.get_tensor(f"model.layers.{layer}.{proj}.weight").astype(np.float32)
                 for bits in (3, 4):
                     eq = quantease.easyquant(W, bits=bits)
-                    e = dict(layer=layer, proj=proj, bits=bits, outliers=eq.outlier_fraction, seconds=eq.seconds,
-                             rtn=rel_error(W, quantease.rtn(W, bits=bits, sym=True).weight),
-                             rtn_mse=rel_error(W, quantease.rtn(W, bits=bits, sym=True, mse=True).weight),
-                             start=rel_error(W, rebuild(W, eq, eq.info["start_scales"])),
-                             adam=rel_error(W, rebuild(W, eq, eq.info["adam_scales"])),
-                             eq=rel_error(W, eq.weight))
+                    e = dict(
+                        layer=layer,
+                        proj=proj,
+                        bits=bits,
+                        outliers=eq.outlier_fraction,
+                        seconds=eq.seconds,
+                        rtn=rel_error(W, quantease.rtn(W, bits=bits, sym=True).weight),
+                        rtn_mse=rel_error(W, quantease.rtn(W, bits=bits, sym=True, mse=True).weight),
+                        start=rel_error(W, rebuild(W, eq, eq.info["start_scales"])),
+                        adam=rel_error(W, rebuild(W, eq, eq.info["adam_scales"])),
+                        eq=rel_error(W, eq.weight),
+                    )
                     rows_out.append(e)
-                    print(f"| {layer}.{proj} | {bits} | {e['outliers']:.2%} | {e['rtn']:.5f} | {e['rtn_mse']:.5f} | "
-                          f"{e['start']:.5f} | {e['adam']:.5f} | {e['eq']:.5f} | {e['seconds']:.3f} |")
+                    print(
+                        f"| {layer}.{proj} | {bits} | {e['outliers']:.2%} | {e['rtn']:.5f} | {e['rtn_mse']:.5f} | "
+                        f"{e['start']:.5f} | {e['adam']:.5f} | {e['eq']:.5f} | {e['seconds']:.3f} |"
+                    )
         report["real"]["errors"] = rows_out
 
 
@@ -268,12 +304,22 @@ def main() -> None:
     args = ap.parse_args()
     reps = args.reps or (1 if args.quick else 3)
     shapes = [(512, 512), (512, 1408)] if args.quick else [(4096, 4096), (4096, 11008)]
-    report = dict(machine=dict(platform=platform.platform(), processor=platform.processor(),
-                               cpus=os.cpu_count(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
-                               load_average=os.getloadavg()),
-                  quantease=quantease.__version__, quick=args.quick, synthetic=[])
-    print(f"# EasyQuant bench (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load average "
-          f"{os.getloadavg()[0]:.2f} at start)")
+    report = dict(
+        machine=dict(
+            platform=platform.platform(),
+            processor=platform.processor(),
+            cpus=os.cpu_count(),
+            omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+            load_average=os.getloadavg(),
+        ),
+        quantease=quantease.__version__,
+        quick=args.quick,
+        synthetic=[],
+    )
+    print(
+        f"# EasyQuant bench (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load average "
+        f"{os.getloadavg()[0]:.2f} at start)"
+    )
     speed_and_quality(shapes, reps, not args.no_peers, report)
     if not args.no_real:
         real_weights(args.quick, report)

@@ -11,6 +11,7 @@ Targets (issue 14): gptq(gguf="Q4_K") <= 0.8x, quantease(gguf="Q3_K", init="gptq
     python bench/bench_gguf_layers.py --quick      # 128 x 1024 synthetic only (seconds)
     python bench/bench_gguf_layers.py --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import quantease  # noqa: E402
 from synthetic import llm_like_problem  # noqa: E402
+
+import quantease  # noqa: E402
 
 #: (label, solver, type, options); every loss is divided by llama.cpp's imatrix loss of the same type.
 CONFIGS = [
@@ -72,16 +74,22 @@ def run(layer_problems, log=print) -> list:
 
 def table(records) -> str:
     labels = [label for label, _, _ in CONFIGS]
-    lines = ["| layer | type | llama.cpp imatrix loss | " + " | ".join(labels) + " |",
-             "|---|---|---|" + "---|" * len(labels)]
+    lines = [
+        "| layer | type | llama.cpp imatrix loss | " + " | ".join(labels) + " |",
+        "|---|---|---|" + "---|" * len(labels),
+    ]
     for rec in records:
-        lines.append(f"| {rec['layer']} | {rec['type']} | {rec['llama_imatrix_loss']:.4g} | "
-                     + " | ".join(f"{rec['ratio'][k]:.3f}" for k in labels) + " |")
+        lines.append(
+            f"| {rec['layer']} | {rec['type']} | {rec['llama_imatrix_loss']:.4g} | "
+            + " | ".join(f"{rec['ratio'][k]:.3f}" for k in labels)
+            + " |"
+        )
     lines.append("")
     for (t, label), target in TARGETS.items():
         worst = max(rec["ratio"][label] for rec in records if rec["type"] == t)
-        lines.append(f"{label} on {t}: worst ratio {worst:.3f} vs target <= {target} "
-                     f"{'PASS' if worst <= target else 'MISS'}")
+        lines.append(
+            f"{label} on {t}: worst ratio {worst:.3f} vs target <= {target} {'PASS' if worst <= target else 'MISS'}"
+        )
     return "\n".join(lines)
 
 

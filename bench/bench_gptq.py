@@ -5,6 +5,7 @@ over a straightforward PyTorch-CPU GPTQ (bench/peers/torch_gptq.py) on identical
     python bench/bench_gptq.py --quick    # small layers, seconds (CI smoke)
     python bench/bench_gptq.py --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,10 +17,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import quantease  # noqa: E402
 from flops import gptq_flops  # noqa: E402
 from machine import best_of, describe, gemm_gflops  # noqa: E402
 from synthetic import llm_like_problem, relative_loss  # noqa: E402
+
+import quantease  # noqa: E402
 
 FULL = [(1024, 1024), (4096, 4096), (4096, 11008), (11008, 4096)]
 QUICK = [(256, 512), (512, 1024)]
@@ -27,8 +29,8 @@ QUICK = [(256, 512), (512, 1024)]
 
 def torch_peer():
     try:
-        from peers.torch_gptq import gptq as torch_gptq
         import torch
+        from peers.torch_gptq import gptq as torch_gptq
 
         return torch_gptq, f"torch {torch.__version__} port of the reference fasterquant (bench/peers/torch_gptq.py)"
     except Exception as exc:  # noqa: BLE001 - report any reason the peer is missing
@@ -41,8 +43,10 @@ def run(shapes, bits: int, peer_on: bool):
     print(f"machine: {describe()}")
     print(f"float32 GEMM rate (NumPy BLAS, 2048^3): {gemm:.1f} GFLOP/s")
     print(f"peer: {peer_desc}\n")
-    header = (f"{'layer':>12} {'method':>6} {'group':>5} {'act':>3} {'seconds':>8} {'GFLOP/s':>8} {'%GEMM':>6} "
-              f"{'rel.loss':>10} {'peer s':>8} {'peer rel.loss':>13} {'speed-up':>8}")
+    header = (
+        f"{'layer':>12} {'method':>6} {'group':>5} {'act':>3} {'seconds':>8} {'GFLOP/s':>8} {'%GEMM':>6} "
+        f"{'rel.loss':>10} {'peer s':>8} {'peer rel.loss':>13} {'speed-up':>8}"
+    )
     print(header)
     print("-" * len(header))
     rows_out = []
@@ -53,18 +57,27 @@ def run(shapes, bits: int, peer_on: bool):
             res, sec = best_of(lambda: quantease.rtn(W, bits=bits, group_size=gs))
             rl = relative_loss(quantease.layer_loss(W, res.weight, H), W, H)
             print(f"{layer:>12} {'rtn':>6} {gs:>5} {'-':>3} {sec:8.3f} {'':>8} {'':>6} {rl:10.3e}")
-            rows_out.append(dict(layer=layer, method="rtn", group_size=gs, act_order=False, seconds=sec,
-                                 rel_loss=rl))
+            rows_out.append(dict(layer=layer, method="rtn", group_size=gs, act_order=False, seconds=sec, rel_loss=rl))
         for gs in (-1, 128):
             for act in (False, True):
                 res = quantease.gptq(W, H, bits=bits, group_size=gs, act_order=act)
                 sec = res.seconds
                 fl = gptq_flops(rows, cols)["total"]
                 rl = relative_loss(res.loss, W, H)
-                rec = dict(layer=layer, method="gptq", group_size=gs, act_order=act, seconds=sec,
-                           gflops=fl / sec / 1e9, rel_loss=rl, phases=res.info["phase_seconds"])
-                line = (f"{layer:>12} {'gptq':>6} {gs:>5} {'on' if act else 'off':>3} {sec:8.3f} "
-                        f"{fl / sec / 1e9:8.1f} {100 * fl / sec / 1e9 / gemm:5.0f}% {rl:10.3e}")
+                rec = dict(
+                    layer=layer,
+                    method="gptq",
+                    group_size=gs,
+                    act_order=act,
+                    seconds=sec,
+                    gflops=fl / sec / 1e9,
+                    rel_loss=rl,
+                    phases=res.info["phase_seconds"],
+                )
+                line = (
+                    f"{layer:>12} {'gptq':>6} {gs:>5} {'on' if act else 'off':>3} {sec:8.3f} "
+                    f"{fl / sec / 1e9:8.1f} {100 * fl / sec / 1e9 / gemm:5.0f}% {rl:10.3e}"
+                )
                 if peer is not None:
                     Qp, psec = peer(W, H, bits=bits, group_size=gs, act_order=act)
                     prl = relative_loss(quantease.layer_loss(W, Qp, H), W, H)
@@ -85,8 +98,10 @@ def main(argv=None):
     out = run(QUICK if args.quick else FULL, args.bits, not args.no_peer)
     speedups = [r["speedup"] for r in out["results"] if "speedup" in r]
     if speedups:
-        print(f"\nGPTQ speed-up over the PyTorch-CPU peer: median {np.median(speedups):.1f}x, "
-              f"min {min(speedups):.1f}x (target >= 3x at equal loss)")
+        print(
+            f"\nGPTQ speed-up over the PyTorch-CPU peer: median {np.median(speedups):.1f}x, "
+            f"min {min(speedups):.1f}x (target >= 3x at equal loss)"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

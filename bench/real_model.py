@@ -26,6 +26,7 @@ the quantized layers of loss / tr(W H Wᵀ), the layer objective each solver min
 calibration inputs); "quantize s" is the wall time of quantize_model (forward passes + Hessians + solver),
 "solver s" the time inside the solver calls alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,40 +74,70 @@ def _str_list(value: str) -> List[str]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="3-bit g64 only, every solver (quantease with 10 sweeps), 8 x 256 calibration tokens, "
-                        "4 eval windows of 256, MiniLM on 64 sentences")
-    p.add_argument("--methods", type=_str_list, default=None,
-                   help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="3-bit g64 only, every solver (quantease with 10 sweeps), 8 x 256 calibration tokens, "
+        "4 eval windows of 256, MiniLM on 64 sentences",
+    )
+    p.add_argument(
+        "--methods", type=_str_list, default=None, help=f"comma-separated subset of {','.join(METHODS)} (default: all)"
+    )
     p.add_argument("--bits", type=_int_list, default=None, help="comma-separated (default 4,3; quick 3)")
-    p.add_argument("--groups", type=_int_list, default=None,
-                   help="comma-separated group sizes, -1 = per channel (default 64,-1; quick 64)")
+    p.add_argument(
+        "--groups",
+        type=_int_list,
+        default=None,
+        help="comma-separated group sizes, -1 = per channel (default 64,-1; quick 64)",
+    )
     p.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 16; quick 8)")
-    p.add_argument("--calib-len", type=int, default=None, help="tokens per calibration window (default 512; "
-                                                               "quick 256)")
+    p.add_argument("--calib-len", type=int, default=None, help="tokens per calibration window (default 512; quick 256)")
     p.add_argument("--eval-windows", type=int, default=None, help="eval windows (default 16; quick 4)")
     p.add_argument("--eval-len", type=int, default=None, help="tokens per eval window (default 512; quick 256)")
-    p.add_argument("--max-blocks", type=int, default=None,
-                   help="quantize only the first N transformer blocks of each model (default: all); for "
-                        "smoke tests")
-    p.add_argument("--sentences", type=int, default=None,
-                   help="Lee test sentences for MiniLM (default all; quick 64); 0 skips the encoder")
-    p.add_argument("--calib-sentences", type=int, default=None,
-                   help="Lee train sentences to calibrate MiniLM (default 256; quick 64)")
-    p.add_argument("--quantease-iters", type=int, default=None,
-                   help="sweeps of the QuantEase solver (default: the solver's; quick 10)")
+    p.add_argument(
+        "--max-blocks",
+        type=int,
+        default=None,
+        help="quantize only the first N transformer blocks of each model (default: all); for smoke tests",
+    )
+    p.add_argument(
+        "--sentences",
+        type=int,
+        default=None,
+        help="Lee test sentences for MiniLM (default all; quick 64); 0 skips the encoder",
+    )
+    p.add_argument(
+        "--calib-sentences",
+        type=int,
+        default=None,
+        help="Lee train sentences to calibrate MiniLM (default 256; quick 64)",
+    )
+    p.add_argument(
+        "--quantease-iters",
+        type=int,
+        default=None,
+        help="sweeps of the QuantEase solver (default: the solver's; quick 10)",
+    )
     p.add_argument("--no-lm", action="store_true", help="skip SmolLM2")
     p.add_argument("--seed", type=int, default=0, help="calibration window seed")
     p.add_argument("--json", metavar="PATH", default=None, help="also write every figure to this JSON file")
     args = p.parse_args(argv)
     quick = args.quick
-    defaults = dict(methods=list(METHODS), bits=[3] if quick else [4, 3],
-                    groups=[64] if quick else [64, -1], calib_samples=8 if quick else 16,
-                    calib_len=256 if quick else 512, eval_windows=4 if quick else 16,
-                    eval_len=256 if quick else 512, sentences=64 if quick else None,
-                    calib_sentences=64 if quick else 256, quantease_iters=10 if quick else None)
+    defaults = dict(
+        methods=list(METHODS),
+        bits=[3] if quick else [4, 3],
+        groups=[64] if quick else [64, -1],
+        calib_samples=8 if quick else 16,
+        calib_len=256 if quick else 512,
+        eval_windows=4 if quick else 16,
+        eval_len=256 if quick else 512,
+        sentences=64 if quick else None,
+        calib_sentences=64 if quick else 256,
+        quantease_iters=10 if quick else None,
+    )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -210,31 +241,48 @@ def _quantize_all(model, calib, args, available, log, evaluate, what: str) -> Li
                 row["solver_kwargs"] = kwargs
                 t0 = time.perf_counter()
                 try:
-                    report = quantize_model(model, calib, method=solver_of(method)[0], bits=bits, group_size=group,
-                                            blocks=blocks, progress=False, solver_kwargs=kwargs)
+                    report = quantize_model(
+                        model,
+                        calib,
+                        method=solver_of(method)[0],
+                        bits=bits,
+                        group_size=group,
+                        blocks=blocks,
+                        progress=False,
+                        solver_kwargs=kwargs,
+                    )
                     q_s = time.perf_counter() - t0
                     t0 = time.perf_counter()
                     row.update(evaluate())
                     row["eval_seconds"] = time.perf_counter() - t0
                 except Exception as exc:  # one failing solver must not lose the others' figures
-                    row.update(status=f"failed: {type(exc).__name__}: {exc}",
-                               quantize_seconds=time.perf_counter() - t0)
+                    row.update(status=f"failed: {type(exc).__name__}: {exc}", quantize_seconds=time.perf_counter() - t0)
                     rows.append(row)
                     log(f"{label}: {row['status']}")
                     continue
                 rel = [r.relative_loss for r in report]
-                row.update(status="ok", quantize_seconds=q_s, solver_seconds=sum(r.seconds for r in report),
-                           layers=len(report), mean_relative_loss=sum(rel) / len(rel) if rel else None)
+                row.update(
+                    status="ok",
+                    quantize_seconds=q_s,
+                    solver_seconds=sum(r.seconds for r in report),
+                    layers=len(report),
+                    mean_relative_loss=sum(rel) / len(rel) if rel else None,
+                )
                 rows.append(row)
-                log(f"{label}: " + ", ".join(f"{k} {_fmt(row.get(k), '.4g')}" for k in
-                                             ("perplexity", "pooled", "hidden") if k in row) +
-                    f", rel. layer loss {_fmt(row['mean_relative_loss'], '.4g')}, quantize {q_s:.1f} s "
-                    f"(solvers {row['solver_seconds']:.1f} s), eval {row['eval_seconds']:.1f} s")
+                log(
+                    f"{label}: "
+                    + ", ".join(
+                        f"{k} {_fmt(row.get(k), '.4g')}" for k in ("perplexity", "pooled", "hidden") if k in row
+                    )
+                    + f", rel. layer loss {_fmt(row['mean_relative_loss'], '.4g')}, quantize {q_s:.1f} s "
+                    f"(solvers {row['solver_seconds']:.1f} s), eval {row['eval_seconds']:.1f} s"
+                )
     model.load_state_dict(original)
     return rows
 
 
 # --------------------------------------------------------------------------------------------------- LM
+
 
 def run_causal_lm(args: argparse.Namespace, available: Dict[str, Callable], log) -> Dict[str, Any]:
     from quantease import eval as qeval
@@ -246,18 +294,22 @@ def run_causal_lm(args: argparse.Namespace, available: Dict[str, Callable], log)
     t0 = time.perf_counter()
     train_text, test_text = text.load_text("wiki", "train"), text.load_text("wiki", "test")
     test_ids = text.tokenize(tokenizer, test_text)
-    calib = text.calibration_batches(tokenizer, train_text, n_samples=args.calib_samples, seq_len=args.calib_len,
-                                     seed=args.seed)
+    calib = text.calibration_batches(
+        tokenizer, train_text, n_samples=args.calib_samples, seq_len=args.calib_len, seed=args.seed
+    )
     data_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
     n_windows = min(args.eval_windows, test_ids.size // args.eval_len)
-    info = {"model": f"{LM_NAME} ({type(model).__name__}, {_n_blocks(model, args.max_blocks)} quantized, "
-                     f"{n_params / 1e6:.1f} M parameters, float32)",
-            "calibration": f"wiki train split, {args.calib_samples} random windows x {args.calib_len} tokens "
-                           f"(seed {args.seed})",
-            "evaluation": f"wiki test split ({test_ids.size:,} tokens), first {n_windows} non-overlapping "
-                          f"windows x {args.eval_len} tokens = {n_windows * args.eval_len:,} tokens",
-            "load_seconds": round(load_s, 2), "data_seconds": round(data_s, 2)}
+    info = {
+        "model": f"{LM_NAME} ({type(model).__name__}, {_n_blocks(model, args.max_blocks)} quantized, "
+        f"{n_params / 1e6:.1f} M parameters, float32)",
+        "calibration": f"wiki train split, {args.calib_samples} random windows x {args.calib_len} tokens "
+        f"(seed {args.seed})",
+        "evaluation": f"wiki test split ({test_ids.size:,} tokens), first {n_windows} non-overlapping "
+        f"windows x {args.eval_len} tokens = {n_windows * args.eval_len:,} tokens",
+        "load_seconds": round(load_s, 2),
+        "data_seconds": round(data_s, 2),
+    }
     log(f"causal LM: {info['model']}, loaded in {load_s:.1f} s (text + tokenize + calibration {data_s:.1f} s)")
     log(f"  calibration: {info['calibration']}")
     log(f"  evaluation:  {info['evaluation']}")
@@ -267,8 +319,15 @@ def run_causal_lm(args: argparse.Namespace, available: Dict[str, Callable], log)
 
     t0 = time.perf_counter()
     fp = ppl()
-    fp_row = {"method": "full precision", "bits": 32, "group": None, "status": "ok", "perplexity": fp,
-              "ratio": 1.0, "eval_seconds": time.perf_counter() - t0}
+    fp_row = {
+        "method": "full precision",
+        "bits": 32,
+        "group": None,
+        "status": "ok",
+        "perplexity": fp,
+        "ratio": 1.0,
+        "eval_seconds": time.perf_counter() - t0,
+    }
     log(f"  full precision: perplexity {fp:.3f} (eval {fp_row['eval_seconds']:.1f} s)")
 
     def evaluate() -> Dict[str, Any]:
@@ -281,6 +340,7 @@ def run_causal_lm(args: argparse.Namespace, available: Dict[str, Callable], log)
 
 # ---------------------------------------------------------------------------------------------- encoder
 
+
 def run_encoder(args: argparse.Namespace, available: Dict[str, Callable], log) -> Dict[str, Any]:
     from quantease import eval as qeval
     from quantease import models, text
@@ -292,25 +352,36 @@ def run_encoder(args: argparse.Namespace, available: Dict[str, Callable], log) -
     eval_sents = text.load_sentences("lee", "test", max_sentences=args.sentences)
     calib_sents = text.load_sentences("lee", "train", max_sentences=args.calib_sentences)
     calib = text.sentence_batches(tokenizer, calib_sents, batch_size=32)
-    info = {"model": f"{ENCODER_NAME} ({type(model).__name__}, {_n_blocks(model, args.max_blocks)} quantized)",
-            "calibration": f"Lee train split, {len(calib_sents)} sentences",
-            "evaluation": f"Lee test split, {len(eval_sents)} sentences",
-            "load_seconds": round(load_s, 2)}
-    log(f"encoder: {info['model']}, loaded in {load_s:.1f} s; calibration: {info['calibration']}; "
-        f"evaluation: {info['evaluation']}")
+    info = {
+        "model": f"{ENCODER_NAME} ({type(model).__name__}, {_n_blocks(model, args.max_blocks)} quantized)",
+        "calibration": f"Lee train split, {len(calib_sents)} sentences",
+        "evaluation": f"Lee test split, {len(eval_sents)} sentences",
+        "load_seconds": round(load_s, 2),
+    }
+    log(
+        f"encoder: {info['model']}, loaded in {load_s:.1f} s; calibration: {info['calibration']}; "
+        f"evaluation: {info['evaluation']}"
+    )
 
     def evaluate() -> Dict[str, Any]:
         return qeval.embedding_similarity(model, model_fp, tokenizer, eval_sents).to_dict()
 
     t0 = time.perf_counter()
     # The reference row: the full-precision model against its copy (exactly 1 unless the eval is broken).
-    fp_row = {"method": "full precision", "bits": 32, "group": None, "status": "ok", **evaluate(),
-              "eval_seconds": time.perf_counter() - t0}
+    fp_row = {
+        "method": "full precision",
+        "bits": 32,
+        "group": None,
+        "status": "ok",
+        **evaluate(),
+        "eval_seconds": time.perf_counter() - t0,
+    }
     rows = _quantize_all(model, calib, args, available, log, evaluate, "MiniLM")
     return {"info": info, "rows": [fp_row] + rows}
 
 
 # ----------------------------------------------------------------------------------------------- tables
+
 
 def _status_cell(r: Dict[str, Any]) -> Optional[str]:
     status = r.get("status", "ok")
@@ -320,31 +391,40 @@ def _status_cell(r: Dict[str, Any]) -> Optional[str]:
 
 
 def lm_table(result: Dict[str, Any]) -> str:
-    lines = ["| method | bits | group | perplexity | x FP | rel. layer loss | quantize s | solver s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | bits | group | perplexity | x FP | rel. layer loss | quantize s | solver s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         head = f"| {r['method']} | {r['bits']} | {_group_label(r['group'])} |"
         status = _status_cell(r)
         if status is not None:
             lines.append(f"{head} {status} | - | - | {_fmt(r.get('quantize_seconds'), '.1f')} | - |")
             continue
-        lines.append(f"{head} {_fmt(r['perplexity'], '.2f')} | {_fmt(r['ratio'], '.3f')} | "
-                     f"{_fmt(r.get('mean_relative_loss'), '.4f')} | {_fmt(r.get('quantize_seconds'), '.1f')} | "
-                     f"{_fmt(r.get('solver_seconds'), '.1f')} |")
+        lines.append(
+            f"{head} {_fmt(r['perplexity'], '.2f')} | {_fmt(r['ratio'], '.3f')} | "
+            f"{_fmt(r.get('mean_relative_loss'), '.4f')} | {_fmt(r.get('quantize_seconds'), '.1f')} | "
+            f"{_fmt(r.get('solver_seconds'), '.1f')} |"
+        )
     return "\n".join(lines)
 
 
 def encoder_table(result: Dict[str, Any]) -> str:
-    lines = ["| method | bits | group | pooled cosine | worst sentence | hidden-state cosine | rel. layer loss "
-             "| quantize s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | bits | group | pooled cosine | worst sentence | hidden-state cosine | rel. layer loss "
+        "| quantize s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         head = f"| {r['method']} | {r['bits']} | {_group_label(r['group'])} |"
         status = _status_cell(r)
         if status is not None:
             lines.append(f"{head} {status} | - | - | - | {_fmt(r.get('quantize_seconds'), '.1f')} |")
             continue
-        lines.append(f"{head} {r['pooled']:.5f} | {r['pooled_min']:.4f} | {r['hidden']:.5f} | "
-                     f"{_fmt(r.get('mean_relative_loss'), '.4f')} | {_fmt(r.get('quantize_seconds'), '.1f')} |")
+        lines.append(
+            f"{head} {r['pooled']:.5f} | {r['pooled_min']:.4f} | {r['hidden']:.5f} | "
+            f"{_fmt(r.get('mean_relative_loss'), '.4f')} | {_fmt(r.get('quantize_seconds'), '.1f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -365,13 +445,16 @@ def claims(result: Dict[str, Any]) -> List[str]:
                 out.append(f"{bits}-bit g{_group_label(group)}: {better} vs {worse}: no figure for {missing}")
                 continue
             verdict = "lower (better)" if a["perplexity"] < b["perplexity"] else "NOT lower"
-            out.append(f"{bits}-bit g{_group_label(group)}: {better} perplexity {a['perplexity']:.2f} vs "
-                       f"{worse} {b['perplexity']:.2f}: {verdict}; rel. layer loss "
-                       f"{_fmt(a.get('mean_relative_loss'), '.4f')} vs {_fmt(b.get('mean_relative_loss'), '.4f')}")
+            out.append(
+                f"{bits}-bit g{_group_label(group)}: {better} perplexity {a['perplexity']:.2f} vs "
+                f"{worse} {b['perplexity']:.2f}: {verdict}; rel. layer loss "
+                f"{_fmt(a.get('mean_relative_loss'), '.4f')} vs {_fmt(b.get('mean_relative_loss'), '.4f')}"
+            )
     return out
 
 
 # ------------------------------------------------------------------------------------------------- main
+
 
 def main(argv: Optional[Sequence[str]] = None, log=print) -> Dict[str, Any]:
     """Run the benchmark; returns every figure as a dict (what --json writes)."""
@@ -397,8 +480,7 @@ def main(argv: Optional[Sequence[str]] = None, log=print) -> Dict[str, Any]:
         # Measured on 2 cores at load 6-9: --quick took 40 min with 2 threads, 6 min with OMP_NUM_THREADS=1
         # (OpenMP threads spin while their partners wait for a core); the figures are identical.
         log(f"the machine is busy (load {load} on {cores} cores): OMP_NUM_THREADS=1 runs much faster here")
-    log(f"solvers: {', '.join(available) or 'none'}" +
-        (f"; {NOT_IN_BUILD}: {', '.join(missing)}" if missing else ""))
+    log(f"solvers: {', '.join(available) or 'none'}" + (f"; {NOT_IN_BUILD}: {', '.join(missing)}" if missing else ""))
     if any(g == 64 for g in args.groups):
         log("group size 64, not 128: SmolLM2's hidden size 576 is not divisible by 128 (576 = 9 x 64)")
     for m in available:
@@ -406,20 +488,26 @@ def main(argv: Optional[Sequence[str]] = None, log=print) -> Dict[str, Any]:
         kwargs.update(_solver_kwargs(m, args))
         if kwargs or name != m:
             log(f"{m}: quantease.{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
-    out: Dict[str, Any] = {"machine": desc, "args": vars(args), "methods_available": list(available),
-                           "methods_missing": missing}
+    out: Dict[str, Any] = {
+        "machine": desc,
+        "args": vars(args),
+        "methods_available": list(available),
+        "methods_missing": missing,
+    }
     if not args.no_lm:
         out["causal_lm"] = run_causal_lm(args, available, log)
     if args.sentences != 0:
         out["encoder"] = run_encoder(args, available, log)
     out["total_seconds"] = time.perf_counter() - t_start
-    out["cpu_seconds"] = time.process_time() - cpu_start   # all threads; wall / CPU shows the machine's load
+    out["cpu_seconds"] = time.process_time() - cpu_start  # all threads; wall / CPU shows the machine's load
 
     log("")
     if "causal_lm" in out:
         info = out["causal_lm"]["info"]
-        log(f"SmolLM2-135M-Instruct, perplexity on wiki (lower is better). Model: {info['model']}. "
-            f"Calibration: {info['calibration']}. Evaluation: {info['evaluation']}.")
+        log(
+            f"SmolLM2-135M-Instruct, perplexity on wiki (lower is better). Model: {info['model']}. "
+            f"Calibration: {info['calibration']}. Evaluation: {info['evaluation']}."
+        )
         log(lm_table(out["causal_lm"]))
         log("")
         out["claims"] = claims(out["causal_lm"])
@@ -428,12 +516,16 @@ def main(argv: Optional[Sequence[str]] = None, log=print) -> Dict[str, Any]:
         log("")
     if "encoder" in out:
         info = out["encoder"]["info"]
-        log(f"all-MiniLM-L6-v2, cosine similarity to full precision (higher is better). Model: {info['model']}. "
-            f"Calibration: {info['calibration']}. Evaluation: {info['evaluation']}.")
+        log(
+            f"all-MiniLM-L6-v2, cosine similarity to full precision (higher is better). Model: {info['model']}. "
+            f"Calibration: {info['calibration']}. Evaluation: {info['evaluation']}."
+        )
         log(encoder_table(out["encoder"]))
         log("")
-    log(f"total {out['total_seconds']:.1f} s wall, {out['cpu_seconds']:.1f} s CPU (1-minute load average "
-        f"{desc['load_1min']} at the start)")
+    log(
+        f"total {out['total_seconds']:.1f} s wall, {out['cpu_seconds']:.1f} s CPU (1-minute load average "
+        f"{desc['load_1min']} at the start)"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, default=str)

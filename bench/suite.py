@@ -9,7 +9,8 @@ Layer sets
   (bench/real_layers.py; collected once, cached under the git-ignored .cache/bench-hessians/).
 * ``synthetic``: LLM-shaped layers (bench/synthetic.py): 4096x4096, 4096x11008, 11008x4096 in full mode.
 
-Per row: method, bits, group, relative layer loss = loss / tr(W H Wᵀ), seconds (the solve: result.seconds, without the final layer_loss),
+Per row: method, bits, group, relative layer loss = loss / tr(W H Wᵀ), seconds (the solve: result.seconds,
+without the final layer_loss),
 GFLOP/s from the solver's flop count (bench/flops.py) and its share of this machine's float32 GEMM rate
 measured in the same run (bench/machine.py), and the speed-up over the matching peer on the same inputs.
 Real layer sets are shown as the median relative loss over their layers, the summed seconds, the aggregate
@@ -20,6 +21,7 @@ prints a "not in this build" row; a peer that is not installed prints "not insta
 ``run_suite(..., solvers={...})`` replaces solvers by callables (used by the tests to check the plumbing).
 Writes bench/results/suite-<mode>.json (every figure + the machine) and suite-<mode>.png (loss vs time).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +45,11 @@ for p in (str(HERE), str(REPO)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-import quantease  # noqa: E402
 from flops import gptq_flops, leanquant_flops, quantease_flops  # noqa: E402
 from machine import describe, gemm_gflops  # noqa: E402
 from synthetic import llm_like_problem  # noqa: E402
+
+import quantease  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -62,17 +65,18 @@ SOLVERS = ("rtn", "gptq", "quantease", "easyquant", "leanquant")
 # what runs
 # ----------------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Variant:
     """One solver configuration. ``group``: "g" = the layer set's group size, -1 = per channel."""
 
     label: str
     method: str
-    kwargs: tuple = ()                 # extra solver kwargs as (name, value) pairs
+    kwargs: tuple = ()  # extra solver kwargs as (name, value) pairs
     group: Any = -1
-    act_order: Optional[bool] = None   # for GPTQ (and its peer)
-    peer: Optional[str] = None         # "gptq" | "quantease" | "leanquant" | "hqq"
-    ref: Optional[str] = None          # label of the GPTQ variant it is compared with in the summary
+    act_order: Optional[bool] = None  # for GPTQ (and its peer)
+    peer: Optional[str] = None  # "gptq" | "quantease" | "leanquant" | "hqq"
+    ref: Optional[str] = None  # label of the GPTQ variant it is compared with in the summary
     bits: tuple = (2, 3, 4)
 
     def kw(self) -> dict:
@@ -93,10 +97,22 @@ def _variants(G: str = "g") -> List[Variant]:
         Variant("QuantEase init GPTQ", "quantease", (("init", "gptq"),), group=-1, ref="GPTQ act", bits=(3, 4)),
         Variant("QuantEase init GPTQ g", "quantease", (("init", "gptq"),), group=g, ref="GPTQ act g", bits=(3, 4)),
         Variant("QuantEase refit", "quantease", (("refit", 5),), group=-1, ref="GPTQ act", bits=(3, 4)),
-        Variant("QuantEase init GPTQ refit", "quantease", (("init", "gptq"), ("refit", 5)), group=-1, ref="GPTQ act",
-                bits=(3, 4)),
-        Variant("QuantEase init GPTQ refit g", "quantease", (("init", "gptq"), ("refit", 5)), group=g,
-                ref="GPTQ act g", bits=(3, 4)),
+        Variant(
+            "QuantEase init GPTQ refit",
+            "quantease",
+            (("init", "gptq"), ("refit", 5)),
+            group=-1,
+            ref="GPTQ act",
+            bits=(3, 4),
+        ),
+        Variant(
+            "QuantEase init GPTQ refit g",
+            "quantease",
+            (("init", "gptq"), ("refit", 5)),
+            group=g,
+            ref="GPTQ act g",
+            bits=(3, 4),
+        ),
         Variant("QuantEase out 0.5%", "quantease", (("outliers", 0.005),), group=-1, ref="GPTQ act", bits=(3,)),
         Variant("QuantEase out 1%", "quantease", (("outliers", 0.01),), group=-1, ref="GPTQ act", bits=(3,)),
         Variant("EasyQuant", "easyquant", group=-1, peer="hqq", ref="GPTQ act"),
@@ -115,17 +131,17 @@ class LayerSet:
     name: str
     description: str
     group_size: int
-    layers: list                       # of (name, W, H)
+    layers: list  # of (name, W, H)
     variants: List[Variant]
     bits: tuple
     peer_layers: Optional[set] = None  # layer names on which peers run (None = all)
-    peer_bits: Optional[dict] = None   # peer -> bits it runs at (None = all)
-    aggregate: bool = True             # real sets: one table row per (variant, bits) over all layers
-    overrides: dict = field(default_factory=dict)   # variant label -> extra kwargs (e.g. fewer sweeps)
+    peer_bits: Optional[dict] = None  # peer -> bits it runs at (None = all)
+    aggregate: bool = True  # real sets: one table row per (variant, bits) over all layers
+    overrides: dict = field(default_factory=dict)  # variant label -> extra kwargs (e.g. fewer sweeps)
     gptqmodel_layers: set = field(default_factory=set)
-    peer_layer_map: dict = field(default_factory=dict)   # peer -> the only layers it runs on
-    variant_layers: dict = field(default_factory=dict)   # variant label -> the only layers it runs on
-    layer_bits: dict = field(default_factory=dict)       # layer -> the only bit widths run on it
+    peer_layer_map: dict = field(default_factory=dict)  # peer -> the only layers it runs on
+    variant_layers: dict = field(default_factory=dict)  # variant label -> the only layers it runs on
+    layer_bits: dict = field(default_factory=dict)  # layer -> the only bit widths run on it
     notes: list = field(default_factory=list)
 
 
@@ -135,17 +151,17 @@ class Config:
     sets: tuple = ("synthetic", "smollm2", "minilm")
     bits: Optional[tuple] = None
     methods: Optional[tuple] = None
-    real: str = "auto"                 # "auto": when cached/available; "yes"; "no"
+    real: str = "auto"  # "auto": when cached/available; "yes"; "no"
     peers: bool = True
-    blocks: Optional[dict] = None      # set -> blocks
+    blocks: Optional[dict] = None  # set -> blocks
     n_samples: Optional[int] = None
     seq_len: Optional[int] = None
     out_dir: Path = RESULTS
     write: bool = True
     plot: bool = True
     verbose: bool = False
-    shapes: Optional[tuple] = None     # synthetic (rows, cols) shapes instead of the mode's
-    repeats: int = 1                   # best of this many calls, for solvers and peers alike (noisy machines)
+    shapes: Optional[tuple] = None  # synthetic (rows, cols) shapes instead of the mode's
+    repeats: int = 1  # best of this many calls, for solvers and peers alike (noisy machines)
 
 
 def _g(variant: Variant, group_size: int) -> int:
@@ -159,6 +175,7 @@ def _label(variant: Variant, group_size: int) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # solvers and peers: each returns (Q or None, loss or None, seconds, info)
 # ----------------------------------------------------------------------------------------------------------
+
 
 def resolve_solvers(override: Optional[Dict[str, Callable]] = None) -> Dict[str, Optional[Callable]]:
     """name -> callable, or None when this build of quantease lacks it."""
@@ -238,13 +255,18 @@ class Peers:
                 self.fns[name] = leanquant
                 try:
                     import sklearn  # noqa: F401
+
                     self.leanquant_kmeans = "sklearn"
-                    return (f"ok: torch {tv} port of the official LeanQuant loop (bench/peers/torch_leanquant.py), "
-                            "per-row sklearn KMeans as the official code, in-process")
+                    return (
+                        f"ok: torch {tv} port of the official LeanQuant loop (bench/peers/torch_leanquant.py), "
+                        "per-row sklearn KMeans as the official code, in-process"
+                    )
                 except ImportError:
                     self.leanquant_kmeans = "lloyd"
-                    return (f"ok: torch {tv} port of the official LeanQuant loop, batched torch Lloyd (sklearn not "
-                            "installed, so not the official per-row KMeans)")
+                    return (
+                        f"ok: torch {tv} port of the official LeanQuant loop, batched torch Lloyd (sklearn not "
+                        "installed, so not the official per-row KMeans)"
+                    )
             return f"not installable: unknown peer {name}"
         except Exception as exc:  # noqa: BLE001 - any reason the peer is unusable is reported
             return f"not installable: {type(exc).__name__}: {exc}"
@@ -262,13 +284,22 @@ class Peers:
         if name == "gptq-torch":
             Q, sec = self.fns[name](W, H, bits=bits, group_size=group_size, act_order=bool(variant.act_order))
         elif name == "gptqmodel":
-            Q, sec = self.installed.run("gptqmodel", W, H, bits=bits, group_size=group_size,
-                                        act_order=bool(variant.act_order))
+            Q, sec = self.installed.run(
+                "gptqmodel", W, H, bits=bits, group_size=group_size, act_order=bool(variant.act_order)
+            )
         elif name == "quantease-torch":
             iters = int(extra.get("iters", 30))
             max_sweeps = extra.get("peer_max_sweeps")
-            Q, sec, _ = self.fns[name](W, H, bits=bits, group_size=group_size, act_order=True, iters=iters,
-                                       max_sweeps=max_sweeps, track_loss=False)
+            Q, sec, _ = self.fns[name](
+                W,
+                H,
+                bits=bits,
+                group_size=group_size,
+                act_order=True,
+                iters=iters,
+                max_sweeps=max_sweeps,
+                track_loss=False,
+            )
             if max_sweeps is not None and max_sweeps < iters:
                 sec = sec * iters / max_sweeps
                 note = f"timed over {max_sweeps} of {iters} sweeps, extrapolated; loss not comparable"
@@ -290,13 +321,19 @@ def _peer_names(variant: Variant, peers: Peers, use_gptqmodel: bool) -> List[str
     return {"quantease": ["quantease-torch"], "leanquant": ["leanquant-torch"], "hqq": ["hqq"]}.get(variant.peer, [])
 
 
-PEER_LABEL = {"gptq-torch": "torch GPTQ port", "gptqmodel": "gptqmodel GPTQ", "quantease-torch": "torch QuantEase port",
-              "leanquant-torch": "torch LeanQuant port", "hqq": "HQQ"}
+PEER_LABEL = {
+    "gptq-torch": "torch GPTQ port",
+    "gptqmodel": "gptqmodel GPTQ",
+    "quantease-torch": "torch QuantEase port",
+    "leanquant-torch": "torch LeanQuant port",
+    "hqq": "HQQ",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # flops
 # ----------------------------------------------------------------------------------------------------------
+
 
 def solver_flops(method: str, rows: int, cols: int, bits: int, variant: Variant, info: dict, extra: dict) -> dict:
     """{"total": ..., "hot": flops of the hot loop, "hot_phase": its phase name} or {} (no count)."""
@@ -338,14 +375,16 @@ def _hot_seconds(info: dict, phase: str) -> Optional[float]:
 
 SYNTH_FULL = [(4096, 4096), (4096, 11008), (11008, 4096)]
 SYNTH_QUICK = [(128, 256), (256, 512)]
-REAL_FULL = {"smollm2": dict(blocks=(0, 15, 29), n_samples=16, seq_len=512),
-             "minilm": dict(blocks=(0, 5), n_samples=256, seq_len=128, bits=(3, 4))}
+REAL_FULL = {
+    "smollm2": dict(blocks=(0, 15, 29), n_samples=16, seq_len=512),
+    "minilm": dict(blocks=(0, 5), n_samples=256, seq_len=128, bits=(3, 4)),
+}
 REAL_QUICK = {"smollm2": dict(blocks=(0,), kinds=("self_attn.q_proj", "mlp.down_proj"), n_samples=4, seq_len=256)}
 
 
 def _pick(variants: Sequence[Variant], labels: Sequence[str]) -> List[Variant]:
     by = {v.label: v for v in variants}
-    return [by[l] for l in labels]
+    return [by[label] for label in labels]
 
 
 def synthetic_set(cfg: Config) -> LayerSet:
@@ -356,33 +395,85 @@ def synthetic_set(cfg: Config) -> LayerSet:
         W, H = llm_like_problem(rows, cols, seed=rows + cols)
         layers.append((f"{rows}x{cols}", W, H))
     if quick:
-        variants = [dataclass_replace(v, bits=(3, 4)) for v in _pick(ALL_VARIANTS, (
-            "RTN g", "GPTQ", "GPTQ act g", "QuantEase", "QuantEase init GPTQ", "EasyQuant g", "LeanQuant nu",
-            "LeanQuant affine g"))]
-        s = LayerSet("synthetic", "LLM-like synthetic layers (bench/synthetic.py), tiny (--quick)", 128, layers,
-                     variants, (3, 4), aggregate=False, peer_bits={"quantease-torch": (4,), "leanquant-torch": (4,)},
-                     peer_layer_map={"quantease-torch": {"128x256"}, "leanquant-torch": {"128x256"}})
+        variants = [
+            dataclass_replace(v, bits=(3, 4))
+            for v in _pick(
+                ALL_VARIANTS,
+                (
+                    "RTN g",
+                    "GPTQ",
+                    "GPTQ act g",
+                    "QuantEase",
+                    "QuantEase init GPTQ",
+                    "EasyQuant g",
+                    "LeanQuant nu",
+                    "LeanQuant affine g",
+                ),
+            )
+        ]
+        s = LayerSet(
+            "synthetic",
+            "LLM-like synthetic layers (bench/synthetic.py), tiny (--quick)",
+            128,
+            layers,
+            variants,
+            (3, 4),
+            aggregate=False,
+            peer_bits={"quantease-torch": (4,), "leanquant-torch": (4,)},
+            peer_layer_map={"quantease-torch": {"128x256"}, "leanquant-torch": {"128x256"}},
+        )
         s.overrides = {"LeanQuant nu": dict(peer_kmeans="lloyd")}
-        s.notes.append("--quick: the LeanQuant port runs its batched torch Lloyd, not the official per-row sklearn "
-                       "KMeans (seconds of process overhead on a tiny layer)")
+        s.notes.append(
+            "--quick: the LeanQuant port runs its batched torch Lloyd, not the official per-row sklearn "
+            "KMeans (seconds of process overhead on a tiny layer)"
+        )
         return s
     # full: 4-bit everything cheap; QuantEase 30 sweeps only on 4096^2, 3 sweeps (timing) on the larger ones
-    labels = ("RTN g", "GPTQ", "GPTQ act", "GPTQ g", "GPTQ act g", "QuantEase", "EasyQuant g", "LeanQuant nu",
-              "LeanQuant affine g")
+    labels = (
+        "RTN g",
+        "GPTQ",
+        "GPTQ act",
+        "GPTQ g",
+        "GPTQ act g",
+        "QuantEase",
+        "EasyQuant g",
+        "LeanQuant nu",
+        "LeanQuant affine g",
+    )
     variants = [dataclass_replace(v, bits=(4,) if v.method != "gptq" else (3, 4)) for v in _pick(ALL_VARIANTS, labels)]
-    s = LayerSet("synthetic", "LLM-like synthetic layers (bench/synthetic.py): " + ", ".join(n for n, _, _ in layers),
-                 128, layers, variants, (3, 4), aggregate=False,
-                 peer_layers={"4096x4096"}, gptqmodel_layers={"4096x4096"},
-                 peer_bits={"quantease-torch": (4,), "leanquant-torch": (4,), "gptq-torch": (4,), "gptqmodel": (4,),
-                            "hqq": (4,)})
-    s.overrides = {("QuantEase", "4096x4096"): dict(peer_max_sweeps=2),
-                   ("QuantEase", "4096x11008"): dict(iters=3), ("QuantEase", "11008x4096"): dict(iters=3)}
+    s = LayerSet(
+        "synthetic",
+        "LLM-like synthetic layers (bench/synthetic.py): " + ", ".join(n for n, _, _ in layers),
+        128,
+        layers,
+        variants,
+        (3, 4),
+        aggregate=False,
+        peer_layers={"4096x4096"},
+        gptqmodel_layers={"4096x4096"},
+        peer_bits={
+            "quantease-torch": (4,),
+            "leanquant-torch": (4,),
+            "gptq-torch": (4,),
+            "gptqmodel": (4,),
+            "hqq": (4,),
+        },
+    )
+    s.overrides = {
+        ("QuantEase", "4096x4096"): dict(peer_max_sweeps=2),
+        ("QuantEase", "4096x11008"): dict(iters=3),
+        ("QuantEase", "11008x4096"): dict(iters=3),
+    }
     s.variant_layers = {"GPTQ act": {"4096x4096"}, "GPTQ g": {"4096x4096"}}
     s.layer_bits = {"4096x11008": (4,), "11008x4096": (4,)}
-    s.notes.append("QuantEase on 4096x11008 and 11008x4096 runs 3 sweeps (timing only; flops counted for 3); "
-                   "the torch QuantEase port on 4096x4096 is timed over 2 sweeps and extrapolated to 30")
-    s.notes.append("GPTQ act-order per channel and GPTQ g128 without act-order run on 4096x4096 only, 3 bits "
-                   "on 4096x4096 only; peers on 4096x4096 only, at 4 bits")
+    s.notes.append(
+        "QuantEase on 4096x11008 and 11008x4096 runs 3 sweeps (timing only; flops counted for 3); "
+        "the torch QuantEase port on 4096x4096 is timed over 2 sweeps and extrapolated to 30"
+    )
+    s.notes.append(
+        "GPTQ act-order per channel and GPTQ g128 without act-order run on 4096x4096 only, 3 bits "
+        "on 4096x4096 only; peers on 4096x4096 only, at 4 bits"
+    )
     return s
 
 
@@ -413,11 +504,18 @@ def real_set(name: str, cfg: Config, log=_print) -> Optional[LayerSet]:
         return None
     layers = real_layers.load_layer_set(name, kinds=kinds, log=log, **spec)
     G = real_layers.LAYER_SETS[name]["group_size"]
-    desc = (f"{real_layers.LAYER_SETS[name]['description']}; blocks {list(spec['blocks'])}, {len(layers)} layers, "
-            f"{layers[0].n_tokens} calibration tokens")
+    desc = (
+        f"{real_layers.LAYER_SETS[name]['description']}; blocks {list(spec['blocks'])}, {len(layers)} layers, "
+        f"{layers[0].n_tokens} calibration tokens"
+    )
     if cfg.mode == "quick":
-        variants = [dataclass_replace(v, bits=(3, 4)) for v in _pick(ALL_VARIANTS, (
-            "RTN g", "GPTQ act", "GPTQ act g", "QuantEase", "QuantEase g", "EasyQuant g", "LeanQuant nu"))]
+        variants = [
+            dataclass_replace(v, bits=(3, 4))
+            for v in _pick(
+                ALL_VARIANTS,
+                ("RTN g", "GPTQ act", "GPTQ act g", "QuantEase", "QuantEase g", "EasyQuant g", "LeanQuant nu"),
+            )
+        ]
         bits = (3, 4)
         peer_layers = None
     else:
@@ -426,12 +524,23 @@ def real_set(name: str, cfg: Config, log=_print) -> Optional[LayerSet]:
         first = min(L.block for L in layers)
         first_layers = {L.name for L in layers if L.block == first}
         peer_layers = None  # every peer on every layer, except the slow ports (peer_layer_map below)
-    s = LayerSet(name, desc, G, [(L.name, L.W, L.H) for L in layers], variants, bits, peer_layers=peer_layers,
-                 peer_bits=None if cfg.mode == "quick" else {p: (4,) for p in PEER_LABEL}, aggregate=True)
+    s = LayerSet(
+        name,
+        desc,
+        G,
+        [(L.name, L.W, L.H) for L in layers],
+        variants,
+        bits,
+        peer_layers=peer_layers,
+        peer_bits=None if cfg.mode == "quick" else {p: (4,) for p in PEER_LABEL},
+        aggregate=True,
+    )
     if cfg.mode != "quick":
         s.peer_layer_map = {"quantease-torch": first_layers, "leanquant-torch": first_layers}
-        s.notes.append(f"peers run at 4 bits; the torch QuantEase and LeanQuant ports on block {first} only (all its "
-                       "kinds): their speed-ups are over those layers, and their rows name our loss on the same layers")
+        s.notes.append(
+            f"peers run at 4 bits; the torch QuantEase and LeanQuant ports on block {first} only (all its "
+            "kinds): their speed-ups are over those layers, and their rows name our loss on the same layers"
+        )
     return s
 
 
@@ -439,12 +548,14 @@ def real_set(name: str, cfg: Config, log=_print) -> Optional[LayerSet]:
 # the run
 # ----------------------------------------------------------------------------------------------------------
 
+
 def _finite(x) -> Optional[float]:
     return float(x) if x is not None and isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def run_set(s: LayerSet, cfg: Config, solvers: Dict[str, Optional[Callable]], peers: Peers, gemm: float,
-            log=_print) -> dict:
+def run_set(
+    s: LayerSet, cfg: Config, solvers: Dict[str, Optional[Callable]], peers: Peers, gemm: float, log=_print
+) -> dict:
     records: List[dict] = []
     status_rows: List[dict] = []
     variants = [v for v in s.variants if cfg.methods is None or v.method in cfg.methods]
@@ -452,9 +563,15 @@ def run_set(s: LayerSet, cfg: Config, solvers: Dict[str, Optional[Callable]], pe
     missing = {v.method for v in variants if solvers.get(v.method) is None}
     for v in variants:
         if v.method in missing:
-            status_rows.append(dict(set=s.name, method=_label(v, s.group_size), solver=v.method,
-                                    status="not in this build",
-                                    detail=f"quantease.{v.method} is not in this build of quantease"))
+            status_rows.append(
+                dict(
+                    set=s.name,
+                    method=_label(v, s.group_size),
+                    solver=v.method,
+                    status="not in this build",
+                    detail=f"quantease.{v.method} is not in this build of quantease",
+                )
+            )
     peer_seen = set()
     for v in variants:
         for pn in _peer_names(v, peers, bool(s.gptqmodel_layers)):
@@ -463,8 +580,14 @@ def run_set(s: LayerSet, cfg: Config, solvers: Dict[str, Optional[Callable]], pe
                 if not peers.enabled:
                     continue
                 if not peers.ok(pn):
-                    status_rows.append(dict(set=s.name, method=f"[peer] {PEER_LABEL[pn]}", solver=pn,
-                                            status=peers.status.get(pn, "not installable: unknown")))
+                    status_rows.append(
+                        dict(
+                            set=s.name,
+                            method=f"[peer] {PEER_LABEL[pn]}",
+                            solver=pn,
+                            status=peers.status.get(pn, "not installable: unknown"),
+                        )
+                    )
     t_set = time.perf_counter()
     for li, (lname, W, H) in enumerate(s.layers):
         rows, cols = W.shape
@@ -481,9 +604,19 @@ def run_set(s: LayerSet, cfg: Config, solvers: Dict[str, Optional[Callable]], pe
             for bits in bits_all:
                 if bits not in v.bits or (lname in s.layer_bits and bits not in s.layer_bits[lname]):
                     continue
-                rec = dict(set=s.name, layer=lname, rows=rows, cols=cols, method=_label(v, s.group_size),
-                           solver=v.method, bits=bits, group_size=G, act_order=v.act_order,
-                           kwargs={**v.kw(), **solver_extra}, status="ok")
+                rec = dict(
+                    set=s.name,
+                    layer=lname,
+                    rows=rows,
+                    cols=cols,
+                    method=_label(v, s.group_size),
+                    solver=v.method,
+                    bits=bits,
+                    group_size=G,
+                    act_order=v.act_order,
+                    kwargs={**v.kw(), **solver_extra},
+                    status="ok",
+                )
                 try:
                     loss, sec, info = _call_solver(solvers[v.method], v.method, W, H, bits, G, v, solver_extra)
                     for _ in range(cfg.repeats - 1):
@@ -501,12 +634,16 @@ def run_set(s: LayerSet, cfg: Config, solvers: Dict[str, Optional[Callable]], pe
                 if "iters" in info:
                     rec["sweeps"] = info["iters"]
                 if fl:
-                    rec.update(flops=fl["total"], gflops=fl["total"] / sec / 1e9,
-                               gemm_share=fl["total"] / sec / 1e9 / gemm)
+                    rec.update(
+                        flops=fl["total"], gflops=fl["total"] / sec / 1e9, gemm_share=fl["total"] / sec / 1e9 / gemm
+                    )
                     hs = _hot_seconds(info, fl["hot_phase"])
                     if hs and hs > 0:
-                        rec.update(hot_phase=fl["hot_phase"], hot_gflops=fl["hot"] / hs / 1e9,
-                                   hot_gemm_share=fl["hot"] / hs / 1e9 / gemm)
+                        rec.update(
+                            hot_phase=fl["hot_phase"],
+                            hot_gflops=fl["hot"] / hs / 1e9,
+                            hot_gemm_share=fl["hot"] / hs / 1e9 / gemm,
+                        )
                 # peers on the same inputs
                 on_layer = s.peer_layers is None or lname in s.peer_layers
                 records.append(rec)
@@ -516,9 +653,19 @@ def run_set(s: LayerSet, cfg: Config, solvers: Dict[str, Optional[Callable]], pe
                         continue
                     if not on_layer or (pb is not None and bits not in pb) or not peers.ok(pn):
                         continue
-                    prec = dict(set=s.name, layer=lname, rows=rows, cols=cols, method=f"[peer] {PEER_LABEL[pn]} ({rec['method']})",
-                                solver=pn, peer_of=rec["method"], bits=bits, group_size=G if pn != "leanquant-torch" else -1,
-                                act_order=v.act_order, status="ok")
+                    prec = dict(
+                        set=s.name,
+                        layer=lname,
+                        rows=rows,
+                        cols=cols,
+                        method=f"[peer] {PEER_LABEL[pn]} ({rec['method']})",
+                        solver=pn,
+                        peer_of=rec["method"],
+                        bits=bits,
+                        group_size=G if pn != "leanquant-torch" else -1,
+                        act_order=v.act_order,
+                        status="ok",
+                    )
                     try:
                         ploss, psec, note = peers.run(pn, W, H, bits, G, v, extra)
                         for _ in range(cfg.repeats - 1):
@@ -532,24 +679,36 @@ def run_set(s: LayerSet, cfg: Config, solvers: Dict[str, Optional[Callable]], pe
                     prec.update(loss=_finite(ploss), rel_loss=_finite(ploss / base), seconds=psec, note=note)
                     pfl = solver_flops(v.method, rows, cols, bits, v, {}, solver_extra) if pn != "hqq" else {}
                     if pfl and "extrapolated" not in note:
-                        prec.update(flops=pfl["total"], gflops=pfl["total"] / psec / 1e9,
-                                    gemm_share=pfl["total"] / psec / 1e9 / gemm)
+                        prec.update(
+                            flops=pfl["total"],
+                            gflops=pfl["total"] / psec / 1e9,
+                            gemm_share=pfl["total"] / psec / 1e9 / gemm,
+                        )
                     records.append(prec)
                     if "speedup" not in rec:  # the first peer listed is the matching one
                         rec.update(peer=pn, peer_seconds=psec, peer_rel_loss=prec["rel_loss"], speedup=psec / sec)
                         if prec["rel_loss"] is not None:
-                            rec["equal_loss"] = bool(abs(rec["rel_loss"] - prec["rel_loss"])
-                                                     <= 0.02 * max(prec["rel_loss"], 1e-30))
+                            rec["equal_loss"] = bool(
+                                abs(rec["rel_loss"] - prec["rel_loss"]) <= 0.02 * max(prec["rel_loss"], 1e-30)
+                            )
                 if cfg.verbose:
                     log(f"    {lname} {rec['method']} {bits}b: rel {rec['rel_loss']:.4e} {sec:.3f}s")
-    return dict(name=s.name, description=s.description, group_size=s.group_size, aggregate=s.aggregate,
-                layers=[dict(name=n, rows=W.shape[0], cols=W.shape[1]) for n, W, _ in s.layers],
-                notes=s.notes, status_rows=status_rows, records=records)
+    return dict(
+        name=s.name,
+        description=s.description,
+        group_size=s.group_size,
+        aggregate=s.aggregate,
+        layers=[dict(name=n, rows=W.shape[0], cols=W.shape[1]) for n, W, _ in s.layers],
+        notes=s.notes,
+        status_rows=status_rows,
+        records=records,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # tables, summary, targets
 # ----------------------------------------------------------------------------------------------------------
+
 
 def table_rows(res: dict) -> List[dict]:
     """The rows printed for a set: per layer (synthetic) or aggregated over the layers (real)."""
@@ -561,12 +720,21 @@ def table_rows(res: dict) -> List[dict]:
         if k not in keys:
             keys.append(k)
     for layer, method, bits in keys:
-        rs = [r for r in recs if r["method"] == method and r["bits"] == bits and (layer == "all" or r["layer"] == layer)]
+        rs = [
+            r for r in recs if r["method"] == method and r["bits"] == bits and (layer == "all" or r["layer"] == layer)
+        ]
         losses = [r["rel_loss"] for r in rs if r.get("rel_loss") is not None]
         sec = float(sum(r["seconds"] for r in rs))
-        row = dict(layer=layer if layer != "all" else f"{len(rs)} layers", method=method, bits=bits,
-                   group=rs[0]["group_size"], n=len(rs), rel_loss=float(np.median(losses)) if losses else None,
-                   seconds=sec, note=rs[0].get("note", ""))
+        row = dict(
+            layer=layer if layer != "all" else f"{len(rs)} layers",
+            method=method,
+            bits=bits,
+            group=rs[0]["group_size"],
+            n=len(rs),
+            rel_loss=float(np.median(losses)) if losses else None,
+            seconds=sec,
+            note=rs[0].get("note", ""),
+        )
         fl = [r for r in rs if "flops" in r]
         if fl and len(fl) == len(rs) and sec > 0:
             row["gflops"] = sum(r["flops"] for r in fl) / sec / 1e9
@@ -581,8 +749,9 @@ def table_rows(res: dict) -> List[dict]:
             mine = [ours[(r["layer"], r["bits"])]["rel_loss"] for r in rs if (r["layer"], r["bits"]) in ours]
             if mine and len(rs) < sum(1 for r in recs if r["method"] == rs[0]["peer_of"] and r["bits"] == bits):
                 row["ours_same_layers"] = float(np.median(mine))
-                row["note"] = ((row["note"] + "; ") if row["note"] else "") + \
-                    f"{rs[0]['peer_of']} on the same {len(mine)} layers: {row['ours_same_layers']:.3e}"
+                row["note"] = (
+                    (row["note"] + "; ") if row["note"] else ""
+                ) + f"{rs[0]['peer_of']} on the same {len(mine)} layers: {row['ours_same_layers']:.3e}"
         if any("sweeps" in r for r in rs):
             row["sweeps"] = int(np.median([r["sweeps"] for r in rs if "sweeps" in r]))
         out.append(row)
@@ -597,8 +766,10 @@ def print_set(res: dict, log=_print) -> None:
     log(f"\n## {res['name']}: {res['description']}")
     for n in res["notes"]:
         log(f"   note: {n}")
-    head = (f"{'layer':>12} {'method':<44} {'bits':>4} {'group':>5} {'rel.loss':>10} {'seconds':>9} "
-            f"{'GFLOP/s':>8} {'%GEMM':>6} {'speed-up':>9}  peer")
+    head = (
+        f"{'layer':>12} {'method':<44} {'bits':>4} {'group':>5} {'rel.loss':>10} {'seconds':>9} "
+        f"{'GFLOP/s':>8} {'%GEMM':>6} {'speed-up':>9}  peer"
+    )
     log(head)
     log("-" * len(head))
     for r in res["table"]:
@@ -606,9 +777,11 @@ def print_set(res: dict, log=_print) -> None:
         sp = None if r.get("speedup") is None else r["speedup"]
         share_s = "-" if share is None else f"{share:.0f}%"
         sp_s = "-" if sp is None else f"{sp:.1f}x"
-        log(f"{r['layer']:>12} {r['method']:<44} {r['bits']:>4} {r['group']:>5} {_fmt(r['rel_loss'], '.3e', 10)} "
+        log(
+            f"{r['layer']:>12} {r['method']:<44} {r['bits']:>4} {r['group']:>5} {_fmt(r['rel_loss'], '.3e', 10)} "
             f"{r['seconds']:9.3f} {_fmt(r.get('gflops'), '.1f', 8)} {share_s:>6} "
-            f"{sp_s:>9}  {r.get('peer', '')}{('  (' + r['note'] + ')') if r.get('note') else ''}")
+            f"{sp_s:>9}  {r.get('peer', '')}{('  (' + r['note'] + ')') if r.get('note') else ''}"
+        )
     for st in res["status_rows"]:
         log(f"{'-':>12} {st['method']:<44} {st['status']}")
 
@@ -637,15 +810,25 @@ def summary(results: List[dict]) -> dict:
                     beats.setdefault((v.label, bits), []).append(r["loss"] < g["loss"])
                 # Each solver at its defaults: QuantEase (act-order, from W) against GPTQ (no act-order).
                 plain = ref.replace("GPTQ act", "GPTQ")
-                if (v.label in ("QuantEase", "QuantEase g") and res["name"] != "synthetic" and bits in (3, 4)
-                        and (layer, plain, bits) in idx):
+                if (
+                    v.label in ("QuantEase", "QuantEase g")
+                    and res["name"] != "synthetic"
+                    and bits in (3, 4)
+                    and (layer, plain, bits) in idx
+                ):
                     beats_default.setdefault((v.label, bits), []).append(r["loss"] < idx[(layer, plain, bits)]["loss"])
-    out = dict(loss_ratio_vs_gptq=[dict(method=m, bits=b, median=float(np.median(v)), n=len(v))
-                                   for (m, b), v in sorted(ratios.items(), key=lambda kv: (kv[0][0], kv[0][1]))],
-               quantease_beats_gptq=[dict(method=m, bits=b, share=float(np.mean(v)), n=len(v))
-                                     for (m, b), v in sorted(beats.items())],
-               quantease_beats_gptq_default=[dict(method=m, bits=b, share=float(np.mean(v)), n=len(v))
-                                             for (m, b), v in sorted(beats_default.items())])
+    out = dict(
+        loss_ratio_vs_gptq=[
+            dict(method=m, bits=b, median=float(np.median(v)), n=len(v))
+            for (m, b), v in sorted(ratios.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+        ],
+        quantease_beats_gptq=[
+            dict(method=m, bits=b, share=float(np.mean(v)), n=len(v)) for (m, b), v in sorted(beats.items())
+        ],
+        quantease_beats_gptq_default=[
+            dict(method=m, bits=b, share=float(np.mean(v)), n=len(v)) for (m, b), v in sorted(beats_default.items())
+        ],
+    )
     return out
 
 
@@ -660,16 +843,26 @@ def targets(results: List[dict], gemm: float) -> List[dict]:
     target_layer = "4096x4096" if any(r["layer"] == "4096x4096" for r in recs) else where
 
     def add(name, figure, ok, detail):
-        out.append(dict(target=name, figure=figure, status="n/a" if figure is None else ("PASS" if ok else "MISS"),
-                        detail=detail))
+        out.append(
+            dict(
+                target=name,
+                figure=figure,
+                status="n/a" if figure is None else ("PASS" if ok else "MISS"),
+                detail=detail,
+            )
+        )
 
     g = [r for r in recs if r["solver"] == "gptq" and r["layer"] == target_layer and "speedup" in r]
     if g:
         fig = min(r["speedup"] for r in g)
         eq = all(r.get("equal_loss", False) for r in g)
-        add("GPTQ >= 3x faster than the torch peer GPTQ at equal loss", fig, fig >= 3 and eq,
+        add(
+            "GPTQ >= 3x faster than the torch peer GPTQ at equal loss",
+            fig,
+            fig >= 3 and eq,
             f"min speed-up over {len(g)} configs vs {PEER_LABEL[g[0]['peer']]}, equal loss (2%) in all: {eq}"
-            + scale_note)
+            + scale_note,
+        )
     else:
         add("GPTQ >= 3x faster than the torch peer GPTQ at equal loss", None, False, "no GPTQ peer rows")
     qe = [r for r in recs if r["method"] == "QuantEase" and r["layer"] == target_layer]
@@ -679,26 +872,39 @@ def targets(results: List[dict], gemm: float) -> List[dict]:
         q, gr = pairs[0]
         sec30 = q["seconds"] * 30 / q.get("sweeps", 30)
         fig = sec30 / gr["seconds"]
-        add("QuantEase 30 sweeps <= 4x our GPTQ's time", fig, fig <= 4,
-            f"{sec30:.2f} s vs GPTQ act {gr['seconds']:.2f} s, {q['bits']} bits" + scale_note)
+        add(
+            "QuantEase 30 sweeps <= 4x our GPTQ's time",
+            fig,
+            fig <= 4,
+            f"{sec30:.2f} s vs GPTQ act {gr['seconds']:.2f} s, {q['bits']} bits" + scale_note,
+        )
     else:
         add("QuantEase 30 sweeps <= 4x our GPTQ's time", None, False, "QuantEase not run (not in this build?)")
     qp = [r for r in qe if "speedup" in r]
     if qp:
         fig = min(r["speedup"] for r in qp)
-        add("QuantEase >= 10x faster than the torch port", fig, fig >= 10,
-            "30-sweep seconds vs the port's" + scale_note)
+        add(
+            "QuantEase >= 10x faster than the torch port", fig, fig >= 10, "30-sweep seconds vs the port's" + scale_note
+        )
     else:
         add("QuantEase >= 10x faster than the torch port", None, False, "no QuantEase/port pair")
-    hot = [(r["method"], r["hot_gemm_share"]) for r in recs if r["layer"] == target_layer and "hot_gemm_share" in r
-           and r["solver"] in ("gptq", "quantease")]
+    hot = [
+        (r["method"], r["hot_gemm_share"])
+        for r in recs
+        if r["layer"] == target_layer and "hot_gemm_share" in r and r["solver"] in ("gptq", "quantease")
+    ]
     if hot:
         fig = min(s for _, s in hot)
-        add("hot loops >= 50% of the GEMM rate", fig, fig >= 0.5,
-            "min over " + ", ".join(f"{m} {100 * s:.0f}%" for m, s in hot) + f" (GEMM {gemm:.1f} GFLOP/s)" + scale_note)
+        add(
+            "hot loops >= 50% of the GEMM rate",
+            fig,
+            fig >= 0.5,
+            "min over " + ", ".join(f"{m} {100 * s:.0f}%" for m, s in hot) + f" (GEMM {gemm:.1f} GFLOP/s)" + scale_note,
+        )
     else:
         add("hot loops >= 50% of the GEMM rate", None, False, "no hot-loop timings")
     sm = summary([r for r in results if r["name"] != "synthetic"])
+
     def share_target(name, rows, threshold, detail, missing):
         # the share over every (layer, bits, group) pair of the rows, weighted by their counts
         if rows:
@@ -709,21 +915,34 @@ def targets(results: List[dict], gemm: float) -> List[dict]:
             add(name, None, False, missing)
 
     beats = sm["quantease_beats_gptq"]
-    share_target("QuantEase loss below GPTQ on >= 90% of real layers at 3 and 4 bits",
-                 [x for x in beats if x["method"] in ("QuantEase", "QuantEase g")], 0.9,
-                 "vs GPTQ act-order, same group", "no real layers with QuantEase and GPTQ")
-    share_target("QuantEase (defaults) loss below GPTQ (defaults, no act-order) on > 50% of real layers",
-                 sm["quantease_beats_gptq_default"], 0.5 + 1e-12, "3 and 4 bits",
-                 "no real layers with QuantEase and GPTQ without act-order")
-    share_target("QuantEase init='gptq' loss below GPTQ act-order on >= 90% of real layers",
-                 [x for x in beats if x["method"] in ("QuantEase init GPTQ", "QuantEase init GPTQ g")], 0.9,
-                 "3 and 4 bits", "no real layers with QuantEase init='gptq' and GPTQ")
+    share_target(
+        "QuantEase loss below GPTQ on >= 90% of real layers at 3 and 4 bits",
+        [x for x in beats if x["method"] in ("QuantEase", "QuantEase g")],
+        0.9,
+        "vs GPTQ act-order, same group",
+        "no real layers with QuantEase and GPTQ",
+    )
+    share_target(
+        "QuantEase (defaults) loss below GPTQ (defaults, no act-order) on > 50% of real layers",
+        sm["quantease_beats_gptq_default"],
+        0.5 + 1e-12,
+        "3 and 4 bits",
+        "no real layers with QuantEase and GPTQ without act-order",
+    )
+    share_target(
+        "QuantEase init='gptq' loss below GPTQ act-order on >= 90% of real layers",
+        [x for x in beats if x["method"] in ("QuantEase init GPTQ", "QuantEase init GPTQ g")],
+        0.9,
+        "3 and 4 bits",
+        "no real layers with QuantEase init='gptq' and GPTQ",
+    )
     return out
 
 
 # ----------------------------------------------------------------------------------------------------------
 # plot
 # ----------------------------------------------------------------------------------------------------------
+
 
 def plot(results: List[dict], path: Path) -> Optional[str]:
     try:
@@ -741,8 +960,11 @@ def plot(results: List[dict], path: Path) -> Optional[str]:
     fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.2 * nrow), squeeze=False)
     for ax, (res, b) in zip(axes.flat, panels):
         # a peer row over fewer layers than its solver's is not comparable in a median: left out of the picture
-        rows = [r for r in res["table"] if r["bits"] == b and r["rel_loss"] is not None and r["seconds"] > 0
-                and "ours_same_layers" not in r]
+        rows = [
+            r
+            for r in res["table"]
+            if r["bits"] == b and r["rel_loss"] is not None and r["seconds"] > 0 and "ours_same_layers" not in r
+        ]
         methods = sorted({r["method"] for r in rows})
         cmap = plt.get_cmap("tab20")
         for i, m in enumerate(methods):
@@ -766,7 +988,7 @@ def plot(results: List[dict], path: Path) -> Optional[str]:
         ax.set_ylabel("relative layer loss")
         ax.set_title(f"{res['name']}, {b} bits", fontsize=10)
         ax.legend(fontsize=6, loc="best")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -779,6 +1001,7 @@ def plot(results: List[dict], path: Path) -> Optional[str]:
 # entry points
 # ----------------------------------------------------------------------------------------------------------
 
+
 def run_suite(cfg: Optional[Config] = None, solvers: Optional[Dict[str, Callable]] = None, log=_print) -> dict:
     """Run the suite; returns the report (what is written as JSON). ``solvers`` replaces solvers by name."""
     cfg = cfg or Config()
@@ -790,8 +1013,11 @@ def run_suite(cfg: Optional[Config] = None, solvers: Optional[Dict[str, Callable
     machine["repeats"] = cfg.repeats
     log(f"# quantease benchmark suite ({cfg.mode}), quantease {quantease.__version__}")
     log(f"machine: {machine}")
-    log(f"float32 GEMM rate (NumPy BLAS, {gemm_threads} threads, {'1024' if cfg.mode == 'quick' else '2048'}^3, same run): "
-        f"{gemm:.1f} GFLOP/s")
+    log(
+        f"float32 GEMM rate (NumPy BLAS, {gemm_threads} threads, "
+        f"{'1024' if cfg.mode == 'quick' else '2048'}^3, same run): "
+        f"{gemm:.1f} GFLOP/s"
+    )
     for name in SOLVERS:
         log(f"solver {name:10s} {_origin(name, solv[name], solvers)}")
     peers = Peers(cfg.peers, log=log)
@@ -804,9 +1030,20 @@ def run_suite(cfg: Optional[Config] = None, solvers: Optional[Dict[str, Callable
             s = synthetic_set(cfg) if name == "synthetic" else real_set(name, cfg, log=log)
         except Exception as exc:  # noqa: BLE001 - a set that cannot be built is reported, not dropped
             log(f"  {name}: not available: {type(exc).__name__}: {exc}")
-            results.append(dict(name=name, description="not available", group_size=0, aggregate=True, layers=[],
-                                notes=[f"{type(exc).__name__}: {exc}"], status_rows=[], records=[], table=[],
-                                seconds=0.0))
+            results.append(
+                dict(
+                    name=name,
+                    description="not available",
+                    group_size=0,
+                    aggregate=True,
+                    layers=[],
+                    notes=[f"{type(exc).__name__}: {exc}"],
+                    status_rows=[],
+                    records=[],
+                    table=[],
+                    seconds=0.0,
+                )
+            )
             continue
         if s is None:
             continue
@@ -835,13 +1072,25 @@ def run_suite(cfg: Optional[Config] = None, solvers: Optional[Dict[str, Callable
         log(f"   {x['method']:<28} {x['bits']} bits: {100 * x['share']:.0f}%  (n={x['n']})")
     log("\n## targets")
     for t in tg:
-        fig = "-" if t["figure"] is None else (f"{100 * t['figure']:.0f}%" if "%" in t["target"] else f"{t['figure']:.2f}")
+        fig = (
+            "-"
+            if t["figure"] is None
+            else (f"{100 * t['figure']:.0f}%" if "%" in t["target"] else f"{t['figure']:.2f}")
+        )
         log(f"   [{t['status']:>4}] {t['target']}: {fig}  ({t['detail']})")
     machine["load_1min_end"] = round(os.getloadavg()[0], 2)
-    report = dict(mode=cfg.mode, quantease=quantease.__version__, machine=machine, gemm_gflops=gemm,
-                  solvers={k: _origin(k, v, solvers) for k, v in solv.items()},
-                  peers=peers.status, sets=results, summary=sm, targets=tg,
-                  seconds=time.perf_counter() - t_start)
+    report = dict(
+        mode=cfg.mode,
+        quantease=quantease.__version__,
+        machine=machine,
+        gemm_gflops=gemm,
+        solvers={k: _origin(k, v, solvers) for k, v in solv.items()},
+        peers=peers.status,
+        sets=results,
+        summary=sm,
+        targets=tg,
+        seconds=time.perf_counter() - t_start,
+    )
     if cfg.write:
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
         jpath = cfg.out_dir / f"suite-{cfg.mode}.json"
@@ -890,20 +1139,36 @@ def _json_default(o):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CI smoke: tiny synthetic layers (+2 real ones when cached)")
-    ap.add_argument("--sets", nargs="+", default=["synthetic", "smollm2", "minilm"],
-                    choices=["synthetic", "smollm2", "minilm"])
+    ap.add_argument(
+        "--sets", nargs="+", default=["synthetic", "smollm2", "minilm"], choices=["synthetic", "smollm2", "minilm"]
+    )
     ap.add_argument("--bits", nargs="+", type=int, default=None, help="only these bit widths")
     ap.add_argument("--methods", nargs="+", default=None, choices=list(SOLVERS), help="only these solvers")
-    ap.add_argument("--real", choices=["auto", "yes", "no"], default="auto",
-                    help="real layer sets: auto = when the model and text are cached; yes = fetch if needed")
-    ap.add_argument("--blocks", nargs="+", default=None, metavar="SET:B,B",
-                    help="blocks of a real set, e.g. smollm2:0,10,20,29 minilm:0,3,5")
+    ap.add_argument(
+        "--real",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="real layer sets: auto = when the model and text are cached; yes = fetch if needed",
+    )
+    ap.add_argument(
+        "--blocks",
+        nargs="+",
+        default=None,
+        metavar="SET:B,B",
+        help="blocks of a real set, e.g. smollm2:0,10,20,29 minilm:0,3,5",
+    )
     ap.add_argument("--n-samples", type=int, default=None, help="calibration samples (windows or sentences)")
     ap.add_argument("--seq-len", type=int, default=None, help="calibration window length in tokens")
-    ap.add_argument("--shapes", nargs="+", default=None, metavar="ROWSxCOLS",
-                    help="synthetic layer shapes instead of the mode's, e.g. 4096x4096")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="best of N calls for every solver and peer (use 3+ on a shared machine)")
+    ap.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        metavar="ROWSxCOLS",
+        help="synthetic layer shapes instead of the mode's, e.g. 4096x4096",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="best of N calls for every solver and peer (use 3+ on a shared machine)"
+    )
     ap.add_argument("--no-peers", action="store_true", help="skip the peers")
     ap.add_argument("--out", default=str(RESULTS), help="folder for the JSON and the PNG (default bench/results)")
     ap.add_argument("--no-plot", action="store_true")
@@ -915,11 +1180,22 @@ def main(argv=None) -> dict:
         for item in args.blocks:
             name, _, bs = item.partition(":")
             blocks[name] = tuple(int(b) for b in bs.split(",") if b)
-    cfg = Config(mode="quick" if args.quick else "full", sets=tuple(args.sets),
-                 bits=tuple(args.bits) if args.bits else None, methods=tuple(args.methods) if args.methods else None,
-                 real=args.real, peers=not args.no_peers, blocks=blocks, n_samples=args.n_samples,
-                 seq_len=args.seq_len, out_dir=Path(args.out), plot=not args.no_plot, verbose=args.verbose,
-                 repeats=max(1, args.repeats), shapes=tuple(tuple(int(x) for x in sh.lower().split("x")) for sh in args.shapes) if args.shapes else None)
+    cfg = Config(
+        mode="quick" if args.quick else "full",
+        sets=tuple(args.sets),
+        bits=tuple(args.bits) if args.bits else None,
+        methods=tuple(args.methods) if args.methods else None,
+        real=args.real,
+        peers=not args.no_peers,
+        blocks=blocks,
+        n_samples=args.n_samples,
+        seq_len=args.seq_len,
+        out_dir=Path(args.out),
+        plot=not args.no_plot,
+        verbose=args.verbose,
+        repeats=max(1, args.repeats),
+        shapes=tuple(tuple(int(x) for x in sh.lower().split("x")) for sh in args.shapes) if args.shapes else None,
+    )
     return run_suite(cfg)
 
 

@@ -8,6 +8,7 @@ directly (no n x cols activation matrix, so 11008-column layers take seconds, no
 
 which is symmetric positive definite, and W from a Student-t (df 5) scaled like a trained layer.
 """
+
 from __future__ import annotations
 
 import numpy as np

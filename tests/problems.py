@@ -13,6 +13,7 @@ Generators:
     zero_rows           llm_like with some all-zero rows of W
     PROBLEMS / make     a name -> generator table for parametrised tests
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,8 +21,20 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-__all__ = ["Problem", "hessian_of", "random_problem", "llm_like", "dead_columns", "rank_deficient",
-           "zero_rows", "PROBLEMS", "make", "SMALL_SHAPES", "code_agreement", "rel_diff"]
+__all__ = [
+    "Problem",
+    "hessian_of",
+    "random_problem",
+    "llm_like",
+    "dead_columns",
+    "rank_deficient",
+    "zero_rows",
+    "PROBLEMS",
+    "make",
+    "SMALL_SHAPES",
+    "code_agreement",
+    "rel_diff",
+]
 
 # Shapes small enough that the float64 oracles stay fast.
 SMALL_SHAPES = [(16, 64), (32, 128), (64, 256)]
@@ -30,8 +43,8 @@ SMALL_SHAPES = [(16, 64), (32, 128), (64, 256)]
 @dataclass
 class Problem:
     name: str
-    W: np.ndarray                   # float32 rows x cols
-    H: np.ndarray                   # symmetric cols x cols (float32 unless asked otherwise)
+    W: np.ndarray  # float32 rows x cols
+    H: np.ndarray  # symmetric cols x cols (float32 unless asked otherwise)
     X: Optional[np.ndarray] = None  # n x cols calibration inputs the H came from
     info: Dict[str, object] = field(default_factory=dict)
 
@@ -60,8 +73,9 @@ def _weights(rng: np.random.Generator, rows: int, cols: int, heavy: bool) -> np.
     return (W / np.sqrt(cols)).astype(np.float32)
 
 
-def random_problem(rows: int = 32, cols: int = 128, n: Optional[int] = None, seed: int = 0,
-                   h_dtype=np.float32) -> Problem:
+def random_problem(
+    rows: int = 32, cols: int = 128, n: Optional[int] = None, seed: int = 0, h_dtype=np.float32
+) -> Problem:
     """iid Gaussian inputs (H close to a multiple of I) and weights."""
     rng = np.random.default_rng(seed)
     n = 4 * cols if n is None else n
@@ -83,19 +97,36 @@ def _correlated_inputs(rng: np.random.Generator, n: int, cols: int, n_outliers: 
     return X
 
 
-def llm_like(rows: int = 32, cols: int = 128, n: Optional[int] = None, seed: int = 0,
-             n_outliers: Optional[int] = None, h_dtype=np.float32) -> Problem:
+def llm_like(
+    rows: int = 32,
+    cols: int = 128,
+    n: Optional[int] = None,
+    seed: int = 0,
+    n_outliers: Optional[int] = None,
+    h_dtype=np.float32,
+) -> Problem:
     """Correlated inputs with outlier channels and heavy-tailed weights."""
     rng = np.random.default_rng(seed)
     n = 4 * cols if n is None else n
     n_outliers = max(1, cols // 32) if n_outliers is None else n_outliers
     X = _correlated_inputs(rng, n, cols, n_outliers)
-    return Problem("llm_like", _weights(rng, rows, cols, heavy=True), hessian_of(X, h_dtype), X.astype(np.float32),
-                   info=dict(n_outliers=n_outliers))
+    return Problem(
+        "llm_like",
+        _weights(rng, rows, cols, heavy=True),
+        hessian_of(X, h_dtype),
+        X.astype(np.float32),
+        info=dict(n_outliers=n_outliers),
+    )
 
 
-def dead_columns(rows: int = 32, cols: int = 128, n: Optional[int] = None, seed: int = 0,
-                 n_dead: Optional[int] = None, h_dtype=np.float32) -> Problem:
+def dead_columns(
+    rows: int = 32,
+    cols: int = 128,
+    n: Optional[int] = None,
+    seed: int = 0,
+    n_dead: Optional[int] = None,
+    h_dtype=np.float32,
+) -> Problem:
     """Some input features never fire: X[:, dead] = 0, so H's rows/columns there are exactly 0."""
     rng = np.random.default_rng(seed)
     n = 4 * cols if n is None else n
@@ -103,22 +134,39 @@ def dead_columns(rows: int = 32, cols: int = 128, n: Optional[int] = None, seed:
     X = _correlated_inputs(rng, n, cols, max(1, cols // 32))
     dead = np.sort(rng.choice(cols, size=n_dead, replace=False))
     X[:, dead] = 0
-    return Problem("dead_columns", _weights(rng, rows, cols, heavy=True), hessian_of(X, h_dtype), X.astype(np.float32),
-                   info=dict(dead=dead))
+    return Problem(
+        "dead_columns",
+        _weights(rng, rows, cols, heavy=True),
+        hessian_of(X, h_dtype),
+        X.astype(np.float32),
+        info=dict(dead=dead),
+    )
 
 
-def rank_deficient(rows: int = 32, cols: int = 128, n: Optional[int] = None, seed: int = 0,
-                   h_dtype=np.float32) -> Problem:
+def rank_deficient(
+    rows: int = 32, cols: int = 128, n: Optional[int] = None, seed: int = 0, h_dtype=np.float32
+) -> Problem:
     """Fewer samples than columns: H has rank n < cols (singular, PD only with damping)."""
     rng = np.random.default_rng(seed)
     n = cols // 4 if n is None else n
     X = _correlated_inputs(rng, n, cols, 1)
-    return Problem("rank_deficient", _weights(rng, rows, cols, heavy=True), hessian_of(X, h_dtype), X.astype(np.float32),
-                   info=dict(rank=n))
+    return Problem(
+        "rank_deficient",
+        _weights(rng, rows, cols, heavy=True),
+        hessian_of(X, h_dtype),
+        X.astype(np.float32),
+        info=dict(rank=n),
+    )
 
 
-def zero_rows(rows: int = 32, cols: int = 128, n: Optional[int] = None, seed: int = 0,
-              n_zero: Optional[int] = None, h_dtype=np.float32) -> Problem:
+def zero_rows(
+    rows: int = 32,
+    cols: int = 128,
+    n: Optional[int] = None,
+    seed: int = 0,
+    n_zero: Optional[int] = None,
+    h_dtype=np.float32,
+) -> Problem:
     """Some output rows are entirely zero (the all-zero grid guard)."""
     p = llm_like(rows, cols, n, seed, h_dtype=h_dtype)
     rng = np.random.default_rng(seed + 1)
@@ -145,6 +193,7 @@ def make(name: str, rows: int = 32, cols: int = 128, seed: int = 0, **kw) -> Pro
 
 # ---------------------------------------------------------------------------------------------------------
 # Comparison helpers shared by the tests
+
 
 def code_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of entries where two code (or weight) arrays are equal."""

@@ -2,6 +2,7 @@
 
 A subprocess is needed because OMP_NUM_THREADS is read once, when the OpenMP runtime starts.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ def run_python(code: str, threads: int, timeout: float = 240) -> str:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_DIR, TESTS_DIR] + [p for p in [env.get("PYTHONPATH")] if p])
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
-                         text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
 

@@ -1,4 +1,5 @@
 """bench/quantease_accuracy.py: the study runs on small problems and its summary is what the records say."""
+
 from __future__ import annotations
 
 import sys
@@ -17,8 +18,8 @@ def test_summary_counts_and_ratios():
     assert len(records) == 3
     rows = {(r["config"], r["reference"]): r for r in qa.summary(records)}
     r = rows[("quantease init gptq", "gptq act")]
-    assert r["layers"] == 3 and r["max"] <= 1.0   # init="gptq" is never above GPTQ
+    assert r["layers"] == 3 and r["max"] <= 1.0  # init="gptq" is never above GPTQ
     x = [rec["loss"]["quantease"] / rec["loss"]["gptq act"] for rec in records]
     q = rows[("quantease", "gptq act")]
     assert q["below"] == sum(v < 1 for v in x) / 3 and q["min"] == min(x) and q["max"] == max(x)
-    assert ("quantease mse", "gptq act mse") not in rows   # rows of configurations that did not run are left out
+    assert ("quantease mse", "gptq act mse") not in rows  # rows of configurations that did not run are left out

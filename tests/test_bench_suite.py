@@ -6,6 +6,7 @@ with stand-ins injected through ``run_suite(solvers=...)`` (they call GPTQ; thei
 never reported). The real-layer part (SmolLM2 Hessians) is marked real_model and runs when the model and the
 corpus are cached or QUANTEASE_REAL=1, like tests/test_models_eval.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import quantease
@@ -25,16 +25,32 @@ sys.path.insert(0, str(REPO / "bench"))
 suite = pytest.importorskip("suite", reason="bench/suite.py not importable")
 
 
-def stand_in_quantease(W, H, *, bits, group_size=-1, sym=False, act_order=True, iters=30, init="w", relaxed=True,
-                       tol=0.0, outliers=0.0, outlier_structure="unstructured", outlier_step=1.0, block_size=128):
+def stand_in_quantease(
+    W,
+    H,
+    *,
+    bits,
+    group_size=-1,
+    sym=False,
+    act_order=True,
+    iters=30,
+    init="w",
+    relaxed=True,
+    tol=0.0,
+    outliers=0.0,
+    outlier_structure="unstructured",
+    outlier_step=1.0,
+    block_size=128,
+):
     """Plumbing only: the signature of quantease.quantease, GPTQ inside."""
     res = quantease.gptq(W, H, bits=bits, group_size=group_size, sym=sym, act_order=act_order)
     res.iters = iters
     return res
 
 
-def stand_in_leanquant(W, H, *, bits, grid="nonuniform", exponent=4.0, damp=0.1, act_order=True, group_size=-1,
-                       block_size=128, seed=0):
+def stand_in_leanquant(
+    W, H, *, bits, grid="nonuniform", exponent=4.0, damp=0.1, act_order=True, group_size=-1, block_size=128, seed=0
+):
     """Plumbing only: the signature of quantease.leanquant, GPTQ inside."""
     return quantease.gptq(W, H, bits=bits, group_size=group_size, act_order=act_order)
 
@@ -92,8 +108,9 @@ def test_quick_peers_and_speedups(quick):
     gptq = [r for r in ok if r["solver"] == "gptq"]
     assert gptq and all(r["peer"] == "gptq-torch" and _finite(r["speedup"]) for r in gptq)
     # our GPTQ and the reference port solve the same problem: equal loss within 2 %
-    assert all(r["equal_loss"] for r in gptq), [(r["layer"], r["method"], r["rel_loss"], r["peer_rel_loss"])
-                                                for r in gptq if not r["equal_loss"]]
+    assert all(r["equal_loss"] for r in gptq), [
+        (r["layer"], r["method"], r["rel_loss"], r["peer_rel_loss"]) for r in gptq if not r["equal_loss"]
+    ]
     peer_rows = [r for r in ok if r["method"].startswith("[peer]")]
     assert {r["solver"] for r in peer_rows} >= {"gptq-torch", "quantease-torch", "leanquant-torch"}
     # HQQ: either it ran next to EasyQuant, or there is a row saying why it cannot
@@ -131,8 +148,16 @@ def test_quick_table_summary_targets_files(quick):
 
 def test_missing_solver_and_peer_are_rows(tmp_path, monkeypatch):
     lines = []
-    cfg = suite.Config(mode="quick", sets=("synthetic",), real="no", methods=("gptq", "quantease", "leanquant"),
-                       bits=(4,), out_dir=tmp_path, plot=False, shapes=((128, 256),))
+    cfg = suite.Config(
+        mode="quick",
+        sets=("synthetic",),
+        real="no",
+        methods=("gptq", "quantease", "leanquant"),
+        bits=(4,),
+        out_dir=tmp_path,
+        plot=False,
+        shapes=((128, 256),),
+    )
     orig = suite.Peers._probe
 
     def probe(self, name):
@@ -152,8 +177,23 @@ def test_missing_solver_and_peer_are_rows(tmp_path, monkeypatch):
 
 
 def test_cli_quick_no_peers(tmp_path):
-    report = suite.main(["--quick", "--sets", "synthetic", "--methods", "rtn", "--bits", "3", "--no-peers",
-                         "--real", "no", "--no-plot", "--out", str(tmp_path)])
+    report = suite.main(
+        [
+            "--quick",
+            "--sets",
+            "synthetic",
+            "--methods",
+            "rtn",
+            "--bits",
+            "3",
+            "--no-peers",
+            "--real",
+            "no",
+            "--no-plot",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert (tmp_path / "suite-quick.json").exists() and report["peers"] == {}
     assert {r["bits"] for r in report["sets"][0]["records"]} == {3}
 

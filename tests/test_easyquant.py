@@ -6,6 +6,7 @@ lying exactly halfway between two codes and float64 summation order, so the Adam
 relative (<= 4 bits; at 8 bits the very jagged error makes Adam's path sensitive to the last bit) and the final
 per-channel errors to 1e-9 relative.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,18 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import problems
 import quantease
-from subprocess_run import run_python
 from quantease import _core
 from reference import easyquant as ref_eq
 from reference import layer_loss
-
+from subprocess_run import run_python
 
 # --- helpers --------------------------------------------------------------------------------------------
+
 
 def llm_weights(rows: int, cols: int, seed: int = 0) -> np.ndarray:
     """LLM-like weights: Gaussian bulk, a lognormal spread of row scales, 1 % of input columns 2-4x larger
@@ -47,7 +49,7 @@ def channel_errors(W, scales, zeros, mask, bits, group_size) -> np.ndarray:
     """Exact per-channel error (rows x G) of the float32 quantizer over the normal values (oracle's helper)."""
     rows, cols = W.shape
     gs = cols if group_size == -1 else group_size
-    maxq = 2 ** bits - 1
+    maxq = 2**bits - 1
     out = np.empty(scales.shape)
     for r in range(rows):
         for g in range(cols // gs):
@@ -57,14 +59,23 @@ def channel_errors(W, scales, zeros, mask, bits, group_size) -> np.ndarray:
     return out
 
 
-def core(W, *, bits=4, group_size=-1, sym=True, outlier_sigma=3.0, outlier_stats="tensor", steps=100, lr=1e-2,
-         **kw):
+def core(W, *, bits=4, group_size=-1, sym=True, outlier_sigma=3.0, outlier_stats="tensor", steps=100, lr=1e-2, **kw):
     """The compiled function directly (to reach its test-only options)."""
-    return _core.easyquant(np.ascontiguousarray(W, dtype=np.float32), bits=bits, group_size=group_size, sym=sym,
-                           outlier_sigma=outlier_sigma, outlier_stats=outlier_stats, steps=steps, lr=lr, **kw)
+    return _core.easyquant(
+        np.ascontiguousarray(W, dtype=np.float32),
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        outlier_sigma=outlier_sigma,
+        outlier_stats=outlier_stats,
+        steps=steps,
+        lr=lr,
+        **kw,
+    )
 
 
 # --- C++ against the oracle -----------------------------------------------------------------------------
+
 
 def assert_matches_oracle(W, res_scales, res_codes, res_adam, res_start, res_mask, ref, bits, group_size):
     np.testing.assert_array_equal(res_mask, ref["mask"])
@@ -90,8 +101,17 @@ def test_matches_oracle(bits, sym, group_size):
     kw = dict(bits=bits, sym=sym, group_size=group_size)
     res = quantease.easyquant(W, **kw)
     ref = ref_eq.easyquant(W, **kw)
-    assert_matches_oracle(W, res.scales, res.codes, res.info["adam_scales"], res.info["start_scales"],
-                          res.outliers.to_dense() != 0, ref, bits, group_size)
+    assert_matches_oracle(
+        W,
+        res.scales,
+        res.codes,
+        res.info["adam_scales"],
+        res.info["start_scales"],
+        res.outliers.to_dense() != 0,
+        ref,
+        bits,
+        group_size,
+    )
     np.testing.assert_array_equal(res.zeros, ref["zeros"])
 
 
@@ -114,8 +134,17 @@ def test_outlier_options_match_oracle(stats, sigma):
     W = heavy_weights(10, 192, seed=5)
     res = quantease.easyquant(W, outlier_sigma=sigma, outlier_stats=stats, group_size=64)
     ref = ref_eq.easyquant(W, outlier_sigma=np.inf if sigma is None else sigma, outlier_stats=stats, group_size=64)
-    assert_matches_oracle(W, res.scales, res.codes, res.info["adam_scales"], res.info["start_scales"],
-                          res.outliers.to_dense() != 0, ref, 4, 64)
+    assert_matches_oracle(
+        W,
+        res.scales,
+        res.codes,
+        res.info["adam_scales"],
+        res.info["start_scales"],
+        res.outliers.to_dense() != 0,
+        ref,
+        4,
+        64,
+    )
 
 
 def test_steps_and_lr_match_oracle():
@@ -123,8 +152,17 @@ def test_steps_and_lr_match_oracle():
     for steps, lr in [(0, 1e-2), (1, 1e-2), (500, 1e-3), (50, 0.1)]:
         res = quantease.easyquant(W, steps=steps, lr=lr)
         ref = ref_eq.easyquant(W, steps=steps, lr=lr)
-        assert_matches_oracle(W, res.scales, res.codes, res.info["adam_scales"], res.info["start_scales"],
-                              res.outliers.to_dense() != 0, ref, 4, -1)
+        assert_matches_oracle(
+            W,
+            res.scales,
+            res.codes,
+            res.info["adam_scales"],
+            res.info["start_scales"],
+            res.outliers.to_dense() != 0,
+            ref,
+            4,
+            -1,
+        )
         if steps == 0:
             np.testing.assert_array_equal(res.info["adam_scales"], res.info["start_scales"])
 
@@ -157,6 +195,7 @@ def test_degenerate_channels_match_oracle():
 
 # --- the paper's definitions ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stats", ["tensor", "row"])
 @pytest.mark.parametrize("sigma", [2.5, 3.0, 4.0])
 def test_outliers_are_the_threshold_definition(stats, sigma):
@@ -180,7 +219,7 @@ def test_outliers_are_the_threshold_definition(stats, sigma):
     assert res.outliers.indptr.dtype == np.int64 and res.outliers.indices.dtype == np.int32
     assert res.outliers.values.dtype == np.float32 and res.outliers.shape == W.shape
     for r in range(W.shape[0]):
-        cols = res.outliers.indices[res.outliers.indptr[r]:res.outliers.indptr[r + 1]]
+        cols = res.outliers.indices[res.outliers.indptr[r] : res.outliers.indptr[r + 1]]
         np.testing.assert_array_equal(cols, np.flatnonzero(expected[r]))
 
 
@@ -199,12 +238,13 @@ def test_start_is_the_abs_max_of_the_normal_values():
         half = 2 ** (bits - 1)
         for r in range(16):
             for g in range(4):
-                x = W[r, g * 64:(g + 1) * 64][~mask[r, g * 64:(g + 1) * 64]]
+                x = W[r, g * 64 : (g + 1) * 64][~mask[r, g * 64 : (g + 1) * 64]]
                 assert res.info["start_scales"][r, g] == np.float32(np.abs(x).max() / np.float32(half))
         np.testing.assert_array_equal(res.zeros, half - 1)
 
 
 # --- properties -----------------------------------------------------------------------------------------
+
 
 @st.composite
 def cases(draw):
@@ -223,10 +263,15 @@ def cases(draw):
     else:
         W = rng.standard_normal((rows, cols)) * (rng.random((rows, cols)) < 0.1)
     W = (W * 10.0 ** draw(st.integers(-6, 3))).astype(np.float32)
-    kw = dict(bits=draw(st.sampled_from([2, 3, 4, 8])), group_size=group_size, sym=draw(st.booleans()),
-              outlier_sigma=draw(st.sampled_from([1.5, 3.0, None])),
-              outlier_stats=draw(st.sampled_from(["tensor", "row"])),
-              steps=draw(st.sampled_from([0, 10, 100])), lr=draw(st.sampled_from([1e-3, 1e-2, 0.3])))
+    kw = dict(
+        bits=draw(st.sampled_from([2, 3, 4, 8])),
+        group_size=group_size,
+        sym=draw(st.booleans()),
+        outlier_sigma=draw(st.sampled_from([1.5, 3.0, None])),
+        outlier_stats=draw(st.sampled_from(["tensor", "row"])),
+        steps=draw(st.sampled_from([0, 10, 100])),
+        lr=draw(st.sampled_from([1e-3, 1e-2, 0.3])),
+    )
     return W, kw
 
 
@@ -250,7 +295,7 @@ def test_never_worse_than_the_start_and_exact_reconstruction(case):
     assert np.all(res.grid_weight()[mask] == 0)
     np.testing.assert_array_equal(res.weight[mask], W[mask])
     # valid codes, grids and no NaN
-    assert res.codes.max() <= 2 ** bits - 1
+    assert res.codes.max() <= 2**bits - 1
     assert np.all(np.isfinite(res.weight)) and np.all(res.scales > 0) and np.all(np.isfinite(res.scales))
     np.testing.assert_array_equal(res.zeros, np.rint(res.zeros))
     if kw["sym"]:
@@ -273,7 +318,10 @@ def test_optimised_range_beats_the_start_on_llm_like_weights():
 @pytest.mark.parametrize("bits", [3, 4])
 def test_lower_error_than_rtn(bits):
     W = llm_weights(64, 512, seed=5)
-    err = lambda w_hat: float(np.sum((W.astype(np.float64) - w_hat) ** 2))
+
+    def err(w_hat):
+        return float(np.sum((W.astype(np.float64) - w_hat) ** 2))
+
     eq = quantease.easyquant(W, bits=bits)
     assert err(eq.weight) < err(quantease.rtn(W, bits=bits, sym=True).weight)
     assert err(eq.weight) < err(quantease.rtn(W, bits=bits, sym=False).weight)
@@ -283,8 +331,11 @@ def test_lower_error_than_rtn(bits):
 def test_rows_are_independent():
     W = heavy_weights(40, 200, seed=6)
     subset = [3, 17, 18, 39]
-    for kw in (dict(outlier_stats="row"), dict(outlier_stats="row", group_size=40, sym=False),
-               dict(outlier_sigma=None)):
+    for kw in (
+        dict(outlier_stats="row"),
+        dict(outlier_stats="row", group_size=40, sym=False),
+        dict(outlier_sigma=None),
+    ):
         full = quantease.easyquant(W, **kw)
         part = quantease.easyquant(W[subset], **kw)
         np.testing.assert_array_equal(part.weight, full.weight[subset])
@@ -353,6 +404,7 @@ def test_degenerate_matrices():
 
 # --- inputs, threads, GIL -------------------------------------------------------------------------------
 
+
 def test_inputs_unchanged():
     W = problems.llm_like(20, 96, seed=14).W
     W0 = W.copy()
@@ -408,16 +460,19 @@ def test_bad_weights():
     assert str(e.value) == "H must be (4, 4) to match W's 4 columns, got (3, 3)"
 
 
-@pytest.mark.parametrize("kw,message", [
-    (dict(outlier_sigma=0.0), "outlier_sigma must be a number > 0 (inf: no outliers), got 0"),
-    (dict(outlier_stats="col"), "outlier_stats must be one of 'tensor', 'row', got 'col'"),
-    (dict(steps=-2), "steps must be an integer >= 0, got -2"),
-    (dict(lr=-1.0), "lr must be a finite number > 0, got -1"),
-    (dict(bits=9), "bits must be an integer in 2..8, got 9"),
-    (dict(group_size=5), "group_size must be -1 or a positive divisor of cols=64, got 5"),
-    (dict(search_points=1), "search_points must be an integer >= 2, got 1"),
-    (dict(evaluation="fast"), "evaluation must be one of 'auto', 'sorted', 'direct', got 'fast'"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(outlier_sigma=0.0), "outlier_sigma must be a number > 0 (inf: no outliers), got 0"),
+        (dict(outlier_stats="col"), "outlier_stats must be one of 'tensor', 'row', got 'col'"),
+        (dict(steps=-2), "steps must be an integer >= 0, got -2"),
+        (dict(lr=-1.0), "lr must be a finite number > 0, got -1"),
+        (dict(bits=9), "bits must be an integer in 2..8, got 9"),
+        (dict(group_size=5), "group_size must be -1 or a positive divisor of cols=64, got 5"),
+        (dict(search_points=1), "search_points must be an integer >= 2, got 1"),
+        (dict(evaluation="fast"), "evaluation must be one of 'auto', 'sorted', 'direct', got 'fast'"),
+    ],
+)
 def test_core_validates_too(kw, message):
     W = problems.llm_like(4, 64, seed=16).W
     with pytest.raises(ValueError) as e:
@@ -479,6 +534,7 @@ def test_gil_released():
 
 
 # --- real weights (optional) ----------------------------------------------------------------------------
+
 
 @pytest.mark.real_model
 def test_outlier_fraction_on_real_mlp_weights():

@@ -1,4 +1,5 @@
 """quantease.export: GPTQ-packed and quantease-format safetensors, checked with an independent unpacker."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,20 @@ from quantease.result import QuantResult, SparseOutliers  # noqa: E402
 from reference.unpack import bytes_unpack_rows, gptq_qweight_codes, gptq_qzeros_values  # noqa: E402
 
 
-def make_result(seed, n=64, k=256, bits=4, group_size=-1, sym=True, act_order=False, static_groups=False,
-                fp16_scales=True, codebook=None, outliers=0.0, force_zero=True) -> QuantResult:
+def make_result(
+    seed,
+    n=64,
+    k=256,
+    bits=4,
+    group_size=-1,
+    sym=True,
+    act_order=False,
+    static_groups=False,
+    fp16_scales=True,
+    codebook=None,
+    outliers=0.0,
+    force_zero=True,
+) -> QuantResult:
     """A hand-made QuantResult whose weight is exactly dense_weight() (no solver needed)."""
     rng = np.random.default_rng(seed)
     groups = 1 if group_size == -1 else math.ceil(k / group_size)
@@ -48,15 +61,30 @@ def make_result(seed, n=64, k=256, bits=4, group_size=-1, sym=True, act_order=Fa
     if outliers:
         dense = np.where(rng.random((n, k)) < outliers, rng.normal(size=(n, k)), 0.0).astype(np.float32)
         sparse = SparseOutliers.from_dense(dense)
-    r = QuantResult(weight=np.empty((n, k), np.float32), codes=codes, scales=scales, zeros=zeros, g_idx=g_idx,
-                    perm=perm, loss=1.25, damp=0.01, bits=bits, group_size=group_size, sym=sym, method="hand",
-                    seconds=0.5, outliers=sparse, codebook=cb,
-                    outlier_fraction=None if sparse is None else sparse.nnz / (n * k))
+    r = QuantResult(
+        weight=np.empty((n, k), np.float32),
+        codes=codes,
+        scales=scales,
+        zeros=zeros,
+        g_idx=g_idx,
+        perm=perm,
+        loss=1.25,
+        damp=0.01,
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        method="hand",
+        seconds=0.5,
+        outliers=sparse,
+        codebook=cb,
+        outlier_fraction=None if sparse is None else sparse.nnz / (n * k),
+    )
     r.weight = r.dense_weight()
     return r
 
 
 # ------------------------------------------------------------------------------------------------ packing
+
 
 @pytest.mark.parametrize("bits", range(1, 9))
 @pytest.mark.parametrize("word_bits", [8, 32])
@@ -86,8 +114,13 @@ def test_pack_roundtrip_property():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
-    @hypothesis.given(bits=st.integers(1, 8), word_bits=st.sampled_from([8, 32]), units=st.integers(1, 4),
-                      cols=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
+    @hypothesis.given(
+        bits=st.integers(1, 8),
+        word_bits=st.sampled_from([8, 32]),
+        units=st.integers(1, 4),
+        cols=st.integers(1, 5),
+        seed=st.integers(0, 2**32 - 1),
+    )
     def check(bits, word_bits, units, cols, seed):
         per = values_per_unit(bits, word_bits)
         values = np.random.default_rng(seed).integers(0, 1 << bits, size=(units * per, cols))
@@ -114,8 +147,13 @@ def test_pack_rejects_out_of_range_and_bad_lengths():
 
 # ------------------------------------------------------------------------------------------------ GPTQ
 
-GPTQ_CASES = [(bits, gs, sym, act) for bits in (2, 3, 4, 8) for gs in (-1, 32, 128)
-              for sym in (True, False) for act in (False, True)]
+GPTQ_CASES = [
+    (bits, gs, sym, act)
+    for bits in (2, 3, 4, 8)
+    for gs in (-1, 32, 128)
+    for sym in (True, False)
+    for act in (False, True)
+]
 
 
 @pytest.mark.parametrize("bits,group_size,sym,act_order", GPTQ_CASES)
@@ -187,8 +225,7 @@ def test_desc_act_and_static_groups_are_truthful(tmp_path):
     assert plain["desc_act"] is False and plain["static_groups"] is False
     dynamic = export.save_gptq(tmp_path / "b", {"l": make_result(5, group_size=32, act_order=True)})
     assert dynamic["desc_act"] is True and dynamic["static_groups"] is False
-    static = export.save_gptq(tmp_path / "c", {"l": make_result(5, group_size=32, act_order=True,
-                                                                 static_groups=True)})
+    static = export.save_gptq(tmp_path / "c", {"l": make_result(5, group_size=32, act_order=True, static_groups=True)})
     assert static["desc_act"] is True and static["static_groups"] is True
     r = make_result(5, group_size=32)
     r.perm = np.arange(r.shape[1])
@@ -208,9 +245,18 @@ def test_config_files(tmp_path):
     r = make_result(7, group_size=128)
     r.damp = 0.05
     qc = export.save_gptq(tmp_path, {"l": r})
-    assert qc == {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True,
-                  "damp_percent": 0.05, "static_groups": False, "true_sequential": True,
-                  "checkpoint_format": "gptq", "meta": {"quantizer": ["quantease"], "methods": ["hand"]}}
+    assert qc == {
+        "quant_method": "gptq",
+        "bits": 4,
+        "group_size": 128,
+        "desc_act": False,
+        "sym": True,
+        "damp_percent": 0.05,
+        "static_groups": False,
+        "true_sequential": True,
+        "checkpoint_format": "gptq",
+        "meta": {"quantizer": ["quantease"], "methods": ["hand"]},
+    }
     assert json.loads((tmp_path / "quantize_config.json").read_text()) == qc
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["quantization_config"] == qc
@@ -226,8 +272,13 @@ def test_passthrough_tensors_and_bias(tmp_path):
     r = make_result(8, group_size=32)
     n, k = r.shape
     bias = np.linspace(-1, 1, n).astype(np.float32)
-    extra = {"emb.weight": np.ones((10, 4), np.float32), "norm.weight": np.ones(4, np.float16),
-             "l.weight": np.zeros((n, k), np.float32), "l.bias": bias, "step": np.arange(3, dtype=np.int64)}
+    extra = {
+        "emb.weight": np.ones((10, 4), np.float32),
+        "norm.weight": np.ones(4, np.float16),
+        "l.weight": np.zeros((n, k), np.float32),
+        "l.bias": bias,
+        "step": np.arange(3, dtype=np.int64),
+    }
     export.save_gptq(tmp_path, {"l": r}, extra_tensors=extra)
     t = load_file(str(tmp_path / "model.safetensors"))
     assert "l.weight" not in t
@@ -250,6 +301,7 @@ def test_passthrough_torch_tensors(tmp_path):
     extra = {"emb.weight": emb, "lm_head.weight": emb, "first_rows": emb[:2]}
     export.save_gptq(tmp_path, {"l": (r, torch.zeros(r.shape[0]))}, extra_tensors=extra)
     from safetensors.torch import load_file as load_pt
+
     t = load_pt(str(tmp_path / "model.safetensors"))
     assert t["emb.weight"].dtype == torch.bfloat16
     assert torch.equal(t["lm_head.weight"], emb) and torch.equal(t["first_rows"], emb[:2])
@@ -322,8 +374,11 @@ QE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("seed,case", list(enumerate(QE_CASES)),
-                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) if isinstance(c, dict) else str(c))
+@pytest.mark.parametrize(
+    "seed,case",
+    list(enumerate(QE_CASES)),
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) if isinstance(c, dict) else str(c),
+)
 def test_quantease_format_rebuilds_the_weight_exactly(tmp_path, seed, case):
     r = make_result(100 + seed, **case)
     path = tmp_path / "q.safetensors"
@@ -336,8 +391,14 @@ def test_quantease_format_rebuilds_the_weight_exactly(tmp_path, seed, case):
     np.testing.assert_array_equal(bias, np.arange(r.shape[0], dtype=np.float32))
     np.testing.assert_array_equal(loaded.codes, r.codes)
     np.testing.assert_array_equal(loaded.g_idx, r.g_idx)
-    assert (loaded.bits, loaded.group_size, loaded.sym, loaded.method, loaded.loss, loaded.damp) == \
-        (r.bits, r.group_size, r.sym, r.method, r.loss, r.damp)
+    assert (loaded.bits, loaded.group_size, loaded.sym, loaded.method, loaded.loss, loaded.damp) == (
+        r.bits,
+        r.group_size,
+        r.sym,
+        r.method,
+        r.loss,
+        r.damp,
+    )
     if r.perm is None:
         assert loaded.perm is None
     else:
@@ -352,6 +413,7 @@ def test_quantease_format_rebuilds_the_weight_exactly(tmp_path, seed, case):
 
 def test_quantease_metadata_and_auto_dtype(tmp_path):
     from safetensors import safe_open
+
     exact = make_result(30, group_size=32)
     inexact = make_result(31, group_size=32, fp16_scales=False)
     path = tmp_path / "q.safetensors"
@@ -398,8 +460,10 @@ def test_quantease_state_dict_and_version_check(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ real solvers
 
+
 def _solver(name):
     import quantease
+
     fn = getattr(quantease, name, None)
     if fn is None:
         pytest.skip(f"quantease.{name} is not built yet")
@@ -514,18 +578,26 @@ def test_transformers_loads_the_gptq_checkpoint_on_cpu(tmp_path):
     import os
     import subprocess
     import sys
+
     missing = [m for m in ("torch", "transformers", "optimum", "gptqmodel") if importlib.util.find_spec(m) is None]
     if missing:
-        pytest.skip(f"loading GPTQ checkpoints in transformers needs {', '.join(missing)} "
-                    f"(see the README's export section for a CPU install)")
-    env = dict(os.environ, OMP_NUM_THREADS="2",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(export.__file__)),
-                                           os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", _HF_LOAD_SCRIPT, str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=900)
+        pytest.skip(
+            f"loading GPTQ checkpoints in transformers needs {', '.join(missing)} "
+            f"(see the README's export section for a CPU install)"
+        )
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="2",
+        PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(os.path.dirname(export.__file__)), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _HF_LOAD_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=900
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
     assert proc.returncode == 0 and lines, (proc.stdout + proc.stderr)[-4000:]
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = json.loads(lines[-1][len("REPORT ") :])
     assert report["4"]["format"] == "gptq" and report["4"]["desc_act"] is False
     assert report["3"]["format"] == "gptq_v2" and report["3"]["desc_act"] is True
     for case in report.values():

@@ -1,5 +1,6 @@
 """fp16_scales=True: every scale is a float16 value before the codes are computed, so a GPTQ checkpoint
 with fp16 scales dequantizes to exactly the solver's weights."""
+
 from __future__ import annotations
 
 import warnings
@@ -63,8 +64,8 @@ def test_gptq_fp16_scales_export_is_bit_exact(tmp_path, sym, act_order):
 
 def test_tiny_and_huge_scales_stay_finite_and_nonzero():
     W = np.zeros((2, 64), dtype=np.float32)
-    W[0] = np.linspace(-1e-9, 1e-9, 64)     # scale far below float16's smallest subnormal
-    W[1] = np.linspace(-1e6, 1e6, 64)       # scale above float16's largest value
+    W[0] = np.linspace(-1e-9, 1e-9, 64)  # scale far below float16's smallest subnormal
+    W[1] = np.linspace(-1e6, 1e6, 64)  # scale above float16's largest value
     r = quantease.rtn(W, bits=4, fp16_scales=True)
     assert np.all(np.isfinite(r.scales)) and np.all(r.scales > 0)
     assert _is_fp16(r.scales) and r.scales[1, 0] == 65504.0

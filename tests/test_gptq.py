@@ -4,20 +4,23 @@ The C++ column loop runs in float32, the oracle in float64, so a code that sits 
 and nudge the later columns of its row: codes must agree on >= 99.5 % of the entries and the layer loss to
 1e-4 relative. Grids fitted before the loop (per row, static groups) must agree to float32 round-off.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-import quantease
 import problems
+import quantease
 from problems import code_agreement, rel_diff
-from reference import gptq as ref_gptq, layer_loss, maxq_of
+from reference import gptq as ref_gptq
+from reference import layer_loss, maxq_of
 
 MIN_AGREEMENT = 0.995
 LOSS_RTOL = 1e-4
-TIE_TOL = 1e-3    # grid steps: float32 round-off of a weight after many updates stays far below this
+TIE_TOL = 1e-3  # grid steps: float32 round-off of a weight after many updates stays far below this
 
 
 def unexplained_flips(res, ref, tol: float = TIE_TOL) -> list:
@@ -32,8 +35,9 @@ def unexplained_flips(res, ref, tol: float = TIE_TOL) -> list:
         differing = np.nonzero(res.codes[r] != ref["codes"][r])[0]
         c = differing[np.argmin(pos[differing])]
         g = ref["g_idx"][c]
-        same_grid = (res.zeros[r, g] == ref["zeros"][r, g]
-                     and np.isclose(res.scales[r, g], ref["scales"][r, g], rtol=1e-5))
+        same_grid = res.zeros[r, g] == ref["zeros"][r, g] and np.isclose(
+            res.scales[r, g], ref["scales"][r, g], rtol=1e-5
+        )
         if same_grid and ref["margin"][r, c] >= tol:
             bad.append((int(r), int(c), float(ref["margin"][r, c])))
     return bad
@@ -68,6 +72,7 @@ def assert_matches_oracle(res, ref, grid_before_loop: bool = False):
 
 # --- C++ against the oracle -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("reference", [False, True])
@@ -78,8 +83,12 @@ def test_bits_sym(bits, sym, reference):
 
 
 GROUP_MODES = [  # (group_size, act_order, static_groups)
-    (-1, False, False), (-1, True, False),
-    (32, False, False), (32, True, False), (32, False, True), (32, True, True),
+    (-1, False, False),
+    (-1, True, False),
+    (32, False, False),
+    (32, True, False),
+    (32, False, True),
+    (32, True, True),
 ]
 
 
@@ -88,8 +97,9 @@ GROUP_MODES = [  # (group_size, act_order, static_groups)
 @pytest.mark.parametrize("reference", [False, True])
 def test_groups_and_act_order(group_size, act_order, static_groups, sym, reference):
     p = problems.llm_like(32, 128, seed=20)
-    res, ref = run_both(p, bits=4, group_size=group_size, sym=sym, act_order=act_order,
-                        static_groups=static_groups, reference=reference)
+    res, ref = run_both(
+        p, bits=4, group_size=group_size, sym=sym, act_order=act_order, static_groups=static_groups, reference=reference
+    )
     assert_matches_oracle(res, ref, grid_before_loop=group_size == -1 or static_groups)
 
 
@@ -152,6 +162,7 @@ def test_h_float64():
 
 # --- what the two modes must differ in ------------------------------------------------------------------
 
+
 def test_reference_symmetric_clipping_of_nonnegative_rows():
     p = problems.llm_like(8, 64, seed=80)
     W = p.W.copy()
@@ -207,6 +218,7 @@ def test_hessian_scale_invariance():
 
 # --- properties -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("group_size", [-1, 32])
 @pytest.mark.parametrize("seed", [0, 1])
@@ -216,7 +228,7 @@ def test_gptq_beats_rtn_on_correlated_inputs(bits, group_size, seed):
     r = quantease.rtn(p.W, bits=bits, group_size=group_size)
     rtn_loss = layer_loss(p.W, r.weight, p.H)
     assert g.loss <= rtn_loss
-    assert g.loss < 0.9 * rtn_loss   # not just equal: the error feedback helps clearly here
+    assert g.loss < 0.9 * rtn_loss  # not just equal: the error feedback helps clearly here
 
 
 def test_result_fields():
@@ -244,7 +256,7 @@ def test_g_idx_and_perm(static_groups):
     if static_groups:
         expected = np.arange(64) // 16
     else:
-        expected = np.argsort(perm) // 16        # group of each column's processing position
+        expected = np.argsort(perm) // 16  # group of each column's processing position
     np.testing.assert_array_equal(res.g_idx, expected)
     assert np.bincount(res.g_idx).tolist() == [16] * 4
     np.testing.assert_array_equal(res.weight, res.grid_weight())
@@ -257,10 +269,16 @@ def gptq_cases(draw):
     group_size = draw(st.sampled_from([-1] + [g for g in (4, 8, 16, 24) if cols % g == 0]))
     name = draw(st.sampled_from(sorted(problems.PROBLEMS)))
     seed = draw(st.integers(0, 10_000))
-    kw = dict(bits=draw(st.sampled_from([2, 3, 4, 8])), group_size=group_size, sym=draw(st.booleans()),
-              act_order=draw(st.booleans()), static_groups=group_size > 0 and draw(st.booleans()),
-              mse=draw(st.booleans()), reference=draw(st.booleans()),
-              block_size=draw(st.sampled_from([1, 5, 16, 128])))
+    kw = dict(
+        bits=draw(st.sampled_from([2, 3, 4, 8])),
+        group_size=group_size,
+        sym=draw(st.booleans()),
+        act_order=draw(st.booleans()),
+        static_groups=group_size > 0 and draw(st.booleans()),
+        mse=draw(st.booleans()),
+        reference=draw(st.booleans()),
+        block_size=draw(st.sampled_from([1, 5, 16, 128])),
+    )
     return problems.make(name, rows, cols, seed=seed), kw
 
 
@@ -278,8 +296,9 @@ def test_gptq_properties(case):
     assert res.scales.shape == (rows, groups) and res.g_idx.min() >= 0 and res.g_idx.max() == groups - 1
     # float64 loss; cancellation inside a quadratic form of a singular H bounds the absolute accuracy
     D2 = float(np.sum((p.W.astype(np.float64) - res.weight) ** 2))
-    assert res.loss == pytest.approx(layer_loss(p.W, res.weight, p.H), rel=1e-6,
-                                     abs=1e-12 * D2 * float(np.abs(p.H).max()))
+    assert res.loss == pytest.approx(
+        layer_loss(p.W, res.weight, p.H), rel=1e-6, abs=1e-12 * D2 * float(np.abs(p.H).max())
+    )
     ref = ref_gptq(p.W, p.H, **kw)
     np.testing.assert_array_equal(res.g_idx, ref["g_idx"])
     # tiny problems: one tie flip can change a good part of its row, so demand only that every row that
@@ -288,6 +307,7 @@ def test_gptq_properties(case):
 
 
 # --- damping and numerical failures ---------------------------------------------------------------------
+
 
 def test_singular_hessian_retries_with_more_damping():
     p = problems.rank_deficient(16, 64, seed=95)
@@ -303,6 +323,7 @@ def test_singular_hessian_retries_with_more_damping():
 def test_requested_damping_is_used_when_it_works():
     p = problems.rank_deficient(16, 64, seed=96)
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         res = quantease.gptq(p.W, p.H, damp=0.05)

@@ -1,18 +1,22 @@
 """The shared grid and RTN: the oracle's own rules, and the C++ RTN bit for bit against the float32 oracle."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-import quantease
 import problems
-from reference import fit_grid, fit_row, layer_loss, maxq_of, quantize_codes, rtn as ref_rtn
+import quantease
+from reference import fit_grid, fit_row, layer_loss, maxq_of, quantize_codes
+from reference import rtn as ref_rtn
 
 BITS = [2, 3, 4, 8]
 
 
 # --- the oracle's grid rules (specs/gptq.md "Grid"), checked on hand-made rows ----------------------------
+
 
 def test_oracle_range_contains_zero():
     scale, zero = fit_row(np.array([1.0, 2.0, 3.0]), bits=4)
@@ -29,7 +33,7 @@ def test_oracle_all_zero_guard(bits, sym):
     assert scale == pytest.approx(2 / maxq)
     if sym:
         assert zero == (maxq + 1) / 2
-    else:   # zero = rint(1 / (2 / maxq)): maxq / 2 up to round-off
+    else:  # zero = rint(1 / (2 / maxq)): maxq / 2 up to round-off
         assert zero in (np.floor(maxq / 2), np.ceil(maxq / 2))
     # an all-zero row is represented exactly
     assert quantize_codes(np.zeros(1), scale, zero, maxq)[0] == zero
@@ -41,12 +45,12 @@ def test_oracle_rounds_half_to_even():
 
 
 def test_oracle_symmetric_quirk_only_in_reference():
-    row = np.array([0.0, 0.25, 1.0])               # no negative value
+    row = np.array([0.0, 0.25, 1.0])  # no negative value
     s_fixed, z_fixed = fit_row(row, bits=4, sym=True)
     s_ref, z_ref = fit_row(row, bits=4, sym=True, reference_quirks=True)
     assert z_fixed == z_ref == 8
-    assert s_fixed == pytest.approx(2 / 15)          # xmin = -xmax
-    assert s_ref == pytest.approx(1 / 15)            # xmin kept at 0: the grid tops out at 7/15 of max
+    assert s_fixed == pytest.approx(2 / 15)  # xmin = -xmax
+    assert s_ref == pytest.approx(1 / 15)  # xmin kept at 0: the grid tops out at 7/15 of max
     # a row with a negative value is the same in both modes
     row = np.array([-0.5, 1.0])
     assert fit_row(row, 4, sym=True) == fit_row(row, 4, sym=True, reference_quirks=True)
@@ -59,13 +63,15 @@ def test_oracle_mse_never_worse_than_minmax():
         s1, z1 = fit_grid(W, 3, sym, mse=True)
         maxq = maxq_of(3)
 
-        def err(s, z):
+        def err(s, z, maxq=maxq):
             q = s[:, None] * (quantize_codes(W, s[:, None], z[:, None], maxq) - z[:, None])
             return np.sum(np.abs(q - W) ** 2.4, axis=1)
+
         assert np.all(err(s1, z1) <= err(s0, z0) * (1 + 1e-12))
 
 
 # --- C++ RTN against the float32 oracle: no accumulation, so bit-identical ----------------------------------
+
 
 def _assert_rtn_equal(res, ref):
     np.testing.assert_array_equal(res.codes, ref["codes"])
@@ -89,9 +95,9 @@ def test_rtn_matches_oracle_bit_for_bit(bits, sym, group_size, mse):
 def test_rtn_all_zero_and_one_signed_rows(sym):
     p = problems.zero_rows(16, 64, seed=2)
     W = p.W.copy()
-    W[1] = np.abs(W[1])       # no negative value
-    W[2] = -np.abs(W[2])      # no positive value
-    W[3, :32] = 0             # one all-zero group
+    W[1] = np.abs(W[1])  # no negative value
+    W[2] = -np.abs(W[2])  # no positive value
+    W[3, :32] = 0  # one all-zero group
     for gs in (-1, 32):
         res = quantease.rtn(W, bits=4, group_size=gs, sym=sym)
         _assert_rtn_equal(res, ref_rtn(W, 4, gs, sym, False))
@@ -112,18 +118,19 @@ def test_rtn_result_fields():
 
 # --- properties of any RTN result ---------------------------------------------------------------------------
 
+
 @st.composite
 def rtn_cases(draw):
     rows = draw(st.integers(1, 12))
     group_size, groups = draw(st.sampled_from([(-1, 1), (1, 7), (4, 3), (8, 4), (16, 2), (5, 5)]))
     cols = groups * (group_size if group_size > 0 else draw(st.integers(1, 40)))
-    seed = draw(st.integers(0, 2 ** 31 - 1))
+    seed = draw(st.integers(0, 2**31 - 1))
     scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
     offset = draw(st.sampled_from([0.0, 0.5, -0.5]))
     rng = np.random.default_rng(seed)
     W = ((rng.standard_normal((rows, cols)) + offset) * scale).astype(np.float32)
     if draw(st.booleans()):
-        W[rng.random(W.shape) < 0.3] = 0      # exact zeros, sometimes whole rows or groups
+        W[rng.random(W.shape) < 0.3] = 0  # exact zeros, sometimes whole rows or groups
     return W, draw(st.sampled_from(BITS)), group_size, draw(st.booleans()), draw(st.booleans())
 
 

@@ -1,4 +1,5 @@
 """HessianAccumulator: streaming H = (2/n) sum x x^T in the C++ core."""
+
 import re
 
 import numpy as np
@@ -50,13 +51,17 @@ def test_inputs_unchanged_and_reset():
 
 def test_bad_batches_raise_value_error():
     acc = quantease.HessianAccumulator(8)
-    with pytest.raises(ValueError, match=re.escape("X must be (n, 8) to match the accumulator's 8 columns, got (4, 9)")):
+    with pytest.raises(
+        ValueError, match=re.escape("X must be (n, 8) to match the accumulator's 8 columns, got (4, 9)")
+    ):
         acc.add(np.zeros((4, 9), np.float32))
     bad = np.zeros((4, 8), np.float32)
     bad[2, 3] = np.nan
     with pytest.raises(ValueError, match=re.escape("X contains NaN or Inf (first at row 2, column 3)")):
         acc.add(bad)
-    with pytest.raises(ValueError, match=re.escape("X must be a real floating-point array (float16/float32/float64), got int32")):
+    with pytest.raises(
+        ValueError, match=re.escape("X must be a real floating-point array (float16/float32/float64), got int32")
+    ):
         acc.add(np.zeros((4, 8), np.int32))
     with pytest.raises(ValueError, match="cols must be a positive integer"):
         quantease.HessianAccumulator(0)

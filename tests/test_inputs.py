@@ -1,5 +1,6 @@
 """Input handling of rtn/gptq/layer_loss: every bad input raises ValueError with the documented message,
 inputs are never modified, and every accepted dtype/memory order gives the float32 C-order result."""
+
 from __future__ import annotations
 
 import re
@@ -7,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-import quantease
 import problems
+import quantease
 
 P = problems.llm_like(8, 32, seed=0)
 
@@ -35,9 +36,11 @@ CALLS = {"gptq": gptq_call, "rtn": rtn_call}
 
 # --- bad W (both solvers) -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("solver", sorted(CALLS))
-@pytest.mark.parametrize("W", [np.ones(8, np.float32), np.ones((2, 4, 8), np.float32), np.float32(1.0)],
-                         ids=["1d", "3d", "0d"])
+@pytest.mark.parametrize(
+    "W", [np.ones(8, np.float32), np.ones((2, 4, 8), np.float32), np.float32(1.0)], ids=["1d", "3d", "0d"]
+)
 def test_w_not_2d(solver, W):
     with raises("W must be a 2-D array"):
         CALLS[solver](W=W)
@@ -72,6 +75,7 @@ def test_w_empty(solver, shape):
 
 # --- bad options (both solvers) -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("solver", sorted(CALLS))
 @pytest.mark.parametrize("bits", [0, 1, 9, 16, -4, 4.5, "4", None])
 def test_bits(solver, bits):
@@ -93,6 +97,7 @@ def test_integer_like_options_are_accepted(solver):
 
 
 # --- bad H and gptq-only options ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(31, 31), (32, 31), (31, 32), (32,), (32, 32, 1), (64, 64)])
 def test_h_shape(shape):
@@ -136,10 +141,11 @@ def test_unknown_keyword_is_an_error():
     with pytest.raises(TypeError):
         gptq_call(groupsize=16)
     with pytest.raises(TypeError):
-        quantease.gptq(P.W, P.H, 4)      # options are keyword-only
+        quantease.gptq(P.W, P.H, 4)  # options are keyword-only
 
 
 # --- inputs are never modified ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("w_dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("h_dtype", [np.float32, np.float64])
@@ -161,11 +167,11 @@ def test_inputs_unchanged(w_dtype, h_dtype, order):
 def test_layer_loss_fortran_order():
     p = problems.llm_like(8, 32, seed=5)
     W = np.asfortranarray(p.W)
-    assert quantease.layer_loss(W, W * 0.5, p.H) == pytest.approx(
-        quantease.layer_loss(p.W, p.W * 0.5, p.H), rel=1e-12)
+    assert quantease.layer_loss(W, W * 0.5, p.H) == pytest.approx(quantease.layer_loss(p.W, p.W * 0.5, p.H), rel=1e-12)
 
 
 # --- every accepted input form gives the float32 C-order result -------------------------------------------
+
 
 def _same(a, b, exact_loss=True):
     """Same result; the loss is taken against the INPUT W, so it is exact only for equal input values."""
@@ -205,12 +211,17 @@ def test_input_forms_equal_float32(form):
 
 
 def test_h_forms_equal():
-    p = problems.llm_like(8, 32, seed=3)        # H holds float32 values
+    p = problems.llm_like(8, 32, seed=3)  # H holds float32 values
     base = quantease.gptq(p.W, p.H, act_order=True)
-    for H in (p.H.astype(np.float64), np.asfortranarray(p.H), _readonly(p.H), p.H.astype(np.float16).astype(np.float32)):
+    for H in (
+        p.H.astype(np.float64),
+        np.asfortranarray(p.H),
+        _readonly(p.H),
+        p.H.astype(np.float16).astype(np.float32),
+    ):
         res = quantease.gptq(p.W, H, act_order=True)
         if H.dtype == np.float32 and not np.array_equal(H, p.H):
-            continue   # the float16-rounded H is a different problem; it only has to be accepted
+            continue  # the float16-rounded H is a different problem; it only has to be accepted
         _same(res, base)
 
 

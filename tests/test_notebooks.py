@@ -6,15 +6,16 @@ The kernel is the "python3" kernel of the interpreter running the tests (jupyter
 ``sys.executable -m ipykernel_launcher`` for it), so it works in a fresh virtual environment with the
 notebooks extra installed; the kernel's PYTHONPATH gets the directory this quantease was imported from.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import os
 
 import pytest
-from real_data import real_data_available
 
 import quantease
+from real_data import real_data_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB_DIR = os.path.join(ROOT, "notebooks")
@@ -49,8 +50,9 @@ def _real_available() -> bool:
     return real_data_available(("smollm2-135m",), ("wiki",))
 
 
-real = pytest.mark.skipif(not _real_available(),
-                          reason="real models/texts not in the cache (set QUANTEASE_REAL=1 to fetch them)")
+real = pytest.mark.skipif(
+    not _real_available(), reason="real models/texts not in the cache (set QUANTEASE_REAL=1 to fetch them)"
+)
 
 
 def _execute(filename, tmp_path):
@@ -60,11 +62,13 @@ def _execute(filename, tmp_path):
     nb = nbformat.read(os.path.join(NB_DIR, filename), as_version=4)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(quantease.__file__)))
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                                                           if p])
-    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute(env=env)   # raises CellExecutionError naming the cell on any error
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    client = nbclient.NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute(env=env)  # raises CellExecutionError naming the cell on any error
     outputs = []
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -95,15 +99,16 @@ def _table(text: str) -> dict:
 def test_quickstart_notebook_runs(tmp_path):
     nb, outputs, text = _execute("quickstart.ipynb", tmp_path)
     rows = _table(text)
-    have = [m for m in ("rtn", "gptq", "easyquant", "quantease", "leanquant")
-            if getattr(quantease, m, None) is not None]
+    have = [
+        m for m in ("rtn", "gptq", "easyquant", "quantease", "leanquant") if getattr(quantease, m, None) is not None
+    ]
     assert sorted(rows) == sorted((m, b) for m in have for b in (2, 3, 4)), text
     for m in ("rtn", "gptq", "easyquant", "quantease", "leanquant"):
         assert (f"{m}: not in this build" in text) == (m not in have)
     for (m, b), rel in rows.items():
         assert 0 < rel < 1, (m, b, rel)
         if b > 2:
-            assert rel < rows[m, b - 1], (m, b)         # more bits, lower loss
+            assert rel < rows[m, b - 1], (m, b)  # more bits, lower loss
     for b in (2, 3, 4):
         assert rows["gptq", b] < 0.75 * rows["rtn", b], text  # the Hessian pays off on a real layer
     assert "H (1536, 1536) from 2048 tokens" in text

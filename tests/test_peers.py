@@ -3,6 +3,7 @@ of the GPTQ, QuantEase and LeanQuant reference loops, and of the data-free peer 
 
 The whole file is skipped when torch is not importable (the ports are torch code; quantease itself is not).
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,15 +21,16 @@ if str(REPO) not in sys.path:
 from bench.peers.torch_gptq import gptq as torch_gptq  # noqa: E402
 from bench.peers.torch_leanquant import leanquant as torch_leanquant  # noqa: E402
 from bench.peers.torch_quantease import quantease as torch_quantease  # noqa: E402
-from problems import llm_like, random_problem, dead_columns, code_agreement  # noqa: E402
-from reference.gptq import gptq as oracle_gptq, layer_loss  # noqa: E402
+from problems import code_agreement, dead_columns, llm_like, random_problem  # noqa: E402
+from reference.gptq import gptq as oracle_gptq  # noqa: E402
+from reference.gptq import layer_loss  # noqa: E402
 from reference.rtn import rtn as oracle_rtn  # noqa: E402
 
 ROWS, COLS = 64, 128
 
 GPTQ_CONFIGS = [
     dict(),
-    dict(group_size=32),                                     # groups smaller than the block: the quirk
+    dict(group_size=32),  # groups smaller than the block: the quirk
     dict(group_size=64, act_order=True),
     dict(group_size=32, act_order=True, static_groups=True),
     dict(sym=True),
@@ -43,12 +45,13 @@ def _cfg_id(cfg: dict) -> str:
 
 def _on_grid(Q: np.ndarray, info: dict, bits: int) -> None:
     codes, g_idx = info["codes"], info["g_idx"]
-    assert codes.dtype == np.uint8 and int(codes.max()) <= 2 ** bits - 1
+    assert codes.dtype == np.uint8 and int(codes.max()) <= 2**bits - 1
     deq = info["scales"][:, g_idx] * (codes.astype(np.float32) - info["zeros"][:, g_idx])
     np.testing.assert_allclose(Q, deq, rtol=1e-6, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------------- GPTQ
+
 
 @pytest.mark.parametrize("cfg", GPTQ_CONFIGS, ids=_cfg_id)
 @pytest.mark.parametrize("seed", [0, 1])
@@ -74,7 +77,10 @@ def test_torch_gptq_agrees_with_numpy_oracle(cfg, make):
     Q, _ = torch_gptq(p.W, p.H, threads=1, info=info, **cfg)
     ref = oracle_gptq(p.W, p.H, reference=True, **cfg)
     assert code_agreement(info["codes"], ref["codes"]) >= 0.99
-    lq, lr = layer_loss(p.W, Q, p.H), ref["loss"] if ref.get("loss") is not None else layer_loss(p.W, ref["weight"], p.H)
+    lq, lr = (
+        layer_loss(p.W, Q, p.H),
+        ref["loss"] if ref.get("loss") is not None else layer_loss(p.W, ref["weight"], p.H),
+    )
     assert abs(lq - lr) <= 0.02 * lr
     if cfg.get("act_order"):  # same order up to ties of diag(H) (torch's argsort is not stable)
         d = np.where(np.diag(p.H) == 0, 1, np.diag(p.H))
@@ -92,15 +98,24 @@ def test_torch_gptq_leaves_inputs_alone():
 
 # -------------------------------------------------------------------------------------------- QuantEase
 
+
 def _quantized_pairs(iters: int, relaxed_sweeps: list[int]):
     """Consecutive sweep pairs (a, a+1) that are both quantized: there f cannot increase."""
     rel = set(relaxed_sweeps)
     return [(a, a + 1) for a in range(iters - 1) if a not in rel and a + 1 not in rel]
 
 
-@pytest.mark.parametrize("cfg", [dict(), dict(group_size=32), dict(bits=3, sym=True),
-                                 dict(act_order=False), dict(group_size=32, static_groups=True)],
-                         ids=_cfg_id)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(),
+        dict(group_size=32),
+        dict(bits=3, sym=True),
+        dict(act_order=False),
+        dict(group_size=32, static_groups=True),
+    ],
+    ids=_cfg_id,
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_torch_quantease_objective_non_increasing_on_quantized_sweeps(cfg, seed):
     p = llm_like(ROWS, COLS, seed=seed)
@@ -173,10 +188,11 @@ def test_torch_quantease_max_sweeps_keeps_schedule():
 
 # -------------------------------------------------------------------------------------------- LeanQuant
 
+
 def _check_codebook(Q, info, rows, bits):
     codes, book = info["codes"], info["codebook"]
-    assert book.shape == (rows, 2 ** bits) and book.dtype == np.float32
-    assert codes.dtype == np.uint8 and int(codes.max()) < 2 ** bits
+    assert book.shape == (rows, 2**bits) and book.dtype == np.float32
+    assert codes.dtype == np.uint8 and int(codes.max()) < 2**bits
     np.testing.assert_array_equal(Q, np.take_along_axis(book, codes.astype(np.int64), axis=1))
 
 
@@ -218,6 +234,7 @@ def test_torch_leanquant_rejects_unknown_kmeans():
 
 # ------------------------------------------------------------------------ data-free peers (when installed)
 
+
 def test_hqq_adapter_groups_of_64():
     pytest.importorskip("hqq")
     from bench.peers import installed
@@ -226,7 +243,7 @@ def test_hqq_adapter_groups_of_64():
     Q, sec = installed._hqq(W, bits=4, group_size=64, threads=1)
     assert Q.shape == W.shape and Q.dtype == np.float32 and sec > 0
     for g in range(COLS // 64):  # at most 16 distinct values per (row, group)
-        blk = Q[:, g * 64:(g + 1) * 64]
+        blk = Q[:, g * 64 : (g + 1) * 64]
         assert max(len(np.unique(r)) for r in blk) <= 16
     assert np.mean((Q - W) ** 2) < np.mean((oracle_rtn(W, group_size=64)["weight"] - W) ** 2) * 1.5
 

@@ -1,6 +1,7 @@
 """QuantEase: agreement with the NumPy oracle, the optimisation properties (monotone quantized sweeps,
 coordinate-wise optimality at convergence, never worse than GPTQ from its result), the outlier variant,
 dead columns / groups / act-order / sym, threads, the GIL, and input handling."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-import quantease
 import problems
+import quantease
 from reference import quantease as oracle
 from reference.gptq import layer_loss as ref_loss
 from subprocess_run import assert_python_keeps_running, run_python
@@ -23,7 +24,7 @@ BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 def grid_values(res, r, j):
     """All grid points of entry (r, j) of a result (affine grid)."""
     g = res.g_idx[j]
-    maxq = 2 ** res.bits - 1
+    maxq = 2**res.bits - 1
     return res.scales[r, g] * (np.arange(maxq + 1, dtype=np.float32) - res.zeros[r, g])
 
 
@@ -73,8 +74,14 @@ def test_matches_oracle(case, kind):
     res = quantease.quantease(p.W, p.H, **kw)
     okw = dict(kw)
     if kw.get("init") == "gptq":
-        g = quantease.gptq(p.W, p.H, bits=kw["bits"], group_size=kw.get("group_size", -1),
-                           sym=kw.get("sym", False), act_order=kw.get("act_order", True))
+        g = quantease.gptq(
+            p.W,
+            p.H,
+            bits=kw["bits"],
+            group_size=kw.get("group_size", -1),
+            sym=kw.get("sym", False),
+            act_order=kw.get("act_order", True),
+        )
         okw["start"] = dict(codes=g.codes, scales=g.scales, zeros=g.zeros)
     if kw.get("outliers"):
         okw["eta"] = res.info["eta"]
@@ -110,6 +117,7 @@ def test_beta_is_the_best_unconstrained_column():
 
 # ----------------------------------------------------------------------------- optimisation properties
 
+
 def _problem_set():
     out = []
     for seed in range(3):
@@ -121,15 +129,18 @@ def _problem_set():
 PROBLEM_SET = _problem_set()
 
 
-@pytest.mark.parametrize("opts", [dict(bits=3), dict(bits=4, group_size=32), dict(bits=2, sym=True),
-                                  dict(bits=3, relaxed=False, act_order=False)], ids=str)
+@pytest.mark.parametrize(
+    "opts",
+    [dict(bits=3), dict(bits=4, group_size=32), dict(bits=2, sym=True), dict(bits=3, relaxed=False, act_order=False)],
+    ids=str,
+)
 def test_objective_never_increases_across_quantized_sweeps(opts):
     for p in PROBLEM_SET:
         res = quantease.quantease(p.W, p.H, iters=12, **opts)
         h, q = res.loss_history, res.info["quantized"]
         assert len(h) == res.iters == len(q)
         for i in range(1, len(h)):
-            if q[i] and q[i - 1]:   # a quantized sweep from an on-grid point can only lower f
+            if q[i] and q[i - 1]:  # a quantized sweep from an on-grid point can only lower f
                 assert h[i] <= h[i - 1] * (1 + 1e-6) + 1e-12, (p, i, h[i - 1], h[i])
         if not opts.get("relaxed", True):
             assert all(q)
@@ -140,9 +151,17 @@ def test_objective_never_increases_across_quantized_sweeps(opts):
         assert res.loss_history[res.info["best_sweep"]] == pytest.approx(best, rel=1e-6)
 
 
-@pytest.mark.parametrize("opts", [dict(bits=3), dict(bits=2, group_size=8), dict(bits=4, sym=True),
-                                  dict(bits=3, init="gptq"), dict(bits=3, act_order=False, relaxed=False)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(bits=3),
+        dict(bits=2, group_size=8),
+        dict(bits=4, sym=True),
+        dict(bits=3, init="gptq"),
+        dict(bits=3, act_order=False, relaxed=False),
+    ],
+    ids=str,
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_converged_result_is_coordinatewise_optimal(opts, seed):
     """Exhaustively: no single entry moved to any other point of its grid lowers the objective."""
@@ -154,15 +173,29 @@ def test_converged_result_is_coordinatewise_optimal(opts, seed):
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
-@pytest.mark.parametrize("opts", [dict(), dict(group_size=32), dict(sym=True), dict(act_order=False),
-                                  dict(group_size=16, act_order=False, sym=True)], ids=str)
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(),
+        dict(group_size=32),
+        dict(sym=True),
+        dict(act_order=False),
+        dict(group_size=16, act_order=False, sym=True),
+    ],
+    ids=str,
+)
 def test_gptq_init_never_worse_than_gptq(bits, opts):
     for p in PROBLEM_SET[::2]:
-        g = quantease.gptq(p.W, p.H, bits=bits, act_order=opts.get("act_order", True),
-                           **{k: v for k, v in opts.items() if k != "act_order"})
+        g = quantease.gptq(
+            p.W,
+            p.H,
+            bits=bits,
+            act_order=opts.get("act_order", True),
+            **{k: v for k, v in opts.items() if k != "act_order"},
+        )
         r = quantease.quantease(p.W, p.H, bits=bits, init="gptq", iters=6, **opts)
         assert r.loss <= g.loss, (p, r.loss, g.loss)
-        np.testing.assert_array_equal(r.scales, g.scales)   # GPTQ's grid
+        np.testing.assert_array_equal(r.scales, g.scales)  # GPTQ's grid
         np.testing.assert_array_equal(r.g_idx, g.g_idx)
 
 
@@ -209,12 +242,13 @@ def test_codes_grid_and_groups():
     p = problems.llm_like(24, 64, seed=5)
     for kw in (dict(), dict(group_size=16), dict(group_size=16, act_order=False), dict(sym=True)):
         r = quantease.quantease(p.W, p.H, bits=3, iters=5, **kw)
-        g = quantease.gptq(p.W, p.H, bits=3, act_order=kw.get("act_order", True),
-                           **{k: v for k, v in kw.items() if k != "act_order"})
+        g = quantease.gptq(
+            p.W, p.H, bits=3, act_order=kw.get("act_order", True), **{k: v for k, v in kw.items() if k != "act_order"}
+        )
         assert r.codes.dtype == np.uint8 and r.codes.max() <= 7
         np.testing.assert_array_equal(r.grid_weight(), r.weight)
         np.testing.assert_array_equal(r.g_idx, g.g_idx)
-        if kw.get("group_size", -1) == -1:   # row grid fitted once from W: RTN's
+        if kw.get("group_size", -1) == -1:  # row grid fitted once from W: RTN's
             rt = quantease.rtn(p.W, bits=3, sym=kw.get("sym", False))
             np.testing.assert_array_equal(r.scales, rt.scales)
             np.testing.assert_array_equal(r.zeros, rt.zeros)
@@ -228,7 +262,7 @@ def test_dead_columns_rounded_from_current_value():
     p = problems.dead_columns(16, 64, seed=2)
     dead = p.info["dead"]
     r = quantease.quantease(p.W, p.H, bits=4, iters=6)
-    rt = quantease.rtn(p.W, bits=4)            # init = W, row grid: a dead column stays W's rounding
+    rt = quantease.rtn(p.W, bits=4)  # init = W, row grid: a dead column stays W's rounding
     np.testing.assert_array_equal(r.codes[:, dead], rt.codes[:, dead])
     gi = quantease.gptq(p.W, p.H, bits=4, act_order=True)
     rg = quantease.quantease(p.W, p.H, bits=4, iters=6, init="gptq")
@@ -236,6 +270,7 @@ def test_dead_columns_rounded_from_current_value():
 
 
 # --------------------------------------------------------------------------------------------- outliers
+
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_outliers_far_below_plain_at_3_bits(seed):
@@ -249,8 +284,8 @@ def test_outliers_far_below_plain_at_3_bits(seed):
     np.testing.assert_array_equal(res.dense_weight(), res.weight)
     assert res.loss == pytest.approx(quantease.layer_loss(p.W, res.grid_weight() + res.outliers.to_dense(), p.H))
     assert res.outliers.values.dtype == np.float32 and res.outliers.indptr[-1] == k
-    for r in range(p.W.shape[0]):   # CSR: increasing columns within each row
-        cols = res.outliers.indices[res.outliers.indptr[r]:res.outliers.indptr[r + 1]]
+    for r in range(p.W.shape[0]):  # CSR: increasing columns within each row
+        cols = res.outliers.indices[res.outliers.indptr[r] : res.outliers.indptr[r + 1]]
         assert np.all(np.diff(cols) > 0)
 
 
@@ -290,10 +325,24 @@ def test_zero_outliers_reproduce_plain(structure):
 
 # ------------------------------------------------------------------------------- the fast paths (speed)
 
+
 def _core_run(p, **over):
     from quantease import _core
-    kw = dict(bits=3, group_size=-1, sym=False, act_order=True, iters=9, init="w", relaxed=True, tol=0.0,
-              outliers=0.0, outlier_structure="unstructured", outlier_step=1.0, block_size=32)
+
+    kw = dict(
+        bits=3,
+        group_size=-1,
+        sym=False,
+        act_order=True,
+        iters=9,
+        init="w",
+        relaxed=True,
+        tol=0.0,
+        outliers=0.0,
+        outlier_structure="unstructured",
+        outlier_step=1.0,
+        block_size=32,
+    )
     kw.update(over)
     return _core.quantease(p.W, p.H, **kw)
 
@@ -303,9 +352,9 @@ def test_relaxed_pair_matches_plain_sweeps(seed):
     """A relaxed sweep and the quantized sweep after it run as a pair on the G of the on-grid point
     (half-flop relaxed sweep on a scratch copy, sparse update by the change of grid point). A refresh period
     that never comes due switches the pair off: both must follow the same iterates up to float32 round-off."""
-    p = problems.llm_like(300, 160, seed=seed)   # three row panels, five column blocks
+    p = problems.llm_like(300, 160, seed=seed)  # three row panels, five column blocks
     pair = _core_run(p)
-    plain = _core_run(p, refresh_every=10 ** 6)
+    plain = _core_run(p, refresh_every=10**6)
     assert plain["refreshes"] == 0 and pair["quantized"] == plain["quantized"]
     assert not all(pair["quantized"][:9])
     np.testing.assert_allclose(pair["loss_history"][:9], plain["loss_history"][:9], rtol=1e-4)
@@ -360,8 +409,9 @@ def test_results_identical_for_1_and_2_threads():
 
 
 def test_gil_released_during_the_solve():
-    assert_python_keeps_running('p = problems.random_problem(384, 512, n=1024, seed=3)',
-                                'quantease.quantease(p.W, p.H, iters=6)')
+    assert_python_keeps_running(
+        "p = problems.random_problem(384, 512, n=1024, seed=3)", "quantease.quantease(p.W, p.H, iters=6)"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -373,25 +423,28 @@ def raises(fragment):
     return pytest.raises(ValueError, match=re.escape(fragment))
 
 
-@pytest.mark.parametrize("over, message", [
-    (dict(bits=9), "bits must be an integer in 2..8, got 9"),
-    (dict(group_size=5), "group_size must be -1 or a positive divisor of cols=32, got 5"),
-    (dict(iters=0), "iters must be a positive integer, got 0"),
-    (dict(iters=2.5), "iters must be a positive integer, got 2.5"),
-    (dict(block_size=0), "block_size must be a positive integer, got 0"),
-    (dict(init="zeros"), "init must be one of 'w', 'rtn', 'gptq', 'leanquant', got 'zeros'"),
-    (dict(tol=-1.0), "tol must be a finite number >= 0, got -1.0"),
-    (dict(tol=float("nan")), "tol must be a finite number >= 0, got nan"),
-    (dict(outliers=1.0), "outliers must be a fraction in [0, 1), got 1.0"),
-    (dict(outliers=-0.1), "outliers must be a fraction in [0, 1), got -0.1"),
-    (dict(outliers="1%"), "outliers must be a fraction in [0, 1), got '1%'"),
-    (dict(outlier_structure="rows"), "outlier_structure must be one of 'unstructured', 'structured', got 'rows'"),
-    (dict(outlier_step=0.0), "outlier_step must be a finite number > 0, got 0.0"),
-    (dict(sym=1), "sym must be True or False, got 1"),
-    (dict(act_order=None), "act_order must be True or False, got None"),
-    (dict(relaxed="yes"), "relaxed must be True or False, got 'yes'"),
-    (dict(init="gptq", outliers=0.01), "init='gptq' cannot be combined with outliers > 0"),
-])
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        (dict(bits=9), "bits must be an integer in 2..8, got 9"),
+        (dict(group_size=5), "group_size must be -1 or a positive divisor of cols=32, got 5"),
+        (dict(iters=0), "iters must be a positive integer, got 0"),
+        (dict(iters=2.5), "iters must be a positive integer, got 2.5"),
+        (dict(block_size=0), "block_size must be a positive integer, got 0"),
+        (dict(init="zeros"), "init must be one of 'w', 'rtn', 'gptq', 'leanquant', got 'zeros'"),
+        (dict(tol=-1.0), "tol must be a finite number >= 0, got -1.0"),
+        (dict(tol=float("nan")), "tol must be a finite number >= 0, got nan"),
+        (dict(outliers=1.0), "outliers must be a fraction in [0, 1), got 1.0"),
+        (dict(outliers=-0.1), "outliers must be a fraction in [0, 1), got -0.1"),
+        (dict(outliers="1%"), "outliers must be a fraction in [0, 1), got '1%'"),
+        (dict(outlier_structure="rows"), "outlier_structure must be one of 'unstructured', 'structured', got 'rows'"),
+        (dict(outlier_step=0.0), "outlier_step must be a finite number > 0, got 0.0"),
+        (dict(sym=1), "sym must be True or False, got 1"),
+        (dict(act_order=None), "act_order must be True or False, got None"),
+        (dict(relaxed="yes"), "relaxed must be True or False, got 'yes'"),
+        (dict(init="gptq", outliers=0.01), "init='gptq' cannot be combined with outliers > 0"),
+    ],
+)
 def test_option_messages(over, message):
     with raises(message):
         quantease.quantease(P.W, P.H, **over)
@@ -418,11 +471,26 @@ def test_array_messages():
 
 def test_core_binding_checks_too():
     from quantease import _core
-    kw = dict(bits=3, group_size=-1, sym=False, act_order=True, iters=2, init="w", relaxed=True, tol=0.0,
-              outliers=0.0, outlier_structure="unstructured", outlier_step=1.0, block_size=16)
-    for over, message in [(dict(outliers=1.5), "outliers must be a fraction in [0, 1), got 1.5"),
-                          (dict(init="x"), "init must be one of 'w', 'rtn', 'gptq', 'leanquant', got 'x'"),
-                          (dict(iters=0), "iters must be a positive integer, got 0")]:
+
+    kw = dict(
+        bits=3,
+        group_size=-1,
+        sym=False,
+        act_order=True,
+        iters=2,
+        init="w",
+        relaxed=True,
+        tol=0.0,
+        outliers=0.0,
+        outlier_structure="unstructured",
+        outlier_step=1.0,
+        block_size=16,
+    )
+    for over, message in [
+        (dict(outliers=1.5), "outliers must be a fraction in [0, 1), got 1.5"),
+        (dict(init="x"), "init must be one of 'w', 'rtn', 'gptq', 'leanquant', got 'x'"),
+        (dict(iters=0), "iters must be a positive integer, got 0"),
+    ]:
         with raises(message):
             _core.quantease(P.W, P.H, **{**kw, **over})
 
@@ -449,5 +517,6 @@ def test_result_fields():
     assert r.method == "quantease" and r.bits == 4 and r.loss_history.dtype == np.float64
     assert r.iters == len(r.loss_history) and r.outliers is None and r.outlier_fraction is None
     assert set(r.info["phase_seconds"]) >= {"prepare", "init", "sweeps", "output"}
-    np.testing.assert_allclose(r.info["rel_history"] * quantease.layer_loss(P.W, 0 * P.W, P.H), r.loss_history,
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        r.info["rel_history"] * quantease.layer_loss(P.W, 0 * P.W, P.H), r.loss_history, rtol=1e-4
+    )

@@ -2,6 +2,7 @@
 one sweep and a relaxed/quantized pair against a tiny NumPy oracle of CD with nearest-level rounding, the tie
 rule, coordinate-wise optimality at convergence (exhaustive), monotone quantized sweeps, never worse than
 LeanQuant from its result, codes/codebook reproducing the weight, threads, and input handling."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,14 @@ import re
 import numpy as np
 import pytest
 
-import quantease
 import problems
+import quantease
+import test_quantease
 from quantease import _core
 from subprocess_run import run_python
-import test_quantease
-
 
 # ---------------------------------------------------------------------------------------------- helpers
+
 
 def levels_of(res, r, c):
     """The codebook levels of entry (r, c) (original column order) of a codebook result."""
@@ -38,7 +39,7 @@ def random_codebook(W, bits, group_size=-1, seed=0):
     groups = cols // gs
     cb = np.empty((rows, groups, 1 << bits), dtype=np.float32)
     for g in range(groups):
-        x = W[:, g * gs:(g + 1) * gs]
+        x = W[:, g * gs : (g + 1) * gs]
         lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
         cb[:, g] = np.sort(lo + (hi - lo) * rng.uniform(size=(rows, 1 << bits)), axis=1)
     return cb[:, 0] if group_size == -1 else cb
@@ -87,8 +88,21 @@ def oracle_sweeps(W, H, codebook, group_size, act_order, kinds, start_codes=None
 
 def core_run(W, H, **kw):
     """The compiled solver with the polish sweeps off (the schedule alone), as the oracle runs it."""
-    args = dict(bits=3, group_size=-1, sym=False, act_order=True, iters=1, init="w", relaxed=True, tol=0.0,
-                outliers=0.0, outlier_structure="unstructured", outlier_step=1.0, block_size=128, polish=False)
+    args = dict(
+        bits=3,
+        group_size=-1,
+        sym=False,
+        act_order=True,
+        iters=1,
+        init="w",
+        relaxed=True,
+        tol=0.0,
+        outliers=0.0,
+        outlier_structure="unstructured",
+        outlier_step=1.0,
+        block_size=128,
+        polish=False,
+    )
     args.update(kw)
     return _core.quantease(np.ascontiguousarray(W, dtype=np.float32), H, **args)
 
@@ -114,7 +128,7 @@ def test_one_sweep_matches_numpy_oracle(case, kind):
     gs, act = kw.get("group_size", -1), kw.get("act_order", True)
     cb = random_codebook(p.W, kw["bits"], gs, seed=1)
     out = core_run(p.W, p.H, codebook=cb, iters=1, **kw)
-    (f, codes), = oracle_sweeps(p.W, p.H, cb, gs, act, "q")
+    ((f, codes),) = oracle_sweeps(p.W, p.H, cb, gs, act, "q")
     assert out["sweeps"] == 1
     assert problems.code_agreement(out["codes"], codes) >= 0.99
     assert out["loss_history"][0] == pytest.approx(f, rel=2e-4)
@@ -168,16 +182,23 @@ def test_diagonal_h_rounds_to_the_nearest_level(bits):
 
 # ----------------------------------------------------------------------------- optimisation properties
 
+
 def _problem_set():
-    return [problems.make(kind, 32, 96, seed=seed) for seed in range(3)
-            for kind in ("random", "llm_like", "dead_columns", "rank_deficient", "zero_rows")]
+    return [
+        problems.make(kind, 32, 96, seed=seed)
+        for seed in range(3)
+        for kind in ("random", "llm_like", "dead_columns", "rank_deficient", "zero_rows")
+    ]
 
 
 PROBLEM_SET = _problem_set()
 
 
-@pytest.mark.parametrize("opts", [dict(bits=3), dict(bits=4, group_size=32), dict(bits=2, act_order=False),
-                                  dict(bits=3, relaxed=False)], ids=str)
+@pytest.mark.parametrize(
+    "opts",
+    [dict(bits=3), dict(bits=4, group_size=32), dict(bits=2, act_order=False), dict(bits=3, relaxed=False)],
+    ids=str,
+)
 @pytest.mark.parametrize("init", ["w", "rtn", "leanquant"])
 def test_objective_never_increases_across_quantized_sweeps(opts, init):
     for i, p in enumerate(PROBLEM_SET[::2]):
@@ -188,9 +209,9 @@ def test_objective_never_increases_across_quantized_sweeps(opts, init):
         h, q = res.loss_history, res.info["quantized"]
         assert len(h) == res.iters == len(q)
         for k in range(1, len(h)):
-            if q[k] and q[k - 1]:   # a quantized sweep from an on-grid point can only lower f
+            if q[k] and q[k - 1]:  # a quantized sweep from an on-grid point can only lower f
                 assert h[k] <= h[k - 1] * (1 + 1e-6) + 1e-12, (p, k, h[k - 1], h[k])
-        if not res.info["kept_init"]:   # the returned point is the best on-grid iterate
+        if not res.info["kept_init"]:  # the returned point is the best on-grid iterate
             best = min(h[k] for k in range(len(h)) if q[k])
             assert res.loss == pytest.approx(best, rel=1e-4, abs=1e-9)
             # a quantized sweep from the best point continues it even where float32 G reports a last-digit
@@ -198,9 +219,17 @@ def test_objective_never_increases_across_quantized_sweeps(opts, init):
             assert res.loss_history[res.info["best_sweep"]] == pytest.approx(best, rel=1e-6)
 
 
-@pytest.mark.parametrize("opts", [dict(bits=3, init="leanquant"), dict(bits=2, group_size=8, init="leanquant"),
-                                  dict(bits=4, act_order=False, init="leanquant"), dict(bits=3, init="w"),
-                                  dict(bits=3, group_size=16, init="rtn", relaxed=False)], ids=str)
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(bits=3, init="leanquant"),
+        dict(bits=2, group_size=8, init="leanquant"),
+        dict(bits=4, act_order=False, init="leanquant"),
+        dict(bits=3, init="w"),
+        dict(bits=3, group_size=16, init="rtn", relaxed=False),
+    ],
+    ids=str,
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_converged_result_is_coordinatewise_optimal(opts, seed):
     """Exhaustively: no single entry moved to any other level of its codebook lowers the objective."""
@@ -215,15 +244,16 @@ def test_converged_result_is_coordinatewise_optimal(opts, seed):
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
-@pytest.mark.parametrize("opts", [dict(), dict(group_size=32), dict(act_order=False),
-                                  dict(group_size=48, act_order=False)], ids=str)
+@pytest.mark.parametrize(
+    "opts", [dict(), dict(group_size=32), dict(act_order=False), dict(group_size=48, act_order=False)], ids=str
+)
 def test_leanquant_init_never_worse_than_leanquant(bits, opts):
     strictly = []
     for p in PROBLEM_SET:
         lq = quantease.leanquant(p.W, p.H, bits=bits, **opts)
         r = quantease.quantease(p.W, p.H, bits=bits, init="leanquant", iters=8, **opts)
         assert r.loss <= lq.loss, (p, r.loss, lq.loss)
-        np.testing.assert_array_equal(r.codebook, lq.codebook)   # LeanQuant's codebooks, same layout
+        np.testing.assert_array_equal(r.codebook, lq.codebook)  # LeanQuant's codebooks, same layout
         np.testing.assert_array_equal(r.g_idx, lq.g_idx)
         assert r.damp == lq.damp
         strictly.append(r.loss < lq.loss)
@@ -246,13 +276,14 @@ def test_below_leanquant_on_llm_like_problems():
 
 # ------------------------------------------------------------------------------------------- refit
 
+
 def optimal_levels_gain(p, res):
     """Σ over rows of f(row) − min over its used levels (codes fixed, one codebook per row), float64 lstsq."""
     W, H = p.W.astype(np.float64), p.H.astype(np.float64)
     k = res.codebook.shape[-1]
     gain = 0.0
     for r in range(W.shape[0]):
-        A = np.eye(k)[res.codes[r]]                 # cols x k one-hot
+        A = np.eye(k)[res.codes[r]]  # cols x k one-hot
         used = np.flatnonzero(np.diag(A.T @ H @ A) > 0)
         c = res.codebook[r].astype(np.float64)
         d = W[r] - A @ c
@@ -276,8 +307,11 @@ def test_refit_first_step_is_the_exact_level_optimum(seed):
     assert r.loss <= base.loss - 0.99 * want
 
 
-@pytest.mark.parametrize("opts", [dict(bits=3), dict(bits=4, group_size=32), dict(bits=2, group_size=48,
-                                  act_order=False), dict(bits=3, init="w")], ids=str)
+@pytest.mark.parametrize(
+    "opts",
+    [dict(bits=3), dict(bits=4, group_size=32), dict(bits=2, group_size=48, act_order=False), dict(bits=3, init="w")],
+    ids=str,
+)
 def test_refit_lowers_the_loss_and_stays_optimal(opts):
     lower = []
     for i, p in enumerate(PROBLEM_SET[::3]):
@@ -290,11 +324,11 @@ def test_refit_lowers_the_loss_and_stays_optimal(opts):
         assert r.loss <= a.loss * (1 + 1e-6), (p, r.loss, a.loss)
         lower.append(r.loss < a.loss)
         assert all(g >= 0 for g in r.info["refit_gains"]) and r.info["refits"] >= 1
-        assert np.all(np.diff(r.codebook, axis=-1) >= 0)             # re-sorted, codes renumbered
+        assert np.all(np.diff(r.codebook, axis=-1) >= 0)  # re-sorted, codes renumbered
         np.testing.assert_array_equal(r.grid_weight(), r.weight)
         assert r.info["converged"]
         h, pol = r.loss_history, r.info["polish"]
-        for t in range(1, len(h)):   # the polish/refit sweeps only go down (a refit between two also does)
+        for t in range(1, len(h)):  # the polish/refit sweeps only go down (a refit between two also does)
             if pol[t] and pol[t - 1]:
                 assert h[t] <= h[t - 1] * (1 + 1e-6) + 1e-12
         worst, f = best_single_move(p, r)
@@ -304,8 +338,10 @@ def test_refit_lowers_the_loss_and_stays_optimal(opts):
 
 # ------------------------------------------------------------------------------------- the result
 
-@pytest.mark.parametrize("kw", [dict(), dict(group_size=16), dict(group_size=16, act_order=False),
-                                dict(act_order=False)], ids=str)
+
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(group_size=16), dict(group_size=16, act_order=False), dict(act_order=False)], ids=str
+)
 def test_codes_and_codebook_reproduce_weight(kw):
     p = problems.dead_columns(24, 64, seed=5)
     gs = kw.get("group_size", -1)
@@ -316,12 +352,12 @@ def test_codes_and_codebook_reproduce_weight(kw):
         assert r.scales is None and r.zeros is None and r.codebook.dtype == np.float32
         assert r.codebook.shape == ((24, 8) if gs == -1 else (24, 4, 8))
         assert np.all(np.diff(r.codebook, axis=-1) >= 0)
-        if cb is not None:   # the given levels, sorted
+        if cb is not None:  # the given levels, sorted
             np.testing.assert_array_equal(r.codebook, np.sort(cb, axis=-1))
         np.testing.assert_array_equal(r.grid_weight(), r.weight)
         np.testing.assert_array_equal(r.g_idx, np.arange(64) // gs if gs > 0 else np.zeros(64))  # static groups
         if kw.get("act_order", True):
-            d = np.diag(p.H)   # processing order: diag(H) descending, dead columns counted as 1
+            d = np.diag(p.H)  # processing order: diag(H) descending, dead columns counted as 1
             np.testing.assert_array_equal(r.perm, np.argsort(-np.where(d == 0, 1, d), kind="stable"))
         else:
             assert r.perm is None
@@ -382,6 +418,7 @@ def test_results_identical_for_1_and_2_threads():
 
 # -------------------------------------------------------------------------------------------- inputs
 
+
 def _raises(msg, W, H, **kw):
     with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
         quantease.quantease(W, H, **kw)
@@ -392,33 +429,73 @@ def test_bad_codebooks_and_options():
     W, H = p.W, p.H
     cb = random_codebook(W, 3)
     cbg = random_codebook(W, 3, 16)
-    _raises("codebook must be (8, 8) (rows x 2^bits) for W of shape (8, 32) and group_size=-1, got (8, 2, 8)",
-            W, H, bits=3, codebook=cbg)
-    _raises("codebook must be (8, 2, 8) (rows x groups x 2^bits) for W of shape (8, 32) and group_size=16, "
-            "got (8, 8)", W, H, bits=3, group_size=16, codebook=cb)
-    _raises("codebook must be (8, 8) (rows x 2^bits) for W of shape (8, 32) and group_size=-1, got (7, 8)",
-            W, H, bits=3, codebook=cb[:7])
+    _raises(
+        "codebook must be (8, 8) (rows x 2^bits) for W of shape (8, 32) and group_size=-1, got (8, 2, 8)",
+        W,
+        H,
+        bits=3,
+        codebook=cbg,
+    )
+    _raises(
+        "codebook must be (8, 2, 8) (rows x groups x 2^bits) for W of shape (8, 32) and group_size=16, got (8, 8)",
+        W,
+        H,
+        bits=3,
+        group_size=16,
+        codebook=cb,
+    )
+    _raises(
+        "codebook must be (8, 8) (rows x 2^bits) for W of shape (8, 32) and group_size=-1, got (7, 8)",
+        W,
+        H,
+        bits=3,
+        codebook=cb[:7],
+    )
     _raises("codebook must have 2^bits = 16 levels per row for bits=4, got 8", W, H, bits=4, codebook=cb)
-    _raises("codebook must have 2^bits = 4 levels per row and group for bits=2, got 8", W, H, bits=2,
-            group_size=16, codebook=cbg)
+    _raises(
+        "codebook must have 2^bits = 4 levels per row and group for bits=2, got 8",
+        W,
+        H,
+        bits=2,
+        group_size=16,
+        codebook=cbg,
+    )
     bad = cbg.copy()
     bad[3, 1, 5] = np.nan
-    _raises("codebook contains NaN or Inf (first at row 3, group 1, level 5)", W, H, bits=3, group_size=16,
-            codebook=bad)
-    _raises("codebook contains NaN or Inf (first at row 0, level 2)", W, H, bits=3,
-            codebook=np.where(np.arange(8) == 2, 1e39, cb.astype(np.float64)))   # overflows float32
-    _raises("codebook must be a real floating-point array (float16/float32/float64), got int64", W, H, bits=3,
-            codebook=np.zeros((8, 8), dtype=np.int64))
-    for kw, what in ((dict(sym=True), "sym=True cannot be combined with {} (codebooks are not symmetric affine "
-                                      "grids)"),
-                     (dict(mse=True), "mse=True cannot be combined with {} (the MSE range search fits affine grids)"),
-                     (dict(outliers=0.01), "outliers > 0 cannot be combined with {} (the outlier variant's grids "
-                                           "are affine)")):
+    _raises(
+        "codebook contains NaN or Inf (first at row 3, group 1, level 5)", W, H, bits=3, group_size=16, codebook=bad
+    )
+    _raises(
+        "codebook contains NaN or Inf (first at row 0, level 2)",
+        W,
+        H,
+        bits=3,
+        codebook=np.where(np.arange(8) == 2, 1e39, cb.astype(np.float64)),
+    )  # overflows float32
+    _raises(
+        "codebook must be a real floating-point array (float16/float32/float64), got int64",
+        W,
+        H,
+        bits=3,
+        codebook=np.zeros((8, 8), dtype=np.int64),
+    )
+    for kw, what in (
+        (dict(sym=True), "sym=True cannot be combined with {} (codebooks are not symmetric affine grids)"),
+        (dict(mse=True), "mse=True cannot be combined with {} (the MSE range search fits affine grids)"),
+        (dict(outliers=0.01), "outliers > 0 cannot be combined with {} (the outlier variant's grids are affine)"),
+    ):
         _raises(what.format("a codebook"), W, H, bits=3, codebook=cb, **kw)
         _raises(what.format("init='leanquant'"), W, H, bits=3, init="leanquant", **kw)
     for init in ("gptq", "leanquant"):
-        _raises(f"init='{init}' cannot be combined with a codebook (init='gptq' uses GPTQ's affine grid, "
-                "init='leanquant' LeanQuant's own codebooks)", W, H, bits=3, init=init, codebook=cb)
+        _raises(
+            f"init='{init}' cannot be combined with a codebook (init='gptq' uses GPTQ's affine grid, "
+            "init='leanquant' LeanQuant's own codebooks)",
+            W,
+            H,
+            bits=3,
+            init=init,
+            codebook=cb,
+        )
     _raises("init must be one of 'w', 'rtn', 'gptq', 'leanquant', got 'kmeans'", W, H, init="kmeans")
 
 
@@ -426,8 +503,9 @@ def test_binding_checks_the_codebook_too():
     """The compiled layer validates on its own (it is callable without the Python wrapper)."""
     p = problems.llm_like(8, 32, seed=0)
     cb = random_codebook(p.W, 3)
-    with pytest.raises(ValueError, match=re.escape("codebook must be ascending along its last axis (not at row 0, "
-                                                   "level 1)")):
+    with pytest.raises(
+        ValueError, match=re.escape("codebook must be ascending along its last axis (not at row 0, level 1)")
+    ):
         core_run(p.W, p.H, codebook=np.ascontiguousarray(cb[:, ::-1]))
     with pytest.raises(ValueError, match=re.escape("codebook must be a C-contiguous float32 array")):
         core_run(p.W, p.H, codebook=cb.astype(np.float64))

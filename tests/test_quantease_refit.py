@@ -4,13 +4,14 @@ The refit keeps every invariant of plain QuantEase (objective monotone over quan
 optimal result, init="gptq" never worse than GPTQ) and must actually lower the objective; each refit is the
 exact best scale for the codes it saw (checked against a brute-force line search on small problems).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import quantease
 import problems
+import quantease
 from test_quantease import PROBLEM_SET, _llm_like_cases, best_single_move
 
 
@@ -19,10 +20,18 @@ def _f(W, Q, H):
     return float(np.sum((D @ H.astype(np.float64)) * D))
 
 
-@pytest.mark.parametrize("opts", [dict(bits=3), dict(bits=4, group_size=32), dict(bits=2, sym=True),
-                                  dict(bits=3, init="gptq"), dict(bits=3, act_order=False, relaxed=False),
-                                  dict(bits=3, group_size=16, sym=True, init="gptq")],
-                         ids=str)
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(bits=3),
+        dict(bits=4, group_size=32),
+        dict(bits=2, sym=True),
+        dict(bits=3, init="gptq"),
+        dict(bits=3, act_order=False, relaxed=False),
+        dict(bits=3, group_size=16, sym=True, init="gptq"),
+    ],
+    ids=str,
+)
 def test_refit_monotone_and_never_above_plain(opts):
     lowered = 0
     for p in PROBLEM_SET:
@@ -41,7 +50,7 @@ def test_refit_monotone_and_never_above_plain(opts):
         assert all(g >= 0 for g in res.info["refit_gains"])
         lowered += res.loss < plain.loss * (1 - 1e-4)
         # on the grid it reports: integer zeros in range, positive scales, weight = dequantized codes
-        maxq = 2 ** res.bits - 1
+        maxq = 2**res.bits - 1
         assert np.all(res.scales > 0)
         assert np.all((res.zeros >= 0) & (res.zeros <= maxq) & (res.zeros == np.round(res.zeros)))
         deq = res.scales[:, res.g_idx] * (res.codes.astype(np.float32) - res.zeros[:, res.g_idx])
@@ -49,8 +58,9 @@ def test_refit_monotone_and_never_above_plain(opts):
     assert lowered >= len(PROBLEM_SET) // 2, lowered
 
 
-@pytest.mark.parametrize("opts", [dict(bits=3), dict(bits=2, group_size=8), dict(bits=4, sym=True),
-                                  dict(bits=3, init="gptq")], ids=str)
+@pytest.mark.parametrize(
+    "opts", [dict(bits=3), dict(bits=2, group_size=8), dict(bits=4, sym=True), dict(bits=3, init="gptq")], ids=str
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_refit_result_is_coordinatewise_optimal(opts, seed):
     """Exhaustively: no single entry moved to another point of its (refitted) grid lowers the objective."""
@@ -111,7 +121,7 @@ def test_refit_from_w_beats_gptq_on_synthetic_llm_like_problems(bits):
     LLM-like problems (heavy-tailed rows: the min-max grid from W wastes range), where plain init="w" is above
     GPTQ on bench/synthetic's problems. (On real SmolLM2/MiniLM layers it is not enough: see the report.)"""
     below, below_plain = [], []
-    for name, p in _llm_like_cases():
+    for _name, p in _llm_like_cases():
         g = quantease.gptq(p.W, p.H, bits=bits, act_order=True)
         below.append(quantease.quantease(p.W, p.H, bits=bits, refit=5).loss < g.loss)
         below_plain.append(quantease.quantease(p.W, p.H, bits=bits).loss < g.loss)
@@ -133,11 +143,14 @@ def test_mse_grid_matches_gptq_mse_grid_and_keeps_invariants():
     assert not np.array_equal(w.scales, plain.scales)
 
 
-@pytest.mark.parametrize("value, message", [
-    (-1, "refit must be an integer >= 0, got -1"),
-    (1.5, "refit must be an integer >= 0, got 1.5"),
-    (True, "refit must be an integer >= 0, got True"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (-1, "refit must be an integer >= 0, got -1"),
+        (1.5, "refit must be an integer >= 0, got 1.5"),
+        (True, "refit must be an integer >= 0, got True"),
+    ],
+)
 def test_refit_messages(value, message):
     p = problems.llm_like(8, 32, seed=0)
     with pytest.raises(ValueError, match="^" + message.replace(".", r"\.") + "$"):

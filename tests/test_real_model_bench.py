@@ -1,6 +1,7 @@
 """bench/real_model.py, the README's main job: argument handling and tables (fast), and one run of its main
 function on the real SmolLM2-135M and all-MiniLM-L6-v2 on a tiny configuration (marked real_model: runs
 when the cache holds the models and texts, or with QUANTEASE_REAL=1)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -9,9 +10,9 @@ import math
 import os
 
 import pytest
-from real_data import real_data_available
 
 import quantease
+from real_data import real_data_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +31,7 @@ bench = _load_bench()
 # fast: arguments, solver discovery, tables
 # ---------------------------------------------------------------------------------------------------------
 
+
 def test_quick_and_full_defaults():
     quick = bench.parse_args(["--quick"])
     assert quick.methods == list(bench.METHODS) and quick.bits == [3] and quick.groups == [64]
@@ -41,8 +43,10 @@ def test_quick_and_full_defaults():
     assert mine.methods == ["gptq", "rtn"] and mine.bits == [4] and mine.groups == [-1] and mine.max_blocks == 2
 
 
-@pytest.mark.parametrize("argv", [["--methods", "gptq,awq"], ["--bits", "9"], ["--groups", "0"],
-                                  ["--max-blocks", "0"], ["--eval-windows", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--methods", "gptq,awq"], ["--bits", "9"], ["--groups", "0"], ["--max-blocks", "0"], ["--eval-windows", "0"]],
+)
 def test_bad_arguments_exit(argv, capsys):
     with pytest.raises(SystemExit) as info:
         bench.parse_args(argv)
@@ -68,21 +72,40 @@ def test_methods_map_to_solvers_with_fixed_options():
     assert bench._solver_kwargs("rtn", quick) == {}
     # Every keyword is one the solver takes.
     import inspect
+
     for m in bench.METHODS:
         name, kwargs = bench.solver_of(m)
         assert set(bench._solver_kwargs(m, quick)) <= set(inspect.signature(getattr(quantease, name)).parameters)
 
 
 def _fake_lm_result():
-    rows = [{"method": "full precision", "bits": 32, "group": None, "status": "ok", "perplexity": 20.0,
-             "ratio": 1.0},
-            {"method": "rtn", "bits": 3, "group": 64, "status": "ok", "perplexity": 60.0, "ratio": 3.0,
-             "mean_relative_loss": 0.05, "quantize_seconds": 1.0, "solver_seconds": 0.1},
-            {"method": "gptq", "bits": 3, "group": 64, "status": "ok", "perplexity": 50.0, "ratio": 2.5,
-             "mean_relative_loss": 0.01, "quantize_seconds": 2.0, "solver_seconds": 1.0},
-            {"method": "quantease", "bits": 3, "group": 64, "status": bench.NOT_IN_BUILD},
-            {"method": "leanquant", "bits": 3, "group": 64, "status": "failed: ValueError: boom",
-             "quantize_seconds": 0.5}]
+    rows = [
+        {"method": "full precision", "bits": 32, "group": None, "status": "ok", "perplexity": 20.0, "ratio": 1.0},
+        {
+            "method": "rtn",
+            "bits": 3,
+            "group": 64,
+            "status": "ok",
+            "perplexity": 60.0,
+            "ratio": 3.0,
+            "mean_relative_loss": 0.05,
+            "quantize_seconds": 1.0,
+            "solver_seconds": 0.1,
+        },
+        {
+            "method": "gptq",
+            "bits": 3,
+            "group": 64,
+            "status": "ok",
+            "perplexity": 50.0,
+            "ratio": 2.5,
+            "mean_relative_loss": 0.01,
+            "quantize_seconds": 2.0,
+            "solver_seconds": 1.0,
+        },
+        {"method": "quantease", "bits": 3, "group": 64, "status": bench.NOT_IN_BUILD},
+        {"method": "leanquant", "bits": 3, "group": 64, "status": "failed: ValueError: boom", "quantize_seconds": 0.5},
+    ]
     return {"rows": rows}
 
 
@@ -102,12 +125,14 @@ def test_tables_show_missing_and_failed_solvers():
 # the real models: main() on a tiny configuration
 # ---------------------------------------------------------------------------------------------------------
 
+
 def _real_available() -> bool:
     return real_data_available(("smollm2-135m", "all-minilm-l6-v2"), ("wiki", "lee"))
 
 
-real = pytest.mark.skipif(not _real_available(),
-                          reason="real models/texts not in the cache (set QUANTEASE_REAL=1 to fetch them)")
+real = pytest.mark.skipif(
+    not _real_available(), reason="real models/texts not in the cache (set QUANTEASE_REAL=1 to fetch them)"
+)
 
 
 def _finite(x) -> bool:
@@ -122,10 +147,35 @@ def test_main_on_a_tiny_configuration(tmp_path):
     pytest.importorskip("transformers")
     lines = []
     path = tmp_path / "out.json"
-    out = bench.main(["--methods", ",".join(bench.METHODS), "--bits", "3", "--groups", "64", "--max-blocks", "1",
-                      "--calib-samples", "2", "--calib-len", "64", "--eval-windows", "2", "--eval-len", "64",
-                      "--sentences", "8", "--calib-sentences", "8", "--quantease-iters", "2", "--json", str(path)],
-                     log=lines.append)
+    out = bench.main(
+        [
+            "--methods",
+            ",".join(bench.METHODS),
+            "--bits",
+            "3",
+            "--groups",
+            "64",
+            "--max-blocks",
+            "1",
+            "--calib-samples",
+            "2",
+            "--calib-len",
+            "64",
+            "--eval-windows",
+            "2",
+            "--eval-len",
+            "64",
+            "--sentences",
+            "8",
+            "--calib-sentences",
+            "8",
+            "--quantease-iters",
+            "2",
+            "--json",
+            str(path),
+        ],
+        log=lines.append,
+    )
     text = "\n".join(lines)
     have = [m for m in bench.METHODS if callable(getattr(quantease, bench.solver_of(m)[0], None))]
     assert out["methods_available"] == have

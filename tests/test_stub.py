@@ -1,4 +1,5 @@
 """The hand-written stub of the compiled module names exactly what the module exports."""
+
 import ast
 import pathlib
 

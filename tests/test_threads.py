@@ -2,6 +2,7 @@
 
 Both run in fresh subprocesses, because OMP_NUM_THREADS is read once when the OpenMP runtime starts.
 """
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,7 @@ import os
 
 import pytest
 
-
 from subprocess_run import assert_python_keeps_running, run_python
-
 
 DIGESTS = """
     import hashlib, json
@@ -101,5 +100,4 @@ def test_gil_is_released_during_solves():
 
 
 def test_python_keeps_running_during_a_solve():
-    assert_python_keeps_running('p = problems.random_problem(768, 768, n=1536, seed=3)',
-                                'quantease.gptq(p.W, p.H)')
+    assert_python_keeps_running("p = problems.random_problem(768, 768, n=1536, seed=3)", "quantease.gptq(p.W, p.H)")

@@ -4,9 +4,9 @@ Tiny randomly initialised HF models built from configs (no download): GPT-2 (Con
 (rotary position_embeddings passed to every block), BERT (encoder) -- 2 blocks each, hidden size 64.
 The solvers are the compiled quantease.rtn / quantease.gptq.
 """
+
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 
@@ -26,25 +26,47 @@ KINDS = ("gpt2", "opt", "llama", "bert")
 
 # ----------------------------------------------------------------------------------------------- fixtures
 
+
 def make_model(kind: str, seed: int = 0):
     torch.manual_seed(seed)
     t = transformers
     if kind == "gpt2":
-        cfg = t.GPT2Config(n_layer=2, n_embd=HIDDEN, n_head=4, vocab_size=VOCAB, n_positions=64,
-                           bos_token_id=0, eos_token_id=0)
+        cfg = t.GPT2Config(
+            n_layer=2, n_embd=HIDDEN, n_head=4, vocab_size=VOCAB, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
         model = t.GPT2LMHeadModel(cfg)
     elif kind == "opt":
-        cfg = t.OPTConfig(num_hidden_layers=2, hidden_size=HIDDEN, num_attention_heads=4, ffn_dim=128,
-                          vocab_size=VOCAB, max_position_embeddings=64, word_embed_proj_dim=HIDDEN)
+        cfg = t.OPTConfig(
+            num_hidden_layers=2,
+            hidden_size=HIDDEN,
+            num_attention_heads=4,
+            ffn_dim=128,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+            word_embed_proj_dim=HIDDEN,
+        )
         model = t.OPTForCausalLM(cfg)
     elif kind == "llama":
-        cfg = t.LlamaConfig(num_hidden_layers=2, hidden_size=HIDDEN, num_attention_heads=4, num_key_value_heads=2,
-                            intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=64,
-                            tie_word_embeddings=False)
+        cfg = t.LlamaConfig(
+            num_hidden_layers=2,
+            hidden_size=HIDDEN,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+        )
         model = t.LlamaForCausalLM(cfg)
     elif kind == "bert":
-        cfg = t.BertConfig(num_hidden_layers=2, hidden_size=HIDDEN, num_attention_heads=4, intermediate_size=128,
-                           vocab_size=VOCAB, max_position_embeddings=64)
+        cfg = t.BertConfig(
+            num_hidden_layers=2,
+            hidden_size=HIDDEN,
+            num_attention_heads=4,
+            intermediate_size=128,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+        )
         model = t.BertModel(cfg, add_pooling_layer=False)
     else:
         raise ValueError(kind)
@@ -58,7 +80,7 @@ def batches(n: int = 4, seed: int = 1, padded: bool = False):
         ids = torch.randint(0, VOCAB, (2, SEQ), generator=g)
         if padded:  # dict inputs with a right-padded second row: masks reach every block as kwargs
             mask = torch.ones_like(ids)
-            mask[1, SEQ - 5:] = 0
+            mask[1, SEQ - 5 :] = 0
             out.append({"input_ids": ids, "attention_mask": mask})
         else:
             out.append(ids)
@@ -92,8 +114,8 @@ def on_grid(weight: np.ndarray, bits: int, group_size: int) -> bool:
     cols = weight.shape[1]
     gs = cols if group_size == -1 else group_size
     for c in range(0, cols, gs):
-        block = weight[:, c:c + gs]
-        if max(len(np.unique(row)) for row in block) > 2 ** bits:
+        block = weight[:, c : c + gs]
+        if max(len(np.unique(row)) for row in block) > 2**bits:
             return False
     return True
 
@@ -101,8 +123,10 @@ def on_grid(weight: np.ndarray, bits: int, group_size: int) -> bool:
 def direct_hessians(model, layers, data):
     """H = (2/n) Σ x xᵀ in float64 from the inputs captured by plain hooks on a full-model forward."""
     xs = {n: [] for n in layers}
-    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: xs[n].append(a[0].detach().reshape(-1, a[0].shape[-1])))
-             for n, m in layers.items()]
+    hooks = [
+        m.register_forward_hook(lambda mod, a, o, n=n: xs[n].append(a[0].detach().reshape(-1, a[0].shape[-1])))
+        for n, m in layers.items()
+    ]
     try:
         output(model, data)
     finally:
@@ -119,12 +143,28 @@ def direct_hessians(model, layers, data):
 
 EXPECTED_GROUPS = {
     "gpt2": ("transformer.h", [["attn.c_attn"], ["attn.c_proj"], ["mlp.c_fc"], ["mlp.c_proj"]]),
-    "opt": ("model.decoder.layers", [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-                                     ["self_attn.out_proj"], ["fc1"], ["fc2"]]),
-    "llama": ("model.layers", [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
-                               ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]),
-    "bert": ("encoder.layer", [["attention.self.query", "attention.self.key", "attention.self.value"],
-                               ["attention.output.dense"], ["intermediate.dense"], ["output.dense"]]),
+    "opt": (
+        "model.decoder.layers",
+        [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.out_proj"], ["fc1"], ["fc2"]],
+    ),
+    "llama": (
+        "model.layers",
+        [
+            ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            ["self_attn.o_proj"],
+            ["mlp.gate_proj", "mlp.up_proj"],
+            ["mlp.down_proj"],
+        ],
+    ),
+    "bert": (
+        "encoder.layer",
+        [
+            ["attention.self.query", "attention.self.key", "attention.self.value"],
+            ["attention.output.dense"],
+            ["intermediate.dense"],
+            ["output.dense"],
+        ],
+    ),
 }
 
 
@@ -157,7 +197,7 @@ def test_blocks_named_explicitly():
 def test_hessians_equal_direct_computation(kind):
     model = make_model(kind)
     data = batches(3, padded=kind == "llama")
-    layers = linear_layers(model)   # every linear layer, lm_head included, Conv1D for GPT-2
+    layers = linear_layers(model)  # every linear layer, lm_head included, Conv1D for GPT-2
     with HessianCollector(layers) as collector:
         output(model, data)
     expected = direct_hessians(model, layers, data)
@@ -178,8 +218,9 @@ def test_hessian_float32_accumulator_and_shared_groups():
         output(model, data)
     for name in layers:
         assert c32.hessian(name).dtype == np.float32
-        np.testing.assert_allclose(c32.hessian(name), c64.hessian(name), rtol=1e-4,
-                                   atol=1e-5 * np.abs(c64.hessian(name)).max())
+        np.testing.assert_allclose(
+            c32.hessian(name), c64.hessian(name), rtol=1e-4, atol=1e-5 * np.abs(c64.hessian(name)).max()
+        )
     assert c32.n_samples(qkv[2]) == c64.n_samples(qkv[2]) == 2 * 2 * SEQ
     # the hooks are gone after the with-block
     before = c64.n_samples(qkv[0])
@@ -188,6 +229,7 @@ def test_hessian_float32_accumulator_and_shared_groups():
 
 
 # -------------------------------------------------------------------------------------------- pipeline
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_quantize_model_rtn_and_gptq(kind):
@@ -238,8 +280,8 @@ def test_passes_per_block_and_early_stop():
     quantize_model(model, batches(n), method="rtn", bits=4, group_size=32, progress=False)
     for b, advance in ((0, n), (1, 0)):
         p = f"model.layers.{b}."
-        assert calls[p + "self_attn.q_proj"] == 1 + 4 * n + advance    # runs in all 4 group passes
-        assert calls[p + "self_attn.o_proj"] == 1 + 3 * n + advance    # stopped before it in group 0's pass
+        assert calls[p + "self_attn.q_proj"] == 1 + 4 * n + advance  # runs in all 4 group passes
+        assert calls[p + "self_attn.o_proj"] == 1 + 3 * n + advance  # stopped before it in group 0's pass
         assert calls[p + "mlp.up_proj"] == 1 + 2 * n + advance
         assert calls[p + "mlp.down_proj"] == 1 + 1 * n + advance
     assert "lm_head" not in calls
@@ -248,8 +290,9 @@ def test_passes_per_block_and_early_stop():
 def test_not_true_sequential_uses_block_inputs_from_quantized_previous_blocks():
     data = batches(3)
     seen = {}
-    model, _ = quantized("llama", "gptq", data, true_sequential=False,
-                         on_layer=lambda rec, res, H: seen.__setitem__(rec.name, H))
+    model, _ = quantized(
+        "llama", "gptq", data, true_sequential=False, on_layer=lambda rec, res, H: seen.__setitem__(rec.name, H)
+    )
     # block 1 calibrated on quantized block 0's outputs with block 1 itself unquantized
     mixed = make_model("llama")
     mixed.model.layers[0].load_state_dict(model.model.layers[0].state_dict())
@@ -258,10 +301,10 @@ def test_not_true_sequential_uses_block_inputs_from_quantized_previous_blocks():
     for name, H in expected.items():
         np.testing.assert_allclose(seen[name], H, rtol=1e-6, atol=1e-7 * np.abs(H).max(), err_msg=name)
     unquantized = make_model("llama")
-    original = direct_hessians(unquantized, linear_layers(unquantized.model.layers[1], prefix="model.layers.1"),
-                               data)
-    assert not np.allclose(seen["model.layers.1.self_attn.q_proj"], original["model.layers.1.self_attn.q_proj"],
-                           rtol=1e-3)
+    original = direct_hessians(unquantized, linear_layers(unquantized.model.layers[1], prefix="model.layers.1"), data)
+    assert not np.allclose(
+        seen["model.layers.1.self_attn.q_proj"], original["model.layers.1.self_attn.q_proj"], rtol=1e-3
+    )
 
 
 def test_lm_head_and_skipped_layers_stay_full_precision():
@@ -277,7 +320,7 @@ def test_lm_head_and_skipped_layers_stay_full_precision():
 
 
 def test_report_table_logging_and_progress_without_tqdm(caplog, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tqdm", None)       # import tqdm -> ImportError: silent fallback
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError: silent fallback
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     with caplog.at_level(logging.INFO, logger="quantease"):
         _, report = quantized("gpt2", "gptq", batches(2), progress=True)
@@ -288,7 +331,7 @@ def test_report_table_logging_and_progress_without_tqdm(caplog, monkeypatch):
     assert len(logged) == 8 and "transformer.h.0.attn.c_attn" in logged[0]
     d = report.to_dicts()[0]
     assert set(d) >= {"block", "name", "method", "bits", "group_size", "loss", "relative_loss", "seconds", "damp"}
-    assert all(r.damp is not None and r.damp > 0 for r in report)   # GPTQ reports the damping it used
+    assert all(r.damp is not None and r.damp > 0 for r in report)  # GPTQ reports the damping it used
 
 
 def test_errors_are_value_errors():
@@ -301,14 +344,16 @@ def test_errors_are_value_errors():
             quantize_model(model, batches(1), method=missing[0])
     with pytest.raises(ValueError, match="bits must be"):
         quantize_model(model, batches(1), method="rtn", bits=0)
-    with pytest.raises(ValueError, match="group_size=48 does not divide the 64 input features of layer "
-                                         "transformer.h.0.attn.c_attn"):
+    with pytest.raises(
+        ValueError, match="group_size=48 does not divide the 64 input features of layer transformer.h.0.attn.c_attn"
+    ):
         quantize_model(model, batches(1), method="rtn", group_size=48)
     with pytest.raises(ValueError, match="calibration_batches is empty"):
         quantize_model(model, [], method="rtn", group_size=32)
 
 
 # ----------------------------------------------------------------------------------------------- resume
+
 
 class Interrupt(Exception):
     pass
@@ -322,25 +367,34 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
     def interrupt_in_block_1(record, result, H):
         if record.block == 1:
             raise Interrupt
+
     with pytest.raises(Interrupt):
         quantized("llama", "gptq", data, checkpoint_dir=str(tmp_path), on_layer=interrupt_in_block_1, **kw)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["block_00000.pt"]
 
     solved = []
-    model, resumed = quantized("llama", "gptq", data, checkpoint_dir=str(tmp_path), **kw,
-                               on_layer=lambda rec, res, H: solved.append(rec.name))
+    model, resumed = quantized(
+        "llama", "gptq", data, checkpoint_dir=str(tmp_path), **kw, on_layer=lambda rec, res, H: solved.append(rec.name)
+    )
     assert resumed.resumed_blocks == 1 and all(n.startswith("model.layers.1.") for n in solved)
     sd, sd_full = model.state_dict(), full_model.state_dict()
     assert all(torch.equal(sd[k], sd_full[k]) for k in sd)
-    assert [(r.name, r.loss, r.relative_loss, r.damp) for r in resumed] == \
-           [(r.name, r.loss, r.relative_loss, r.damp) for r in full]
+    assert [(r.name, r.loss, r.relative_loss, r.damp) for r in resumed] == [
+        (r.name, r.loss, r.relative_loss, r.damp) for r in full
+    ]
     for name, res in full.results.items():
         np.testing.assert_array_equal(resumed.results[name].codes, res.codes)
         np.testing.assert_array_equal(resumed.results[name].weight, res.weight)
 
     # a finished directory solves nothing and gives the same model
-    again_model, again = quantized("llama", "gptq", data, checkpoint_dir=str(tmp_path), **kw,
-                                   on_layer=lambda *a: pytest.fail("re-solved a finished block"))
+    again_model, again = quantized(
+        "llama",
+        "gptq",
+        data,
+        checkpoint_dir=str(tmp_path),
+        **kw,
+        on_layer=lambda *a: pytest.fail("re-solved a finished block"),
+    )
     assert again.resumed_blocks == 2 and len(again) == len(full)
     assert all(torch.equal(v, sd_full[k]) for k, v in again_model.state_dict().items())
 

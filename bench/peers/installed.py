@@ -36,8 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PEERS", "PEER_PYTHONS", "INSTALL_NOTES", "PeerUnavailable", "available", "reason", "run",
-           "status", "where"]
+__all__ = ["PEERS", "PEER_PYTHONS", "INSTALL_NOTES", "PeerUnavailable", "available", "reason", "run", "status", "where"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,16 +63,22 @@ PEER_PYTHONS = {
 # What was observed installing each peer next to torch 2.13.0+cpu on this machine (2026-11, Python 3.11);
 # printed with the import error when a peer is usable nowhere.
 INSTALL_NOTES = {
-    "gptqmodel": ("gptqmodel>=7.0 requires torch>=2.14.1 (pip would replace torch 2.13 by 2.15 + CUDA 13 "
-                  "wheels); 6.0.3 builds from source only with --no-build-isolation, pins numpy==2.2.6 and "
-                  "imports only with transformers 5.6.2 + kernels 0.12.3 (not with transformers>=5.17)"),
-    "llmcompressor": ("llmcompressor 0.14.0.1 needs transformers<=5.17.0 (conflicts with gptqmodel 6.0.3's "
-                      "working transformers 5.6.2 and with the shared venv's 5.23.0): own environment"),
-    "auto-gptq": ("auto-gptq 0.7.1 (archived) ships a CUDA-only wheel and its package __init__ fails with "
-                  "transformers 5.x: \"ImportError: cannot import name 'no_init_weights' from "
-                  "'transformers.modeling_utils'\"; only its quantization submodule is usable, and its "
-                  "fasterquant calls torch.cuda.synchronize() (\"AssertionError: Torch not compiled with CUDA "
-                  "enabled\" on CPU torch), which the adapter turns into a no-op"),
+    "gptqmodel": (
+        "gptqmodel>=7.0 requires torch>=2.14.1 (pip would replace torch 2.13 by 2.15 + CUDA 13 "
+        "wheels); 6.0.3 builds from source only with --no-build-isolation, pins numpy==2.2.6 and "
+        "imports only with transformers 5.6.2 + kernels 0.12.3 (not with transformers>=5.17)"
+    ),
+    "llmcompressor": (
+        "llmcompressor 0.14.0.1 needs transformers<=5.17.0 (conflicts with gptqmodel 6.0.3's "
+        "working transformers 5.6.2 and with the shared venv's 5.23.0): own environment"
+    ),
+    "auto-gptq": (
+        "auto-gptq 0.7.1 (archived) ships a CUDA-only wheel and its package __init__ fails with "
+        "transformers 5.x: \"ImportError: cannot import name 'no_init_weights' from "
+        "'transformers.modeling_utils'\"; only its quantization submodule is usable, and its "
+        'fasterquant calls torch.cuda.synchronize() ("AssertionError: Torch not compiled with CUDA '
+        'enabled" on CPU torch), which the adapter turns into a no-op'
+    ),
     "hqq": "",
     "bitsandbytes": "",
 }
@@ -103,11 +108,12 @@ def _probe_python(python: str, name: str) -> str:
     """'' when the peer imports under ``python``, else why not (first/last error line)."""
     if not Path(python).exists():
         return f"{python} does not exist"
-    code = ("import sys; sys.path.insert(0, %r); from bench.peers import installed as m; "
-            "r = m._import_here(%r); print('OK' if not r else 'ERR ' + r)") % (str(REPO), name)
+    code = (
+        "import sys; sys.path.insert(0, %r); from bench.peers import installed as m; "
+        "r = m._import_here(%r); print('OK' if not r else 'ERR ' + r)"
+    ) % (str(REPO), name)
     try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300,
-                             env=_worker_env(1))
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300, env=_worker_env(1))
     except subprocess.TimeoutExpired:
         return f"import of {name} under {python} timed out"
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("OK", "ERR "))]
@@ -164,14 +170,25 @@ def status() -> dict[str, dict]:
 
 # ---------------------------------------------------------------- adapters (run in the peer's interpreter)
 
+
 def _threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(threads) if threads else (os.cpu_count() or 1)))
 
 
-def _gptqmodel_gptq(W, H, bits=4, group_size=-1, sym=False, act_order=False, static_groups=False,
-                    damp=0.01, block_size=128, threads=None):
+def _gptqmodel_gptq(
+    W,
+    H,
+    bits=4,
+    group_size=-1,
+    sym=False,
+    act_order=False,
+    static_groups=False,
+    damp=0.01,
+    block_size=128,
+    threads=None,
+):
     import torch
     import torch.nn as nn
     from gptqmodel.quantization.config import QuantizeConfig
@@ -182,8 +199,15 @@ def _gptqmodel_gptq(W, H, bits=4, group_size=-1, sym=False, act_order=False, sta
     layer = nn.Linear(cols, rows, bias=False)
     layer.weight.data = torch.from_numpy(np.array(W, dtype=np.float32, copy=True))
     # act_group_aware is GPTQModel's own ordering (on by default for GPTQ): off, to run plain GPTQ.
-    qcfg = QuantizeConfig(bits=bits, group_size=group_size, sym=sym, desc_act=act_order,
-                          act_group_aware=False, static_groups=static_groups, damp_percent=damp)
+    qcfg = QuantizeConfig(
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        desc_act=act_order,
+        act_group_aware=False,
+        static_groups=static_groups,
+        damp_percent=damp,
+    )
     g = GPTQ(layer, qcfg)
     g.quantizer.configure(perchannel=True)
     g.H = torch.from_numpy(np.array(H, dtype=np.float32, copy=True))
@@ -201,6 +225,7 @@ def _load_autogptq():
     self-contained ``auto_gptq/quantization`` subpackage on its own (it needs only torch + transformers)."""
     try:
         from auto_gptq.quantization import GPTQ
+
         return GPTQ
     except ImportError:
         pass
@@ -213,16 +238,25 @@ def _load_autogptq():
     modname = "_autogptq_quantization"
     if modname in sys.modules:
         return sys.modules[modname].GPTQ
-    sub = importlib.util.spec_from_file_location(modname, qdir / "__init__.py",
-                                                 submodule_search_locations=[str(qdir)])
+    sub = importlib.util.spec_from_file_location(modname, qdir / "__init__.py", submodule_search_locations=[str(qdir)])
     mod = importlib.util.module_from_spec(sub)
     sys.modules[modname] = mod
     sub.loader.exec_module(mod)
     return mod.GPTQ
 
 
-def _autogptq_gptq(W, H, bits=4, group_size=-1, sym=False, act_order=False, static_groups=False,
-                   damp=0.01, block_size=128, threads=None):
+def _autogptq_gptq(
+    W,
+    H,
+    bits=4,
+    group_size=-1,
+    sym=False,
+    act_order=False,
+    static_groups=False,
+    damp=0.01,
+    block_size=128,
+    threads=None,
+):
     import torch
     import torch.nn as nn
 
@@ -242,16 +276,27 @@ def _autogptq_gptq(W, H, bits=4, group_size=-1, sym=False, act_order=False, stat
         torch.cuda.synchronize = lambda *a, **k: None
     try:
         t0 = time.perf_counter()
-        g.fasterquant(blocksize=block_size, percdamp=damp, group_size=group_size, actorder=act_order,
-                      static_groups=static_groups)
+        g.fasterquant(
+            blocksize=block_size, percdamp=damp, group_size=group_size, actorder=act_order, static_groups=static_groups
+        )
         sec = time.perf_counter() - t0
     finally:
         torch.cuda.synchronize = sync
     return layer.weight.data.float().numpy(), sec
 
 
-def _llmcompressor_gptq(W, H, bits=4, group_size=-1, sym=False, act_order=False, static_groups=False,
-                        damp=0.01, block_size=128, threads=None):
+def _llmcompressor_gptq(
+    W,
+    H,
+    bits=4,
+    group_size=-1,
+    sym=False,
+    act_order=False,
+    static_groups=False,
+    damp=0.01,
+    block_size=128,
+    threads=None,
+):
     """llm-compressor's GPTQ. Its grid comes from the weight observer BEFORE the solve (min-max of W per
     channel or group: static groups); act-order maps to its "weight" (dynamic g_idx) or "static" ordering."""
     import torch
@@ -275,8 +320,9 @@ def _llmcompressor_gptq(W, H, bits=4, group_size=-1, sym=False, act_order=False,
     gs = cols if group_size == -1 else group_size
     Wg = Wt.reshape(rows, cols // gs, gs)
     scale, zp = calculate_qparams(Wg.amin(-1), Wg.amax(-1), qargs)
-    Q = quantize_weight(Wt[None], Ht[None], scale[None], zp[None], None, qargs,
-                        blocksize=block_size, percdamp=damp)[0][0]
+    Q = quantize_weight(Wt[None], Ht[None], scale[None], zp[None], None, qargs, blocksize=block_size, percdamp=damp)[0][
+        0
+    ]
     sec = time.perf_counter() - t0
     return Q.float().numpy(), sec
 
@@ -291,9 +337,17 @@ def _hqq(W, H=None, bits=4, group_size=64, threads=None):
     _threads(threads)
     Wt = torch.from_numpy(np.array(W, dtype=np.float32, copy=True))
     t0 = time.perf_counter()
-    Wq, meta = Quantizer.quantize(Wt, nbits=bits, group_size=group_size, optimize=True,
-                                  round_zero=(bits == 4), axis=1, bitpack=False,
-                                  compute_dtype=torch.float32, device="cpu")
+    Wq, meta = Quantizer.quantize(
+        Wt,
+        nbits=bits,
+        group_size=group_size,
+        optimize=True,
+        round_zero=(bits == 4),
+        axis=1,
+        bitpack=False,
+        compute_dtype=torch.float32,
+        device="cpu",
+    )
     meta["compute_dtype"] = torch.float32
     Q = Quantizer.dequantize(Wq, meta)
     sec = time.perf_counter() - t0
@@ -303,8 +357,8 @@ def _hqq(W, H=None, bits=4, group_size=64, threads=None):
 def _bnb_nf4(W, H=None, bits=4, group_size=64, threads=None):
     """bitsandbytes NF4: blocks of ``group_size`` (64) consecutive weights, 16 fixed NormalFloat levels
     scaled by the block's absmax."""
-    import torch
     import bitsandbytes.functional as F
+    import torch
 
     if bits != 4:
         raise ValueError("bitsandbytes NF4 is 4-bit only")
@@ -329,13 +383,20 @@ _ADAPTERS = {
 def _worker_env(threads: int | None) -> dict:
     env = dict(os.environ)
     n = str(max(1, int(threads) if threads else (os.cpu_count() or 1)))
-    env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, TOKENIZERS_PARALLELISM="false",
-               PYTHONWARNINGS="ignore", TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
+    env.update(
+        OMP_NUM_THREADS=n,
+        MKL_NUM_THREADS=n,
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONWARNINGS="ignore",
+        TRANSFORMERS_VERBOSITY="error",
+        HF_HUB_OFFLINE="1",
+    )
     return env
 
 
-def run(name: str, W: np.ndarray, H: np.ndarray | None = None, *, timeout: float = 3600,
-        **kwargs) -> tuple[np.ndarray, float]:
+def run(
+    name: str, W: np.ndarray, H: np.ndarray | None = None, *, timeout: float = 3600, **kwargs
+) -> tuple[np.ndarray, float]:
     """Run peer ``name`` on ``W`` (and ``H`` for the GPTQ peers); returns ``(Q float32, seconds)``.
 
     kwargs go to the adapter (bits, group_size, sym, act_order, static_groups, damp, block_size, threads).
@@ -353,14 +414,20 @@ def run(name: str, W: np.ndarray, H: np.ndarray | None = None, *, timeout: float
         if H is not None:
             np.save(Path(tmp) / "H.npy", np.asarray(H, dtype=np.float32))
         (Path(tmp) / "kwargs.json").write_text(json.dumps(kwargs))
-        proc = subprocess.run([python, "-m", "bench.peers.installed", "--worker", name, tmp],
-                              cwd=str(REPO), capture_output=True, text=True, timeout=timeout,
-                              env=_worker_env(kwargs.get("threads")))
+        proc = subprocess.run(
+            [python, "-m", "bench.peers.installed", "--worker", name, tmp],
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_worker_env(kwargs.get("threads")),
+        )
         out = Path(tmp) / "Q.npy"
         if proc.returncode != 0 or not out.exists():
             err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-            raise RuntimeError(f"{name} worker under {python} failed (exit {proc.returncode}): "
-                               + (err[-1] if err else "no output"))
+            raise RuntimeError(
+                f"{name} worker under {python} failed (exit {proc.returncode}): " + (err[-1] if err else "no output")
+            )
         seconds = json.loads((Path(tmp) / "seconds.json").read_text())["seconds"]
         return np.load(out), float(seconds)
 

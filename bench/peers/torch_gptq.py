@@ -54,9 +54,16 @@ class Quantizer:
     ``mse=True`` runs the reference's shrink search (grid 100, maxshrink 0.8, norm 2.4).
     """
 
-    def __init__(self, bits: int, sym: bool = False, mse: bool = False,
-                 norm: float = 2.4, grid: int = 100, maxshrink: float = 0.8):
-        self.maxq = 2 ** bits - 1
+    def __init__(
+        self,
+        bits: int,
+        sym: bool = False,
+        mse: bool = False,
+        norm: float = 2.4,
+        grid: int = 100,
+        maxshrink: float = 0.8,
+    ):
+        self.maxq = 2**bits - 1
         self.sym = sym
         self.mse = mse
         self.norm = norm
@@ -115,14 +122,24 @@ def _check(W: np.ndarray, H: np.ndarray | None) -> None:
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D, got shape {W.shape}")
     if H is not None and H.shape != (W.shape[1], W.shape[1]):
-        raise ValueError(f"H must be {(W.shape[1], W.shape[1])} to match W's {W.shape[1]} columns, "
-                         f"got {H.shape}")
+        raise ValueError(f"H must be {(W.shape[1], W.shape[1])} to match W's {W.shape[1]} columns, got {H.shape}")
 
 
-def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym: bool = False,
-         act_order: bool = False, static_groups: bool = False, damp: float = 0.01,
-         block_size: int = 128, *, mse: bool = False, threads: int | None = None,
-         info: dict | None = None) -> tuple[np.ndarray, float]:
+def gptq(
+    W: np.ndarray,
+    H: np.ndarray,
+    bits: int = 4,
+    group_size: int = -1,
+    sym: bool = False,
+    act_order: bool = False,
+    static_groups: bool = False,
+    damp: float = 0.01,
+    block_size: int = 128,
+    *,
+    mse: bool = False,
+    threads: int | None = None,
+    info: dict | None = None,
+) -> tuple[np.ndarray, float]:
     """GPTQ fasterquant of ``W`` (rows x cols) against ``H`` (cols x cols), reference semantics, float32.
 
     Returns ``(Q, seconds)``: the dequantized weight (float32 numpy, rows x cols) and the wall time of the
@@ -150,7 +167,7 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
         if static_groups and group_size != -1:
             for i in range(0, columns, group_size):
                 g = copy.deepcopy(quantizer)
-                g.find_params(W_t[:, i:(i + group_size)])
+                g.find_params(W_t[:, i : (i + group_size)])
                 groups.append(g)
 
         perm = invperm = None
@@ -189,7 +206,7 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
                     if not static_groups:
                         if (i1 + i) % group_size == 0:
                             # reference quirk: the global W, without this block's in-block updates
-                            quantizer.find_params(W_t[:, (i1 + i):(i1 + i + group_size)])
+                            quantizer.find_params(W_t[:, (i1 + i) : (i1 + i + group_size)])
                     else:
                         idx = i1 + i
                         if act_order:
@@ -225,7 +242,12 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
             first = torch.zeros(ngroups, dtype=torch.long)
             for col in range(columns - 1, -1, -1):
                 first[g_idx[col]] = col
-            info.update(codes=codes.numpy(), scales=col_scale[:, first].numpy(),
-                        zeros=col_zero[:, first].numpy(), g_idx=g_idx.numpy(),
-                        perm=None if perm is None else perm.numpy(), damp=float(dampv))
+            info.update(
+                codes=codes.numpy(),
+                scales=col_scale[:, first].numpy(),
+                zeros=col_zero[:, first].numpy(),
+                g_idx=g_idx.numpy(),
+                perm=None if perm is None else perm.numpy(),
+                damp=float(dampv),
+            )
     return Q.numpy(), seconds

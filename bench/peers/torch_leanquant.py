@@ -39,8 +39,9 @@ def _kmeans_fit_row(task):
     weights_np, sample_weight, n_cluster, random_seed = task
     kmeans = KMeans(
         n_clusters=n_cluster,
-        init=(np.linspace(weights_np.min(), weights_np.max(), num=n_cluster)[:, None]
-              if n_cluster <= 8 else "k-means++"),
+        init=(
+            np.linspace(weights_np.min(), weights_np.max(), num=n_cluster)[:, None] if n_cluster <= 8 else "k-means++"
+        ),
         n_init="auto",
         random_state=random_seed,
         max_iter=100,
@@ -59,8 +60,7 @@ def kmeans_sklearn(W: np.ndarray, s: np.ndarray, k: int, seed: int = 0, pool=Non
     return np.stack(results).reshape(W.shape[0], k).astype(np.float32)
 
 
-def kmeans_lloyd(W: torch.Tensor, s: torch.Tensor, k: int, max_iter: int = 100,
-                 tol: float = 1e-6) -> torch.Tensor:
+def kmeans_lloyd(W: torch.Tensor, s: torch.Tensor, k: int, max_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
     """Batched weighted 1-D Lloyd on every row of W (rows x cols) with weights s (cols,) -> rows x k.
 
     Initial centroids evenly spaced between each row's min and max. Empty clusters keep their centroid.
@@ -95,10 +95,21 @@ def kmeans_lloyd(W: torch.Tensor, s: torch.Tensor, k: int, max_iter: int = 100,
     return C
 
 
-def leanquant(W: np.ndarray, H: np.ndarray, bits: int = 4, exponent: float = 4.0, damp: float = 0.1,
-              act_order: bool = True, block_size: int = 128, seed: int = 0, *, kmeans: str = "sklearn",
-              processes: int | None = None, threads: int | None = None,
-              info: dict | None = None) -> tuple[np.ndarray, float]:
+def leanquant(
+    W: np.ndarray,
+    H: np.ndarray,
+    bits: int = 4,
+    exponent: float = 4.0,
+    damp: float = 0.1,
+    act_order: bool = True,
+    block_size: int = 128,
+    seed: int = 0,
+    *,
+    kmeans: str = "sklearn",
+    processes: int | None = None,
+    threads: int | None = None,
+    info: dict | None = None,
+) -> tuple[np.ndarray, float]:
     """LeanQuant non-uniform quantisation of ``W`` (rows x cols) against ``H``, official semantics.
 
     Returns ``(Q, seconds)``: the dequantized weight (float32 numpy) and the wall time of the solve
@@ -109,13 +120,15 @@ def leanquant(W: np.ndarray, H: np.ndarray, bits: int = 4, exponent: float = 4.0
     _check(W, H)
     if kmeans not in ("sklearn", "lloyd"):
         raise ValueError(f"kmeans must be 'sklearn' or 'lloyd', got {kmeans!r}")
-    k = 2 ** bits
+    k = 2**bits
     nproc = processes if processes is not None else (threads or multiprocessing.cpu_count())
     pool = None
     if kmeans == "sklearn" and nproc > 1:
         pool = multiprocessing.get_context("spawn").Pool(nproc)
-        pool.map(_kmeans_fit_row, [(np.zeros((k, 1), np.float32) + np.arange(k)[:, None],
-                                    np.ones(k, np.float32), k, 0)] * nproc)  # warm the workers
+        pool.map(
+            _kmeans_fit_row,
+            [(np.zeros((k, 1), np.float32) + np.arange(k)[:, None], np.ones(k, np.float32), k, 0)] * nproc,
+        )  # warm the workers
     try:
         with torch_threads(threads):
             W_t = torch.from_numpy(np.array(W, dtype=np.float32, copy=True))
@@ -182,7 +195,11 @@ def leanquant(W: np.ndarray, H: np.ndarray, bits: int = 4, exponent: float = 4.0
             pool.terminate()
             pool.join()
     if info is not None:
-        info.update(codes=Q_codes.numpy(), codebook=centroids.numpy().astype(np.float32),
-                    kmeans_seconds=kmeans_seconds, damp=float(dampv),
-                    perm=None if perm is None else perm.numpy())
+        info.update(
+            codes=Q_codes.numpy(),
+            codebook=centroids.numpy().astype(np.float32),
+            kmeans_seconds=kmeans_seconds,
+            damp=float(dampv),
+            perm=None if perm is None else perm.numpy(),
+        )
     return Q.numpy(), seconds

@@ -32,10 +32,22 @@ def objective(W: torch.Tensor, W_hat: torch.Tensor, Sigma: torch.Tensor) -> floa
     return float(torch.sum((D @ Sigma.double()) * D))
 
 
-def quantease(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym: bool = False,
-              act_order: bool = True, iters: int = 30, relaxed: bool = True, static_groups: bool = False,
-              *, max_sweeps: int | None = None, track_loss: bool = True, threads: int | None = None,
-              info: dict | None = None) -> tuple[np.ndarray, float, list[float]]:
+def quantease(
+    W: np.ndarray,
+    H: np.ndarray,
+    bits: int = 4,
+    group_size: int = -1,
+    sym: bool = False,
+    act_order: bool = True,
+    iters: int = 30,
+    relaxed: bool = True,
+    static_groups: bool = False,
+    *,
+    max_sweeps: int | None = None,
+    track_loss: bool = True,
+    threads: int | None = None,
+    info: dict | None = None,
+) -> tuple[np.ndarray, float, list[float]]:
     """QuantEase coordinate descent on ``W`` (rows x cols) with ``Σ = H`` (cols x cols), official semantics.
 
     ``max_sweeps`` stops after that many sweeps while keeping the schedule of ``iters`` sweeps (which
@@ -60,7 +72,7 @@ def quantease(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1,
         if static_groups and group_size != -1:
             for i in range(0, columns, group_size):
                 g = Quantizer(bits, sym=sym)
-                g.find_params(W_t[:, i:(i + group_size)])
+                g.find_params(W_t[:, i : (i + group_size)])
                 groups.append(g)
 
         perm = invperm = None
@@ -90,7 +102,7 @@ def quantease(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1,
             if group_size != -1:
                 if not static_groups:
                     if j % group_size == 0:
-                        quantizer.find_params(W_t[:, j:(j + group_size)])
+                        quantizer.find_params(W_t[:, j : (j + group_size)])
                 else:
                     idx = int(perm[j]) if act_order else j
                     quantizer = groups[idx // group_size]
@@ -98,8 +110,7 @@ def quantease(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1,
 
         for iter_counter in range(n_sweeps):
             t0 = time.perf_counter()
-            quantize_sweep = (not relaxed or iter_counter % 3 != 1 or iter_counter == iters - 1
-                              or iter_counter > 25)
+            quantize_sweep = not relaxed or iter_counter % 3 != 1 or iter_counter == iters - 1 or iter_counter > 25
             if not quantize_sweep:
                 relaxed_sweeps.append(iter_counter)
             delta_W_hat = W_hat.clone().t()
@@ -128,8 +139,12 @@ def quantease(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1,
         seconds = setup + sum(sweep_seconds)
         if info is not None:
             base = objective(W_t, torch.zeros_like(W_t), XtX) if track_loss else float("nan")
-            info.update(sweep_seconds=sweep_seconds, setup_seconds=setup, sweeps=n_sweeps,
-                        relaxed_sweeps=relaxed_sweeps,
-                        rel_history=[h / base for h in history] if track_loss else [],
-                        perm=None if perm is None else perm.numpy())
+            info.update(
+                sweep_seconds=sweep_seconds,
+                setup_seconds=setup,
+                sweeps=n_sweeps,
+                relaxed_sweeps=relaxed_sweeps,
+                rel_history=[h / base for h in history] if track_loss else [],
+                perm=None if perm is None else perm.numpy(),
+            )
     return Q.numpy(), seconds, history

@@ -8,11 +8,12 @@ NumPy in, NumPy out::
 
 PyTorch helpers live in ``quantease.torch`` (needs torch), exporters in ``quantease.export``.
 """
+
 from . import _core
 from ._core import NumericalError
 from ._easyquant import easyquant
-from ._hessian import HessianAccumulator
 from ._gptq import gptq
+from ._hessian import HessianAccumulator
 from ._leanquant import leanquant
 from ._loss import layer_loss
 from ._quantease import quantease

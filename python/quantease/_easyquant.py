@@ -1,4 +1,5 @@
 """EasyQuant (Tang et al., EMNLP 2023): data-free quantization with outlier isolation and Adam on the range."""
+
 from __future__ import annotations
 
 import numbers
@@ -20,26 +21,35 @@ DEFAULT_LR = 1e-2
 def _check_sigma(value) -> float:
     if value is None:
         return float("inf")
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not float(value) > 0:
         raise ValueError(f"outlier_sigma must be a number > 0 (inf: no outliers), got {value!r}")
     return float(value)
 
 
 def _check_steps(value) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or int(value) < 0:
         raise ValueError(f"steps must be an integer >= 0, got {value!r}")
     return int(value)
 
 
 def _check_lr(value) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(float(value)) or value <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {value!r}")
     return float(value)
 
 
-def easyquant(W, *, bits: int = 4, group_size: int = -1, sym: bool = True, outlier_sigma: float = 3.0,
-              outlier_stats: str = "tensor", steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR,
-              H=None) -> QuantResult:
+def easyquant(
+    W,
+    *,
+    bits: int = 4,
+    group_size: int = -1,
+    sym: bool = True,
+    outlier_sigma: float = 3.0,
+    outlier_stats: str = "tensor",
+    steps: int = DEFAULT_STEPS,
+    lr: float = DEFAULT_LR,
+    H=None,
+) -> QuantResult:
     """Quantize W without calibration data: isolate outliers, then optimise every channel's range.
 
     W: rows x cols (float16/32/64, never modified). Defaults are the paper's method:
@@ -80,8 +90,16 @@ def easyquant(W, *, bits: int = 4, group_size: int = -1, sym: bool = True, outli
         if H.shape != (cols, cols):
             raise ValueError(f"H must be ({cols}, {cols}) to match W's {cols} columns, got {H.shape}")
     t0 = time.perf_counter()
-    out = _core.easyquant(Wf, bits=bits, group_size=group_size, sym=sym, outlier_sigma=sigma,
-                          outlier_stats=outlier_stats, steps=steps, lr=lr)
+    out = _core.easyquant(
+        Wf,
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        outlier_sigma=sigma,
+        outlier_stats=outlier_stats,
+        steps=steps,
+        lr=lr,
+    )
     seconds = time.perf_counter() - t0
     outliers = SparseOutliers(out["outlier_indptr"], out["outlier_indices"], out["outlier_values"], (rows, cols))
     tensor = outlier_stats == "tensor"
@@ -97,7 +115,21 @@ def easyquant(W, *, bits: int = 4, group_size: int = -1, sym: bool = True, outli
         "lr": lr,
     }
     loss = None if H is None else layer_loss(Wf, out["weight"], H)
-    return QuantResult(weight=out["weight"], codes=out["codes"], scales=out["scales"], zeros=out["zeros"],
-                       g_idx=out["g_idx"], perm=None, loss=loss, damp=None, bits=bits, group_size=group_size,
-                       sym=sym, method="easyquant", seconds=seconds, outliers=outliers,
-                       outlier_fraction=outliers.nnz / float(Wf.size), info=info)
+    return QuantResult(
+        weight=out["weight"],
+        codes=out["codes"],
+        scales=out["scales"],
+        zeros=out["zeros"],
+        g_idx=out["g_idx"],
+        perm=None,
+        loss=loss,
+        damp=None,
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        method="easyquant",
+        seconds=seconds,
+        outliers=outliers,
+        outlier_fraction=outliers.nnz / float(Wf.size),
+        info=info,
+    )

@@ -1,4 +1,5 @@
 """GPTQ (Frantar et al., ICLR 2023) on the shared grid, with a float64 factorization and a damping ladder."""
+
 from __future__ import annotations
 
 import time
@@ -7,22 +8,45 @@ from typing import Optional
 
 from . import _core, _gguf_solvers
 from ._loss import layer_loss
-from ._validate import (as_hessian, as_weight, check_bits, check_bool, check_group_size,
-                        check_nonnegative_float, check_positive_int)
+from ._validate import (
+    as_hessian,
+    as_weight,
+    check_bits,
+    check_bool,
+    check_group_size,
+    check_nonnegative_float,
+    check_positive_int,
+)
 from .result import QuantResult
 
 
 def warn_if_damping_raised(requested: float, used: float, attempts: int, stacklevel: int = 3) -> None:
     """Tell the user when the damping ladder had to go beyond the requested damping."""
     if attempts > 1:
-        warnings.warn(f"H was not positive definite with damp={requested:g}; factored it with damp={used:g} "
-                      f"(relative to mean(diag H)) after {attempts} attempts", RuntimeWarning,
-                      stacklevel=stacklevel)
+        warnings.warn(
+            f"H was not positive definite with damp={requested:g}; factored it with damp={used:g} "
+            f"(relative to mean(diag H)) after {attempts} attempts",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
 
 
-def gptq(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_order: bool = False,
-         static_groups: bool = False, damp: float = 0.01, block_size: int = 128, mse: bool = False,
-         reference: bool = False, fp16_scales: bool = False, gguf: Optional[str] = None) -> QuantResult:
+def gptq(
+    W,
+    H,
+    *,
+    bits: int = 4,
+    group_size: int = -1,
+    sym: bool = False,
+    act_order: bool = False,
+    static_groups: bool = False,
+    damp: float = 0.01,
+    block_size: int = 128,
+    mse: bool = False,
+    reference: bool = False,
+    fp16_scales: bool = False,
+    gguf: Optional[str] = None,
+) -> QuantResult:
     """Quantize W column by column, feeding each column's error forward to the columns not yet quantized (OBS).
 
     W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric, e.g. (2/n) X X^T.
@@ -42,36 +66,71 @@ def gptq(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_or
     importance-weighted search with diag(H) as its importance matrix, then refined on the diag(H)-weighted
     error (sub-block integers within +-2, d/dmin refitted by least squares, in fp16), on the block's
     error-compensated values when the loop reaches it (with ``act_order``: on W, before the loop); the codes
-    are the nearest points of those exact grids. ``result.weight`` is llama.cpp's dequantization of ``quantease.gguf.pack(result)``,
-    bit for bit. The grid options (bits, group_size, sym, static_groups, mse, reference, fp16_scales) cannot
-    be combined with it.
+    are the nearest points of those exact grids. ``result.weight`` is llama.cpp's dequantization of
+    ``quantease.gguf.pack(result)``, bit for bit. The grid options (bits, group_size, sym, static_groups, mse,
+    reference, fp16_scales) cannot be combined with it.
     """
     Wf = as_weight(W)
     Hf = as_hessian(H)
     if gguf is not None:
-        t = _gguf_solvers.check_options(gguf, Wf.shape[1], bits=bits, group_size=group_size, sym=sym,
-                                        static_groups=static_groups, mse=mse, reference=reference,
-                                        fp16_scales=fp16_scales)
+        t = _gguf_solvers.check_options(
+            gguf,
+            Wf.shape[1],
+            bits=bits,
+            group_size=group_size,
+            sym=sym,
+            static_groups=static_groups,
+            mse=mse,
+            reference=reference,
+            fp16_scales=fp16_scales,
+        )
         damp = check_nonnegative_float("damp", damp)
         block_size = check_positive_int("block_size", block_size)
         act_order = check_bool("act_order", act_order)
         out, seconds = _gguf_solvers.gptq(Wf, Hf, t, act_order=act_order, damp=damp, block_size=block_size)
         warn_if_damping_raised(damp, out["damp"], out["damp_attempts"])
-        return _gguf_solvers.result(t, out, method="gptq", seconds=seconds, loss=layer_loss(W, out["weight"], Hf),
-                                    damp=out["damp"], perm=out["perm"],
-                                    info={"damp_attempts": out["damp_attempts"], "phase_seconds": out["phase_seconds"]})
+        return _gguf_solvers.result(
+            t,
+            out,
+            method="gptq",
+            seconds=seconds,
+            loss=layer_loss(W, out["weight"], Hf),
+            damp=out["damp"],
+            perm=out["perm"],
+            info={"damp_attempts": out["damp_attempts"], "phase_seconds": out["phase_seconds"]},
+        )
     bits = check_bits(bits)
     group_size = check_group_size(group_size, Wf.shape[1])
     damp = check_nonnegative_float("damp", damp)
     block_size = check_positive_int("block_size", block_size)
-    flags = {name: check_bool(name, value) for name, value in
-             (("sym", sym), ("act_order", act_order), ("static_groups", static_groups), ("mse", mse),
-              ("reference", reference), ("fp16_scales", fp16_scales))}
+    flags = {
+        name: check_bool(name, value)
+        for name, value in (
+            ("sym", sym),
+            ("act_order", act_order),
+            ("static_groups", static_groups),
+            ("mse", mse),
+            ("reference", reference),
+            ("fp16_scales", fp16_scales),
+        )
+    }
     t0 = time.perf_counter()
     out = _core.gptq(Wf, Hf, bits=bits, group_size=group_size, damp=damp, block_size=block_size, **flags)
     seconds = time.perf_counter() - t0
     warn_if_damping_raised(damp, out["damp"], out["damp_attempts"])
-    return QuantResult(weight=out["weight"], codes=out["codes"], scales=out["scales"], zeros=out["zeros"],
-                       g_idx=out["g_idx"], perm=out["perm"], loss=layer_loss(W, out["weight"], Hf),
-                       damp=out["damp"], bits=bits, group_size=group_size, sym=flags["sym"], method="gptq",
-                       seconds=seconds, info={"damp_attempts": out["damp_attempts"], "phase_seconds": out["phase_seconds"]})
+    return QuantResult(
+        weight=out["weight"],
+        codes=out["codes"],
+        scales=out["scales"],
+        zeros=out["zeros"],
+        g_idx=out["g_idx"],
+        perm=out["perm"],
+        loss=layer_loss(W, out["weight"], Hf),
+        damp=out["damp"],
+        bits=bits,
+        group_size=group_size,
+        sym=flags["sym"],
+        method="gptq",
+        seconds=seconds,
+        info={"damp_attempts": out["damp_attempts"], "phase_seconds": out["phase_seconds"]},
+    )

@@ -1,4 +1,5 @@
 """HessianAccumulator: H = (2/n) sum x x^T over streamed batches of layer inputs, in the C++ core."""
+
 from __future__ import annotations
 
 import numpy as np

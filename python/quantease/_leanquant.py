@@ -1,4 +1,5 @@
 """LeanQuant (Zhang & Shrivastava, ICLR 2025): GPTQ against loss-error-aware grids."""
+
 from __future__ import annotations
 
 import numbers
@@ -9,22 +10,43 @@ import numpy as np
 from . import _core
 from ._gptq import warn_if_damping_raised
 from ._loss import layer_loss
-from ._validate import (as_hessian, as_weight, check_bits, check_bool, check_choice, check_group_size,
-                        check_nonnegative_float, check_positive_int)
+from ._validate import (
+    as_hessian,
+    as_weight,
+    check_bits,
+    check_bool,
+    check_choice,
+    check_group_size,
+    check_nonnegative_float,
+    check_positive_int,
+)
 from .result import QuantResult
 
 GRIDS = ("nonuniform", "affine")
 
 
 def _check_seed(value) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 0 <= value < 2**64:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 0 <= int(value) < 2**64:
         raise ValueError(f"seed must be an integer >= 0, got {value!r}")
     return int(value)
 
 
-def leanquant(W, H, *, bits: int = 4, grid: str = "nonuniform", exponent: float = 4.0, damp: float = 0.1,
-              act_order: bool = True, group_size: int = -1, block_size: int = 128, seed: int = 0,
-              kmeans_iters: int = 100, grid_steps: int = 2048, sym: bool = False) -> QuantResult:
+def leanquant(
+    W,
+    H,
+    *,
+    bits: int = 4,
+    grid: str = "nonuniform",
+    exponent: float = 4.0,
+    damp: float = 0.1,
+    act_order: bool = True,
+    group_size: int = -1,
+    block_size: int = 128,
+    seed: int = 0,
+    kmeans_iters: int = 100,
+    grid_steps: int = 2048,
+    sym: bool = False,
+) -> QuantResult:
     """Quantize W with GPTQ's column loop against per-row grids fitted to the loss-error-weighted error.
 
     W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric. Preparation as GPTQ (dead
@@ -63,27 +85,57 @@ def leanquant(W, H, *, bits: int = 4, grid: str = "nonuniform", exponent: float 
     if check_bool("sym", sym):
         raise ValueError("sym must be False for leanquant (a codebook or an asymmetric affine grid), got True")
     t0 = time.perf_counter()
-    out = _core.leanquant(Wf, Hf, bits=bits, grid=grid, exponent=exponent, damp=damp, act_order=act_order,
-                          group_size=group_size, block_size=block_size, seed=seed, kmeans_iters=kmeans_iters,
-                          grid_steps=grid_steps)
+    out = _core.leanquant(
+        Wf,
+        Hf,
+        bits=bits,
+        grid=grid,
+        exponent=exponent,
+        damp=damp,
+        act_order=act_order,
+        group_size=group_size,
+        block_size=block_size,
+        seed=seed,
+        kmeans_iters=kmeans_iters,
+        grid_steps=grid_steps,
+    )
     seconds = time.perf_counter() - t0
     warn_if_damping_raised(damp, out["damp"], out["damp_attempts"])
     rows = Wf.shape[0]
     groups = 1 if group_size == -1 else Wf.shape[1] // group_size
     shape = (rows,) if groups == 1 else (rows, groups)
     codebook = out["codebook"]
-    info = {"grid": grid, "exponent": exponent, "seed": seed, "importance": out["importance"],
-            "grid_error": out["grid_error"].reshape(shape), "damp_attempts": out["damp_attempts"],
-            "phase_seconds": out["phase_seconds"]}
+    info = {
+        "grid": grid,
+        "exponent": exponent,
+        "seed": seed,
+        "importance": out["importance"],
+        "grid_error": out["grid_error"].reshape(shape),
+        "damp_attempts": out["damp_attempts"],
+        "phase_seconds": out["phase_seconds"],
+    }
     if codebook is not None:
         codebook = codebook.reshape((rows, 1 << bits) if groups == 1 else (rows, groups, 1 << bits))
         info["kmeans_iters"] = out["kmeans_iters"].reshape(shape)
     else:
         info["minmax_error"] = out["minmax_error"].reshape(shape)
-    return QuantResult(weight=out["weight"], codes=out["codes"], scales=out["scales"], zeros=out["zeros"],
-                       g_idx=out["g_idx"], perm=out["perm"], loss=layer_loss(W, out["weight"], Hf),
-                       damp=out["damp"], bits=bits, group_size=group_size, sym=False, method="leanquant",
-                       seconds=seconds, codebook=codebook, info=info)
+    return QuantResult(
+        weight=out["weight"],
+        codes=out["codes"],
+        scales=out["scales"],
+        zeros=out["zeros"],
+        g_idx=out["g_idx"],
+        perm=out["perm"],
+        loss=layer_loss(W, out["weight"], Hf),
+        damp=out["damp"],
+        bits=bits,
+        group_size=group_size,
+        sym=False,
+        method="leanquant",
+        seconds=seconds,
+        codebook=codebook,
+        info=info,
+    )
 
 
 def _values_weights(values, weights):

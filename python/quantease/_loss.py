@@ -1,4 +1,5 @@
 """The layer objective every solver minimises."""
+
 from __future__ import annotations
 
 import numpy as np

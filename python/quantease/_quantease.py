@@ -1,36 +1,49 @@
 """QuantEase (Behdin et al., arXiv 2309.01885): coordinate descent on the layer objective, optionally with
 full-precision sparse outliers, on affine grids or per-row (per-group) codebooks."""
+
 from __future__ import annotations
 
 import numbers
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
 from . import _core, _gguf_solvers
 from ._gptq import warn_if_damping_raised
 from ._loss import layer_loss
-from ._validate import (as_hessian, as_weight, check_bits, check_bool, check_choice, check_group_size,
-                        check_nonnegative_float, check_positive_int)
+from ._validate import (
+    as_hessian,
+    as_weight,
+    check_bits,
+    check_bool,
+    check_choice,
+    check_group_size,
+    check_nonnegative_float,
+    check_positive_int,
+)
 from .result import QuantResult, SparseOutliers
 
 
 def _check_fraction(value) -> float:
-    if (not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value)
-            or not 0 <= value < 1):
+    if (
+        not isinstance(value, numbers.Real)
+        or isinstance(value, bool)
+        or not np.isfinite(float(value))
+        or not 0 <= float(value) < 1
+    ):
         raise ValueError(f"outliers must be a fraction in [0, 1), got {value!r}")
     return float(value)
 
 
 def _check_refit(value) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or int(value) < 0:
         raise ValueError(f"refit must be an integer >= 0, got {value!r}")
     return int(value)
 
 
 def _check_step(value) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(float(value)) or value <= 0:
         raise ValueError(f"outlier_step must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -41,32 +54,51 @@ def _as_codebook(codebook, rows: int, cols: int, bits: int, group_size: int) -> 
     if a.dtype.kind != "f":
         raise ValueError(f"codebook must be a real floating-point array (float16/float32/float64), got {a.dtype}")
     k = 1 << bits
+    lead: Tuple[int, ...]
     if group_size > 0:
         groups = cols // group_size
         want, lead = f"({rows}, {groups}, {k}) (rows x groups x 2^bits)", (rows, groups)
     else:
         want, lead = f"({rows}, {k}) (rows x 2^bits)", (rows,)
     if a.ndim != len(lead) + 1 or a.shape[:-1] != lead:
-        raise ValueError(f"codebook must be {want} for W of shape ({rows}, {cols}) and group_size={group_size}, "
-                         f"got {a.shape}")
+        raise ValueError(
+            f"codebook must be {want} for W of shape ({rows}, {cols}) and group_size={group_size}, got {a.shape}"
+        )
     if a.shape[-1] != k:
         per = "per row and group" if group_size > 0 else "per row"
         raise ValueError(f"codebook must have 2^bits = {k} levels {per} for bits={bits}, got {a.shape[-1]}")
-    with np.errstate(over="ignore"):   # a level beyond float32's range becomes Inf and is reported below
+    with np.errstate(over="ignore"):  # a level beyond float32's range becomes Inf and is reported below
         a = a.astype(np.float32)
     bad = np.argwhere(~np.isfinite(a))
     if len(bad):
-        where = ", ".join(f"{n} {i}" for n, i in zip(("row", "group", "level") if a.ndim == 3 else ("row", "level"),
-                                                      bad[0]))
+        where = ", ".join(
+            f"{n} {i}" for n, i in zip(("row", "group", "level") if a.ndim == 3 else ("row", "level"), bad[0])
+        )
         raise ValueError(f"codebook contains NaN or Inf (first at {where})")
     return np.ascontiguousarray(np.sort(a, axis=-1))
 
 
-def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, act_order: bool = True,
-              iters: int = 30, init: str = "w", relaxed: bool = True, tol: float = 0.0, outliers: float = 0.0,
-              outlier_structure: str = "unstructured", outlier_step: float = 1.0,
-              block_size: int = 128, mse: bool = False, refit: int = 0,
-              codebook: Optional[np.ndarray] = None, gguf: Optional[str] = None) -> QuantResult:
+def quantease(
+    W,
+    H,
+    *,
+    bits: int = 4,
+    group_size: int = -1,
+    sym: bool = False,
+    act_order: bool = True,
+    iters: int = 30,
+    init: str = "w",
+    relaxed: bool = True,
+    tol: float = 0.0,
+    outliers: float = 0.0,
+    outlier_structure: str = "unstructured",
+    outlier_step: float = 1.0,
+    block_size: int = 128,
+    mse: bool = False,
+    refit: int = 0,
+    codebook: Optional[np.ndarray] = None,
+    gguf: Optional[str] = None,
+) -> QuantResult:
     """Quantize W by cyclic coordinate descent on ``tr((W - Ŵ) H (W - Ŵ)^T)``, one column at a time.
 
     W: rows x cols (float16/32/64, never modified); H: cols x cols, symmetric (e.g. (2/n) X X^T; any
@@ -144,32 +176,72 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
     mse = check_bool("mse", mse)
     refit = _check_refit(refit)
     if gguf is not None:
-        t = _gguf_solvers.check_options(gguf, Wf.shape[1], bits=bits, group_size=group_size, sym=sym, mse=mse,
-                                        outliers=fraction, refit=refit, codebook=codebook)
+        t = _gguf_solvers.check_options(
+            gguf,
+            Wf.shape[1],
+            bits=bits,
+            group_size=group_size,
+            sym=sym,
+            mse=mse,
+            outliers=fraction,
+            refit=refit,
+            codebook=codebook,
+        )
         if init == "leanquant":
-            raise ValueError(f"init='leanquant' cannot be combined with gguf={t.name!r} (LeanQuant's codebooks "
-                             "are not llama.cpp grids); use 'gptq', 'w' or 'rtn'")
-        return _gguf_solvers.quantease(Wf, Hf, t, init=init, act_order=act_order, iters=iters, relaxed=relaxed,
-                                       tol=tol, block_size=block_size, solve=quantease)
+            raise ValueError(
+                f"init='leanquant' cannot be combined with gguf={t.name!r} (LeanQuant's codebooks "
+                "are not llama.cpp grids); use 'gptq', 'w' or 'rtn'"
+            )
+        return _gguf_solvers.quantease(
+            Wf,
+            Hf,
+            t,
+            init=init,
+            act_order=act_order,
+            iters=iters,
+            relaxed=relaxed,
+            tol=tol,
+            block_size=block_size,
+            solve=quantease,
+        )
     if init == "gptq" and fraction > 0:
         raise ValueError("init='gptq' cannot be combined with outliers > 0 (GPTQ's grid ignores the outliers)")
     if codebook is not None or init == "leanquant":
         src = "a codebook" if codebook is not None else "init='leanquant'"
         if codebook is not None and init in ("gptq", "leanquant"):
-            raise ValueError(f"init='{init}' cannot be combined with a codebook (init='gptq' uses GPTQ's affine grid, "
-                             "init='leanquant' LeanQuant's own codebooks)")
-        for what, bad, why in (("sym=True", sym, "codebooks are not symmetric affine grids"),
-                               ("mse=True", mse, "the MSE range search fits affine grids"),
-                               ("outliers > 0", fraction > 0, "the outlier variant's grids are affine")):
+            raise ValueError(
+                f"init='{init}' cannot be combined with a codebook (init='gptq' uses GPTQ's affine grid, "
+                "init='leanquant' LeanQuant's own codebooks)"
+            )
+        for what, bad, why in (
+            ("sym=True", sym, "codebooks are not symmetric affine grids"),
+            ("mse=True", mse, "the MSE range search fits affine grids"),
+            ("outliers > 0", fraction > 0, "the outlier variant's grids are affine"),
+        ):
             if bad:
                 raise ValueError(f"{what} cannot be combined with {src} ({why})")
         if codebook is not None:
-            codebook = _as_codebook(codebook, *Wf.shape, bits, group_size)
+            codebook = _as_codebook(codebook, Wf.shape[0], Wf.shape[1], bits, group_size)
     t0 = time.perf_counter()
-    out = _core.quantease(Wf, Hf, bits=bits, group_size=group_size, sym=sym, act_order=act_order, iters=iters,
-                          init=init, relaxed=relaxed, tol=tol, outliers=fraction,
-                          outlier_structure=outlier_structure, outlier_step=outlier_step, block_size=block_size,
-                          mse=mse, refit=refit, codebook=codebook)
+    out = _core.quantease(
+        Wf,
+        Hf,
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        act_order=act_order,
+        iters=iters,
+        init=init,
+        relaxed=relaxed,
+        tol=tol,
+        outliers=fraction,
+        outlier_structure=outlier_structure,
+        outlier_step=outlier_step,
+        block_size=block_size,
+        mse=mse,
+        refit=refit,
+        codebook=codebook,
+    )
     seconds = time.perf_counter() - t0
     if init in ("gptq", "leanquant"):
         warn_if_damping_raised(0.01 if init == "gptq" else 0.1, out["damp"], out["damp_attempts"])
@@ -203,12 +275,31 @@ def quantease(W, H, *, bits: int = 4, group_size: int = -1, sym: bool = False, a
         "column_cpu_seconds": out["column_cpu_seconds"],
     }
     if fraction > 0:
-        info.update(lambda_max=out["lambda_max"], eta=out["eta"], outlier_count=out["outlier_count"],
-                    outlier_structure=outlier_structure, iht_seconds=out["iht_seconds"])
-    return QuantResult(weight=out["weight"], codes=out["codes"], scales=out["scales"], zeros=out["zeros"],
-                       g_idx=out["g_idx"], perm=out["perm"], loss=layer_loss(Wf, out["weight"], Hf),
-                       damp=out["damp"] if init in ("gptq", "leanquant") else None, bits=bits,
-                       group_size=group_size, sym=sym,
-                       method="quantease", seconds=seconds, loss_history=history, iters=int(out["sweeps"]),
-                       outliers=sparse, outlier_fraction=None if sparse is None else sparse.nnz / float(Wf.size),
-                       codebook=books, info=info)
+        info.update(
+            lambda_max=out["lambda_max"],
+            eta=out["eta"],
+            outlier_count=out["outlier_count"],
+            outlier_structure=outlier_structure,
+            iht_seconds=out["iht_seconds"],
+        )
+    return QuantResult(
+        weight=out["weight"],
+        codes=out["codes"],
+        scales=out["scales"],
+        zeros=out["zeros"],
+        g_idx=out["g_idx"],
+        perm=out["perm"],
+        loss=layer_loss(Wf, out["weight"], Hf),
+        damp=out["damp"] if init in ("gptq", "leanquant") else None,
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        method="quantease",
+        seconds=seconds,
+        loss_history=history,
+        iters=int(out["sweeps"]),
+        outliers=sparse,
+        outlier_fraction=None if sparse is None else sparse.nnz / float(Wf.size),
+        codebook=books,
+        info=info,
+    )

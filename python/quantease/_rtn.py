@@ -1,4 +1,5 @@
 """Round-to-nearest: the floor every solver must beat."""
+
 from __future__ import annotations
 
 import time
@@ -9,8 +10,17 @@ from ._validate import as_weight, check_bits, check_bool, check_group_size
 from .result import QuantResult
 
 
-def rtn(W, *, bits: int = 4, group_size: int = -1, sym: bool = False, mse: bool = False,
-        fp16_scales: bool = False, gguf: Optional[str] = None, imatrix=None) -> QuantResult:
+def rtn(
+    W,
+    *,
+    bits: int = 4,
+    group_size: int = -1,
+    sym: bool = False,
+    mse: bool = False,
+    fp16_scales: bool = False,
+    gguf: Optional[str] = None,
+    imatrix=None,
+) -> QuantResult:
     """Round every weight to the nearest point of its row's (or row-and-group's) grid.
 
     W: rows x cols, float16/32/64, C or Fortran order (never modified). ``group_size`` is -1 (one grid per
@@ -26,8 +36,9 @@ def rtn(W, *, bits: int = 4, group_size: int = -1, sym: bool = False, mse: bool 
     """
     Wf = as_weight(W)
     if gguf is not None:
-        t = _gguf_solvers.check_options(gguf, Wf.shape[1], bits=bits, group_size=group_size, sym=sym, mse=mse,
-                                        fp16_scales=fp16_scales)
+        t = _gguf_solvers.check_options(
+            gguf, Wf.shape[1], bits=bits, group_size=group_size, sym=sym, mse=mse, fp16_scales=fp16_scales
+        )
         return _gguf_solvers.rtn(Wf, t, imatrix)
     if imatrix is not None:
         raise ValueError("imatrix needs gguf=<type> (it weighs llama.cpp's block search)")
@@ -39,6 +50,18 @@ def rtn(W, *, bits: int = 4, group_size: int = -1, sym: bool = False, mse: bool 
     t0 = time.perf_counter()
     out = _core.rtn(Wf, bits=bits, group_size=group_size, sym=sym, mse=mse, fp16_scales=fp16_scales)
     seconds = time.perf_counter() - t0
-    return QuantResult(weight=out["weight"], codes=out["codes"], scales=out["scales"], zeros=out["zeros"],
-                       g_idx=out["g_idx"], perm=None, loss=None, damp=None, bits=bits, group_size=group_size,
-                       sym=sym, method="rtn", seconds=seconds)
+    return QuantResult(
+        weight=out["weight"],
+        codes=out["codes"],
+        scales=out["scales"],
+        zeros=out["zeros"],
+        g_idx=out["g_idx"],
+        perm=None,
+        loss=None,
+        damp=None,
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        method="rtn",
+        seconds=seconds,
+    )

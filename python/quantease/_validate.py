@@ -4,6 +4,7 @@ The C++ bindings check array shapes and contents (finite, symmetric) and raise V
 does the one explicit conversion to the dtype the core reads (a no-op for float32 C-contiguous W) and
 checks the Python scalars, whose wrong types pybind11 would otherwise report as TypeError.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -55,7 +56,7 @@ def check_positive_int(name: str, value) -> int:
 
 
 def check_nonnegative_float(name: str, value) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value < 0:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(float(value)) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 

@@ -14,29 +14,48 @@ after the other. This file holds the pieces that know about model structure:
 Assumption (true for GPT-2, OPT, Llama/Mistral/Qwen2, BERT): block i+1 receives block i's first output as its
 hidden states and the same other arguments as block 0.
 """
+
 from __future__ import annotations
 
 import contextlib
 import fnmatch
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["find_blocks", "resolve_blocks", "linear_layers", "is_conv1d", "layer_weight", "layer_weight_shape", "set_layer_weight",
-           "capture_block_inputs", "BlockInputs"]
+__all__ = [
+    "find_blocks",
+    "resolve_blocks",
+    "linear_layers",
+    "is_conv1d",
+    "layer_weight",
+    "layer_weight_shape",
+    "set_layer_weight",
+    "capture_block_inputs",
+    "BlockInputs",
+]
 
 # Keyword arguments that carry a KV cache into a block: a cache would grow every time a block is re-run.
 _CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
 
 
+def weight_tensor(module: nn.Module) -> torch.Tensor:
+    """The layer's weight parameter (nn.Module's attribute typing says Tensor | Module)."""
+    return cast(torch.Tensor, module.weight)
+
+
 def is_conv1d(module: nn.Module) -> bool:
     """True for HF transformers' Conv1D (GPT-2 style): a linear layer whose weight is in_features x out_features."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None \
-        and module.weight.ndim == 2
+    return (
+        type(module).__name__ == "Conv1D"
+        and hasattr(module, "nf")
+        and getattr(module, "weight", None) is not None
+        and weight_tensor(module).ndim == 2
+    )
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -65,13 +84,13 @@ def linear_layers(module: nn.Module, prefix: str = "", skip: Sequence[str] = ())
 
 def layer_weight_shape(module: nn.Module) -> Tuple[int, int]:
     """(rows, cols) = (out_features, in_features) of a Linear or Conv1D layer."""
-    rows, cols = module.weight.shape
+    rows, cols = weight_tensor(module).shape
     return (int(cols), int(rows)) if is_conv1d(module) else (int(rows), int(cols))
 
 
 def layer_weight(module: nn.Module) -> np.ndarray:
     """The layer's weight as a float32 rows x cols (out_features x in_features) NumPy array, always a copy."""
-    w = module.weight.detach()
+    w = weight_tensor(module).detach()
     if is_conv1d(module):
         w = w.t()
     return np.array(w.to("cpu", torch.float32).numpy(), dtype=np.float32, order="C", copy=True)
@@ -82,10 +101,11 @@ def set_layer_weight(module: nn.Module, weight: np.ndarray) -> None:
     src = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
     if is_conv1d(module):
         src = src.t()
-    if tuple(src.shape) != tuple(module.weight.shape):
-        raise ValueError(f"weight must be {tuple(module.weight.shape)}, got {tuple(src.shape)}")
+    param = weight_tensor(module)
+    if tuple(src.shape) != tuple(param.shape):
+        raise ValueError(f"weight must be {tuple(param.shape)}, got {tuple(src.shape)}")
     with torch.no_grad():
-        module.weight.copy_(src)
+        param.copy_(src)
 
 
 def _module_names(model: nn.Module) -> Dict[int, str]:
@@ -110,13 +130,16 @@ def find_blocks(model: nn.Module) -> Tuple[str, nn.ModuleList]:
         if best is None or key > best[:2]:
             best = (key[0], key[1], name, m)
     if best is None:
-        raise ValueError("found no nn.ModuleList of same-class blocks holding linear layers in the model; "
-                         "name the blocks with blocks='path.to.layers' or a list of modules")
+        raise ValueError(
+            "found no nn.ModuleList of same-class blocks holding linear layers in the model; "
+            "name the blocks with blocks='path.to.layers' or a list of modules"
+        )
     return best[2], best[3]
 
 
-def resolve_blocks(model: nn.Module, blocks: Union[None, str, Sequence[nn.Module]] = None
-                   ) -> List[Tuple[str, nn.Module]]:
+def resolve_blocks(
+    model: nn.Module, blocks: Union[None, str, Sequence[nn.Module]] = None
+) -> List[Tuple[str, nn.Module]]:
     """(full dotted name, module) of every block: found generically when ``blocks`` is None, else from a
     dotted path ('model.layers') or a sequence of submodules of ``model``."""
     if blocks is None:
@@ -124,12 +147,11 @@ def resolve_blocks(model: nn.Module, blocks: Union[None, str, Sequence[nn.Module
         return [(f"{path}.{i}" if path else str(i), b) for i, b in enumerate(lst)]
     if isinstance(blocks, str):
         try:
-            lst = model.get_submodule(blocks)
+            lst = cast(nn.ModuleList, model.get_submodule(blocks))
         except AttributeError as e:
             raise ValueError(f"blocks={blocks!r} names no submodule of the model ({e})") from None
         if not isinstance(lst, (nn.ModuleList, nn.Sequential)):
-            raise ValueError(f"blocks={blocks!r} must name an nn.ModuleList or nn.Sequential, "
-                             f"got {type(lst).__name__}")
+            raise ValueError(f"blocks={blocks!r} must name an nn.ModuleList or nn.Sequential, got {type(lst).__name__}")
         return [(f"{blocks}.{i}", b) for i, b in enumerate(lst)]
     names = _module_names(model)
     out = []
@@ -156,6 +178,7 @@ def _drop_cache(args: tuple, kwargs: dict) -> Tuple[tuple, dict]:
         kwargs["use_cache"] = False
     try:
         from transformers.cache_utils import Cache  # optional
+
         args = tuple(None if isinstance(a, Cache) else a for a in args)
     except ImportError:
         pass
@@ -184,7 +207,7 @@ class BlockInputs:
     hidden: List[torch.Tensor] = field(default_factory=list)
     args: List[tuple] = field(default_factory=list)
     kwargs: List[dict] = field(default_factory=list)
-    hidden_key: Optional[str] = None   # set when the model passed the hidden states as a keyword
+    hidden_key: Optional[str] = None  # set when the model passed the hidden states as a keyword
 
     def __len__(self) -> int:
         return len(self.hidden)
@@ -212,6 +235,7 @@ class BlockInputs:
             remaining[0] -= 1
             if remaining[0] == 0:
                 raise _StopForward
+
         handles = [m.register_forward_hook(hook) for m in stop_after]
         try:
             for j in range(len(self)):
@@ -235,13 +259,14 @@ def _no_kv_cache(model: nn.Module) -> Iterator[None]:
     """HF models build a KV cache during forward unless config.use_cache is False."""
     config = getattr(model, "config", None)
     old = getattr(config, "use_cache", None) if config is not None else None
-    if old is not None:
-        config.use_cache = False
+    if config is None or old is None:
+        yield
+        return
+    config.use_cache = False
     try:
         yield
     finally:
-        if old is not None:
-            config.use_cache = old
+        config.use_cache = old
 
 
 def _call_model(model: nn.Module, batch: Any) -> Any:
@@ -269,8 +294,7 @@ def _digest_update(h: "hashlib._Hash", obj: Any) -> None:
         h.update(repr(obj).encode())
 
 
-def capture_block_inputs(model: nn.Module, first_block: nn.Module, batches: Iterable[Any]
-                         ) -> Tuple[BlockInputs, str]:
+def capture_block_inputs(model: nn.Module, first_block: nn.Module, batches: Iterable[Any]) -> Tuple[BlockInputs, str]:
     """Run the model on every calibration batch up to ``first_block`` and keep what that block receives.
 
     A batch is a tensor (``model(batch)``), a tuple (``model(*batch)``) or a mapping (``model(**batch)``).
@@ -286,8 +310,10 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, batches: Iter
             hidden = kwargs.pop("hidden_states")
             inputs.hidden_key = "hidden_states"
         else:
-            raise ValueError("the first block received no positional argument and no 'hidden_states' keyword; "
-                             "cannot tell which argument carries the hidden states")
+            raise ValueError(
+                "the first block received no positional argument and no 'hidden_states' keyword; "
+                "cannot tell which argument carries the hidden states"
+            )
         if not isinstance(hidden, torch.Tensor):
             raise ValueError(f"the first block's hidden states are a {type(hidden).__name__}, not a tensor")
         inputs.hidden.append(hidden.detach())

@@ -25,8 +25,7 @@ import numpy as np
 
 from .text import _check_positive, eval_windows, sentence_batches
 
-__all__ = ["perplexity", "window_nll", "context_length", "sentence_embeddings", "embedding_similarity",
-           "Similarity"]
+__all__ = ["perplexity", "window_nll", "context_length", "sentence_embeddings", "embedding_similarity", "Similarity"]
 
 #: Default cap on the evaluation window when the model's context is longer (GPTQ evaluates at 2048).
 MAX_DEFAULT_SEQ_LEN = 2048
@@ -63,34 +62,43 @@ def window_nll(model: Any, windows: Any, *, batch_size: int = 1) -> np.ndarray:
     batch_size = _check_positive("batch_size", batch_size)
     windows = torch.as_tensor(windows)
     if windows.ndim != 2 or windows.shape[1] < 2 or windows.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"windows must be an integer tensor of shape (n, seq_len >= 2), got "
-                         f"{tuple(windows.shape)} of {windows.dtype}")
+        raise ValueError(
+            f"windows must be an integer tensor of shape (n, seq_len >= 2), got "
+            f"{tuple(windows.shape)} of {windows.dtype}"
+        )
     try:
         device = next(model.parameters()).device
     except (StopIteration, AttributeError):
         device = torch.device("cpu")
-    use_cache = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None \
-        else {}
+    use_cache = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
     was_training = getattr(model, "training", False)
     model.eval()
     out = np.empty(windows.shape[0], dtype=np.float64)
     try:
         with torch.inference_mode():
             for start in range(0, windows.shape[0], batch_size):
-                x = windows[start:start + batch_size].to(device=device, dtype=torch.long)
+                x = windows[start : start + batch_size].to(device=device, dtype=torch.long)
                 logits = _logits(model(input_ids=x, **use_cache))[:, :-1, :]
                 targets = x[:, 1:]
                 # float32 log-softmax at least: half-precision logits lose digits in the NLL sum.
-                nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                      reduction="none").view(targets.shape)
-                out[start:start + x.shape[0]] = nll.double().sum(dim=1).cpu().numpy()
+                nll = F.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+                ).view(targets.shape)
+                out[start : start + x.shape[0]] = nll.double().sum(dim=1).cpu().numpy()
     finally:
         model.train(was_training)
     return out
 
 
-def perplexity(model: Any, tokenizer_or_ids: Any, text: str | None = None, *, seq_len: int | None = None,
-               max_windows: int | None = None, batch_size: int = 1) -> float:
+def perplexity(
+    model: Any,
+    tokenizer_or_ids: Any,
+    text: str | None = None,
+    *,
+    seq_len: int | None = None,
+    max_windows: int | None = None,
+    batch_size: int = 1,
+) -> float:
     """Perplexity of a causal LM on ``text`` by the GPTQ-paper protocol (see the module docstring).
 
     tokenizer_or_ids: a tokenizer (then ``text`` is the evaluation text) or a 1-D sequence of token ids
@@ -127,8 +135,15 @@ def _model_device(model: Any) -> Any:
         return torch.device("cpu")
 
 
-def sentence_embeddings(model: Any, tokenizer: Any, sentences: Sequence[str], *, batch_size: int = 32,
-                        max_length: int | None = None, normalize: bool = False) -> np.ndarray:
+def sentence_embeddings(
+    model: Any,
+    tokenizer: Any,
+    sentences: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    normalize: bool = False,
+) -> np.ndarray:
     """Sentence embeddings (n, hidden), float32: the mean of the last hidden states over the attention mask.
 
     This is sentence-transformers' pooling for all-MiniLM-L6-v2 (which then L2-normalizes: pass
@@ -159,9 +174,9 @@ def sentence_embeddings(model: Any, tokenizer: Any, sentences: Sequence[str], *,
 class Similarity:
     """Quantized-vs-original agreement of an encoder on a set of sentences (cosines in [-1, 1])."""
 
-    pooled: float         # mean over sentences of cos(pooled_q, pooled_fp)
-    pooled_min: float     # worst sentence
-    hidden: float         # mean over non-padding tokens of cos(h_q, h_fp), last hidden states
+    pooled: float  # mean over sentences of cos(pooled_q, pooled_fp)
+    pooled_min: float  # worst sentence
+    hidden: float  # mean over non-padding tokens of cos(h_q, h_fp), last hidden states
     n_sentences: int
     n_tokens: int
 
@@ -169,8 +184,15 @@ class Similarity:
         return dataclasses.asdict(self)
 
 
-def embedding_similarity(model_q: Any, model_fp: Any, tokenizer: Any, sentences: Sequence[str], *,
-                         batch_size: int = 32, max_length: int | None = None) -> Similarity:
+def embedding_similarity(
+    model_q: Any,
+    model_fp: Any,
+    tokenizer: Any,
+    sentences: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+) -> Similarity:
     """How closely ``model_q`` reproduces ``model_fp`` on ``sentences`` (both fed the same batches).
 
     Returns a :class:`Similarity`: mean (and minimum) cosine similarity of the mean-pooled sentence
@@ -208,5 +230,10 @@ def embedding_similarity(model_q: Any, model_fp: Any, tokenizer: Any, sentences:
         model_q.train(modes[0])
         model_fp.train(modes[1])
     pooled = np.concatenate(pooled_cos)
-    return Similarity(pooled=float(pooled.mean()), pooled_min=float(pooled.min()),
-                      hidden=token_cos_sum / n_tokens, n_sentences=int(pooled.size), n_tokens=n_tokens)
+    return Similarity(
+        pooled=float(pooled.mean()),
+        pooled_min=float(pooled.min()),
+        hidden=token_cos_sum / n_tokens,
+        n_sentences=int(pooled.size),
+        n_tokens=n_tokens,
+    )

@@ -13,10 +13,10 @@ the sections below and in the README):
 safetensors is imported inside the functions that need it (extras ``quantease[export]``); torch is imported
 only when the caller passes torch tensors as pass-through tensors.
 """
+
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -27,10 +27,20 @@ from .packing import pack_axis0, pack_rows_bytes, unpack_axis0, unpack_rows_byte
 from .result import QuantResult, SparseOutliers
 
 __all__ = [
-    "GPTQ_BITS", "QUANTEASE_FORMAT_VERSION",
-    "gptq_tensors", "gptq_deviation", "save_gptq", "load_gptq", "load_gptq_results", "unpack_gptq_layer",
-    "load_gptq_layer", "unpack_codes",
-    "quantease_tensors", "save_quantease", "load_quantease", "load_quantease_results",
+    "GPTQ_BITS",
+    "QUANTEASE_FORMAT_VERSION",
+    "gptq_tensors",
+    "gptq_deviation",
+    "save_gptq",
+    "load_gptq",
+    "load_gptq_results",
+    "unpack_gptq_layer",
+    "load_gptq_layer",
+    "unpack_codes",
+    "quantease_tensors",
+    "save_quantease",
+    "load_quantease",
+    "load_quantease_results",
     "load_quantease_state_dict",
 ]
 
@@ -45,6 +55,7 @@ LayerSpec = Union[QuantResult, Tuple[QuantResult, Optional[Any]]]
 # shared helpers
 # ----------------------------------------------------------------------------------------------------------
 
+
 def _split_layer(name: str, spec: LayerSpec) -> Tuple[QuantResult, Optional[np.ndarray]]:
     """Accept either a QuantResult or a (QuantResult, bias-or-None) pair."""
     if isinstance(spec, QuantResult):
@@ -52,8 +63,7 @@ def _split_layer(name: str, spec: LayerSpec) -> Tuple[QuantResult, Optional[np.n
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], QuantResult):
         result, bias = spec
         return result, (None if bias is None else _to_numpy(bias, f"bias of layer {name!r}"))
-    raise ValueError(f"layer {name!r} must be a QuantResult or a (QuantResult, bias) pair, "
-                     f"got {type(spec).__name__}")
+    raise ValueError(f"layer {name!r} must be a QuantResult or a (QuantResult, bias) pair, got {type(spec).__name__}")
 
 
 def _is_torch(x: Any) -> bool:
@@ -86,30 +96,33 @@ def _check_layout(name: str, r: QuantResult) -> Tuple[int, int, int]:
     if not 1 <= r.bits <= 8:
         raise ValueError(f"layer {name!r}: bits must be in 1..8, got {r.bits}")
     if codes.size and (codes.min() < 0 or codes.max() >= (1 << r.bits)):
-        raise ValueError(f"layer {name!r}: codes must lie in [0, {(1 << r.bits) - 1}] for {r.bits} bits, "
-                         f"got [{codes.min()}, {codes.max()}]")
+        raise ValueError(
+            f"layer {name!r}: codes must lie in [0, {(1 << r.bits) - 1}] for {r.bits} bits, "
+            f"got [{codes.min()}, {codes.max()}]"
+        )
     g_idx = np.asarray(r.g_idx)
     if g_idx.shape != (k,):
-        raise ValueError(f"layer {name!r}: g_idx must have {k} entries (one per input column), "
-                         f"got shape {g_idx.shape}")
+        raise ValueError(f"layer {name!r}: g_idx must have {k} entries (one per input column), got shape {g_idx.shape}")
     if r.codebook is not None:
         cb = np.asarray(r.codebook)
         ok = cb.shape == (n, 1 << r.bits) or (cb.ndim == 3 and cb.shape[0] == n and cb.shape[2] == 1 << r.bits)
         if not ok:
-            raise ValueError(f"layer {name!r}: codebook must be ({n}, {1 << r.bits}) or ({n}, G, "
-                             f"{1 << r.bits}), got {cb.shape}")
+            raise ValueError(
+                f"layer {name!r}: codebook must be ({n}, {1 << r.bits}) or ({n}, G, {1 << r.bits}), got {cb.shape}"
+            )
         groups = 1 if cb.ndim == 2 else cb.shape[1]
     else:
         if r.scales is None or r.zeros is None:
             raise ValueError(f"layer {name!r}: an affine result needs scales and zeros (or a codebook)")
         s, z = np.asarray(r.scales), np.asarray(r.zeros)
         if s.ndim != 2 or s.shape[0] != n or z.shape != s.shape:
-            raise ValueError(f"layer {name!r}: scales and zeros must both be ({n}, G), "
-                             f"got {s.shape} and {z.shape}")
+            raise ValueError(f"layer {name!r}: scales and zeros must both be ({n}, G), got {s.shape} and {z.shape}")
         groups = s.shape[1]
     if k and (g_idx.min() < 0 or g_idx.max() >= groups):
-        raise ValueError(f"layer {name!r}: g_idx must lie in [0, {groups - 1}] for {groups} groups, "
-                         f"got [{g_idx.min()}, {g_idx.max()}]")
+        raise ValueError(
+            f"layer {name!r}: g_idx must lie in [0, {groups - 1}] for {groups} groups, "
+            f"got [{g_idx.min()}, {g_idx.max()}]"
+        )
     if r.outliers is not None and tuple(r.outliers.shape) != (n, k):
         raise ValueError(f"layer {name!r}: outliers must be {(n, k)}, got {tuple(r.outliers.shape)}")
     return n, k, groups
@@ -130,7 +143,8 @@ def _write_safetensors(path: str, tensors: Dict[str, Any], metadata: Dict[str, s
     """Write NumPy (and, if any are given, torch) tensors to one file atomically (temp file + rename)."""
     if any(_is_torch(t) for t in tensors.values()):
         import torch
-        from safetensors.torch import save as st_save
+        from safetensors.torch import save as save_torch
+
         payload, storages = {}, set()
         for k, t in tensors.items():
             t = t.detach().cpu().contiguous() if _is_torch(t) else torch.from_numpy(np.ascontiguousarray(t))
@@ -140,14 +154,17 @@ def _write_safetensors(path: str, tensors: Dict[str, Any], metadata: Dict[str, s
                 t = t.clone()
             storages.add(t.untyped_storage().data_ptr())
             payload[k] = t
+        data = save_torch(payload, metadata=metadata)
     else:
-        from safetensors.numpy import save as st_save
-        payload = {k: np.ascontiguousarray(t) for k, t in tensors.items()}
-    _atomic_write_bytes(path, st_save(payload, metadata=metadata))
+        from safetensors.numpy import save as save_numpy
+
+        data = save_numpy({k: np.ascontiguousarray(t) for k, t in tensors.items()}, metadata=metadata)
+    _atomic_write_bytes(path, data)
 
 
 def _read_safetensors(path: str, framework: str = "numpy") -> Tuple[Dict[str, Any], Dict[str, str]]:
     from safetensors import safe_open
+
     with safe_open(path, framework=framework) as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -166,8 +183,9 @@ def _resolve_paths(path: Union[str, os.PathLike], filename: str) -> Tuple[str, s
     return directory, tensor_file
 
 
-def _passthrough(extra: Optional[Mapping[str, Any]], taken: Dict[str, Any], consumed: set,
-                 dtype: Optional[str]) -> None:
+def _passthrough(
+    extra: Optional[Mapping[str, Any]], taken: Dict[str, Any], consumed: set, dtype: Optional[str]
+) -> None:
     """Copy non-quantized tensors into ``taken``; keys consumed by a quantized layer are dropped."""
     if not extra:
         return
@@ -179,6 +197,7 @@ def _passthrough(extra: Optional[Mapping[str, Any]], taken: Dict[str, Any], cons
         if dtype is not None:
             if _is_torch(t):
                 import torch
+
                 if t.is_floating_point():
                     t = t.to(getattr(torch, dtype))
             else:
@@ -204,37 +223,49 @@ def _passthrough(extra: Optional[Mapping[str, Any]], taken: Dict[str, Any], cons
 # Dequantization: W[o, j] = scales[g, o] * (q[j, o] - z[g, o]) with g = g_idx[j].
 # ----------------------------------------------------------------------------------------------------------
 
+
 def _check_gptq(name: str, r: QuantResult, fmt: str) -> Tuple[int, int, int]:
     if r.codebook is not None:
-        raise ValueError(f"layer {name!r}: a non-uniform codebook cannot be written in the GPTQ format; "
-                         f"use save_quantease")
+        raise ValueError(
+            f"layer {name!r}: a non-uniform codebook cannot be written in the GPTQ format; use save_quantease"
+        )
     if r.outliers is not None and r.outliers.nnz:
-        raise ValueError(f"layer {name!r}: {r.outliers.nnz} sparse outliers cannot be written in the GPTQ "
-                         f"format; use save_quantease")
+        raise ValueError(
+            f"layer {name!r}: {r.outliers.nnz} sparse outliers cannot be written in the GPTQ format; use save_quantease"
+        )
     if r.bits not in GPTQ_BITS:
         raise ValueError(f"layer {name!r}: the GPTQ format takes bits in {GPTQ_BITS}, got {r.bits}")
     n, k, groups = _check_layout(name, r)
     per = values_per_unit(r.bits)
     if k % per or n % per:
-        raise ValueError(f"layer {name!r}: {r.bits}-bit GPTQ packing needs in_features and out_features "
-                         f"divisible by {per}, got ({n}, {k})")
+        raise ValueError(
+            f"layer {name!r}: {r.bits}-bit GPTQ packing needs in_features and out_features "
+            f"divisible by {per}, got ({n}, {k})"
+        )
     expected = 1 if r.group_size in (-1, 0) or r.group_size >= k else -(-k // r.group_size)
     if groups != expected:
-        raise ValueError(f"layer {name!r}: GPTQ loaders expect {expected} groups for in_features={k} and "
-                         f"group_size={r.group_size}, got {groups}")
+        raise ValueError(
+            f"layer {name!r}: GPTQ loaders expect {expected} groups for in_features={k} and "
+            f"group_size={r.group_size}, got {groups}"
+        )
     z = np.asarray(r.zeros, dtype=np.float64)
     maxq = (1 << r.bits) - 1
     if not np.all(np.isfinite(z)) or np.any(z != np.round(z)) or z.min() < 0 or z.max() > maxq:
-        raise ValueError(f"layer {name!r}: zero points must be integers in [0, {maxq}] for {r.bits} bits, "
-                         f"got values in [{z.min()}, {z.max()}]")
+        raise ValueError(
+            f"layer {name!r}: zero points must be integers in [0, {maxq}] for {r.bits} bits, "
+            f"got values in [{z.min()}, {z.max()}]"
+        )
     if fmt == "gptq" and np.any(z == 0):
-        raise ValueError(f"layer {name!r}: the classic 'gptq' (v1) format stores z - 1 and cannot hold a "
-                         f"zero point of 0 ({int(np.sum(z == 0))} groups have z = 0); use "
-                         f"checkpoint_format='gptq_v2' or a symmetric grid")
+        raise ValueError(
+            f"layer {name!r}: the classic 'gptq' (v1) format stores z - 1 and cannot hold a "
+            f"zero point of 0 ({int(np.sum(z == 0))} groups have z = 0); use "
+            f"checkpoint_format='gptq_v2' or a symmetric grid"
+        )
     s = np.asarray(r.scales, dtype=np.float64)
     if not np.all(np.isfinite(s)) or np.abs(s).max(initial=0.0) > _FP16_MAX:
-        raise ValueError(f"layer {name!r}: scales must be finite and at most {_FP16_MAX} in magnitude to be "
-                         f"stored as float16")
+        raise ValueError(
+            f"layer {name!r}: scales must be finite and at most {_FP16_MAX} in magnitude to be stored as float16"
+        )
     return n, k, groups
 
 
@@ -252,12 +283,12 @@ def gptq_deviation(result: QuantResult) -> float:
     0.0 exactly when the scales are float16-representable (solve with ``fp16_scales=True``) and the codes,
     zeros and scales reproduce ``result.weight``.
     """
-    return float(np.max(np.abs(_deployed_grid(result) - np.asarray(result.weight, dtype=np.float32)),
-                        initial=0.0))
+    return float(np.max(np.abs(_deployed_grid(result) - np.asarray(result.weight, dtype=np.float32)), initial=0.0))
 
 
-def gptq_tensors(result: QuantResult, prefix: str, *, bias: Any = None,
-                 checkpoint_format: str = "gptq") -> Dict[str, np.ndarray]:
+def gptq_tensors(
+    result: QuantResult, prefix: str, *, bias: Any = None, checkpoint_format: str = "gptq"
+) -> Dict[str, np.ndarray]:
     """The GPTQ tensors of one layer: {prefix.qweight, .qzeros, .scales, .g_idx[, .bias]} as NumPy arrays.
 
     checkpoint_format: "gptq" (v1, stores z - 1; refuses z = 0) or "gptq_v2" (stores z).
@@ -267,10 +298,10 @@ def gptq_tensors(result: QuantResult, prefix: str, *, bias: Any = None,
     n, k, _ = _check_gptq(prefix, result, checkpoint_format)
     b = result.bits
     codes = np.asarray(result.codes)
-    qweight = pack_axis0(codes.T, b).view(np.int32)                  # [K*b/32, N]
-    z = np.asarray(result.zeros).astype(np.int64)                    # [N, G], validated integers
+    qweight = pack_axis0(codes.T, b).view(np.int32)  # [K*b/32, N]
+    z = np.asarray(result.zeros).astype(np.int64)  # [N, G], validated integers
     stored = z - 1 if checkpoint_format == "gptq" else z
-    qzeros = pack_axis0(stored, b).view(np.int32).T                  # [G, N*b/32]
+    qzeros = pack_axis0(stored, b).view(np.int32).T  # [G, N*b/32]
     out = {
         f"{prefix}.qweight": np.ascontiguousarray(qweight),
         f"{prefix}.qzeros": np.ascontiguousarray(qzeros),
@@ -295,11 +326,18 @@ def _acts_in_order(r: QuantResult) -> Tuple[bool, bool]:
     return act, trivial
 
 
-def save_gptq(path: Union[str, os.PathLike], layers: Mapping[str, LayerSpec], *,
-              extra_tensors: Optional[Mapping[str, Any]] = None, config: Optional[dict] = None,
-              checkpoint_format: Optional[str] = None, strict: bool = False,
-              quantization_extra: Optional[dict] = None, passthrough_dtype: Optional[str] = None,
-              filename: str = "model.safetensors") -> dict:
+def save_gptq(
+    path: Union[str, os.PathLike],
+    layers: Mapping[str, LayerSpec],
+    *,
+    extra_tensors: Optional[Mapping[str, Any]] = None,
+    config: Optional[dict] = None,
+    checkpoint_format: Optional[str] = None,
+    strict: bool = False,
+    quantization_extra: Optional[dict] = None,
+    passthrough_dtype: Optional[str] = None,
+    filename: str = "model.safetensors",
+) -> dict:
     """Write a GPTQ checkpoint: ``model.safetensors`` + ``quantize_config.json`` (+ ``config.json``).
 
     path: a directory (``filename`` is written inside it) or a path ending in ``.safetensors``.
@@ -347,11 +385,13 @@ def save_gptq(path: Union[str, os.PathLike], layers: Mapping[str, LayerSpec], *,
         if d > 0:
             deviations[name] = d
     if deviations:
-        worst = max(deviations, key=deviations.get)
-        msg = (f"{len(deviations)} of {len(parsed)} layers: float16 scales make the exported weights differ "
-               f"from result.weight (largest: {deviations[worst]:.3g} in {worst!r}); quantize with "
-               f"fp16_scales=True (quantease.rtn/gptq, or solver_kwargs of quantize_model) for a bit-exact "
-               f"export")
+        worst = max(deviations, key=lambda name: deviations[name])
+        msg = (
+            f"{len(deviations)} of {len(parsed)} layers: float16 scales make the exported weights differ "
+            f"from result.weight (largest: {deviations[worst]:.3g} in {worst!r}); quantize with "
+            f"fp16_scales=True (quantease.rtn/gptq, or solver_kwargs of quantize_model) for a bit-exact "
+            f"export"
+        )
         if strict:
             raise ValueError(msg)
         warnings.warn(msg, stacklevel=2)
@@ -395,9 +435,14 @@ def unpack_codes(qweight: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(unpack_axis0(np.asarray(qweight), bits).T)
 
 
-def unpack_gptq_layer(tensors: Mapping[str, Any], prefix: str, *, checkpoint_format: str = "gptq",
-                      group_size: Optional[int] = None, sym: Optional[bool] = None
-                      ) -> Tuple[QuantResult, Optional[np.ndarray]]:
+def unpack_gptq_layer(
+    tensors: Mapping[str, Any],
+    prefix: str,
+    *,
+    checkpoint_format: str = "gptq",
+    group_size: Optional[int] = None,
+    sym: Optional[bool] = None,
+) -> Tuple[QuantResult, Optional[np.ndarray]]:
     """Rebuild (QuantResult, bias) of one layer from GPTQ tensors (NumPy arrays, e.g. a safetensors load).
 
     bits are inferred from qweight's shape and g_idx; the weight is scales * (codes - zeros) in float32
@@ -407,22 +452,28 @@ def unpack_gptq_layer(tensors: Mapping[str, Any], prefix: str, *, checkpoint_for
     if checkpoint_format not in ("gptq", "gptq_v2"):
         raise ValueError(f"checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")
     try:
-        qweight, qzeros, scales, g_idx = (np.asarray(_to_numpy(tensors[f"{prefix}.{t}"], f"{prefix}.{t}"))
-                                          for t in ("qweight", "qzeros", "scales", "g_idx"))
+        qweight, qzeros, scales, g_idx = (
+            np.asarray(_to_numpy(tensors[f"{prefix}.{t}"], f"{prefix}.{t}"))
+            for t in ("qweight", "qzeros", "scales", "g_idx")
+        )
     except KeyError as e:
         raise ValueError(f"layer {prefix!r}: missing tensor {e.args[0]!r}") from None
     k = g_idx.shape[0]
     rows, n = qweight.shape
     if k == 0 or (rows * 32) % k or (rows * 32 // k) not in GPTQ_BITS:
-        raise ValueError(f"layer {prefix!r}: qweight {qweight.shape} does not match g_idx of {k} columns "
-                         f"for any bit width in {GPTQ_BITS}")
+        raise ValueError(
+            f"layer {prefix!r}: qweight {qweight.shape} does not match g_idx of {k} columns "
+            f"for any bit width in {GPTQ_BITS}"
+        )
     bits = rows * 32 // k
     groups = scales.shape[0]
     if scales.shape != (groups, n) or qzeros.shape != (groups, n * bits // 32):
-        raise ValueError(f"layer {prefix!r}: scales {scales.shape} and qzeros {qzeros.shape} do not match "
-                         f"{groups} groups x {n} outputs at {bits} bits")
-    codes = unpack_codes(qweight, bits)                                      # [N, K]
-    z = unpack_axis0(np.ascontiguousarray(qzeros.T), bits).astype(np.int64)    # [N, G]
+        raise ValueError(
+            f"layer {prefix!r}: scales {scales.shape} and qzeros {qzeros.shape} do not match "
+            f"{groups} groups x {n} outputs at {bits} bits"
+        )
+    codes = unpack_codes(qweight, bits)  # [N, K]
+    z = unpack_axis0(np.ascontiguousarray(qzeros.T), bits).astype(np.int64)  # [N, G]
     if checkpoint_format == "gptq":
         z = z + 1
     zeros = np.ascontiguousarray(z, dtype=np.float32)
@@ -432,9 +483,21 @@ def unpack_gptq_layer(tensors: Mapping[str, Any], prefix: str, *, checkpoint_for
         group_size = -1 if groups == 1 else int(np.bincount(g, minlength=groups).max())
     if sym is None:
         sym = bool(np.all(z == (1 << (bits - 1))))
-    r = QuantResult(weight=np.empty((n, k), np.float32), codes=codes, scales=s, zeros=zeros, g_idx=g,
-                    perm=None, loss=None, damp=None, bits=bits, group_size=group_size, sym=sym,
-                    method="gptq-checkpoint", seconds=0.0)
+    r = QuantResult(
+        weight=np.empty((n, k), np.float32),
+        codes=codes,
+        scales=s,
+        zeros=zeros,
+        g_idx=g,
+        perm=None,
+        loss=None,
+        damp=None,
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        method="gptq-checkpoint",
+        seconds=0.0,
+    )
     r.weight = r.grid_weight()
     bias = tensors.get(f"{prefix}.bias")
     return r, (None if bias is None else _to_numpy(bias, f"{prefix}.bias"))
@@ -445,10 +508,13 @@ def load_gptq_layer(tensors: Mapping[str, Any], prefix: str, *, checkpoint_forma
     return unpack_gptq_layer(tensors, prefix, checkpoint_format=checkpoint_format)[0].weight
 
 
-def _gptq_dir_config(path: str) -> Tuple[str, dict]:
+def _gptq_dir_config(path: Union[str, os.PathLike]) -> Tuple[str, dict]:
     path = os.fspath(path)
-    directory, tensor_file = (os.path.dirname(path) or ".", path) if path.endswith(".safetensors") \
+    directory, tensor_file = (
+        (os.path.dirname(path) or ".", path)
+        if path.endswith(".safetensors")
         else (path, os.path.join(path, "model.safetensors"))
+    )
     qc: dict = {}
     for fname in ("quantize_config.json", "config.json"):
         p = os.path.join(directory, fname)
@@ -468,9 +534,12 @@ def load_gptq_results(path: Union[str, os.PathLike]) -> Dict[str, Tuple[QuantRes
     fmt = qc.get("checkpoint_format", "gptq")
     names = [k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")]
     gs = qc.get("group_size")
-    return {n: unpack_gptq_layer(tensors, n, checkpoint_format=fmt, sym=qc.get("sym"),
-                                 group_size=None if gs is None else int(gs))
-            for n in names}
+    return {
+        n: unpack_gptq_layer(
+            tensors, n, checkpoint_format=fmt, sym=qc.get("sym"), group_size=None if gs is None else int(gs)
+        )
+        for n in names
+    }
 
 
 def load_gptq(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
@@ -498,8 +567,17 @@ def load_gptq(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
 # Dense weight = grid part + outliers, computed in float32 exactly as QuantResult.dense_weight().
 # ----------------------------------------------------------------------------------------------------------
 
-_OWN_SUFFIXES = ("codes", "g_idx", "perm", "scales", "zeros", "codebook", "outliers.indptr",
-                 "outliers.indices", "outliers.values")
+_OWN_SUFFIXES = (
+    "codes",
+    "g_idx",
+    "perm",
+    "scales",
+    "zeros",
+    "codebook",
+    "outliers.indptr",
+    "outliers.indices",
+    "outliers.values",
+)
 
 
 def _float_arrays(r: QuantResult) -> list:
@@ -513,8 +591,9 @@ def _fp16_exact(a: np.ndarray) -> bool:
     return bool(np.array_equal(a.astype(np.float16).astype(np.float32), a, equal_nan=True))
 
 
-def quantease_tensors(result: QuantResult, prefix: str, *, bias: Any = None, dtype: str = "auto"
-                      ) -> Tuple[Dict[str, np.ndarray], dict]:
+def quantease_tensors(
+    result: QuantResult, prefix: str, *, bias: Any = None, dtype: str = "auto"
+) -> Tuple[Dict[str, np.ndarray], dict]:
     """The tensors and metadata entry of one layer in the quantease format.
 
     dtype: "float32" (exact), "float16" (compact, rounds), or "auto": float16 when every stored float
@@ -527,8 +606,9 @@ def quantease_tensors(result: QuantResult, prefix: str, *, bias: Any = None, dty
     if dtype == "auto":
         dtype = "float16" if all(_fp16_exact(a) for a in floats) else "float32"
     if dtype == "float16" and any(np.abs(a).max(initial=0.0) > _FP16_MAX for a in floats):
-        raise ValueError(f"layer {prefix!r}: values beyond {_FP16_MAX} cannot be stored as float16; "
-                         f"use dtype='float32'")
+        raise ValueError(
+            f"layer {prefix!r}: values beyond {_FP16_MAX} cannot be stored as float16; use dtype='float32'"
+        )
     fdt = np.dtype(dtype)
     out = {
         f"{prefix}.codes": pack_rows_bytes(np.asarray(result.codes), result.bits),
@@ -549,8 +629,10 @@ def quantease_tensors(result: QuantResult, prefix: str, *, bias: Any = None, dty
         out[f"{prefix}.outliers.indices"] = np.asarray(o.indices, dtype=np.int32).copy()
         out[f"{prefix}.outliers.values"] = np.asarray(o.values, dtype=np.float32).astype(fdt)
         if out[f"{prefix}.outliers.indptr"].shape != (n + 1,):
-            raise ValueError(f"layer {prefix!r}: outliers.indptr must have {n + 1} entries, "
-                             f"got {out[f'{prefix}.outliers.indptr'].shape}")
+            raise ValueError(
+                f"layer {prefix!r}: outliers.indptr must have {n + 1} entries, "
+                f"got {out[f'{prefix}.outliers.indptr'].shape}"
+            )
     if bias is not None:
         bias = _to_numpy(bias, f"bias of layer {prefix!r}").reshape(-1)
         if bias.shape != (n,):
@@ -560,16 +642,31 @@ def quantease_tensors(result: QuantResult, prefix: str, *, bias: Any = None, dty
     def num(x):
         return None if x is None else float(x)
 
-    meta = {"shape": [n, k], "bits": int(result.bits), "group_size": int(result.group_size),
-            "sym": bool(result.sym), "method": str(result.method), "grid": grid, "dtype": dtype,
-            "loss": num(result.loss), "damp": num(result.damp),
-            "iters": None if result.iters is None else int(result.iters), "seconds": float(result.seconds)}
+    meta = {
+        "shape": [n, k],
+        "bits": int(result.bits),
+        "group_size": int(result.group_size),
+        "sym": bool(result.sym),
+        "method": str(result.method),
+        "grid": grid,
+        "dtype": dtype,
+        "loss": num(result.loss),
+        "damp": num(result.damp),
+        "iters": None if result.iters is None else int(result.iters),
+        "seconds": float(result.seconds),
+    }
     return out, meta
 
 
-def save_quantease(path: Union[str, os.PathLike], layers: Mapping[str, LayerSpec], *,
-                   extra_tensors: Optional[Mapping[str, Any]] = None, dtype: str = "auto",
-                   strict: bool = False, passthrough_dtype: Optional[str] = None) -> Dict[str, float]:
+def save_quantease(
+    path: Union[str, os.PathLike],
+    layers: Mapping[str, LayerSpec],
+    *,
+    extra_tensors: Optional[Mapping[str, Any]] = None,
+    dtype: str = "auto",
+    strict: bool = False,
+    passthrough_dtype: Optional[str] = None,
+) -> Dict[str, float]:
     """Write layers (affine, codebook, with or without outliers) to one safetensors file, format "1".
 
     layers / extra_tensors as in save_gptq. dtype: see quantease_tensors ("auto" is exact and uses float16
@@ -600,15 +697,21 @@ def save_quantease(path: Union[str, os.PathLike], layers: Mapping[str, LayerSpec
         deviations[name] = float(np.max(np.abs(rebuilt - np.asarray(r.weight, np.float32)), initial=0.0))
     bad = {k: v for k, v in deviations.items() if v > 0}
     if bad:
-        worst = max(bad, key=bad.get)
-        msg = (f"{len(bad)} of {len(layers)} layers are rebuilt with an error (largest: {bad[worst]:.3g} in "
-               f"{worst!r}); use dtype='float32' or 'auto' for an exact file")
+        worst = max(bad, key=lambda name: bad[name])
+        msg = (
+            f"{len(bad)} of {len(layers)} layers are rebuilt with an error (largest: {bad[worst]:.3g} in "
+            f"{worst!r}); use dtype='float32' or 'auto' for an exact file"
+        )
         if strict:
             raise ValueError(msg)
         warnings.warn(msg, stacklevel=2)
     _passthrough(extra_tensors, tensors, consumed, passthrough_dtype)
-    metadata = {"format": "pt", "producer": "quantease", "quantease_format": QUANTEASE_FORMAT_VERSION,
-                "quantease_layers": json.dumps(metas, sort_keys=True)}
+    metadata = {
+        "format": "pt",
+        "producer": "quantease",
+        "quantease_format": QUANTEASE_FORMAT_VERSION,
+        "quantease_layers": json.dumps(metas, sort_keys=True),
+    }
     _write_safetensors(path, tensors, metadata)
     return deviations
 
@@ -627,18 +730,33 @@ def _result_from_tensors(t: Mapping[str, np.ndarray], name: str, meta: dict) -> 
             scales = np.asarray(t[f"{name}.scales"]).astype(np.float32)
             zeros = np.asarray(t[f"{name}.zeros"]).astype(np.float32)
         if f"{name}.outliers.indptr" in t:
-            outliers = SparseOutliers(np.asarray(t[f"{name}.outliers.indptr"], dtype=np.int64),
-                                      np.asarray(t[f"{name}.outliers.indices"], dtype=np.int32),
-                                      np.asarray(t[f"{name}.outliers.values"]).astype(np.float32), (n, k))
+            outliers = SparseOutliers(
+                np.asarray(t[f"{name}.outliers.indptr"], dtype=np.int64),
+                np.asarray(t[f"{name}.outliers.indices"], dtype=np.int32),
+                np.asarray(t[f"{name}.outliers.values"]).astype(np.float32),
+                (n, k),
+            )
     except KeyError as e:
         raise ValueError(f"layer {name!r}: missing tensor {e.args[0]!r}") from None
-    r = QuantResult(weight=np.empty((n, k), np.float32), codes=codes, scales=scales, zeros=zeros, g_idx=g_idx,
-                    perm=None if perm is None else np.asarray(perm, dtype=np.int64), loss=meta.get("loss"),
-                    damp=meta.get("damp"), bits=bits, group_size=int(meta["group_size"]),
-                    sym=bool(meta["sym"]), method=str(meta["method"]), seconds=float(meta.get("seconds", 0.0)),
-                    iters=meta.get("iters"), outliers=outliers,
-                    outlier_fraction=None if outliers is None else outliers.nnz / max(n * k, 1),
-                    codebook=codebook)
+    r = QuantResult(
+        weight=np.empty((n, k), np.float32),
+        codes=codes,
+        scales=scales,
+        zeros=zeros,
+        g_idx=g_idx,
+        perm=None if perm is None else np.asarray(perm, dtype=np.int64),
+        loss=meta.get("loss"),
+        damp=meta.get("damp"),
+        bits=bits,
+        group_size=int(meta["group_size"]),
+        sym=bool(meta["sym"]),
+        method=str(meta["method"]),
+        seconds=float(meta.get("seconds", 0.0)),
+        iters=meta.get("iters"),
+        outliers=outliers,
+        outlier_fraction=None if outliers is None else outliers.nnz / max(n * k, 1),
+        codebook=codebook,
+    )
     r.weight = r.dense_weight()
     return r
 
@@ -652,8 +770,7 @@ def _read_quantease(path: Union[str, os.PathLike], framework: str = "numpy"):
     if version is None:
         raise ValueError(f"{path} is not a quantease-format file (no 'quantease_format' in its metadata)")
     if version != QUANTEASE_FORMAT_VERSION:
-        raise ValueError(f"{path} has quantease_format {version!r}; this version reads "
-                         f"{QUANTEASE_FORMAT_VERSION!r}")
+        raise ValueError(f"{path} has quantease_format {version!r}; this version reads {QUANTEASE_FORMAT_VERSION!r}")
     return tensors, json.loads(meta["quantease_layers"])
 
 
@@ -661,8 +778,9 @@ def load_quantease_results(path: Union[str, os.PathLike]) -> Dict[str, Tuple[Qua
     """{layer name: (QuantResult, bias)}: codes, grid, outliers and solver figures as saved; ``weight`` is
     rebuilt (bit-exact with float32 storage). The pair can be passed back to save_quantease / save_gptq."""
     tensors, layers = _read_quantease(path)
-    return {name: (_result_from_tensors(tensors, name, meta), tensors.get(f"{name}.bias"))
-            for name, meta in layers.items()}
+    return {
+        name: (_result_from_tensors(tensors, name, meta), tensors.get(f"{name}.bias")) for name, meta in layers.items()
+    }
 
 
 def load_quantease(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]:
@@ -676,18 +794,21 @@ def load_quantease_state_dict(path: Union[str, os.PathLike], framework: str = "n
     bfloat16 pass-through tensors)."""
     tensors, layers = _read_quantease(path, framework)
     if framework == "pt":
-        np_tensors = {k: tensors[k].numpy() for n in layers for k in (f"{n}.{x}" for x in _OWN_SUFFIXES)
-                      if k in tensors}
+        np_tensors = {
+            k: tensors[k].numpy() for n in layers for k in (f"{n}.{x}" for x in _OWN_SUFFIXES) if k in tensors
+        }
     else:
         np_tensors = tensors
     own = {f"{name}.{suffix}" for name in layers for suffix in _OWN_SUFFIXES}
     out: Dict[str, Any] = {}
     for name, meta in layers.items():
-        w = _result_from_tensors(np_tensors, name, meta).weight
+        weight = _result_from_tensors(np_tensors, name, meta).weight
         if framework == "pt":
             import torch
-            w = torch.from_numpy(w)
-        out[f"{name}.weight"] = w
+
+            out[f"{name}.weight"] = torch.from_numpy(weight)
+        else:
+            out[f"{name}.weight"] = weight
     for key, t in tensors.items():
         if key not in own:
             out[key] = t

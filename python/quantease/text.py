@@ -34,7 +34,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, List, Sequence
 
 import numpy as np
 
@@ -60,23 +60,45 @@ GENSIM_PACKAGE = PyPIPackage(
     wheel="gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
     wheel_sha256="91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
     files=(
-        PackageFile(_GENSIM_DATA + "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
-                    1_695_871, "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d"),
-        PackageFile(_GENSIM_DATA + "lee_background.cor", 360_082,
-                    "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb"),
-        PackageFile(_GENSIM_DATA + "lee.cor", 24_658,
-                    "a878f9a58f6743c32985c56c2f2f75988386216b38a4023a01fd3bcf7884d93e"),
+        PackageFile(
+            _GENSIM_DATA + "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+            1_695_871,
+            "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d",
+        ),
+        PackageFile(
+            _GENSIM_DATA + "lee_background.cor",
+            360_082,
+            "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb",
+        ),
+        PackageFile(
+            _GENSIM_DATA + "lee.cor", 24_658, "a878f9a58f6743c32985c56c2f2f75988386216b38a4023a01fd3bcf7884d93e"
+        ),
     ),
     # Only the data files are used, so one fixed wheel is fetched whatever interpreter runs this.
-    pip_args=("--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
-              "--implementation", "cp", "--abi", "cp311"),
+    pip_args=(
+        "--only-binary=:all:",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp311",
+    ),
 )
 
 _AUSTEN_DEB = "r-cran-janeaustenr"
 _AUSTEN_RDB = "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb"
 # Title line of each novel as it opens its character vector; the last one is the test split.
-_AUSTEN_TITLES = ("SENSE AND SENSIBILITY", "PRIDE AND PREJUDICE", "MANSFIELD PARK", "EMMA",
-                  "NORTHANGER ABBEY", "PERSUASION")
+_AUSTEN_TITLES = (
+    "SENSE AND SENSIBILITY",
+    "PRIDE AND PREJUDICE",
+    "MANSFIELD PARK",
+    "EMMA",
+    "NORTHANGER ABBEY",
+    "PERSUASION",
+)
 
 #: Corpora by name: where they come from and how they are split.
 TEXTS: dict[str, str] = {
@@ -92,10 +114,33 @@ _SPLITS = ("all", "train", "test")
 # ---------------------------------------------------------------------------------------------------------
 
 # Sections made of citations and link lists, not prose.
-_DROP_SECTIONS = {"references", "external links", "see also", "further reading", "notes", "bibliography",
-                  "sources", "footnotes", "citations", "notes and references", "works cited"}
-_LINK_DROP_PREFIXES = ("file:", "image:", "category:", "media:", "wikipedia:", "wp:", "template:",
-                       "help:", "portal:", "special:", "user:", "talk:")
+_DROP_SECTIONS = {
+    "references",
+    "external links",
+    "see also",
+    "further reading",
+    "notes",
+    "bibliography",
+    "sources",
+    "footnotes",
+    "citations",
+    "notes and references",
+    "works cited",
+}
+_LINK_DROP_PREFIXES = (
+    "file:",
+    "image:",
+    "category:",
+    "media:",
+    "wikipedia:",
+    "wp:",
+    "template:",
+    "help:",
+    "portal:",
+    "special:",
+    "user:",
+    "talk:",
+)
 _INNER_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 _INNER_TABLE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.S)
 _INNER_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
@@ -133,8 +178,9 @@ def clean_wikitext(markup: str) -> str:
     text = re.sub(r"<!--.*?-->", "", markup, flags=re.S)
     text = re.sub(r"<ref[^>/]*/>", "", text)
     text = re.sub(r"<ref[^>]*>.*?</ref>", "", text, flags=re.S)
-    text = re.sub(r"<(math|gallery|timeline|score|syntaxhighlight|source|imagemap)[^>]*>.*?</\1>", "",
-                  text, flags=re.S | re.I)
+    text = re.sub(
+        r"<(math|gallery|timeline|score|syntaxhighlight|source|imagemap)[^>]*>.*?</\1>", "", text, flags=re.S | re.I
+    )
     text = _strip_nested(_INNER_TEMPLATE, text)
     text = _strip_nested(_INNER_TABLE, text)
     text = _strip_nested(_INNER_LINK, text, _link_text)
@@ -194,6 +240,7 @@ def _wiki_articles(path: Path) -> list[tuple[str, str]]:
 # R data (Jane Austen) -> strings
 # ---------------------------------------------------------------------------------------------------------
 
+
 def read_rdata_strings(blob: bytes) -> list[list[str]]:
     """The character vectors of an R lazy-load database (``Rdata.rdb``), in file order.
 
@@ -207,9 +254,9 @@ def read_rdata_strings(blob: bytes) -> list[list[str]]:
     while pos < len(blob):
         if pos + 4 > len(blob):
             raise ValueError(f"truncated R database at byte {pos}")
-        expected = struct.unpack(">I", blob[pos:pos + 4])[0]
+        expected = struct.unpack(">I", blob[pos : pos + 4])[0]
         inflater = zlib.decompressobj()
-        data = inflater.decompress(blob[pos + 4:])
+        data = inflater.decompress(blob[pos + 4 :])
         if len(data) != expected:
             raise ValueError(f"R object at byte {pos} inflates to {len(data)} bytes, header says {expected}")
         pos = len(blob) - len(inflater.unused_data)
@@ -218,15 +265,15 @@ def read_rdata_strings(blob: bytes) -> list[list[str]]:
         version = struct.unpack(">i", data[2:6])[0]
         off = 14
         if version == 3:  # native encoding name follows the three version integers
-            n = struct.unpack(">i", data[off:off + 4])[0]
+            n = struct.unpack(">i", data[off : off + 4])[0]
             off += 4 + n
-        flags, length = struct.unpack(">ii", data[off:off + 8])
+        flags, length = struct.unpack(">ii", data[off : off + 8])
         off += 8
         if flags & 0xFF != 16:
             raise ValueError(f"R object at byte {pos} is of type {flags & 0xFF}, not a character vector")
         strings = []
         for _ in range(length):
-            cflags, clen = struct.unpack(">ii", data[off:off + 8])
+            cflags, clen = struct.unpack(">ii", data[off : off + 8])
             off += 8
             if cflags & 0xFF != 9:
                 raise ValueError(f"character vector element of type {cflags & 0xFF}, expected 9")
@@ -235,7 +282,7 @@ def read_rdata_strings(blob: bytes) -> list[list[str]]:
                 continue
             # Latin-1 strings carry bit 2 of the levels (flags bits 12+); everything else here is UTF-8.
             encoding = "latin-1" if (cflags >> 12) & 4 else "utf-8"
-            strings.append(data[off:off + clen].decode(encoding))
+            strings.append(data[off : off + clen].decode(encoding))
             off += clen
         vectors.append(strings)
     return vectors
@@ -248,10 +295,10 @@ def _read_deb_member(deb: Path, member: str) -> bytes:
         raise FetchError(f"{deb} is not a Debian package (no ar header)")
     pos = 8
     while pos + 60 <= len(raw):
-        header = raw[pos:pos + 60]
+        header = raw[pos : pos + 60]
         name = header[:16].decode().strip().rstrip("/")
         size = int(header[48:58].decode().strip())
-        body = raw[pos + 60:pos + 60 + size]
+        body = raw[pos + 60 : pos + 60 + size]
         pos += 60 + size + (size & 1)
         if not name.startswith("data.tar"):
             continue
@@ -280,17 +327,18 @@ def _austen_deb(root: Path) -> Path:
     by_hand = f"cd {downloads} && apt-get download {_AUSTEN_DEB}"
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".apt-") as tmp:
         try:
-            proc = subprocess.run(["apt-get", "download", _AUSTEN_DEB], cwd=tmp, capture_output=True,
-                                  text=True)
+            proc = subprocess.run(["apt-get", "download", _AUSTEN_DEB], cwd=tmp, capture_output=True, text=True)
             ok = proc.returncode == 0
             detail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-4:])
         except OSError as err:
             ok, detail = False, str(err)
         debs = sorted(Path(tmp).glob(f"{_AUSTEN_DEB}_*.deb"))
         if not ok or not debs:
-            raise FetchError(f"could not download the Debian package {_AUSTEN_DEB} ({detail}). "
-                             f"Fetch it by hand with:\n    {by_hand}\n(needs apt and Debian's package "
-                             f"lists: apt-get update), or copy its .deb into {downloads}.")
+            raise FetchError(
+                f"could not download the Debian package {_AUSTEN_DEB} ({detail}). "
+                f"Fetch it by hand with:\n    {by_hand}\n(needs apt and Debian's package "
+                f"lists: apt-get update), or copy its .deb into {downloads}."
+            )
         dest = downloads / debs[-1].name
         os.replace(debs[-1], dest)
     return dest
@@ -327,6 +375,7 @@ def _unwrap(lines: Sequence[str]) -> str:
 # Public loaders
 # ---------------------------------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=16)
 def _load_text_cached(name: str, split: str, root: str) -> str:
     cache = Path(root)
@@ -339,7 +388,7 @@ def _load_text_cached(name: str, split: str, root: str) -> str:
     if name == "lee":
         base = fetch_pypi(GENSIM_PACKAGE, cache)
         members = {"train": (1,), "test": (2,), "all": (1, 2)}[split]
-        docs = []
+        docs: List[str] = []
         for k in members:
             raw = (base / GENSIM_PACKAGE.files[k].member).read_text(encoding="utf-8", errors="replace")
             docs.extend(line.strip() for line in raw.splitlines() if line.strip())
@@ -377,9 +426,15 @@ def is_cached(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
-def load_sentences(name: str, split: str = "all", *, min_words: int = 5, max_words: int = 60,
-                   max_sentences: int | None = None, cache_dir: str | os.PathLike[str] | None = None
-                   ) -> list[str]:
+def load_sentences(
+    name: str,
+    split: str = "all",
+    *,
+    min_words: int = 5,
+    max_words: int = 60,
+    max_sentences: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> list[str]:
     """Sentences of corpus ``name`` (a simple split after . ! ? before a capital), in corpus order.
 
     Sentences with fewer than ``min_words`` or more than ``max_words`` words are skipped (headings,
@@ -411,8 +466,12 @@ def tokenize(tokenizer: Any, text: str) -> np.ndarray:
     """
     if not isinstance(text, str):
         raise ValueError(f"text must be a str, got {type(text).__name__}")
-    key = (getattr(tokenizer, "name_or_path", None), id(tokenizer), len(tokenizer),
-           hashlib.sha256(text.encode("utf-8")).hexdigest())
+    key = (
+        getattr(tokenizer, "name_or_path", None),
+        id(tokenizer),
+        len(tokenizer),
+        hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    )
     ids = _TOKEN_CACHE.get(key)
     if ids is None:
         encoded = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
@@ -446,8 +505,9 @@ def _check_positive(name: str, value: Any) -> int:
     return int(value)
 
 
-def calibration_batches(tokenizer: Any, text: str, n_samples: int = 128, seq_len: int = 2048,
-                        seed: int = 0, *, batch_size: int = 1) -> list[Any]:
+def calibration_batches(
+    tokenizer: Any, text: str, n_samples: int = 128, seq_len: int = 2048, seed: int = 0, *, batch_size: int = 1
+) -> list[Any]:
     """Calibration inputs as in the GPTQ paper: ``n_samples`` random windows of ``seq_len`` tokens.
 
     The text is tokenized as a whole; each window starts at a uniform random offset in
@@ -466,12 +526,13 @@ def calibration_batches(tokenizer: Any, text: str, n_samples: int = 128, seq_len
         raise ValueError(f"the text has {ids.size} tokens, fewer than seq_len={seq_len}")
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, ids.size - seq_len + 1, size=n_samples)
-    windows = np.stack([ids[s:s + seq_len] for s in starts])
-    return [torch.from_numpy(windows[i:i + batch_size].copy()) for i in range(0, n_samples, batch_size)]
+    windows = np.stack([ids[s : s + seq_len] for s in starts])
+    return [torch.from_numpy(windows[i : i + batch_size].copy()) for i in range(0, n_samples, batch_size)]
 
 
-def eval_windows(tokenizer_or_ids: Any, text: str | None = None, seq_len: int = 2048,
-                 max_windows: int | None = None) -> Any:
+def eval_windows(
+    tokenizer_or_ids: Any, text: str | None = None, seq_len: int = 2048, max_windows: int | None = None
+) -> Any:
     """Evaluation windows as in the GPTQ paper: the non-overlapping ``seq_len``-token windows, in order.
 
     Returns an int64 torch tensor of shape (n_windows, seq_len) with
@@ -487,11 +548,12 @@ def eval_windows(tokenizer_or_ids: Any, text: str | None = None, seq_len: int = 
         n = min(n, _check_positive("max_windows", max_windows))
     if n == 0:
         raise ValueError(f"the text has {ids.size} tokens, fewer than one window of seq_len={seq_len}")
-    return torch.from_numpy(ids[:n * seq_len].reshape(n, seq_len).copy())
+    return torch.from_numpy(ids[: n * seq_len].reshape(n, seq_len).copy())
 
 
-def sentence_batches(tokenizer: Any, sentences: Iterable[str], batch_size: int = 32,
-                     max_length: int | None = None) -> list[dict[str, Any]]:
+def sentence_batches(
+    tokenizer: Any, sentences: Iterable[str], batch_size: int = 32, max_length: int | None = None
+) -> list[dict[str, Any]]:
     """Padded, truncated tokenizer batches of sentences, for encoder calibration and evaluation.
 
     Returns a list of dicts with ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the
@@ -506,7 +568,8 @@ def sentence_batches(tokenizer: Any, sentences: Iterable[str], batch_size: int =
         max_length = int(min(getattr(tokenizer, "model_max_length", 512), 512))
     batches = []
     for i in range(0, len(sentences), batch_size):
-        enc = tokenizer(sentences[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+        enc = tokenizer(
+            sentences[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         batches.append(dict(enc))
     return batches

@@ -10,6 +10,7 @@ which layers of a block read the same input tensor, in the order they run — th
 ([q, k, v], [o], [gate, up], [down] for a Llama block). The pipeline itself lives in quantease.pipeline and
 the block plumbing in quantease.blocks; both are re-exported here. torch is imported only by these files.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,10 +22,19 @@ from torch import nn
 
 import quantease
 
-from .blocks import find_blocks, is_conv1d, linear_layers, resolve_blocks
+from .blocks import find_blocks, is_conv1d, linear_layers, resolve_blocks, weight_tensor
 
-__all__ = ["HessianCollector", "trace_input_groups", "LayerTrace", "quantize_model", "QuantReport", "LayerRecord",
-           "find_blocks", "resolve_blocks", "linear_layers"]
+__all__ = [
+    "HessianCollector",
+    "trace_input_groups",
+    "LayerTrace",
+    "quantize_model",  # noqa: F822 (module __getattr__)
+    "QuantReport",  # noqa: F822 (module __getattr__)
+    "LayerRecord",  # noqa: F822 (module __getattr__)
+    "find_blocks",
+    "resolve_blocks",
+    "linear_layers",
+]
 
 
 def _accumulator(cols: int, dtype: str):
@@ -34,7 +44,8 @@ def _accumulator(cols: int, dtype: str):
 
 
 def _in_features(module: nn.Module) -> int:
-    return int(module.weight.shape[0] if is_conv1d(module) else module.weight.shape[1])
+    shape = weight_tensor(module).shape
+    return int(shape[0] if is_conv1d(module) else shape[1])
 
 
 def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -59,11 +70,17 @@ class HessianCollector:
     group keeps one accumulator, fed by its first member only, and every member gets that Hessian.
     Inputs are flattened to (tokens, in_features) float32 rows (no copy when the input already is a
     contiguous float32 CPU tensor) and accumulated by the C++ ``quantease.HessianAccumulator`` (streaming
-    rank-k updates, GIL released), in float64 by default. Use as a context manager (hooks removed on exit) or call ``remove()``.
+    rank-k updates, GIL released), in float64 by default. Use as a context manager (hooks removed on exit) or
+    call ``remove()``.
     """
 
-    def __init__(self, layers: Union[nn.Module, Mapping[str, nn.Module]], *, dtype: str = "float64",
-                 shared: Sequence[Sequence[str]] = ()):
+    def __init__(
+        self,
+        layers: Union[nn.Module, Mapping[str, nn.Module]],
+        *,
+        dtype: str = "float64",
+        shared: Sequence[Sequence[str]] = (),
+    ):
         if isinstance(layers, nn.Module):
             layers = linear_layers(layers)
         self.layers: Dict[str, nn.Module] = dict(layers)
@@ -75,10 +92,14 @@ class HessianCollector:
                     raise ValueError(f"shared names {name!r}, which is not among the collected layers")
                 owner[name] = group[0]
         self._owner = {name: owner.get(name, name) for name in self.layers}
-        self._acc = {name: _accumulator(_in_features(m), dtype) for name, m in self.layers.items()
-                     if self._owner[name] == name}
-        self._handles = [m.register_forward_hook(self._hook(name), with_kwargs=True)
-                         for name, m in self.layers.items() if self._owner[name] == name]
+        self._acc = {
+            name: _accumulator(_in_features(m), dtype) for name, m in self.layers.items() if self._owner[name] == name
+        }
+        self._handles = [
+            m.register_forward_hook(self._hook(name), with_kwargs=True)
+            for name, m in self.layers.items()
+            if self._owner[name] == name
+        ]
 
     def _hook(self, name: str) -> Callable:
         acc = self._acc[name]
@@ -86,6 +107,7 @@ class HessianCollector:
 
         def hook(module, args, kwargs, output):
             acc.add(_as_rows(_layer_input(args, kwargs), cols))
+
         return hook
 
     @property
@@ -119,9 +141,9 @@ class HessianCollector:
 class LayerTrace:
     """What one forward showed about a block's layers (see ``trace_input_groups``)."""
 
-    groups: List[List[str]]        # layers sharing one input tensor, groups in run order
-    calls: Dict[str, int]          # how many times each layer ran
-    never_called: List[str]        # layers that did not run at all
+    groups: List[List[str]]  # layers sharing one input tensor, groups in run order
+    calls: Dict[str, int]  # how many times each layer ran
+    never_called: List[str]  # layers that did not run at all
 
 
 def trace_input_groups(layers: Mapping[str, nn.Module], forward: Callable[[], object]) -> LayerTrace:
@@ -138,6 +160,7 @@ def trace_input_groups(layers: Mapping[str, nn.Module], forward: Callable[[], ob
         def hook(module, args, kwargs, output):
             x = _layer_input(args, kwargs)
             events.append((name, x, x._version))
+
         return hook
 
     handles = [m.register_forward_hook(make(n), with_kwargs=True) for n, m in layers.items()]
@@ -156,8 +179,14 @@ def trace_input_groups(layers: Mapping[str, nn.Module], forward: Callable[[], ob
         if calls[name] > 1:
             continue
         # The events keep every input alive, so equal storage pointers cannot come from a reused allocation.
-        same = (ref is not None and ref[0].data_ptr() == x.data_ptr() and ref[0].shape == x.shape
-                and ref[0].stride() == x.stride() and ref[0].dtype == x.dtype and ref[1] == version)
+        same = (
+            ref is not None
+            and ref[0].data_ptr() == x.data_ptr()
+            and ref[0].shape == x.shape
+            and ref[0].stride() == x.stride()
+            and ref[0].dtype == x.dtype
+            and ref[1] == version
+        )
         if same:
             groups[-1].append(name)
         else:
@@ -171,5 +200,6 @@ def __getattr__(name: str):
     # would be circular.
     if name in ("quantize_model", "QuantReport", "LayerRecord"):
         from . import pipeline
+
         return getattr(pipeline, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,14 +22,25 @@ Shapes: W rows x cols; G = cols // group_size groups (1 when group_size == -1); 
 5. Final scale: among float32(s0) (start), float32(rho_adam * s0) and float32(s_search), the least exact E
    (float32 quantizer, float64 sum); ties keep the earlier in that order. ``source``: 0, 1, 2.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from .grid import fit_row, maxq_of
 
-__all__ = ["outlier_mask", "easyquant", "channel_error", "ADAM_BETAS", "ADAM_EPS", "RHO_MIN", "RHO_LO",
-           "SEARCH_POINTS", "POLISHED", "LLOYD_MAX"]
+__all__ = [
+    "outlier_mask",
+    "easyquant",
+    "channel_error",
+    "ADAM_BETAS",
+    "ADAM_EPS",
+    "RHO_MIN",
+    "RHO_LO",
+    "SEARCH_POINTS",
+    "POLISHED",
+    "LLOYD_MAX",
+]
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -84,8 +95,8 @@ def _adam(x, s0, kmin, kmax, steps, lr) -> float:
         grad = 2.0 * float(np.sum((s * k - x) * k)) / (n * s0)
         m = b1 * m + (1 - b1) * grad
         v = b2 * v + (1 - b2) * grad * grad
-        m_hat = m / (1 - b1 ** t)
-        v_hat = v / (1 - b2 ** t)
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
         rho = max(rho - lr * m_hat / (np.sqrt(v_hat) + ADAM_EPS), RHO_MIN)
     return rho
 
@@ -146,9 +157,17 @@ def _channel(x: np.ndarray, bits: int, sym: bool, steps: int, lr: float, points:
     return candidates[source], zero, candidates[0], candidates[1], source
 
 
-def easyquant(W: np.ndarray, bits: int = 4, group_size: int = -1, sym: bool = True, outlier_sigma: float = 3.0,
-              outlier_stats: str = "tensor", steps: int = 100, lr: float = 1e-2,
-              search_points: int = SEARCH_POINTS) -> dict:
+def easyquant(
+    W: np.ndarray,
+    bits: int = 4,
+    group_size: int = -1,
+    sym: bool = True,
+    outlier_sigma: float = 3.0,
+    outlier_stats: str = "tensor",
+    steps: int = 100,
+    lr: float = 1e-2,
+    search_points: int = SEARCH_POINTS,
+) -> dict:
     """dict(weight, codes, scales, zeros, g_idx, outliers (dense float32, 0 off the mask), mask, start_scales,
     adam_scales, source); weight == scales[:, g_idx] * (codes - zeros[:, g_idx]) + outliers exactly."""
     W = np.asarray(W, dtype=np.float32)
@@ -170,11 +189,21 @@ def easyquant(W: np.ndarray, bits: int = 4, group_size: int = -1, sym: bool = Tr
             s, z, s_start, s_adam, src = _channel(w[~m], bits, sym, steps, lr, search_points)
             scales[r, g], zeros[r, g], start[r, g], adam[r, g], source[r, g] = s, z, s_start, s_adam, src
             c = np.clip(np.rint(w / s) + np.float32(z), 0, maxq)
-            c[m] = z                                   # the grid holds exactly 0 at the outliers
+            c[m] = z  # the grid holds exactly 0 at the outliers
             codes[r, cs] = c.astype(np.uint8)
     g_idx = (np.arange(cols) // gs).astype(np.int32)
     grid = scales[:, g_idx] * (codes.astype(np.float32) - zeros[:, g_idx])
     outliers = np.where(mask, W, np.float32(0)).astype(np.float32)
     weight = (grid + outliers).astype(np.float32)
-    return dict(weight=weight, codes=codes, scales=scales, zeros=zeros, g_idx=g_idx, outliers=outliers, mask=mask,
-                start_scales=start, adam_scales=adam, source=source)
+    return dict(
+        weight=weight,
+        codes=codes,
+        scales=scales,
+        zeros=zeros,
+        g_idx=g_idx,
+        outliers=outliers,
+        mask=mask,
+        start_scales=start,
+        adam_scales=adam,
+        source=source,
+    )

@@ -15,6 +15,7 @@ Shapes: W rows x cols (the library quantizes float32 weights, so W is first cast
 Results come back in the ORIGINAL column order: codes/weight rows x cols, scales/zeros rows x G
 (G = cols // group_size, 1 when group_size == -1), g_idx[cols], perm (processing order) or None.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,9 +43,20 @@ def upper_cholesky_of_inverse(H: np.ndarray) -> np.ndarray:
     return np.linalg.cholesky(H_inv).T
 
 
-def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym: bool = False,
-         act_order: bool = False, static_groups: bool = False, damp: float = 0.01,
-         block_size: int = 128, mse: bool = False, reference: bool = False, grid_dtype=np.float32) -> dict:
+def gptq(
+    W: np.ndarray,
+    H: np.ndarray,
+    bits: int = 4,
+    group_size: int = -1,
+    sym: bool = False,
+    act_order: bool = False,
+    static_groups: bool = False,
+    damp: float = 0.01,
+    block_size: int = 128,
+    mse: bool = False,
+    reference: bool = False,
+    grid_dtype=np.float32,
+) -> dict:
     """GPTQ of one layer. Returns dict(weight, codes, scales, zeros, g_idx, perm, loss, damp, margin).
 
     The error feedback and the factorization run in float64. The grid itself -- fitting, rounding a weight
@@ -63,7 +75,7 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
     gs = cols if group_size == -1 else group_size
     n_groups = cols // gs
 
-    margin = np.zeros((rows, cols))     # processing order
+    margin = np.zeros((rows, cols))  # processing order
 
     def snap(j, w, s, z):
         """(code, grid value) of the weights w on the grid (s, z), in grid_dtype arithmetic; records in
@@ -88,7 +100,7 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
     H[dead, dead] = 1
     W[:, dead] = 0
     # 3. static groups: every group grid fixed up front on the dead-zeroed, unpermuted W
-    static = [fit(W[:, g * gs:(g + 1) * gs]) for g in range(n_groups)] if static_groups else None
+    static = [fit(W[:, g * gs : (g + 1) * gs]) for g in range(n_groups)] if static_groups else None
     # 4. act-order: columns by descending diag(H), ties in column order
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(cols)
     W = W[:, perm]
@@ -98,7 +110,7 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
     # 6. U: H^-1 = U^T U
     U = upper_cholesky_of_inverse(H)
 
-    codes = np.zeros((rows, cols))      # processing order
+    codes = np.zeros((rows, cols))  # processing order
     scales = np.tile(row_scale[:, None], (1, n_groups))
     zeros = np.tile(row_zero[:, None], (1, n_groups))
     scale, zero = row_scale, row_zero
@@ -112,7 +124,7 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
                 scale, zero = static[g]
                 scales[:, g], zeros[:, g] = scale, zero
             elif j % gs == 0:
-                scale, zero = fit(current[:, j:j + gs])
+                scale, zero = fit(current[:, j : j + gs])
                 scales[:, j // gs], zeros[:, j // gs] = scale, zero
         return scale, zero
 
@@ -132,7 +144,7 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
             Err1 = np.zeros_like(W1)
             for i in range(i2 - i1):
                 j = i1 + i
-                s, z = grid_of_column(j, W)       # global W: stale inside the block (quirk)
+                s, z = grid_of_column(j, W)  # global W: stale inside the block (quirk)
                 c, q = snap(j, W1[:, i], s, z)
                 err = (W1[:, i] - q) / U[j, j]
                 W1[:, i:] -= np.outer(err, U[j, j:i2])
@@ -151,6 +163,14 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int = 4, group_size: int = -1, sym:
     else:
         g_idx = (np.arange(cols) // gs).astype(np.int32)
     weight = dequantize(codes, scales[:, g_idx], zeros[:, g_idx], grid_dtype).astype(np.float64)
-    return dict(weight=weight, codes=codes.astype(np.uint8), scales=scales, zeros=zeros, g_idx=g_idx,
-                perm=perm if act_order else None, loss=layer_loss(W_in, weight, H_in), damp=damp,
-                margin=margin)
+    return dict(
+        weight=weight,
+        codes=codes.astype(np.uint8),
+        scales=scales,
+        zeros=zeros,
+        g_idx=g_idx,
+        perm=perm if act_order else None,
+        loss=layer_loss(W_in, weight, H_in),
+        damp=damp,
+        margin=margin,
+    )

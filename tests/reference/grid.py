@@ -13,6 +13,7 @@ negative value keeps xmin = 0 (``xmin[xmin < 0] = -xmax[xmin < 0]`` only), so it
 0.47 * max for 4 bits. ``dtype`` is the arithmetic precision: float64 for the GPTQ oracle, float32 to
 mirror the C++ RTN bit for bit.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,8 +64,15 @@ def quantize(x: np.ndarray, scale, zero, maxq: int, dtype=np.float64) -> np.ndar
     return dequantize(quantize_codes(x, scale, zero, maxq, dtype), scale, zero, dtype)
 
 
-def fit_grid(W: np.ndarray, bits: int, sym: bool = False, mse: bool = False,
-             reference_quirks: bool = False, dtype=np.float64, fp16_scales: bool = False) -> tuple:
+def fit_grid(
+    W: np.ndarray,
+    bits: int,
+    sym: bool = False,
+    mse: bool = False,
+    reference_quirks: bool = False,
+    dtype=np.float64,
+    fp16_scales: bool = False,
+) -> tuple:
     """Per-row grid of a rows x k block: (scale[rows], zero[rows]) in ``dtype`` arithmetic.
 
     fp16_scales: each scale is rounded to the nearest float16 (kept within [2^-24, 65504]) before the zero
@@ -77,7 +85,7 @@ def fit_grid(W: np.ndarray, bits: int, sym: bool = False, mse: bool = False,
     def scale_zero(lo, hi):
         scale = ((hi - lo) / dtype(maxq)).astype(dtype)
         if fp16_scales:
-            scale = np.clip(np.minimum(scale, 65504.0).astype(np.float16).astype(dtype), 2.0 ** -24, None)
+            scale = np.clip(np.minimum(scale, 65504.0).astype(np.float16).astype(dtype), 2.0**-24, None)
         if sym:
             zero = np.full_like(scale, dtype((maxq + 1) / 2))
         else:
@@ -103,8 +111,9 @@ def fit_grid(W: np.ndarray, bits: int, sym: bool = False, mse: bool = False,
     return scale, zero
 
 
-def fit_row(x: np.ndarray, bits: int, sym: bool = False, mse: bool = False,
-            reference_quirks: bool = False, dtype=np.float64) -> tuple:
+def fit_row(
+    x: np.ndarray, bits: int, sym: bool = False, mse: bool = False, reference_quirks: bool = False, dtype=np.float64
+) -> tuple:
     """(scale, zero) of one 1-D row ``x``."""
     scale, zero = fit_grid(np.asarray(x)[None, :], bits, sym, mse, reference_quirks, dtype)
     return scale[0], zero[0]

@@ -2,14 +2,16 @@
 
 * ``SplitMix64``: the k-means++ random stream of the library (same integers, same uniforms).
 * ``weighted_kmeans``: Lloyd with assignment by argmin |x - c| (first centroid on ties), weighted means,
-  empty clusters moved to the points farthest from their centroids (as scikit-learn); stops when the labels repeat, when sum (c_new - c)^2 <= tol var(x),
-  or after ``max_iter`` updates. Init: np.linspace(min, max, k) for k <= 8, else greedy k-means++.
+  empty clusters moved to the points farthest from their centroids (as scikit-learn); stops when the labels
+  repeat, when sum (c_new - c)^2 <= tol var(x), or after ``max_iter`` updates. Init: np.linspace(min, max, k)
+  for k <= 8, else greedy k-means++.
 * ``brute_force_grid_search``: every candidate (min + i d, max - j d), i + j < T, evaluated point by point
   -- the paper's search, O(T^2 n).
 * ``leanquant``: GPTQ preparation (as tests/reference/gptq.py, float64), s_j = U_jj^-p in processing
   order (scaled to max 1), one grid per row/group from the original W, then the GPTQ loop unblocked in
   float64 with quant = nearest codebook entry (float32 midpoints) or the float32 affine grid.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +19,14 @@ import numpy as np
 from .gptq import layer_loss, upper_cholesky_of_inverse
 from .grid import dequantize, fit_grid, maxq_of, quantize_codes
 
-__all__ = ["SplitMix64", "weighted_kmeans", "plain_kmeans_step", "brute_force_grid_search",
-           "weighted_grid_error", "leanquant"]
+__all__ = [
+    "SplitMix64",
+    "weighted_kmeans",
+    "plain_kmeans_step",
+    "brute_force_grid_search",
+    "weighted_grid_error",
+    "leanquant",
+]
 
 _MASK = (1 << 64) - 1
 
@@ -40,7 +48,7 @@ class SplitMix64:
         return _mix64(self.state)
 
     def uniform(self) -> float:
-        return (self.next() >> 11) * 2.0 ** -53
+        return (self.next() >> 11) * 2.0**-53
 
 
 def _sample(p: np.ndarray, rng: SplitMix64) -> int:
@@ -61,7 +69,7 @@ def kmeans_plus_plus(x: np.ndarray, s: np.ndarray, k: int, rng: SplitMix64) -> n
     D = (x - centres[0]) ** 2
     for _ in range(1, k):
         pot = np.cumsum(s * D)[-1]
-        if not pot > 0:                 # every point sits on a centre: repeat the largest
+        if not pot > 0:  # every point sits on a centre: repeat the largest
             centres.append(max(centres))
             continue
         cands = [_sample(s * D, rng) for _ in range(trials)]
@@ -72,8 +80,7 @@ def kmeans_plus_plus(x: np.ndarray, s: np.ndarray, k: int, rng: SplitMix64) -> n
     return np.sort(np.array(centres))
 
 
-def weighted_kmeans(values, weights, k: int, max_iter: int = 100, tol: float = 1e-6, seed: int = 0,
-                    stream: int = 0):
+def weighted_kmeans(values, weights, k: int, max_iter: int = 100, tol: float = 1e-6, seed: int = 0, stream: int = 0):
     """(centroids ascending float64, number of updates) of the weighted 1-D k-means of one row."""
     values = np.asarray(values, dtype=np.float32).astype(np.float64)
     order = np.argsort(values, kind="stable")
@@ -96,13 +103,13 @@ def weighted_kmeans(values, weights, k: int, max_iter: int = 100, tol: float = 1
         # empty clusters take the points farthest from their centroids (ties: lower position), which
         # leave their clusters (scikit-learn's relocation)
         empty = np.nonzero(~(weight > 0))[0]
-        far = np.lexsort((np.arange(len(x)), -(x - c[labels]) ** 2))[:len(empty)]
+        far = np.lexsort((np.arange(len(x)), -((x - c[labels]) ** 2)))[: len(empty)]
         count = np.bincount(labels, minlength=k)
         for t, i in zip(empty, far):
             weight[labels[i]] -= s[i]
             sums[labels[i]] -= s[i] * x[i]
             count[labels[i]] -= 1
-            if count[labels[i]] == 0:        # gave all its points away: keeps its centroid
+            if count[labels[i]] == 0:  # gave all its points away: keeps its centroid
                 weight[labels[i]] = 0.0
             new[t] = x[i]
         for t in range(k):
@@ -124,7 +131,7 @@ def plain_kmeans_step(values, k: int) -> np.ndarray:
     labels = np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
     dist = (x - c[labels]) ** 2
     empty = [t for t in range(k) if not np.any(labels == t)]
-    moved = sorted(range(len(x)), key=lambda i: (-dist[i], i))[:len(empty)]
+    moved = sorted(range(len(x)), key=lambda i: (-dist[i], i))[: len(empty)]
     new = c.copy()
     for t, i in zip(empty, moved):
         new[t] = x[i]
@@ -162,9 +169,20 @@ def brute_force_grid_search(values, weights, bits: int, steps: int) -> dict:
     return dict(scale=scale[b], zero=zero[b], error=err[b], i=int(i[b]), j=int(j[b]), all_errors=err)
 
 
-def leanquant(W, H, bits: int = 4, grid: str = "nonuniform", exponent: float = 4.0, damp: float = 0.1,
-              act_order: bool = True, group_size: int = -1, seed: int = 0, kmeans_iters: int = 100,
-              grid_steps: int = 64, importance=None) -> dict:
+def leanquant(
+    W,
+    H,
+    bits: int = 4,
+    grid: str = "nonuniform",
+    exponent: float = 4.0,
+    damp: float = 0.1,
+    act_order: bool = True,
+    group_size: int = -1,
+    seed: int = 0,
+    kmeans_iters: int = 100,
+    grid_steps: int = 64,
+    importance=None,
+) -> dict:
     """LeanQuant of one layer. ``importance`` (cols, original order) replaces the oracle's own s (the
     library's s comes from a float32 U; passing it isolates the grid fit and the loop).
     Returns dict(weight, codes, codebook | None, scales | None, zeros | None, importance, loss)."""
@@ -196,8 +214,8 @@ def leanquant(W, H, bits: int = 4, grid: str = "nonuniform", exponent: float = 4
     zeros = np.zeros((rows, groups), np.float32)
     for r in range(rows):
         for g in range(groups):
-            x = W[r, g * gs:(g + 1) * gs].astype(np.float32)
-            sg = s[g * gs:(g + 1) * gs]
+            x = W[r, g * gs : (g + 1) * gs].astype(np.float32)
+            sg = s[g * gs : (g + 1) * gs]
             if grid == "nonuniform":
                 c, _ = weighted_kmeans(x, sg, k, kmeans_iters, 1e-6, seed, r * groups + g)
                 codebook[r, g] = c.astype(np.float32)
@@ -236,7 +254,13 @@ def leanquant(W, H, bits: int = 4, grid: str = "nonuniform", exponent: float = 4
         weight = codebook[np.arange(rows)[:, None], group_of[None, :], codes].astype(np.float64)
     else:
         weight = dequantize(codes, scales[:, group_of], zeros[:, group_of], np.float32).astype(np.float64)
-    return dict(weight=weight, codes=codes.astype(np.uint8),
-                codebook=(codebook[:, 0] if groups == 1 else codebook) if grid == "nonuniform" else None,
-                scales=scales if grid == "affine" else None, zeros=zeros if grid == "affine" else None,
-                importance=s, perm=perm if act_order else None, loss=layer_loss(W_in, weight, H_in))
+    return dict(
+        weight=weight,
+        codes=codes.astype(np.uint8),
+        codebook=(codebook[:, 0] if groups == 1 else codebook) if grid == "nonuniform" else None,
+        scales=scales if grid == "affine" else None,
+        zeros=zeros if grid == "affine" else None,
+        importance=s,
+        perm=perm if act_order else None,
+        loss=layer_loss(W_in, weight, H_in),
+    )

@@ -26,6 +26,7 @@ library's documented semantics (quantease.hpp), written out plainly:
 Returns a dict in the ORIGINAL column order: weight (grid part + S), codes, scales, zeros (rows x G, groups in
 processing order), S (dense), loss_history, quantized, changes, sweeps, converged, best_sweep.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -62,9 +63,24 @@ def _fit(values: np.ndarray, bits: int, sym: bool):
     return F32(s[0]), F32(z[0])
 
 
-def quantease(W, H, bits=4, group_size=-1, sym=False, act_order=True, iters=30, init="w", relaxed=True,
-              tol=0.0, outliers=0.0, outlier_structure="unstructured", outlier_step=1.0, eta=None,
-              polish=True, start=None) -> dict:
+def quantease(
+    W,
+    H,
+    bits=4,
+    group_size=-1,
+    sym=False,
+    act_order=True,
+    iters=30,
+    init="w",
+    relaxed=True,
+    tol=0.0,
+    outliers=0.0,
+    outlier_structure="unstructured",
+    outlier_step=1.0,
+    eta=None,
+    polish=True,
+    start=None,
+) -> dict:
     """QuantEase of one layer. ``start`` (init="gptq"): dict(codes, scales, zeros) of GPTQ's result in the
     original column order with its processing-order groups (as quantease.gptq returns them)."""
     W32 = np.asarray(W, F32)
@@ -117,9 +133,9 @@ def quantease(W, H, bits=4, group_size=-1, sym=False, act_order=True, iters=30, 
     def fit_all():
         for r in range(rows):
             for g in range(n_groups):
-                x = Wp[r, g * gs:(g + 1) * gs].astype(F32)
+                x = Wp[r, g * gs : (g + 1) * gs].astype(F32)
                 if outlier_mode and structured:
-                    x = x[~mask[r, g * gs:(g + 1) * gs]]
+                    x = x[~mask[r, g * gs : (g + 1) * gs]]
                 elif outlier_mode:
                     n = min(_round_half_up(gs * outliers / 2), (gs - 1) // 2)
                     xs = np.sort(x)
@@ -141,8 +157,7 @@ def quantease(W, H, bits=4, group_size=-1, sym=False, act_order=True, iters=30, 
         scales[:] = start["scales"]
         zeros[:] = start["zeros"]
         codes = np.asarray(start["codes"], np.float64)[:, perm]
-        W_hat = np.stack([dequantize(codes[:, j], *grid_of(j), F32) for j in range(cols)],
-                         axis=1).astype(np.float64)
+        W_hat = np.stack([dequantize(codes[:, j], *grid_of(j), F32) for j in range(cols)], axis=1).astype(np.float64)
         on_grid = True
     else:
         fit_all()
@@ -153,8 +168,15 @@ def quantease(W, H, bits=4, group_size=-1, sym=False, act_order=True, iters=30, 
             on_grid = True
 
     f0 = objective(target(), W_hat, Sig)
-    best = dict(f=f0 if on_grid else np.inf, sweep=-1, codes=codes.copy(), scales=scales.copy(),
-                zeros=zeros.copy(), S=S.copy(), mask=mask.copy())
+    best = dict(
+        f=f0 if on_grid else np.inf,
+        sweep=-1,
+        codes=codes.copy(),
+        scales=scales.copy(),
+        zeros=zeros.copy(),
+        S=S.copy(),
+        mask=mask.copy(),
+    )
 
     history, quantized, changes, polish_flags = [], [], [], []
     state = dict(prev_q=on_grid, prev_f=f0, sweeps=0, converged=False, by_tol=False)
@@ -182,11 +204,19 @@ def quantease(W, H, bits=4, group_size=-1, sym=False, act_order=True, iters=30, 
         polish_flags.append(is_polish)
         # a quantized sweep from the best on-grid point continues it (f can only go down), unless the
         # structured variant refitted the grid in between; polish sweeps always continue the best
-        continuation = is_polish or (q and state["prev_q"] and best["sweep"] == it - 1
-                                     and not (outlier_mode and structured))
+        continuation = is_polish or (
+            q and state["prev_q"] and best["sweep"] == it - 1 and not (outlier_mode and structured)
+        )
         if q and (continuation or f < best["f"]):
-            best.update(f=f, sweep=it, codes=codes.copy(), scales=scales.copy(), zeros=zeros.copy(),
-                        S=S.copy(), mask=mask.copy())
+            best.update(
+                f=f,
+                sweep=it,
+                codes=codes.copy(),
+                scales=scales.copy(),
+                zeros=zeros.copy(),
+                S=S.copy(),
+                mask=mask.copy(),
+            )
 
     for it in range(iters):
         is_relaxed = relaxed and it % 3 == 1 and it <= 25 and it != iters - 1
@@ -218,8 +248,9 @@ def quantease(W, H, bits=4, group_size=-1, sym=False, act_order=True, iters=30, 
             codes = best["codes"].copy()
             scales[:], zeros[:] = best["scales"], best["zeros"]
             S, mask = best["S"].copy(), best["mask"].copy()
-            W_hat = np.stack([dequantize(codes[:, j], *grid_of(j), F32) for j in range(cols)],
-                             axis=1).astype(np.float64)
+            W_hat = np.stack([dequantize(codes[:, j], *grid_of(j), F32) for j in range(cols)], axis=1).astype(
+                np.float64
+            )
         for _ in range(iters):
             n = sweep(True)
             record(objective(target(), W_hat, Sig), True, n, True)
@@ -238,7 +269,23 @@ def quantease(W, H, bits=4, group_size=-1, sym=False, act_order=True, iters=30, 
     sc, ze = best["scales"], best["zeros"]
     grid_w = dequantize(codes_out, sc[:, g_idx], ze[:, g_idx], F32).astype(F32)
     S_out = best["S"][:, inv].astype(F32)
-    return dict(weight=grid_w + S_out, grid_weight=grid_w, codes=codes_out, scales=sc, zeros=ze,
-                S=S_out, mask=best["mask"][:, inv], loss_history=np.array(history), quantized=quantized,
-                changes=changes, polish=polish_flags, sweeps=state["sweeps"], converged=state["converged"],
-                best_sweep=best["sweep"], best_f=best["f"], eta=eta, k=k, perm=perm)
+    return dict(
+        weight=grid_w + S_out,
+        grid_weight=grid_w,
+        codes=codes_out,
+        scales=sc,
+        zeros=ze,
+        S=S_out,
+        mask=best["mask"][:, inv],
+        loss_history=np.array(history),
+        quantized=quantized,
+        changes=changes,
+        polish=polish_flags,
+        sweeps=state["sweeps"],
+        converged=state["converged"],
+        best_sweep=best["sweep"],
+        best_f=best["f"],
+        eta=eta,
+        k=k,
+        perm=perm,
+    )

@@ -4,6 +4,7 @@ They share no code with quantease.packing: GPTQ 2/4/8-bit words are read value b
 ``(word >> (b*k)) & mask``, GPTQ 3-bit follows the spec's word-by-word table literally, and the quantease
 byte format is read one bit at a time. Slow by design; use small arrays.
 """
+
 from __future__ import annotations
 
 import numpy as np
