@@ -10,7 +10,7 @@ from quantease import gguf as qg
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType  # noqa: E402
 
-from problems import llm_like  # noqa: E402
+from problems import dead_columns, llm_like, rank_deficient  # noqa: E402
 
 ALL_TYPES = list(qg.TYPES)
 LEGACY_REFERENCE = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]  # what gguf.quants.quantize implements
@@ -207,3 +207,14 @@ def test_refined_grids_never_raise_the_weighted_error_of_any_row(name):
     after = ((W - refined["weight"]).astype(np.float64) ** 2 * importance).sum(axis=1)
     assert np.all(after <= before * (1 + 1e-6))
     assert after.sum() < before.sum()
+
+
+@pytest.mark.parametrize("make", [dead_columns, rank_deficient])
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "IQ4_NL"])
+def test_gguf_solvers_on_dead_columns_and_singular_hessians(make, name):
+    """Dead columns (diag(H) == 0: no importance) and a singular H (damping) still give exact, finite blocks."""
+    p = make(rows=16, cols=512, seed=13)
+    for r in (quantease.gptq(p.W, p.H, gguf=name, act_order=True), quantease.quantease(p.W, p.H, gguf=name, iters=6)):
+        assert np.all(np.isfinite(r.weight))
+        assert same_bits(reference_dequantize(qg.pack(r), name), r.weight)
+        assert r.loss == pytest.approx(quantease.layer_loss(p.W, r.weight, p.H))
