@@ -13,7 +13,13 @@ from gguf import GGMLQuantizationType  # noqa: E402
 from problems import dead_columns, llm_like, rank_deficient  # noqa: E402
 
 ALL_TYPES = list(qg.TYPES)
-LEGACY_REFERENCE = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]  # what gguf.quants.quantize implements
+LEGACY_REFERENCE = [
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+]  # what gguf.quants.quantize implements
 
 
 def reference_dequantize(raw, name):
@@ -22,7 +28,8 @@ def reference_dequantize(raw, name):
 
 def same_bits(a, b):
     return a.shape == b.shape and np.array_equal(
-        np.asarray(a, np.float32).view(np.uint32), np.asarray(b, np.float32).view(np.uint32)
+        np.asarray(a, np.float32).view(np.uint32),
+        np.asarray(b, np.float32).view(np.uint32),
     )
 
 
@@ -150,7 +157,13 @@ def test_quantease_on_gguf_grids_is_exact_and_never_worse_than_its_start(name, i
 
 @pytest.mark.parametrize(
     "name, cols, fallback",
-    [("Q4_K", 544, "Q5_0"), ("Q3_K", 288, "Q4_0"), ("Q6_K", 320, "Q8_0"), ("Q5_K", 96, "Q5_1"), ("Q4_0", 48, "F16")],
+    [
+        ("Q4_K", 544, "Q5_0"),
+        ("Q3_K", 288, "Q4_0"),
+        ("Q6_K", 320, "Q8_0"),
+        ("Q5_K", 96, "Q5_1"),
+        ("Q4_0", 48, "F16"),
+    ],
 )
 def test_rows_not_a_multiple_of_the_block_name_llama_cpp_fallback(name, cols, fallback):
     W = np.ones((4, cols), np.float32)
@@ -185,6 +198,10 @@ def test_bad_input_is_a_value_error():
         quantease.rtn(W, gguf="Q4_K", imatrix=np.ones(255))
     with pytest.raises(ValueError, match="imatrix must be finite and >= 0"):
         quantease.rtn(W, gguf="Q4_K", imatrix=-np.ones(256))
+    with pytest.raises(ValueError, match="too large for Q4_0's float16 block scales"):
+        quantease.rtn(np.full((2, 32), 1e9, np.float32), gguf="Q4_0")
+    with pytest.raises(ValueError, match="too large for Q4_K's float16 block scales"):
+        quantease.quantease(np.full((2, 256), 1e9, np.float32), H, gguf="Q4_K")
     with pytest.raises(ValueError, match="pack needs a result of a solver called with gguf="):
         qg.pack(quantease.rtn(W))
     with pytest.raises(ValueError, match="raw must be uint8 with 288 bytes"):
@@ -214,7 +231,10 @@ def test_refined_grids_never_raise_the_weighted_error_of_any_row(name):
 def test_gguf_solvers_on_dead_columns_and_singular_hessians(make, name):
     """Dead columns (diag(H) == 0: no importance) and a singular H (damping) still give exact, finite blocks."""
     p = make(rows=16, cols=512, seed=13)
-    for r in (quantease.gptq(p.W, p.H, gguf=name, act_order=True), quantease.quantease(p.W, p.H, gguf=name, iters=6)):
+    for r in (
+        quantease.gptq(p.W, p.H, gguf=name, act_order=True),
+        quantease.quantease(p.W, p.H, gguf=name, iters=6),
+    ):
         assert np.all(np.isfinite(r.weight))
         assert same_bits(reference_dequantize(qg.pack(r), name), r.weight)
         assert r.loss == pytest.approx(quantease.layer_loss(p.W, r.weight, p.H))

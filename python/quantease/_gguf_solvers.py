@@ -62,9 +62,18 @@ def hessian_importance(H) -> np.ndarray:
 
 
 def result(
-    t: GGUFType, out: dict, *, method: str, seconds: float, loss=None, damp=None, perm=None, info=None
+    t: GGUFType,
+    out: dict,
+    *,
+    method: str,
+    seconds: float,
+    loss=None,
+    damp=None,
+    perm=None,
+    info=None,
 ) -> QuantResult:
     """The QuantResult of a core GGUF solve: stored codes, GGUFBlocks, llama.cpp's dequantized weight."""
+    check_finite(t, out)
     return QuantResult(
         weight=out["weight"],
         codes=out["codes"],
@@ -84,6 +93,12 @@ def result(
     )
 
 
+def check_finite(t: GGUFType, out: dict) -> None:
+    """A block scale past float16's range (|W| in the millions) would store inf: refuse it."""
+    if not np.all(np.isfinite(out["d"])) or not np.all(np.isfinite(out["weight"])):
+        raise ValueError(f"W's values are too large for {t.name}'s float16 block scales (max 65504)")
+
+
 def rtn(Wf: np.ndarray, t: GGUFType, imatrix) -> QuantResult:
     importance = None if imatrix is None else as_imatrix(imatrix, Wf.shape[1])
     t0 = time.perf_counter()
@@ -91,7 +106,15 @@ def rtn(Wf: np.ndarray, t: GGUFType, imatrix) -> QuantResult:
     return result(t, out, method="rtn", seconds=time.perf_counter() - t0)
 
 
-def gptq(Wf: np.ndarray, Hf: np.ndarray, t: GGUFType, *, act_order: bool, damp: float, block_size: int):
+def gptq(
+    Wf: np.ndarray,
+    Hf: np.ndarray,
+    t: GGUFType,
+    *,
+    act_order: bool,
+    damp: float,
+    block_size: int,
+):
     """The core's GGUF GPTQ: (out dict, seconds)."""
     t0 = time.perf_counter()
     out = _core.gguf_gptq(Wf, Hf, type=t.name, act_order=act_order, damp=damp, block_size=block_size)
@@ -129,6 +152,7 @@ def quantease(
         start, _ = gptq(Wf, Hf, t, act_order=act_order, damp=0.01, block_size=block_size)
     else:
         start = _core.gguf_rtn(Wf, type=t.name, imatrix=hessian_importance(Hf), refine=True)
+    check_finite(t, start)
     blocks = blocks_from_core(t.name, start)
     book, code_of = sorted_codebook(blocks.levels())
     r = solve(
@@ -152,7 +176,12 @@ def quantease(
 
         start_loss = layer_loss(Wf, start["weight"], Hf)
         if start_loss <= r.loss:
-            codes, weight, loss, kept_init = start["codes"], start["weight"], start_loss, True
+            codes, weight, loss, kept_init = (
+                start["codes"],
+                start["weight"],
+                start_loss,
+                True,
+            )
     info = dict(r.info, init=init, kept_init=kept_init)
     return QuantResult(
         weight=weight,
