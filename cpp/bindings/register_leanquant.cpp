@@ -7,6 +7,8 @@
 #include "checks.hpp"
 #include "output.hpp"
 #include "quantease/leanquant.hpp"
+#include "quantease/leanquant/affine_search.hpp"
+#include "quantease/leanquant/kmeans.hpp"
 #include "quantease/parallel.hpp"
 
 namespace quantease::bindings {
@@ -96,7 +98,7 @@ void register_leanquant(py::module_& m) {
           py::gil_scoped_release release;
           const auto x = as_matrix(X);
           parallel_chunks(x.rows(), 16, [&](Index r0, Index r1) {
-            SortedWeighted d;
+            SortedRow d;
             for (Index r = r0; r < r1; ++r) {
               d.assign(x.row(r).data(), s.data(), x.cols());
               SplitMix64 rng(seed, static_cast<std::uint64_t>(r));
@@ -124,7 +126,7 @@ void register_leanquant(py::module_& m) {
           py::gil_scoped_release release;
           const auto x = as_matrix(X);
           parallel_chunks(rows, 16, [&](Index r0, Index r1) {
-            SortedWeighted d;
+            SortedRow d;
             for (Index r = r0; r < r1; ++r) {
               d.assign(x.row(r).data(), s.data(), x.cols());
               const GridSearchResult g = weighted_grid_search(d, bits, steps);
