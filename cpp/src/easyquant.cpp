@@ -4,10 +4,10 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "quantease/parallel.hpp"
+#include "quantease/sorted_row.hpp"
 
 namespace quantease {
 namespace {
@@ -22,20 +22,6 @@ constexpr int kPolished = 2;         // best grid points polished by the Lloyd i
 constexpr int kLloydMax = 64;
 constexpr float kMinScale = 1e-30f;  // max|x| / 2^(b-1) below this: the channel is left at its start grid
 constexpr Index kSortedPerCode = 32; // automatic evaluation: sort when n > 32 * (2^bits - 1)
-
-// Order-preserving map of float32 onto uint32 (for the radix sort) and back.
-inline std::uint32_t float_key(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-inline float key_float(std::uint32_t k) {
-  const std::uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
 
 // The range optimiser of one channel. Holds the sorted normal values and their float64 prefix sums, from
 // which E(s) = sum (s k - x)^2 (minus the constant sum x^2) and dE/ds come in O(2^b log n).
@@ -121,51 +107,14 @@ class ChannelSolver {
     double b = 0.0;  // sum k x
   };
 
-  // Sorts x (LSD radix sort on order-preserving keys: 3 passes of 11/11/10 bits) and builds prefix sums.
+  // Sorts x and builds the prefix sums of the sorted values (in four chains).
   void load(const float* x, Index n) {
-    keys_.resize(n);
-    tmp_.resize(n);
-    for (Index i = 0; i < n; ++i) keys_[i] = float_key(x[i]);
-    if (n < 64) {
-      std::sort(keys_.begin(), keys_.end());
-    } else {
-      constexpr int kShift[3] = {0, 11, 22};
-      constexpr std::uint32_t kMask[3] = {0x7ffu, 0x7ffu, 0x3ffu};
-      auto& count = count_;
-      for (auto& c : count) c.fill(0);
-      for (Index i = 0; i < n; ++i)
-        for (int p = 0; p < 3; ++p) ++count[p][(keys_[i] >> kShift[p]) & kMask[p]];
-      for (int p = 0; p < 3; ++p) {
-        const std::uint32_t digit0 = (keys_[0] >> kShift[p]) & kMask[p];
-        if (count[p][digit0] == static_cast<std::uint32_t>(n)) continue;  // one digit everywhere: nothing to do
-        std::uint32_t offset = 0;
-        for (auto& c : count[p]) {
-          const std::uint32_t k = c;
-          c = offset;
-          offset += k;
-        }
-        for (Index i = 0; i < n; ++i) tmp_[count[p][(keys_[i] >> kShift[p]) & kMask[p]]++] = keys_[i];
-        keys_.swap(tmp_);
-      }
-    }
     sorted_.resize(n);
     prefix_.resize(n + 1);
     hint_.assign(static_cast<std::size_t>(maxq_), 0);
-    for (Index i = 0; i < n; ++i) sorted_[i] = key_float(keys_[i]);
-    // Prefix sums in kChains interleaved blocks (independent dependency chains), then the block offsets.
-    constexpr Index kChains = 4;
-    const Index block = (n + kChains - 1) / kChains;
-    std::array<double, kChains> run{};
-    prefix_[0] = 0.0;
-    for (Index i = 0; i < block; ++i)
-      for (Index c = 0; c < kChains; ++c) {
-        const Index j = c * block + i;
-        if (j < n) prefix_[j + 1] = run[c] += static_cast<double>(sorted_[j]);
-      }
-    for (Index c = 1; c < kChains; ++c) {
-      const double offset = prefix_[std::min(n, c * block)];
-      for (Index j = c * block; j < std::min(n, (c + 1) * block); ++j) prefix_[j + 1] += offset;
-    }
+    sort_values(x, n, keys_, scratch_, sorted_.data());
+    const float* sorted = sorted_.data();
+    prefix_sums<4>(n, [sorted](Index i) { return static_cast<double>(sorted[i]); }, prefix_.data());
   }
 
   // The codes of scale s split the sorted values into runs: code k for x in [(k - 1/2) s, (k + 1/2) s)
@@ -348,8 +297,7 @@ class ChannelSolver {
   const EasyQuantOptions& opt_;
   float maxq_;
   double kmin_ = 0.0, kmax_ = 0.0;
-  std::vector<std::uint32_t> keys_, tmp_;
-  std::array<std::array<std::uint32_t, 2048>, 3> count_;
+  std::vector<std::uint32_t> keys_, scratch_;  // sort buffers
   const float* values_ = nullptr;  // the channel's values: sorted_ on the sorted path, else the caller's
   Index n_ = 0;
   bool sorted_path_ = false;
@@ -379,6 +327,70 @@ void quantize_values(const float* __restrict w, const std::uint8_t* __restrict f
   }
 }
 
+// Outlier statistics (Eq. 3) into res.mean and res.stddev, two-pass in float64: per-row sums in fixed
+// order, then the tensor total in row order, so the threshold does not depend on the thread count.
+void outlier_statistics(const ConstRowMatrixRef<float>& W, bool row_stats, EasyQuantOutput& res) {
+  const Index rows = W.rows(), cols = W.cols();
+  Eigen::VectorXd row_sum(rows), row_sq(rows);
+  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+    for (Index r = r0; r < r1; ++r) {
+      double sum = 0.0;
+      for (Index c = 0; c < cols; ++c) sum += static_cast<double>(W(r, c));
+      row_sum[r] = sum;
+    }
+  });
+  double tensor_mean = 0.0;
+  if (!row_stats) {
+    for (Index r = 0; r < rows; ++r) tensor_mean += row_sum[r];
+    tensor_mean /= static_cast<double>(rows) * static_cast<double>(cols);
+  }
+  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
+    for (Index r = r0; r < r1; ++r) {
+      const double mean = row_stats ? row_sum[r] / static_cast<double>(cols) : tensor_mean;
+      double sum_sq = 0.0;
+      for (Index c = 0; c < cols; ++c) {
+        const double d = static_cast<double>(W(r, c)) - mean;
+        sum_sq += d * d;
+      }
+      row_sq[r] = sum_sq;
+    }
+  });
+  if (row_stats) {
+    res.mean = row_sum / static_cast<double>(cols);
+    res.stddev = (row_sq / static_cast<double>(cols)).cwiseSqrt();
+  } else {
+    double total = 0.0;
+    for (Index r = 0; r < rows; ++r) total += row_sq[r];
+    res.mean = Eigen::VectorXd::Constant(1, tensor_mean);
+    res.stddev = Eigen::VectorXd::Constant(1, std::sqrt(total / (static_cast<double>(rows) * static_cast<double>(cols))));
+  }
+}
+
+// The outliers of every row (their columns, increasing) as CSR, rows in order, and added to the weight:
+// grid part (exactly 0 at the outliers) + outliers, the same float32 sum as dense_weight().
+void store_outliers(const ConstRowMatrixRef<float>& W, const std::vector<std::vector<std::int32_t>>& outlier_cols,
+                    EasyQuantOutput& res) {
+  const Index rows = W.rows();
+  res.outlier_indptr.resize(rows + 1);
+  res.outlier_indptr[0] = 0;
+  for (Index r = 0; r < rows; ++r)
+    res.outlier_indptr[r + 1] = res.outlier_indptr[r] + static_cast<std::int64_t>(outlier_cols[r].size());
+  const Index nnz = res.outlier_indptr[rows];
+  res.outlier_indices.resize(nnz);
+  res.outlier_values.resize(nnz);
+  for (Index r = 0; r < rows; ++r) {
+    Index p = res.outlier_indptr[r];
+    for (const std::int32_t c : outlier_cols[r]) {
+      res.outlier_indices[p] = c;
+      res.outlier_values[p] = W(r, c);
+      ++p;
+    }
+  }
+  for (Index r = 0; r < rows; ++r)
+    for (Index p = res.outlier_indptr[r]; p < res.outlier_indptr[r + 1]; ++p)
+      res.quant.weight(r, res.outlier_indices[p]) += res.outlier_values[p];
+}
+
 }  // namespace
 
 ChannelFit fit_channel(const float* x, Index n, const EasyQuantOptions& opt) {
@@ -391,43 +403,8 @@ EasyQuantOutput easyquant(const ConstRowMatrixRef<float>& W, const EasyQuantOpti
   const Index gs = opt.group_size > 0 ? opt.group_size : cols;
   const Index groups = cols / gs;
   const float maxq = max_code(opt.bits);
-
-  // Outlier statistics (Eq. 3), two-pass in float64: per-row sums in fixed order, then the tensor total in
-  // row order, so the threshold does not depend on the thread count.
   EasyQuantOutput res;
-  Eigen::VectorXd row_sum(rows), row_sq(rows);
-  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
-    for (Index r = r0; r < r1; ++r) {
-      double s = 0.0;
-      for (Index c = 0; c < cols; ++c) s += static_cast<double>(W(r, c));
-      row_sum[r] = s;
-    }
-  });
-  double tensor_mean = 0.0;
-  if (!opt.row_stats) {
-    for (Index r = 0; r < rows; ++r) tensor_mean += row_sum[r];
-    tensor_mean /= static_cast<double>(rows) * static_cast<double>(cols);
-  }
-  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
-    for (Index r = r0; r < r1; ++r) {
-      const double mean = opt.row_stats ? row_sum[r] / static_cast<double>(cols) : tensor_mean;
-      double s = 0.0;
-      for (Index c = 0; c < cols; ++c) {
-        const double d = static_cast<double>(W(r, c)) - mean;
-        s += d * d;
-      }
-      row_sq[r] = s;
-    }
-  });
-  if (opt.row_stats) {
-    res.mean = row_sum / static_cast<double>(cols);
-    res.stddev = (row_sq / static_cast<double>(cols)).cwiseSqrt();
-  } else {
-    double total = 0.0;
-    for (Index r = 0; r < rows; ++r) total += row_sq[r];
-    res.mean = Eigen::VectorXd::Constant(1, tensor_mean);
-    res.stddev = Eigen::VectorXd::Constant(1, std::sqrt(total / (static_cast<double>(rows) * static_cast<double>(cols))));
-  }
+  outlier_statistics(W, opt.row_stats, res);
 
   QuantOutput& out = res.quant;
   out.codes.resize(rows, cols);
@@ -445,10 +422,10 @@ EasyQuantOutput easyquant(const ConstRowMatrixRef<float>& W, const EasyQuantOpti
     std::vector<std::uint8_t> flag(cols);
     for (Index r = r0; r < r1; ++r) {
       const float* w = W.data() + r * W.outerStride();
-      const Index k = opt.row_stats ? r : 0;
-      const double mean = res.mean[k], threshold = opt.outlier_sigma * res.stddev[k];
+      const Index stats = opt.row_stats ? r : 0;
+      const double mean = res.mean[stats], threshold = opt.outlier_sigma * res.stddev[stats];
       // A zero std flags nothing (every |w - mean| would equal 0 * sigma); +inf sigma flags nothing either.
-      if (res.stddev[k] > 0.0 && std::isfinite(opt.outlier_sigma)) {
+      if (res.stddev[stats] > 0.0 && std::isfinite(opt.outlier_sigma)) {
         flag_outliers(w, cols, mean, threshold, flag.data());
       } else {
         std::fill(flag.begin(), flag.end(), std::uint8_t{0});
@@ -457,12 +434,12 @@ EasyQuantOutput easyquant(const ConstRowMatrixRef<float>& W, const EasyQuantOpti
         if (flag[c]) outlier_cols[r].push_back(static_cast<std::int32_t>(c));
       for (Index g = 0; g < groups; ++g) {
         const Index c0 = g * gs;
-        Index n = 0;
+        Index n_normal = 0;
         for (Index c = c0; c < c0 + gs; ++c) {  // compact the normal values (branch-free)
-          normal[n] = w[c];
-          n += !flag[c];
+          normal[n_normal] = w[c];
+          n_normal += !flag[c];
         }
-        const ChannelFit fit = solver.fit(normal.data(), n);
+        const ChannelFit fit = solver.fit(normal.data(), n_normal);
         out.scales(r, g) = fit.grid.scale;
         out.zeros(r, g) = fit.grid.zero;
         res.start_scales(r, g) = fit.start_scale;
@@ -473,28 +450,8 @@ EasyQuantOutput easyquant(const ConstRowMatrixRef<float>& W, const EasyQuantOpti
     }
   });
 
-  // CSR of the outliers, rows in order.
-  res.outlier_indptr.resize(rows + 1);
-  res.outlier_indptr[0] = 0;
-  for (Index r = 0; r < rows; ++r)
-    res.outlier_indptr[r + 1] = res.outlier_indptr[r] + static_cast<std::int64_t>(outlier_cols[r].size());
-  const Index nnz = res.outlier_indptr[rows];
-  res.outlier_indices.resize(nnz);
-  res.outlier_values.resize(nnz);
-  for (Index r = 0; r < rows; ++r) {
-    Index p = res.outlier_indptr[r];
-    for (const std::int32_t c : outlier_cols[r]) {
-      res.outlier_indices[p] = c;
-      res.outlier_values[p] = W(r, c);
-      ++p;
-    }
-  }
-
   out.g_idx = group_index(cols, opt.group_size, VectorXi64(), false);
-  // weight = grid part (exactly 0 at the outliers) + outliers, the same float32 sum as dense_weight().
-  for (Index r = 0; r < rows; ++r)
-    for (Index p = res.outlier_indptr[r]; p < res.outlier_indptr[r + 1]; ++p)
-      out.weight(r, res.outlier_indices[p]) += res.outlier_values[p];
+  store_outliers(W, outlier_cols, res);
   return res;
 }
 
