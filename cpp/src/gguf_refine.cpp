@@ -4,11 +4,15 @@
 #include <algorithm>
 #include <cmath>
 
+#include "quantease/gemm.hpp"
+#include "quantease/parallel.hpp"
+
 namespace quantease::gguf {
 namespace {
 
 constexpr int kIntegerReach = 2;  // sub-block integers tried: current +- this
 constexpr int kRounds = 3;        // at most this many passes over integers and super-scales
+constexpr Index kRefitPanelRows = 64;  // rows per task of the exact refit
 
 double sub_error(const Format& f, const float* x, const float* w, const SubGrid& g) {
   double e = 0;
@@ -120,5 +124,86 @@ double refine_block(const Format& f, const float* x, const float* w, BlockParams
   }
   return best;
 }
+
+}  // namespace quantease::gguf
+
+namespace quantease::gguf {
+
+template <class HT>
+void refit_super_scales(const Format& f, const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H,
+                        const RowMatrixU8& codes, std::vector<BlockParams>& blocks, RowMatrixXf& weight) {
+  const Index rows = W.rows(), cols = W.cols(), per_row = cols / f.block, n = f.block;
+  const bool two = f.scheme == Scheme::scale_min || f.scheme == Scheme::sub_scale_min;
+  const RowMatrixXf Hf = H.template cast<float>();
+  // Panels of rows: G = (W - Q) H by one product per panel, and after each block one product brings the
+  // panel's G up to date with the block's accepted changes (H is read once per panel and block, not per row).
+  parallel_chunks(rows, kRefitPanelRows, [&](Index r0, Index r1) {
+    const Index pr = r1 - r0;
+    RowMatrixXf E = W.middleRows(r0, pr) - weight.middleRows(r0, pr);
+    RowMatrixXf G = RowMatrixXf::Zero(pr, cols), change(pr, n);
+    gemm_add(G, 1.0f, E, Hf);
+    Eigen::VectorXd a(n), b(n), Ha(n), Hb(n), dq(n), g(n);
+    std::vector<float> fresh(n);
+    for (Index blk = 0; blk < per_row; ++blk) {
+      const Index c0 = blk * n;
+      const Eigen::MatrixXd Hbb = Hf.block(c0, c0, n, n).cast<double>();
+      change.setZero();
+      bool any = false;
+      for (Index r = 0; r < pr; ++r) {
+        BlockParams& p = blocks[(r0 + r) * per_row + blk];
+        // value = d a + e b over the block: a = sc * level, b = -min (k-quants) or 1 (Q4_1/Q5_1)
+        for (int s = 0; s < f.subs(); ++s) {
+          for (Index i = s * f.sub; i < (s + 1) * f.sub; ++i) {
+            a[i] = (f.block == 32 ? 1.0 : p.sc[s]) * level(f, codes(r0 + r, c0 + i));
+            b[i] = f.scheme == Scheme::scale_min ? 1.0 : -static_cast<double>(p.m[s]);
+          }
+        }
+        g = G.row(r).segment(c0, n).transpose().cast<double>();
+        Ha.noalias() = Hbb * a;
+        const double aa = a.dot(Ha), ga = a.dot(g);
+        double step_d = 0, step_e = 0;
+        if (two) {
+          Hb.noalias() = Hbb * b;
+          const double ab = a.dot(Hb), bb = b.dot(Hb), gb = b.dot(g);
+          const double det = aa * bb - ab * ab;
+          if (!(det > 1e-12 * aa * bb) || !(det > 0)) continue;
+          step_d = (ga * bb - gb * ab) / det;
+          step_e = (aa * gb - ab * ga) / det;
+        } else {
+          if (!(aa > 0)) continue;
+          step_d = ga / aa;
+        }
+        BlockParams q = p;
+        q.d = round_fp16(static_cast<float>(p.d + step_d));
+        if (two) q.dmin = round_fp16(static_cast<float>(p.dmin + step_e));
+        if ((q.d == p.d && q.dmin == p.dmin) || !std::isfinite(q.d) || !std::isfinite(q.dmin)) continue;
+        for (int s = 0; s < f.subs(); ++s) {
+          const SubGrid grid = sub_grid(f, q, s);
+          for (Index i = s * f.sub; i < (s + 1) * f.sub; ++i) {
+            fresh[i] = value(f, grid, codes(r0 + r, c0 + i));
+            dq[i] = static_cast<double>(fresh[i]) - weight(r0 + r, c0 + i);
+          }
+        }
+        // the objective's change when the block's values move by dq: -2 dq^T g + dq^T H dq
+        if (!(-2.0 * dq.dot(g) + dq.dot(Hbb * dq) < 0)) continue;
+        p = q;
+        for (Index i = 0; i < n; ++i) {
+          change(r, i) = static_cast<float>(dq[i]);
+          weight(r0 + r, c0 + i) = fresh[i];
+        }
+        any = true;
+      }
+      // W - Q moved by -change over the block: G -= change H[block, :]
+      if (any) gemm_add(G, -1.0f, change, Hf.middleRows(c0, n));
+    }
+  });
+}
+
+template void refit_super_scales<float>(const Format&, const ConstRowMatrixRef<float>&,
+                                        const ConstRowMatrixRef<float>&, const RowMatrixU8&,
+                                        std::vector<BlockParams>&, RowMatrixXf&);
+template void refit_super_scales<double>(const Format&, const ConstRowMatrixRef<float>&,
+                                         const ConstRowMatrixRef<double>&, const RowMatrixU8&,
+                                         std::vector<BlockParams>&, RowMatrixXf&);
 
 }  // namespace quantease::gguf

@@ -167,6 +167,8 @@ GgufOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& 
   out.g_idx = sub_block_index(f, cols);
   dequantize(f, res.blocks, out.codes, out.weight);
   timer.lap("dequantize");
+  refit_super_scales(f, W, H, out.codes, res.blocks, out.weight);
+  timer.lap("refit");
   return res;
 }
 

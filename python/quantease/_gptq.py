@@ -66,9 +66,10 @@ def gptq(
     importance-weighted search with diag(H) as its importance matrix, then refined on the diag(H)-weighted
     error (sub-block integers within +-2, d/dmin refitted by least squares, in fp16), on the block's
     error-compensated values when the loop reaches it (with ``act_order``: on W, before the loop); the codes
-    are the nearest points of those exact grids. ``result.weight`` is llama.cpp's dequantization of
-    ``quantease.gguf.pack(result)``, bit for bit. The grid options (bits, group_size, sym, static_groups, mse,
-    reference, fp16_scales) cannot be combined with it.
+    are the nearest points of those exact grids. Finally each block's d/dmin (Q4_1/Q5_1: d/m) moves, with
+    the codes fixed, to the minimiser of the exact layer objective, rounded to fp16, when that lowers it.
+    ``result.weight`` is llama.cpp's dequantization of ``quantease.gguf.pack(result)``, bit for bit. The grid
+    options (bits, group_size, sym, static_groups, mse, reference, fp16_scales) cannot be combined with it.
     """
     Wf = as_weight(W)
     Hf = as_hessian(H)

@@ -30,7 +30,8 @@ struct GptqOptions {
 // GPTQ's column loop with the type's blocks as groups: each block's grid is llama.cpp's imatrix search
 // (importance diag(H)) refined on the diag(H)-weighted error (gguf_refine.hpp), on the block's
 // error-compensated values when the loop reaches it (on W's values, before the loop, with act-order); the
-// codes are the nearest grid points with GPTQ's error feedback.
+// codes are the nearest grid points with GPTQ's error feedback. Then every block's d/dmin is refitted on the
+// exact objective with the codes fixed (refit_super_scales, gguf_refine.hpp).
 template <class HT>
 GgufOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H, Type type, const GptqOptions& opt);
 

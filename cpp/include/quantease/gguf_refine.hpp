@@ -7,7 +7,10 @@
 // when E drops, so the result is never worse than the start.
 #pragma once
 
+#include <vector>
+
 #include "quantease/gguf_format.hpp"
+#include "quantease/types.hpp"
 
 namespace quantease::gguf {
 
@@ -16,5 +19,18 @@ double refine_block(const Format& f, const float* x, const float* w, BlockParams
 
 // E of the block on params, with the nearest codes.
 double block_error(const Format& f, const float* x, const float* w, const BlockParams& params);
+
+}  // namespace quantease::gguf
+
+namespace quantease::gguf {
+
+// Ours, after a solve (codes fixed): every block's d and dmin (Q4_1/Q5_1: d and m) moved to the minimiser of
+// the exact layer objective sum_rows (w - q)^T H (w - q) over that block's two numbers, the other blocks
+// held (one pass, block by block along each row, G = (W - Q) H kept up to date), then rounded to fp16 and
+// kept only when the objective, recomputed with the rounded values, drops. W: rows x cols, H: cols x cols,
+// codes and blocks as a solver left them (blocks changed in place); weight: the dequantized W, updated.
+template <class HT>
+void refit_super_scales(const Format& f, const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H,
+                        const RowMatrixU8& codes, std::vector<BlockParams>& blocks, RowMatrixXf& weight);
 
 }  // namespace quantease::gguf
