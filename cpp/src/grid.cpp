@@ -5,7 +5,6 @@
 
 #include <Eigen/Core>
 
-#include "quantease/parallel.hpp"
 
 namespace quantease {
 namespace {
@@ -75,12 +74,6 @@ AffineGrid fit_grid(const float* x, Index n, const GridOptions& opt) {
     }
   }
   return best;
-}
-
-void fit_row_grids(const ConstRowMatrixRef<float>& W, const GridOptions& opt, AffineGrid* grids) {
-  parallel_chunks(W.rows(), 16, [&](Index r0, Index r1) {
-    for (Index r = r0; r < r1; ++r) grids[r] = fit_grid(W.row(r).data(), W.cols(), opt);
-  });
 }
 
 }  // namespace quantease

@@ -67,34 +67,12 @@ RowMatrixXf HessianAccumulator::hessian_f32() const {
 }
 
 template <class HT>
-ColumnOrder column_order(const ConstRowMatrixRef<HT>& H, bool act_order) {
-  const Index n = H.rows();
-  ColumnOrder order;
-  order.dead.assign(n, 0);
-  order.diag.resize(n);
-  for (Index i = 0; i < n; ++i) {
-    order.dead[i] = H(i, i) == HT(0);
-    order.diag[i] = order.dead[i] ? 1.0 : static_cast<double>(H(i, i));
-  }
-  order.perm.resize(n);
-  std::iota(order.perm.data(), order.perm.data() + n, std::int64_t{0});
-  if (act_order) {
-    const Eigen::VectorXd& diag = order.diag;
-    std::stable_sort(order.perm.data(), order.perm.data() + n,
-                     [&](std::int64_t a, std::int64_t b) { return diag[a] > diag[b]; });
-  }
-  return order;
-}
-
-template <class HT>
 PreparedHessian prepare_hessian(const ConstRowMatrixRef<HT>& H, bool act_order, double damp, bool retry) {
   const Index n = H.rows();
   PreparedHessian prep;
-  prep.act_order = act_order;
-  ColumnOrder order = column_order(H, act_order);
-  prep.dead = std::move(order.dead);
-  prep.perm = std::move(order.perm);
-  const Eigen::VectorXd& diag = order.diag;
+  static_cast<ProcessingOrder&>(prep) = ProcessingOrder::of_hessian(H, act_order);
+  std::vector<double> diag(n);  // dead columns get 1
+  for (Index i = 0; i < n; ++i) diag[i] = prep.dead[i] ? 1.0 : static_cast<double>(H(i, i));
   // H in reversed processing order, Hr(a, b) = H(perm[n-1-a], perm[n-1-b]), gathered from rows of H
   // (symmetric, so column b of Hr is a row of H): what propagation_factor factors. Only the lower triangle
   // (a >= b) is written -- the factorization reads nothing else -- so the upper one's pages are never faulted in.
@@ -144,8 +122,6 @@ double quadratic_form_sum(const ConstRowMatrixRef<double>& D, const ConstRowMatr
   }
 }
 
-template ColumnOrder column_order<float>(const ConstRowMatrixRef<float>&, bool);
-template ColumnOrder column_order<double>(const ConstRowMatrixRef<double>&, bool);
 template PreparedHessian prepare_hessian<float>(const ConstRowMatrixRef<float>&, bool, double, bool);
 template PreparedHessian prepare_hessian<double>(const ConstRowMatrixRef<double>&, bool, double, bool);
 template double quadratic_form_sum<float>(const ConstRowMatrixRef<double>&, const ConstRowMatrixRef<float>&);

@@ -46,142 +46,6 @@ struct SweepStats {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// The grids, two kinds chosen once per call (Solver::with_grids); the sweeps are templates on the kind.
-// Each has group(j) (the group of processing-order column j) and row(r, group), a row's grid with
-// quantize(x) -> code of the nearest point, quantize(x, hint) -> the same code, found faster when it is
-// `hint` (the entry's previous code), and value(code) -> the point; residual(r, w, codes, out): out = w − the
-// points of a whole row of codes (processing order); and Active, the grids of a panel's active rows for one group side
-// by side (the column loop's view: load(set, act, group), then lanes() -> quantize(i, x, hint) and
-// value(i, code) for active row i; `hinted`: whether quantize uses the hint, i.e. needs the previous codes).
-struct AffineRowGrid {
-  AffineGrid g;
-  float maxq;
-  std::uint8_t quantize(float x) const { return quantize_code(x, g, maxq); }
-  std::uint8_t quantize(float x, std::uint8_t) const { return quantize_code(x, g, maxq); }
-  float value(std::uint8_t code) const { return dequantize(code, g); }
-};
-
-// Ascending levels with their float32 midpoints: the nearest level, a value on a midpoint taking the lower
-// one (LeanQuant's CodebookQuantizer rule). Branch-free binary search for the first midpoint >= x.
-struct CodebookRowGrid {
-  const float* level;
-  const float* mid;
-  Index n_mid;  // 2^bits − 1 >= 3
-  std::uint8_t quantize(float x) const {
-    const float* base = mid;
-    Index len = n_mid;
-    while (len > 1) {
-      const Index half = len / 2;
-      base = base[half - 1] < x ? base + half : base;
-      len -= half;
-    }
-    return static_cast<std::uint8_t>((base - mid) + (*base < x ? 1 : 0));
-  }
-  // Most entries keep their level from one quantized sweep to the next: test the hint's interval
-  // (mid[t-1], mid[t]] first (two independent loads instead of log2(2^bits) dependent ones).
-  std::uint8_t quantize(float x, std::uint8_t hint) const {
-    const Index t = std::min<Index>(hint, n_mid);
-    if ((t == 0 || mid[t - 1] < x) && (t == n_mid || x <= mid[t])) return static_cast<std::uint8_t>(t);
-    return quantize(x);
-  }
-  float value(std::uint8_t code) const { return level[code]; }
-};
-
-// Codebooks of every row and group: row r, group g at r * groups + g; groups of ORIGINAL columns
-// (LeanQuant's static groups), so column j's group goes through the processing order perm.
-struct Codebooks {
-  Index gs = -1, groups = 1;            // gs = -1: one codebook per row
-  const VectorXi64* perm = nullptr;     // processing position -> original column
-  RowMatrixXf level, mid;               // (rows * groups) x 2^bits and x (2^bits − 1)
-  Index group(Index j) const { return gs > 0 ? (*perm)[j] / gs : 0; }
-  CodebookRowGrid row(Index r, Index g) const {
-    const Index i = r * groups + g;
-    return CodebookRowGrid{level.row(i).data(), mid.row(i).data(), mid.cols()};
-  }
-  void residual(Index r, const float* w, const std::uint8_t* code, float* out) const {
-    for (Index j = 0; j < perm->size(); ++j) out[j] = w[j] - row(r, group(j)).value(code[j]);
-  }
-  // The active rows' levels and midpoints for one group (with act-order groups of original columns the group
-  // may change at every column: a reload is one pair of pointers per row).
-  struct Active {
-    static constexpr bool hinted = true;
-    std::vector<const float*> level, mid;
-    Index n_mid = 0;
-    struct Lanes {
-      const float* const* level;
-      const float* const* mid;
-      Index n_mid;
-      std::uint8_t quantize(Index i, float x, std::uint8_t hint) const {
-        return CodebookRowGrid{level[i], mid[i], n_mid}.quantize(x, hint);
-      }
-      float value(Index i, std::uint8_t code) const { return level[i][code]; }
-    };
-    void load(const Codebooks& b, const std::vector<Index>& act, Index g) {
-      level.resize(act.size());
-      mid.resize(act.size());
-      n_mid = b.mid.cols();
-      for (std::size_t i = 0; i < act.size(); ++i) {
-        const Index row = act[i] * b.groups + g;
-        level[i] = b.level.row(row).data();
-        mid[i] = b.mid.row(row).data();
-      }
-    }
-    Lanes lanes() const { return Lanes{level.data(), mid.data(), n_mid}; }
-  };
-  void set_levels(const RowMatrixXf& levels) {
-    level = levels;
-    mid.resize(level.rows(), level.cols() - 1);
-    for (Index i = 0; i < level.rows(); ++i)
-      for (Index t = 0; t + 1 < level.cols(); ++t) mid(i, t) = 0.5f * (level(i, t) + level(i, t + 1));
-  }
-};
-
-// The affine grid of every row and group (groups in processing order), as float32 scale/zero.
-struct Grids {
-  Index gs = 1;  // group width in columns (cols when there are no groups)
-  float maxq = 15.0f;
-  RowMatrixXf scale, zero;  // rows x groups
-  AffineGrid at(Index r, Index j) const { return AffineGrid{scale(r, j / gs), zero(r, j / gs)}; }
-  Index group(Index j) const { return j / gs; }
-  AffineRowGrid row(Index r, Index g) const { return AffineRowGrid{AffineGrid{scale(r, g), zero(r, g)}, maxq}; }
-  // group by group (no integer division per entry); one expression per entry, as the compiler may fuse it
-  void residual(Index r, const float* w, const std::uint8_t* code, float* out) const {
-    for (Index g = 0, c0 = 0; c0 < scale.cols() * gs; ++g, c0 += gs) {
-      const AffineGrid grid{scale(r, g), zero(r, g)};
-      for (Index j = c0; j < c0 + gs; ++j) out[j] = w[j] - dequantize(code[j], grid);
-    }
-  }
-  // The active rows' scale and zero for one group, as two float arrays (the column loop vectorises across rows).
-  struct Active {
-    static constexpr bool hinted = false;
-    std::vector<float> scale, zero;
-    float maxq = 15.0f;
-    struct Lanes {
-      const float* scale;
-      const float* zero;
-      float maxq;
-      std::uint8_t quantize(Index i, float x, std::uint8_t) const {
-        return quantize_code(x, AffineGrid{scale[i], zero[i]}, maxq);
-      }
-      float value(Index i, std::uint8_t code) const { return dequantize(code, AffineGrid{scale[i], zero[i]}); }
-    };
-    void load(const Grids& gr, const std::vector<Index>& act, Index g) {
-      scale.resize(act.size());
-      zero.resize(act.size());
-      maxq = gr.maxq;
-      for (std::size_t i = 0; i < act.size(); ++i) {
-        scale[i] = gr.scale(act[i], g);
-        zero[i] = gr.zero(act[i], g);
-      }
-    }
-    Lanes lanes() const { return Lanes{scale.data(), zero.data(), maxq}; }
-  };
-  void set(Index r, Index g, const AffineGrid& a) {
-    scale(r, g) = a.scale;
-    zero(r, g) = a.zero;
-  }
-};
-
 class Solver {
  public:
   Solver(const QuantEaseOptions& opt, Index rows, Index cols)
@@ -202,8 +66,8 @@ class Solver {
   RowMatrixXf G;          // (T − Ŵ) Σ
   RowMatrixU8 codes;      // codes of Ŵ (valid after a quantized sweep)
   RowMatrixXf D;          // rows x B: Δ of the current block
-  Grids grids;
-  Codebooks books;        // codebook_mode: the grids instead of `grids`
+  AffineGrids grids;
+  CodebookGrids books;    // codebook_mode: the grids instead of `grids`
   bool codebook_mode = false;
   bool outlier_mode = false;
 
@@ -293,13 +157,12 @@ class Solver {
         scratch = G.middleRows(r0, pr);
       } else if constexpr (K == SweepKind::requantize) {
         scratch.resize(pr, cols_);
-        for (Index r = r0; r < r1; ++r)
-          gr.residual(r, What.row(r).data(), codes.row(r).data(), scratch.row(r - r0).data());
+        for (Index r = r0; r < r1; ++r) residual(gr, r, scratch.row(r - r0).data());
       }
       RowMatrixXf& Gsrc = K == SweepKind::relax_scratch ? scratch : G;
       const Index g_row0 = K == SweepKind::relax_scratch ? r0 : 0;
       BlockPanel t(B_, static_cast<Index>(act.size()));
-      typename GridSet::Active active;  // the active rows' grids for one group (quantized sweeps)
+      typename GridSet::Gathered active;  // the active rows' grids for one group (quantized sweeps)
       for (Index b0 = 0; b0 < cols_ && !act.empty(); b0 += B_) {
         const Index b1 = std::min(b0 + B_, cols_), nb = b1 - b0;
         auto t0 = Clock::now();
@@ -313,7 +176,7 @@ class Solver {
           gemm_sec[p] += std::chrono::duration<double>(t1 - t0).count();
           t0 = t1;
         }
-        gather<K, GridSet::Active::hinted>(t, act, Gsrc, g_row0, b0, nb);
+        gather<K, GridSet::Gathered::hinted>(t, act, Gsrc, g_row0, b0, nb);
         std::int64_t count = 0, nnz = 0;
         block_columns<K>(t, gr, active, act, b0, b1, count, nnz);
         scatter<K>(t, act, Gsrc, g_row0, b0, nb);
@@ -388,7 +251,7 @@ class Solver {
 
   // Column k of the block for the active rows of t: β = ŵ + G / Σ_jj (the best value of each entry with all
   // others fixed), the new value (quant(β), or β relaxed), Δ into t.D. Returns (entries changed, non-zero Δ).
-  // `q`: the active rows' grids for the column's group (a grid set's Active::Lanes; unused when relaxed).
+  // `q`: the active rows' grids for the column's group (a grid set's Gathered::Lanes; unused when relaxed).
   template <SweepKind K, class Lanes>
   std::pair<std::int64_t, std::int64_t> step_column(BlockPanel& t, const Lanes q, Index k, float dj, double sjj) {
     constexpr bool quantize = K == SweepKind::quantize || K == SweepKind::requantize;
@@ -432,7 +295,7 @@ class Solver {
   // block's earlier columns and the rest of the row get the block's Δ after it (apply_outside/apply_right).
   // Each element of G gets the steps of the columns in increasing order, whichever form the update takes.
   template <SweepKind K, class GridSet>
-  void block_columns(BlockPanel& t, const GridSet& gr, typename GridSet::Active& active,
+  void block_columns(BlockPanel& t, const GridSet& gr, typename GridSet::Gathered& active,
                      const std::vector<Index>& act, Index b0, Index b1, std::int64_t& count, std::int64_t& nnz) {
     constexpr bool quantize = K == SweepKind::quantize || K == SweepKind::requantize;
     const Index na = t.na, ld = t.ld;
@@ -443,7 +306,7 @@ class Solver {
       const float dj = diag[j];
       const double sjj = Sig(j, j);
       if constexpr (quantize) {
-        const Index grp = gr.group(j);
+        const Index grp = gr.groups().group(j);
         if (grp != loaded) {
           active.load(gr, act, grp);
           loaded = grp;
@@ -584,6 +447,22 @@ class Solver {
     }
   }
 
+  // out = Ŵ − the grid points of the codes, row r (processing order): one grid per run of columns in one group.
+  template <class GridSet>
+  void residual(const GridSet& gr, Index r, float* out) const {
+    const float* w = What.row(r).data();
+    const std::uint8_t* code = codes.row(r).data();
+    const GroupMap& groups = gr.groups();
+    for (Index j0 = 0; j0 < cols_;) {
+      const Index g = groups.group(j0);
+      Index j1 = j0 + 1;
+      while (j1 < cols_ && groups.group(j1) == g) ++j1;
+      const auto grid = gr.row(r, g);
+      for (Index j = j0; j < j1; ++j) out[j] = w[j] - grid.value(code[j]);
+      j0 = j1;
+    }
+  }
+
   // Σ_c (T − Ŵ)_{rc} G_{rc} of row r, in float64.
   double row_objective(Index r) const {
     const float* g = G.row(r).data();
@@ -627,7 +506,7 @@ class Solver {
   // store) is negative; the groups of a row go one after the other, each with the G its predecessors left.
   // Needs valid codes (after a quantized sweep). Returns the total decrease of f (float64, ≥ 0).
   double refit_grids() {
-    const Index gs = grids.gs, groups = cols_ / gs;
+    const Index gs = grids.groups().size(), groups = grids.groups().count();
     const int dz_max = opt_.sym ? 0 : 2;
     std::vector<double> gain(n_panels_, 0.0);
     parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
@@ -641,7 +520,7 @@ class Solver {
         for (Index c = 0; c < gs; ++c) v[c] = Sgg.row(c).cast<double>().sum();  // Σ_CC 1 (Σ symmetric)
         const double k = v.sum();                                                  // 1ᵀ Σ_CC 1
         for (Index i = 0; i < pr; ++i)
-          for (Index c = 0; c < gs; ++c) E(i, c) = static_cast<float>(codes(r0 + i, c0 + c)) - grids.zero(r0 + i, g);
+          for (Index c = 0; c < gs; ++c) E(i, c) = static_cast<float>(codes(r0 + i, c0 + c)) - grids.grid(r0 + i, g).zero;
         U.noalias() = E * Sgg;  // rows of U: (Σ_CC e)ᵀ
         bool any = false;
         for (Index i = 0; i < pr; ++i) {
@@ -654,7 +533,7 @@ class Solver {
             ge += e * gv;
             g1 += gv;
           }
-          const float s0 = grids.scale(r, g), z0 = grids.zero(r, g);
+          const float s0 = grids.grid(r, g).scale, z0 = grids.grid(r, g).zero;
           double best = 0.0;
           float best_s = s0, best_z = z0;
           for (int dz = -dz_max; dz <= dz_max; ++dz) {
@@ -703,10 +582,10 @@ class Solver {
   // The groups of a row go one after the other, each with the G its predecessors left.
   // Needs valid codes (after a quantized sweep). Returns the total decrease of f (float64, ≥ 0).
   double refit_codebooks() {
-    const Index k = books.level.cols(), groups = books.groups;
+    const Index k = books.levels(), groups = books.groups().count();
     // processing positions of every group's columns (static groups of original columns)
     std::vector<std::vector<Index>> members(groups);
-    for (Index j = 0; j < cols_; ++j) members[books.group(j)].push_back(j);
+    for (Index j = 0; j < cols_; ++j) members[books.groups().group(j)].push_back(j);
     std::vector<double> gain(n_panels_, 0.0);
     parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
       const Index pr = r1 - r0;
@@ -762,7 +641,7 @@ class Solver {
           const Eigen::VectorXd d = Mu.ldlt().solve(bu);
           if (!d.allFinite()) continue;
           // the float32 levels that would be stored, and their exact change of f
-          float* lv = books.level.row(r * groups + g).data();
+          float* lv = books.levels_at(books.index(r, g));
           dq.setZero();
           for (Index t = 0; t < k; ++t) nl[t] = lv[t];
           for (Index x = 0; x < n; ++x) {
@@ -787,8 +666,7 @@ class Solver {
             renum[order[t]] = t;
           }
           for (const Index j : C) codes(r, j) = static_cast<std::uint8_t>(renum[codes(r, j)]);
-          float* md = books.mid.row(r * groups + g).data();
-          for (Index t = 0; t + 1 < k; ++t) md[t] = 0.5f * (lv[t] + lv[t + 1]);
+          books.update_midpoints(books.index(r, g));
         }
         // G = (T − Ŵ) Σ: Ŵ moved by Dl on the group's columns
         if (any) {
@@ -807,7 +685,7 @@ class Solver {
     with_grids([&](const auto& gr) {
       parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
         for (Index r = r0; r < r1; ++r)
-          for (Index j = 0; j < cols_; ++j) What(r, j) = gr.row(r, gr.group(j)).value(codes(r, j));
+          for (Index j = 0; j < cols_; ++j) What(r, j) = gr.row(r, gr.groups().group(j)).value(codes(r, j));
       });
     });
   }
@@ -818,7 +696,7 @@ class Solver {
       parallel_chunks(rows_, kRowPanel, [&](Index r0, Index r1) {
         for (Index r = r0; r < r1; ++r)
           for (Index j = 0; j < cols_; ++j) {
-            const auto grid = gr.row(r, gr.group(j));
+            const auto grid = gr.row(r, gr.groups().group(j));
             codes(r, j) = grid.quantize(target(r, j));
             What(r, j) = grid.value(codes(r, j));
           }
@@ -829,8 +707,8 @@ class Solver {
 
 // Per row and group: min-max grid of the values of Wp in the group (plain), or of the values clipped at the
 // quantiles n = round(len * fraction / 2) (unstructured outliers).
-void fit_fixed_grids(const RowMatrixXf& Wp, const GridOptions& gopt, double fraction, Grids& grids) {
-  const Index rows = Wp.rows(), gs = grids.gs, groups = grids.scale.cols();
+void fit_fixed_grids(const RowMatrixXf& Wp, const GridOptions& gopt, double fraction, AffineGrids& grids) {
+  const Index rows = Wp.rows(), gs = grids.groups().size(), groups = grids.groups().count();
   parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
     std::vector<float> buf(gs);
     for (Index r = r0; r < r1; ++r) {
@@ -855,8 +733,8 @@ void fit_fixed_grids(const RowMatrixXf& Wp, const GridOptions& gopt, double frac
 
 // Structured outliers: min-max of the original W over the non-outlier columns of every row and group.
 void fit_masked_grids(const RowMatrixXf& Wp, const std::vector<char>& outlier_col, const GridOptions& gopt,
-                      Grids& grids) {
-  const Index rows = Wp.rows(), gs = grids.gs, groups = grids.scale.cols();
+                      AffineGrids& grids) {
+  const Index rows = Wp.rows(), gs = grids.groups().size(), groups = grids.groups().count();
   parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
     std::vector<float> buf(gs);
     for (Index r = r0; r < r1; ++r) {
@@ -1012,32 +890,19 @@ template <class HT>
 QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H,
                           const QuantEaseOptions& opt) {
   const Index rows = W.rows(), cols = W.cols();
-  const Index gs = opt.group_size > 0 ? opt.group_size : cols;
-  const Index groups = cols / gs;
   QuantEaseOutput res;
   QuantOutput& out = res.quant;
   PhaseTimer timer(out);
 
   // --- Σ and W in processing order (act-order: diag descending; dead columns divide by 1)
-  const ColumnOrder order = column_order(H, opt.act_order);
+  const ProcessingOrder order = ProcessingOrder::of_hessian(H, opt.act_order);
   const VectorXi64& perm = order.perm;
   Solver s(opt, rows, cols);
   s.outlier_mode = opt.outlier_fraction > 0.0;
-  s.Sig.resize(cols, cols);
-  parallel_chunks(cols, 128, [&](Index a0, Index a1) {
-    for (Index a = a0; a < a1; ++a) {
-      const HT* h = H.row(perm[a]).data();
-      float* o = s.Sig.row(a).data();
-      for (Index b = 0; b < cols; ++b) o[b] = static_cast<float>(h[perm[b]]);
-    }
-  });
+  s.Sig = order.gather_symmetric(H);
   s.diag.resize(cols);
   for (Index j = 0; j < cols; ++j) s.diag[j] = order.dead[perm[j]] ? 1.0f : s.Sig(j, j);
-  s.Wp.resize(rows, cols);
-  parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
-    for (Index r = r0; r < r1; ++r)
-      for (Index j = 0; j < cols; ++j) s.Wp(r, j) = W(r, perm[j]);
-  });
+  s.Wp = order.gather(W);
   s.gemm_sec.assign(s.n_panels_, 0.0);
   s.col_sec.assign(s.n_panels_, 0.0);
   s.codes.setZero(rows, cols);  // also the first sweep's hints (CodebookRowGrid::quantize)
@@ -1045,14 +910,10 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   s.G.resize(rows, cols);
   s.frow.assign(rows, 0.0);
   s.row_changed.assign(rows, 1);
-  s.grids.gs = gs;
-  s.grids.maxq = max_code(opt.bits);
-  s.grids.scale.resize(rows, groups);
-  s.grids.zero.resize(rows, groups);
+  // affine groups follow the processing order (as GPTQ's); codebook groups are W's own columns (LeanQuant's)
+  s.grids = AffineGrids(rows, GroupMap::in_processing_order(cols, opt.group_size, perm), opt.bits);
+  const GroupMap codebook_groups = GroupMap::of_original_columns(cols, opt.group_size, perm);
   s.codebook_mode = opt.codebook.size() > 0 || opt.init == QuantEaseInit::leanquant;
-  s.books.gs = opt.group_size;
-  s.books.groups = groups;
-  s.books.perm = &perm;
   GridOptions gopt;
   gopt.bits = opt.bits;
   gopt.sym = opt.sym;
@@ -1087,15 +948,10 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     lq_out = leanquant(W, H, lq);
     out.damp = lq_out.quant.damp;
     out.damp_attempts = lq_out.quant.damp_attempts;
-    s.books.set_levels(lq_out.codebook);
+    s.books = CodebookGrids(lq_out.codebook, codebook_groups);
+    s.codes = order.gather(ConstRowMatrixRef<std::uint8_t>(lq_out.quant.codes));
     s.What.resize(rows, cols);
-    parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
-      for (Index r = r0; r < r1; ++r)
-        for (Index j = 0; j < cols; ++j) {
-          s.codes(r, j) = lq_out.quant.codes(r, perm[j]);
-          s.What(r, j) = s.books.row(r, s.books.group(j)).value(s.codes(r, j));
-        }
-    });
+    s.dequantize_all();
     on_grid = true;
   } else if (opt.init == QuantEaseInit::gptq) {
     GptqOptions g;
@@ -1109,19 +965,13 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
     gptq_out = gptq(W, H, g);
     out.damp = gptq_out.damp;
     out.damp_attempts = gptq_out.damp_attempts;
-    for (Index r = 0; r < rows; ++r)
-      for (Index g2 = 0; g2 < groups; ++g2) s.grids.set(r, g2, AffineGrid{gptq_out.scales(r, g2), gptq_out.zeros(r, g2)});
+    s.grids.assign(gptq_out.scales, gptq_out.zeros);
+    s.codes = order.gather(ConstRowMatrixRef<std::uint8_t>(gptq_out.codes));
     s.What.resize(rows, cols);
-    parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
-      for (Index r = r0; r < r1; ++r)
-        for (Index j = 0; j < cols; ++j) {
-          s.codes(r, j) = gptq_out.codes(r, perm[j]);
-          s.What(r, j) = dequantize(s.codes(r, j), s.grids.at(r, j));
-        }
-    });
+    s.dequantize_all();
     on_grid = true;
   } else {
-    if (s.codebook_mode) s.books.set_levels(opt.codebook);
+    if (s.codebook_mode) s.books = CodebookGrids(opt.codebook, codebook_groups);
     else if (structured) fit_masked_grids(s.Wp, outl->outlier_col, gopt, s.grids);
     else fit_fixed_grids(s.Wp, gopt, s.outlier_mode ? opt.outlier_fraction : 0.0, s.grids);
     if (!s.outlier_mode) s.What = s.Wp;
@@ -1168,7 +1018,7 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   // --- best on-grid iterate
   double best_f = on_grid ? f0 : std::numeric_limits<double>::infinity();
   RowMatrixU8 best_codes;
-  Grids best_grids;
+  AffineGrids best_grids;
   RowMatrixXf best_S;
   RowMatrixU8 best_mask;
   int best_sweep = -1;
@@ -1335,23 +1185,13 @@ QuantEaseOutput quantease(const ConstRowMatrixRef<float>& W, const ConstRowMatri
 
   // --- output in the original column order
   out.codes.resize(rows, cols);
-  for (Index r = 0; r < rows; ++r)
-    for (Index j = 0; j < cols; ++j) out.codes(r, perm[j]) = best_codes(r, j);
+  order.scatter_rows(best_codes, 0, out.codes);
   if (opt.act_order) out.perm = perm;
   if (s.codebook_mode) {
-    // weight = codebook[codes], LeanQuant's static groups (g_idx = c / gs)
-    out.g_idx = group_index(cols, opt.group_size, perm, false);
-    out.weight.resize(rows, cols);
-    parallel_chunks(rows, kRowPanel, [&](Index r0, Index r1) {
-      for (Index r = r0; r < r1; ++r)
-        for (Index c = 0; c < cols; ++c) out.weight(r, c) = s.books.row(r, out.g_idx[c]).value(out.codes(r, c));
-    });
-    res.codebook = s.books.level;
+    write_grids(s.books, out);
+    res.codebook = s.books.level_matrix();
   } else {
-    out.scales = structured ? best_grids.scale : s.grids.scale;
-    out.zeros = structured ? best_grids.zero : s.grids.zero;
-    out.g_idx = group_index(cols, opt.group_size, perm, opt.act_order);
-    dequantize_affine(out);
+    write_grids(structured ? best_grids : s.grids, out);
   }
 
   // init = gptq / leanquant: never worse than the init, decided in float64 (the float32 G's objective is

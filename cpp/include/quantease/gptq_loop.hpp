@@ -14,6 +14,7 @@
 // where `row` is the panel row and `values` are the group's current values v (with every pending update
 // applied) or, in reference mode, the stale values the authors' code reads. A Quantizer that also provides
 // quantize_batch (below) gets its per-column work done kRowBatch rows at a time, in SIMD lanes.
+// GridSetQuantizer (below) is that Quantizer for any grid set of grid_set.hpp.
 #pragma once
 
 #include <algorithm>
@@ -24,7 +25,9 @@
 #include <vector>
 
 #include "quantease/gemm.hpp"
+#include "quantease/grid_set.hpp"
 #include "quantease/parallel.hpp"
+#include "quantease/processing_order.hpp"
 #include "quantease/types.hpp"
 
 namespace quantease {
@@ -56,7 +59,6 @@ inline RowMatrixXf group_substitution_inverses(const RowMatrixXf& P, Index gs) {
   return M;
 }
 
-constexpr Index kRowBatch = 8;  // rows whose per-column work runs together, one SIMD lane each
 // One column of a row batch as a SIMD value (GCC/Clang vector extension: one AVX register with
 // -march=native, a pair of SSE registers otherwise). Written out so that the compiler vectorizes across the
 // rows, not along the columns.
@@ -85,6 +87,40 @@ struct has_quantize_batch<Q, std::void_t<decltype(std::declval<Q&>().quantize_ba
                                  Index{}, Index{}, std::declval<const float*>(), std::declval<float*>(),
                                  std::declval<std::uint8_t*>()))>> : std::true_type {};
 }  // namespace detail
+
+// The grid choice of a grid set whose grids are all fixed before the loop.
+struct FixedGrids {
+  template <class GridSet>
+  void operator()(GridSet&, Index, Index, const float*, Index) const {}
+};
+
+// The Quantizer of the rows [row0, row0 + rows) of a grid set (panel row r is the set's row row0 + r).
+// choose(set, row, group, values, n) sets the grid of a group when the loop reaches its start (dynamic
+// groups, ColumnLoopOptions::group_size); FixedGrids when every grid is fixed up front.
+template <class GridSet, class ChooseGrid = FixedGrids>
+class GridSetQuantizer {
+ public:
+  GridSetQuantizer(GridSet& set, Index row0, Index rows, ChooseGrid choose = ChooseGrid())
+      : set_(set), row0_(row0), rows_(rows), choose_(std::move(choose)) {}
+
+  void fit_group(Index r, Index j, const float* values, Index n) {
+    choose_(set_, row0_ + r, set_.groups().group(j), values, n);
+  }
+  std::uint8_t quantize(Index r, Index j, float w, float& q) const {
+    const auto grid = set_.row(row0_ + r, set_.groups().group(j));
+    const std::uint8_t code = grid.quantize(w);
+    q = grid.value(code);
+    return code;
+  }
+  void quantize_batch(Index r, Index j, const float* v, float* q, std::uint8_t* codes) const {
+    set_.quantize_lanes(row0_ + r, set_.groups().group(j), rows_ - r, v, q, codes);
+  }
+
+ private:
+  GridSet& set_;
+  Index row0_, rows_;
+  ChooseGrid choose_;
+};
 
 // Wp: panel rows x cols in processing order (not modified). P: cols x cols propagation factor.
 // codes_out(row, j): the code of processing-order column j.
@@ -245,13 +281,12 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
 constexpr Index kLoopPanelRows = 128;
 
 // The column loop over every row of W: fixed panels of kLoopPanelRows rows on all threads, each panel's rows
-// in processing order (column perm[j] at j; dead columns zeroed), its quantizer from make_quantizer(r0, rows)
-// (panel row r is W's row r0 + r), and its codes written back in W's column order into codes_out. Buffers are
-// per thread and reused across the panels it runs.
+// in processing order (dead columns zeroed), its quantizer from make_quantizer(r0, rows) (panel row r is W's
+// row r0 + r), and its codes written back in W's column order into codes_out. Buffers are per thread and
+// reused across the panels it runs.
 template <class MakeQuantizer>
-void run_column_loop(const ConstRowMatrixRef<float>& W, const VectorXi64& perm, bool permuted,
-                     const std::vector<char>& dead, const RowMatrixXf& P, const ColumnLoopOptions& opt,
-                     MakeQuantizer&& make_quantizer, RowMatrixU8& codes_out) {
+void run_column_loop(const ConstRowMatrixRef<float>& W, const ProcessingOrder& order, const RowMatrixXf& P,
+                     const ColumnLoopOptions& opt, MakeQuantizer&& make_quantizer, RowMatrixU8& codes_out) {
   const Index rows = W.rows(), cols = W.cols();
   struct PanelBuffers {
     RowMatrixXf Wp;
@@ -259,31 +294,28 @@ void run_column_loop(const ConstRowMatrixRef<float>& W, const VectorXi64& perm, 
     ColumnLoopWorkspace loop;
   };
   std::vector<PanelBuffers> buffers(max_threads());
-  std::vector<Index> dead_columns;  // without the permutation: zeroed after a block copy
-  if (!permuted)
-    for (Index j = 0; j < cols; ++j)
-      if (dead[j]) dead_columns.push_back(j);
   parallel_chunks(rows, kLoopPanelRows, [&](Index r0, Index r1) {
     const Index pr = r1 - r0;
     PanelBuffers& buf = buffers[thread_index()];
-    if (permuted) {
-      buf.Wp.resize(pr, cols);
-      for (Index r = 0; r < pr; ++r)
-        for (Index j = 0; j < cols; ++j) buf.Wp(r, j) = dead[perm[j]] ? 0.0f : W(r0 + r, perm[j]);
-    } else {
-      buf.Wp = W.middleRows(r0, pr);  // processing order is W's own
-      for (const Index j : dead_columns) buf.Wp.col(j).setZero();
-    }
+    buf.Wp.resize(pr, cols);
+    order.gather_rows(W, r0, true, buf.Wp);
     auto quant = make_quantizer(r0, pr);
     buf.codes.resize(pr, cols);
     gptq_column_loop(buf.Wp, P, opt, quant, buf.codes, buf.loop);
-    if (permuted) {
-      for (Index r = 0; r < pr; ++r)
-        for (Index j = 0; j < cols; ++j) codes_out(r0 + r, perm[j]) = buf.codes(r, j);
-    } else {
-      codes_out.middleRows(r0, pr) = buf.codes;
-    }
+    order.scatter_rows(buf.codes, r0, codes_out);
   });
+}
+
+// The same with the order given piece by piece (LeanQuant's call, until its quantizers move onto grid sets).
+template <class MakeQuantizer>
+void run_column_loop(const ConstRowMatrixRef<float>& W, const VectorXi64& perm, bool permuted,
+                     const std::vector<char>& dead, const RowMatrixXf& P, const ColumnLoopOptions& opt,
+                     MakeQuantizer&& make_quantizer, RowMatrixU8& codes_out) {
+  ProcessingOrder order;
+  order.perm = perm;
+  order.act_order = permuted;
+  order.dead = dead;
+  run_column_loop(W, order, P, opt, std::forward<MakeQuantizer>(make_quantizer), codes_out);
 }
 
 }  // namespace quantease

@@ -52,7 +52,4 @@ inline float dequantize(std::uint8_t code, const AffineGrid& g) {
 // Fits the grid of n values (stride 1). Precondition: values finite, n > 0.
 AffineGrid fit_grid(const float* x, Index n, const GridOptions& opt);
 
-// Fits the grid of every row of W (rows x n) into grids[r]. Rows are independent (OpenMP).
-void fit_row_grids(const ConstRowMatrixRef<float>& W, const GridOptions& opt, AffineGrid* grids);
-
 }  // namespace quantease

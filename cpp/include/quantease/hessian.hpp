@@ -1,11 +1,12 @@
 // The layer Hessian H = (2/n) sum_k x_k x_k^T: streaming accumulation from activations, and its
-// preparation for the GPTQ-style solvers (dead columns, act-order permutation, damped factor).
+// preparation for the GPTQ-style solvers (processing order, damped factor).
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "quantease/linalg.hpp"
+#include "quantease/processing_order.hpp"
 #include "quantease/types.hpp"
 
 namespace quantease {
@@ -33,22 +34,10 @@ class HessianAccumulator {
   Eigen::MatrixXf acc32_;
 };
 
-// The column order of the Hessian-based solvers: dead columns (diag(H) == 0 exactly) and the processing
-// order (act-order: diag(H) descending, dead columns counted as 1, stable; else the identity).
-struct ColumnOrder {
-  std::vector<char> dead;  // per original column
-  Eigen::VectorXd diag;    // diag(H) with dead columns set to 1
-  VectorXi64 perm;         // processing order: column perm[j] is processed j-th
-};
-template <class HT>
-ColumnOrder column_order(const ConstRowMatrixRef<HT>& H, bool act_order);
-
-// What the GPTQ-style column loops need from H.
-struct PreparedHessian {
-  std::vector<char> dead;  // per original column: diag(H) == 0 exactly
-  VectorXi64 perm;         // processing order (identity when act-order is off)
-  bool act_order = false;
-  PropagationFactor factor;  // of the dead-fixed, permuted, damped H
+// What the GPTQ-style column loops need from H: the processing order (dead columns, act-order) and the
+// propagation factor of the dead-fixed, permuted, damped H.
+struct PreparedHessian : ProcessingOrder {
+  PropagationFactor factor;
 };
 
 // Dead columns get H[i,i] = 1; act-order sorts columns by diag(H) descending (stable); the damping

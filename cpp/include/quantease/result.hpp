@@ -5,6 +5,7 @@
 #include <string>
 #include <utility>
 
+#include "quantease/grid_set.hpp"
 #include "quantease/types.hpp"
 
 namespace quantease {
@@ -36,12 +37,17 @@ class PhaseTimer {
   std::chrono::steady_clock::time_point last_;
 };
 
-// weight[r, c] = scales[r, g] * (codes[r, c] - zeros[r, g]) with g = g_idx[c]; the same float32
-// arithmetic as dequantize() in grid.hpp, so the solver's q values and `weight` agree bit for bit.
+// The grid part of the output from the codes (out.codes, W's column order) and their grid set: g_idx,
+// scales and zeros (affine grids; a codebook's levels are the solver's to return) and the weight, through
+// the one dequantize of grid_set.hpp.
+void write_grids(const AffineGrids& grids, QuantOutput& out);
+void write_grids(const CodebookGrids& grids, QuantOutput& out);
+
+// weight from codes, scales, zeros and g_idx already in `out` (LeanQuant's affine output).
 void dequantize_affine(QuantOutput& out);
 
 // g_idx for `cols` columns: c / group_size, or for act-order with dynamic groups the group of the
-// position at which column c was processed (invperm[c] / group_size). All zeros when group_size <= 0.
+// position at which column c was processed (GroupMap::column_groups). All zeros when group_size <= 0.
 VectorXi32 group_index(Index cols, Index group_size, const VectorXi64& perm, bool by_processing_order);
 
 }  // namespace quantease
