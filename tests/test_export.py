@@ -589,7 +589,7 @@ def test_transformers_loads_the_gptq_checkpoint_on_cpu(tmp_path):
         os.environ,
         OMP_NUM_THREADS="2",
         PYTHONPATH=os.pathsep.join(
-            [os.path.dirname(os.path.dirname(export.__file__)), os.environ.get("PYTHONPATH", "")]
+            [os.path.dirname(os.path.dirname(os.path.dirname(export.__file__))), os.environ.get("PYTHONPATH", "")]
         ),
     )
     proc = subprocess.run(

@@ -1,0 +1,105 @@
+"""safetensors files: where a checkpoint path puts its tensor file, atomic writes, reading, pass-through tensors.
+
+safetensors is imported inside the functions (extras ``quantease[export]``); torch only when the caller passes
+torch tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from .layers import is_torch
+
+#: The tensor file inside a checkpoint directory.
+TENSOR_FILENAME = "model.safetensors"
+
+
+def tensor_file(
+    path: Union[str, os.PathLike], filename: str = TENSOR_FILENAME, *, create: bool = False
+) -> Tuple[str, str]:
+    """(directory, tensor file) of a checkpoint path.
+
+    A path ending in ``.safetensors`` or naming an existing file is the tensor file (its JSON configs go next
+    to it); any other path is a directory holding ``filename``. ``create`` makes the directory.
+    """
+    path = os.fspath(path)
+    if path.endswith(".safetensors") or os.path.isfile(path):
+        directory, file = os.path.dirname(path) or ".", path
+    else:
+        directory, file = path, os.path.join(path, filename)
+    if create:
+        os.makedirs(directory, exist_ok=True)
+    return directory, file
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def write_safetensors(path: str, tensors: Dict[str, Any], metadata: Dict[str, str]) -> None:
+    """Write NumPy (and, if any are given, torch) tensors to one file atomically (temp file + rename)."""
+    if any(is_torch(t) for t in tensors.values()):
+        import torch
+        from safetensors.torch import save as save_torch
+
+        payload, storages = {}, set()
+        for k, t in tensors.items():
+            t = t.detach().cpu().contiguous() if is_torch(t) else torch.from_numpy(np.ascontiguousarray(t))
+            # safetensors refuses tensors that share memory (tied embeddings): give duplicates their own copy.
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in storages and t.numel():
+                t = t.clone()
+            storages.add(t.untyped_storage().data_ptr())
+            payload[k] = t
+        data = save_torch(payload, metadata=metadata)
+    else:
+        from safetensors.numpy import save as save_numpy
+
+        data = save_numpy({k: np.ascontiguousarray(t) for k, t in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
+
+
+def read_safetensors(path: str, framework: str = "numpy") -> Tuple[Dict[str, Any], Dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework=framework) as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, meta
+
+
+def add_passthrough(
+    extra: Optional[Mapping[str, Any]], taken: Dict[str, Any], consumed: set, dtype: Optional[str]
+) -> None:
+    """Copy non-quantized tensors into ``taken``; keys consumed by a quantized layer are dropped."""
+    if not extra:
+        return
+    for key, t in extra.items():
+        if key in consumed:
+            continue
+        if key in taken:
+            raise ValueError(f"pass-through tensor {key!r} collides with a tensor of a quantized layer")
+        if dtype is not None:
+            if is_torch(t):
+                import torch
+
+                if t.is_floating_point():
+                    t = t.to(getattr(torch, dtype))
+            else:
+                t = np.asarray(t)
+                if t.dtype.kind == "f":
+                    t = t.astype(dtype)
+        elif not is_torch(t):
+            t = np.asarray(t)
+        taken[key] = t
