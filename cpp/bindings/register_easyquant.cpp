@@ -62,8 +62,8 @@ void register_easyquant(py::module_& m) {
         d["start_scales"] = to_numpy(std::move(res.start_scales));
         d["adam_scales"] = to_numpy(std::move(res.adam_scales));
         d["source"] = to_numpy(std::move(res.source));
-        d["mean"] = to_numpy(std::move(res.mean));
-        d["std"] = to_numpy(std::move(res.stddev));
+        d["outlier_mean"] = to_numpy(std::move(res.mean));
+        d["outlier_std"] = to_numpy(std::move(res.stddev));
         return d;
       },
       py::arg("W").noconvert(), py::kw_only(), py::arg("bits"), py::arg("group_size"), py::arg("sym"),

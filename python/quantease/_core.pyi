@@ -6,6 +6,8 @@ import numpy.typing as npt
 
 __version__: str
 gemm_backend: str
+MIN_BITS: int
+MAX_BITS: int
 
 class NumericalError(ArithmeticError): ...
 

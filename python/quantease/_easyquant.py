@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
-import numbers
 import time
-
-import numpy as np
 
 from . import _core
 from ._loss import layer_loss
-from ._validate import as_hessian, as_weight, check_bits, check_bool, check_choice, check_group_size
-from .result import QuantResult, SparseOutliers
+from ._validate import (
+    as_hessian,
+    as_weight,
+    check_bits,
+    check_bool,
+    check_choice,
+    check_group_size,
+    check_nonnegative_int,
+    check_outlier_sigma,
+    check_positive_float,
+)
+from .result import QuantResult
 
 #: Paper defaults: 100 Adam steps (the paper's BLOOM setting) with the learning rate relative to the start
 #: range (see ``easyquant``).
 DEFAULT_STEPS = 100
 DEFAULT_LR = 1e-2
-
-
-def _check_sigma(value) -> float:
-    if value is None:
-        return float("inf")
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not float(value) > 0:
-        raise ValueError(f"outlier_sigma must be a number > 0 (inf: no outliers), got {value!r}")
-    return float(value)
-
-
-def _check_steps(value) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or int(value) < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {value!r}")
-    return int(value)
-
-
-def _check_lr(value) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(float(value)) or value <= 0:
-        raise ValueError(f"lr must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def easyquant(
@@ -80,10 +67,10 @@ def easyquant(
     bits = check_bits(bits)
     group_size = check_group_size(group_size, Wf.shape[1])
     sym = check_bool("sym", sym)
-    sigma = _check_sigma(outlier_sigma)
+    sigma = check_outlier_sigma(outlier_sigma)
     outlier_stats = check_choice("outlier_stats", outlier_stats, ("tensor", "row"))
-    steps = _check_steps(steps)
-    lr = _check_lr(lr)
+    steps = check_nonnegative_int("steps", steps)
+    lr = check_positive_float("lr", lr)
     rows, cols = Wf.shape
     if H is not None:  # checked before the solve (the core checks symmetry and values when the loss is taken)
         H = as_hessian(H)
@@ -101,35 +88,19 @@ def easyquant(
         lr=lr,
     )
     seconds = time.perf_counter() - t0
-    outliers = SparseOutliers(out["outlier_indptr"], out["outlier_indices"], out["outlier_values"], (rows, cols))
     tensor = outlier_stats == "tensor"
     info = {
         "start_scales": out["start_scales"],
         "adam_scales": out["adam_scales"],
         "source": out["source"],
-        "outlier_mean": float(out["mean"][0]) if tensor else out["mean"],
-        "outlier_std": float(out["std"][0]) if tensor else out["std"],
+        "outlier_mean": float(out["outlier_mean"][0]) if tensor else out["outlier_mean"],
+        "outlier_std": float(out["outlier_std"][0]) if tensor else out["outlier_std"],
         "outlier_sigma": sigma,
         "outlier_stats": outlier_stats,
         "steps": steps,
         "lr": lr,
     }
     loss = None if H is None else layer_loss(Wf, out["weight"], H)
-    return QuantResult(
-        weight=out["weight"],
-        codes=out["codes"],
-        scales=out["scales"],
-        zeros=out["zeros"],
-        g_idx=out["g_idx"],
-        perm=None,
-        loss=loss,
-        damp=None,
-        bits=bits,
-        group_size=group_size,
-        sym=sym,
-        method="easyquant",
-        seconds=seconds,
-        outliers=outliers,
-        outlier_fraction=outliers.nnz / float(Wf.size),
-        info=info,
+    return QuantResult.from_core(
+        out, method="easyquant", bits=bits, group_size=group_size, sym=sym, seconds=seconds, loss=loss, info=info
     )

@@ -119,19 +119,13 @@ def gptq(
     out = _core.gptq(Wf, Hf, bits=bits, group_size=group_size, damp=damp, block_size=block_size, **flags)
     seconds = time.perf_counter() - t0
     warn_if_damping_raised(damp, out["damp"], out["damp_attempts"])
-    return QuantResult(
-        weight=out["weight"],
-        codes=out["codes"],
-        scales=out["scales"],
-        zeros=out["zeros"],
-        g_idx=out["g_idx"],
-        perm=out["perm"],
-        loss=layer_loss(W, out["weight"], Hf),
-        damp=out["damp"],
+    return QuantResult.from_core(
+        out,
+        method="gptq",
         bits=bits,
         group_size=group_size,
         sym=flags["sym"],
-        method="gptq",
         seconds=seconds,
-        info={"damp_attempts": out["damp_attempts"], "phase_seconds": out["phase_seconds"]},
+        loss=layer_loss(W, out["weight"], Hf),
+        damp=out["damp"],
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import time
 
 import numpy as np
@@ -18,17 +17,12 @@ from ._validate import (
     check_choice,
     check_group_size,
     check_nonnegative_float,
+    check_nonnegative_int,
     check_positive_int,
 )
 from .result import QuantResult
 
 GRIDS = ("nonuniform", "affine")
-
-
-def _check_seed(value) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 0 <= int(value) < 2**64:
-        raise ValueError(f"seed must be an integer >= 0, got {value!r}")
-    return int(value)
 
 
 def leanquant(
@@ -79,7 +73,7 @@ def leanquant(
     act_order = check_bool("act_order", act_order)
     group_size = check_group_size(group_size, Wf.shape[1])
     block_size = check_positive_int("block_size", block_size)
-    seed = _check_seed(seed)
+    seed = check_nonnegative_int("seed", seed, below=2**64)
     kmeans_iters = check_positive_int("kmeans_iters", kmeans_iters)
     grid_steps = check_positive_int("grid_steps", grid_steps)
     if check_bool("sym", sym):
@@ -104,7 +98,6 @@ def leanquant(
     rows = Wf.shape[0]
     groups = 1 if group_size == -1 else Wf.shape[1] // group_size
     shape = (rows,) if groups == 1 else (rows, groups)
-    codebook = out["codebook"]
     info = {
         "grid": grid,
         "exponent": exponent,
@@ -114,26 +107,19 @@ def leanquant(
         "damp_attempts": out["damp_attempts"],
         "phase_seconds": out["phase_seconds"],
     }
-    if codebook is not None:
-        codebook = codebook.reshape((rows, 1 << bits) if groups == 1 else (rows, groups, 1 << bits))
+    if out["codebook"] is not None:
         info["kmeans_iters"] = out["kmeans_iters"].reshape(shape)
     else:
         info["minmax_error"] = out["minmax_error"].reshape(shape)
-    return QuantResult(
-        weight=out["weight"],
-        codes=out["codes"],
-        scales=out["scales"],
-        zeros=out["zeros"],
-        g_idx=out["g_idx"],
-        perm=out["perm"],
-        loss=layer_loss(W, out["weight"], Hf),
-        damp=out["damp"],
+    return QuantResult.from_core(
+        out,
+        method="leanquant",
         bits=bits,
         group_size=group_size,
         sym=False,
-        method="leanquant",
         seconds=seconds,
-        codebook=codebook,
+        loss=layer_loss(W, out["weight"], Hf),
+        damp=out["damp"],
         info=info,
     )
 
@@ -151,7 +137,8 @@ def weighted_kmeans(values, weights, k: int, *, max_iter: int = 100, tol: float 
     stream r of ``seed``, as LeanQuant's row r without groups.
     """
     X, s = _values_weights(values, weights)
-    return _core.weighted_kmeans(X, s, k=k, max_iter=max_iter, tol=tol, seed=_check_seed(seed))
+    seed = check_nonnegative_int("seed", seed, below=2**64)
+    return _core.weighted_kmeans(X, s, k=k, max_iter=max_iter, tol=tol, seed=seed)
 
 
 def weighted_grid_search(values, weights, bits: int, steps: int = 2048) -> dict:

@@ -3,7 +3,6 @@ full-precision sparse outliers, on affine grids or per-row (per-group) codebooks
 
 from __future__ import annotations
 
-import numbers
 import time
 from typing import Optional, Tuple
 
@@ -18,34 +17,14 @@ from ._validate import (
     check_bits,
     check_bool,
     check_choice,
+    check_fraction,
     check_group_size,
     check_nonnegative_float,
+    check_nonnegative_int,
+    check_positive_float,
     check_positive_int,
 )
-from .result import QuantResult, SparseOutliers
-
-
-def _check_fraction(value) -> float:
-    if (
-        not isinstance(value, numbers.Real)
-        or isinstance(value, bool)
-        or not np.isfinite(float(value))
-        or not 0 <= float(value) < 1
-    ):
-        raise ValueError(f"outliers must be a fraction in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _check_refit(value) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or int(value) < 0:
-        raise ValueError(f"refit must be an integer >= 0, got {value!r}")
-    return int(value)
-
-
-def _check_step(value) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(float(value)) or value <= 0:
-        raise ValueError(f"outlier_step must be a finite number > 0, got {value!r}")
-    return float(value)
+from .result import QuantResult
 
 
 def _as_codebook(codebook, rows: int, cols: int, bits: int, group_size: int) -> np.ndarray:
@@ -169,12 +148,12 @@ def quantease(
     init = check_choice("init", init, ("w", "rtn", "gptq", "leanquant"))
     relaxed = check_bool("relaxed", relaxed)
     tol = check_nonnegative_float("tol", tol)
-    fraction = _check_fraction(outliers)
+    fraction = check_fraction("outliers", outliers)
     outlier_structure = check_choice("outlier_structure", outlier_structure, ("unstructured", "structured"))
-    outlier_step = _check_step(outlier_step)
+    outlier_step = check_positive_float("outlier_step", outlier_step)
     block_size = check_positive_int("block_size", block_size)
     mse = check_bool("mse", mse)
-    refit = _check_refit(refit)
+    refit = check_nonnegative_int("refit", refit)
     if gguf is not None:
         t = _gguf_solvers.check_options(
             gguf,
@@ -204,24 +183,9 @@ def quantease(
             block_size=block_size,
             solve=quantease,
         )
-    if init == "gptq" and fraction > 0:
-        raise ValueError("init='gptq' cannot be combined with outliers > 0 (GPTQ's grid ignores the outliers)")
-    if codebook is not None or init == "leanquant":
-        src = "a codebook" if codebook is not None else "init='leanquant'"
-        if codebook is not None and init in ("gptq", "leanquant"):
-            raise ValueError(
-                f"init='{init}' cannot be combined with a codebook (init='gptq' uses GPTQ's affine grid, "
-                "init='leanquant' LeanQuant's own codebooks)"
-            )
-        for what, bad, why in (
-            ("sym=True", sym, "codebooks are not symmetric affine grids"),
-            ("mse=True", mse, "the MSE range search fits affine grids"),
-            ("outliers > 0", fraction > 0, "the outlier variant's grids are affine"),
-        ):
-            if bad:
-                raise ValueError(f"{what} cannot be combined with {src} ({why})")
-        if codebook is not None:
-            codebook = _as_codebook(codebook, Wf.shape[0], Wf.shape[1], bits, group_size)
+    # Which options combine (init, codebook, sym, mse, outliers) is the binding's rule alone.
+    if codebook is not None:
+        codebook = _as_codebook(codebook, Wf.shape[0], Wf.shape[1], bits, group_size)
     t0 = time.perf_counter()
     out = _core.quantease(
         Wf,
@@ -245,13 +209,6 @@ def quantease(
     seconds = time.perf_counter() - t0
     if init in ("gptq", "leanquant"):
         warn_if_damping_raised(0.01 if init == "gptq" else 0.1, out["damp"], out["damp_attempts"])
-    rows, cols = Wf.shape
-    books = out["codebook"]
-    if books is not None:
-        books = books.reshape((rows, 1 << bits) if group_size == -1 else (rows, cols // group_size, 1 << bits))
-    sparse = None
-    if fraction > 0:
-        sparse = SparseOutliers(out["outlier_indptr"], out["outlier_indices"], out["outlier_values"], (rows, cols))
     history = np.asarray(out["loss_history"], dtype=np.float64)
     base = out["base"]
     info = {
@@ -282,24 +239,16 @@ def quantease(
             outlier_structure=outlier_structure,
             iht_seconds=out["iht_seconds"],
         )
-    return QuantResult(
-        weight=out["weight"],
-        codes=out["codes"],
-        scales=out["scales"],
-        zeros=out["zeros"],
-        g_idx=out["g_idx"],
-        perm=out["perm"],
-        loss=layer_loss(Wf, out["weight"], Hf),
-        damp=out["damp"] if init in ("gptq", "leanquant") else None,
+    return QuantResult.from_core(
+        out,
+        method="quantease",
         bits=bits,
         group_size=group_size,
         sym=sym,
-        method="quantease",
         seconds=seconds,
+        loss=layer_loss(Wf, out["weight"], Hf),
+        damp=out["damp"] if init in ("gptq", "leanquant") else None,
+        info=info,
         loss_history=history,
         iters=int(out["sweeps"]),
-        outliers=sparse,
-        outlier_fraction=None if sparse is None else sparse.nnz / float(Wf.size),
-        codebook=books,
-        info=info,
     )

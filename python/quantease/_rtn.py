@@ -50,18 +50,6 @@ def rtn(
     t0 = time.perf_counter()
     out = _core.rtn(Wf, bits=bits, group_size=group_size, sym=sym, mse=mse, fp16_scales=fp16_scales)
     seconds = time.perf_counter() - t0
-    return QuantResult(
-        weight=out["weight"],
-        codes=out["codes"],
-        scales=out["scales"],
-        zeros=out["zeros"],
-        g_idx=out["g_idx"],
-        perm=None,
-        loss=None,
-        damp=None,
-        bits=bits,
-        group_size=group_size,
-        sym=sym,
-        method="rtn",
-        seconds=seconds,
+    return QuantResult.from_core(
+        out, method="rtn", bits=bits, group_size=group_size, sym=sym, seconds=seconds, loss=None
     )

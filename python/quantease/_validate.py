@@ -1,15 +1,19 @@
-"""Input conversion and scalar checks shared by the solver wrappers.
+"""Input conversion and the rules of every scalar option, in one place for all solver wrappers.
 
-The C++ bindings check array shapes and contents (finite, symmetric) and raise ValueError; this module
-does the one explicit conversion to the dtype the core reads (a no-op for float32 C-contiguous W) and
-checks the Python scalars, whose wrong types pybind11 would otherwise report as TypeError.
+The C++ bindings check array shapes and contents (finite, symmetric), the ranges again for direct callers of
+the private _core, and the rules that combine options (e.g. a codebook with sym=True); this module does the
+one explicit conversion to the dtype the core reads (a no-op for float32 C-contiguous W) and checks each
+Python scalar's type and range, whose wrong types pybind11 would otherwise report as TypeError.
 """
 
 from __future__ import annotations
 
 import numbers
+from typing import Optional
 
 import numpy as np
+
+from . import _core
 
 _FLOAT_KINDS = "f"
 
@@ -37,9 +41,14 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_bits(bits) -> int:
-    if not _is_int(bits) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an integer in 2..8, got {bits!r}")
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_bits(bits, name: str = "bits") -> int:
+    """bits in _core.MIN_BITS.._core.MAX_BITS (2..8), the range the C++ core defines for every solver."""
+    if not _is_int(bits) or not _core.MIN_BITS <= bits <= _core.MAX_BITS:
+        raise ValueError(f"{name} must be an integer in {_core.MIN_BITS}..{_core.MAX_BITS}, got {bits!r}")
     return int(bits)
 
 
@@ -56,7 +65,7 @@ def check_positive_int(name: str, value) -> int:
 
 
 def check_nonnegative_float(name: str, value) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(float(value)) or value < 0:
+    if not _is_real(value) or not np.isfinite(float(value)) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
@@ -71,3 +80,31 @@ def check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
     return value
+
+
+def check_nonnegative_int(name: str, value, below: Optional[int] = None) -> int:
+    """An integer >= 0 (and < ``below`` when given: a seed must fit 64 bits)."""
+    if not _is_int(value) or value < 0 or (below is not None and value >= below):
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(name: str, value) -> float:
+    if not _is_real(value) or not np.isfinite(float(value)) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_fraction(name: str, value) -> float:
+    if not _is_real(value) or not np.isfinite(float(value)) or not 0 <= float(value) < 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_outlier_sigma(value) -> float:
+    """EasyQuant's threshold in standard deviations; None or inf: no outliers."""
+    if value is None:
+        return float("inf")
+    if not _is_real(value) or not float(value) > 0:
+        raise ValueError(f"outlier_sigma must be a number > 0 (inf: no outliers), got {value!r}")
+    return float(value)

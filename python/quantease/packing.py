@@ -16,9 +16,13 @@ import math
 
 import numpy as np
 
-__all__ = ["values_per_unit", "pack_axis0", "unpack_axis0", "pack_rows_bytes", "unpack_rows_bytes"]
+__all__ = ["PACKABLE_BITS", "values_per_unit", "pack_axis0", "unpack_axis0", "pack_rows_bytes", "unpack_rows_bytes"]
 
 _WORD_DTYPES = {8: np.uint8, 32: np.uint32}
+
+#: Code widths a packed format can store (a code fits one byte). Wider than the solvers' 2..8
+#: (quantease.solvers.BITS): a file may hold results of other tools.
+PACKABLE_BITS = range(1, 9)
 
 
 def values_per_unit(bits: int, word_bits: int = 32) -> int:
@@ -28,7 +32,7 @@ def values_per_unit(bits: int, word_bits: int = 32) -> int:
 
 def _layout(bits: int, word_bits: int):
     """Per value index i of one unit: its word, its shift inside the word, and whether it spills over."""
-    if not 1 <= bits <= 8:
+    if bits not in PACKABLE_BITS:
         raise ValueError(f"bits must be in 1..8, got {bits}")
     if word_bits not in _WORD_DTYPES:
         raise ValueError(f"word_bits must be 8 or 32, got {word_bits}")

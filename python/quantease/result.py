@@ -8,7 +8,7 @@ full-precision sparse ``outliers``, and the dequantized ``weight`` that those re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -82,6 +82,64 @@ class QuantResult:
     codebook: Optional[np.ndarray] = None  # float32 [rows, 2^bits] or [rows, G, 2^bits] (LeanQuant)
     gguf: Optional["GGUFBlocks"] = None  # llama.cpp block parameters (solvers called with gguf=)
     info: dict = field(default_factory=dict)  # anything else a solver reports (e.g. timings)
+
+    @classmethod
+    def from_core(
+        cls,
+        out: Mapping[str, Any],
+        *,
+        method: str,
+        bits: int,
+        group_size: int,
+        sym: bool,
+        seconds: float,
+        loss: Optional[float],
+        damp: Optional[float] = None,
+        info: Optional[dict] = None,
+        **fields: Any,
+    ) -> "QuantResult":
+        """The result of one compiled solver call; the one path from a binding's dict to a QuantResult.
+
+        ``out``: the dict every binding returns (cpp/bindings/output.hpp): weight, codes, scales, zeros, g_idx,
+        perm, damp_attempts, phase_seconds, plus ``codebook`` (flat rows*G x 2^bits, reshaped here) and the CSR
+        ``outlier_indptr`` / ``outlier_indices`` / ``outlier_values`` where the solver has them. ``damp``: the
+        damping the solver used (None where it factors nothing); ``info``: the solver's own extras, to which
+        ``phase_seconds`` (and ``damp_attempts`` with a damp) are added; ``fields``: other QuantResult fields.
+        """
+        rows, cols = out["weight"].shape
+        codebook = out.get("codebook")
+        if codebook is not None:
+            levels = 1 << bits
+            codebook = codebook.reshape((rows, levels) if group_size == -1 else (rows, cols // group_size, levels))
+        outliers = None
+        if out.get("outlier_indptr") is not None:
+            outliers = SparseOutliers(
+                out["outlier_indptr"], out["outlier_indices"], out["outlier_values"], (int(rows), int(cols))
+            )
+        extras = dict(info or {})
+        if damp is not None:
+            extras.setdefault("damp_attempts", out["damp_attempts"])
+        extras.setdefault("phase_seconds", out["phase_seconds"])
+        return cls(
+            weight=out["weight"],
+            codes=out["codes"],
+            scales=out["scales"],
+            zeros=out["zeros"],
+            g_idx=out["g_idx"],
+            perm=out["perm"],
+            loss=loss,
+            damp=damp,
+            bits=bits,
+            group_size=group_size,
+            sym=sym,
+            method=method,
+            seconds=seconds,
+            outliers=outliers,
+            outlier_fraction=None if outliers is None else outliers.nnz / float(rows * cols),
+            codebook=codebook,
+            info=extras,
+            **fields,
+        )
 
     @property
     def shape(self) -> Tuple[int, int]:

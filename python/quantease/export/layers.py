@@ -10,6 +10,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
+from ..packing import PACKABLE_BITS
 from ..result import QuantResult
 
 LayerSpec = Union[QuantResult, Tuple[QuantResult, Optional[Any]]]
@@ -53,7 +54,7 @@ def check_layout(name: str, r: QuantResult) -> Tuple[int, int, int]:
         raise ValueError(f"layer {name!r}: codes must be {(n, k)} to match the weight, got {codes.shape}")
     if codes.dtype.kind not in "iu":
         raise ValueError(f"layer {name!r}: codes must be integers, got {codes.dtype}")
-    if not 1 <= r.bits <= 8:
+    if r.bits not in PACKABLE_BITS:
         raise ValueError(f"layer {name!r}: bits must be in 1..8, got {r.bits}")
     if codes.size and (codes.min() < 0 or codes.max() >= (1 << r.bits)):
         raise ValueError(
