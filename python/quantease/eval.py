@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .text import _check_positive, eval_windows, sentence_batches
+from ._validate import check_positive_int
+from .text import eval_windows, sentence_batches
 
 __all__ = ["perplexity", "window_nll", "context_length", "sentence_embeddings", "embedding_similarity", "Similarity"]
 
@@ -59,7 +60,7 @@ def window_nll(model: Any, windows: Any, *, batch_size: int = 1) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    batch_size = _check_positive("batch_size", batch_size)
+    batch_size = check_positive_int("batch_size", batch_size)
     windows = torch.as_tensor(windows)
     if windows.ndim != 2 or windows.shape[1] < 2 or windows.dtype not in (torch.int64, torch.int32):
         raise ValueError(

