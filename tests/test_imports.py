@@ -49,6 +49,8 @@ def _module_level_imports(name: str, path: Path, modules: Dict[str, Path]) -> Li
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 continue
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue  # read by type checkers only
             if isinstance(child, ast.Import):
                 found.extend((alias.name, []) for alias in child.names)
             elif isinstance(child, ast.ImportFrom):

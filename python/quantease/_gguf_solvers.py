@@ -61,35 +61,20 @@ def hessian_importance(H) -> np.ndarray:
     return np.ascontiguousarray(np.diagonal(H), dtype=np.float32)
 
 
-def result(
-    t: GGUFType,
-    out: dict,
-    *,
-    method: str,
-    seconds: float,
-    loss=None,
-    damp=None,
-    perm=None,
-    info=None,
-) -> QuantResult:
+def result(t: GGUFType, out: dict, *, method: str, seconds: float, loss=None, damp=None, info=None) -> QuantResult:
     """The QuantResult of a core GGUF solve: stored codes, GGUFBlocks, llama.cpp's dequantized weight."""
     check_finite(t, out)
-    return QuantResult(
-        weight=out["weight"],
-        codes=out["codes"],
-        scales=None,
-        zeros=None,
-        g_idx=out["g_idx"],
-        perm=perm,
-        loss=loss,
-        damp=damp,
+    return QuantResult.from_core(
+        out,
+        method=method,
         bits=t.bits,
         group_size=t.sub_block,
         sym=not t.has_min,
-        method=method,
         seconds=seconds,
+        loss=loss,
+        damp=damp,
+        info=info,
         gguf=blocks_from_core(t.name, out),
-        info=info or {},
     )
 
 

@@ -97,8 +97,6 @@ def gptq(
             seconds=seconds,
             loss=layer_loss(W, out["weight"], Hf),
             damp=out["damp"],
-            perm=out["perm"],
-            info={"damp_attempts": out["damp_attempts"], "phase_seconds": out["phase_seconds"]},
         )
     bits = check_bits(bits)
     group_size = check_group_size(group_size, Wf.shape[1])
