@@ -158,6 +158,7 @@ def _convert_gguf(entry: dict[str, Any], src_dir: Path, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = src_dir / entry["gguf"]
+    model: Any  # transformers' own annotations vary between its versions (and are absent without it)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, local_files_only=True
@@ -168,7 +169,7 @@ def _convert_gguf(entry: dict[str, Any], src_dir: Path, dest: Path) -> None:
             f"reading {gguf_path.name} needs the gguf and accelerate packages (pip install gguf accelerate): {err}"
         ) from err
     # Drop the GGUF quantizer: the weights are now ordinary float tensors.
-    model.hf_quantizer = None  # type: ignore[assignment]
+    model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     dest.parent.mkdir(parents=True, exist_ok=True)
