@@ -2,7 +2,7 @@
 
 ``llama-quantize model.gguf out.gguf Q4_K_M`` does not give every tensor Q4_K: its file type (a "mix") sends
 some tensors to more bits (``attn_v`` and ``ffn_down`` of selected layers, the output matrix), and a tensor
-whose rows the type's block does not divide falls back to a 32-block type. This module states those rules
+whose rows the type's block does not divide falls back to a 32-block type (``quantease.gguf.TYPES``' fallback). This module states those rules
 for the mixes quantease can write, as ``src/llama-quant.cpp`` (llama_tensor_get_type) applies them to the
 llama architecture (dense, not Falcon, no experts), so that a file written by ``quantease.export.save_gguf``
 has the same tensor types, hence the same size, as llama-quantize's file of the same name.
@@ -18,14 +18,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-__all__ = ["MIXES", "BLOCK_SIZES", "FILE_TYPES", "TypePlan", "fallback_type", "tensor_type", "gguf_tensor_name",
+from .gguf import TYPES
+
+__all__ = ["MIXES", "FLOAT_TYPES", "FILE_TYPES", "TypePlan", "fallback_type", "tensor_type", "gguf_tensor_name",
            "layer_types"]
 
-#: Weights per block along a row, for every type a mix can produce.
-BLOCK_SIZES: Dict[str, int] = {
-    "F32": 1, "F16": 1, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "IQ4_NL": 32,
-    "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256,
-}
+#: Types that leave a tensor unquantized (llama.cpp's last resort for rows no block divides is F16).
+FLOAT_TYPES = ("F32", "F16")
 
 #: Mix name -> its base type (llama-quantize's default type for that file type).
 MIXES: Dict[str, str] = {
@@ -40,9 +39,6 @@ FILE_TYPES: Dict[str, int] = {
     "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18,
     "IQ4_NL": 25, "Q3_K": 11, "Q4_K": 14, "Q5_K": 16,
 }
-
-# What llama.cpp uses for a tensor whose rows a 256-block type does not divide (tensor_type_fallback).
-_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 # Hugging Face llama module names -> GGUF tensor names (blocks: model.layers.N.<module>).
 _BLOCK_NAMES = {
@@ -65,16 +61,19 @@ def gguf_tensor_name(hf_name: str) -> Optional[str]:
     return None
 
 
+def _block(ggml_type: str) -> int:
+    return 1 if ggml_type in FLOAT_TYPES else TYPES[ggml_type].block_size
+
+
 def fallback_type(ggml_type: str, cols: int) -> str:
     """The type llama.cpp writes for a tensor of ``cols`` columns asked to be ``ggml_type``.
 
     A 256-block type whose block does not divide the row falls back to its 32-block partner; a row that 32
     does not divide either stays in F16 (llama.cpp's last resort)."""
-    block = BLOCK_SIZES[ggml_type]
-    if cols % block == 0:
+    if cols % _block(ggml_type) == 0:
         return ggml_type
-    fallback = _FALLBACK.get(ggml_type, ggml_type)
-    return fallback if cols % BLOCK_SIZES[fallback] == 0 else "F16"
+    fallback = TYPES[ggml_type].fallback
+    return fallback if cols % _block(fallback) == 0 else "F16"
 
 
 def _use_more_bits(layer: int, n_layer: int) -> bool:
@@ -128,16 +127,16 @@ def tensor_type(mix: str, name: str, shape: Tuple[int, int], *, n_layer: int, n_
                 imatrix: bool = True, tied_embeddings: bool = False) -> str:
     """The type llama-quantize gives the 2-D GGUF tensor ``name`` (rows x cols) in file type ``mix``.
 
-    ``mix`` is a name of :data:`MIXES` (llama.cpp's rules) or any type of :data:`BLOCK_SIZES` (every tensor
+    ``mix`` is a name of :data:`MIXES` (llama.cpp's rules) or any type of ``quantease.gguf.TYPES`` (every tensor
     that type, as ``llama-quantize --pure``); ``tied_embeddings``: the model has no ``output`` tensor, so
     ``token_embd`` is quantized as the output matrix. The fallback for rows the block does not divide
     applies last, as in llama.cpp."""
     pure = mix not in MIXES
-    if pure and mix not in BLOCK_SIZES:
+    if pure and mix not in TYPES and mix not in FLOAT_TYPES:
         raise ValueError(f"gguf type mix must be one of {', '.join(MIXES)} or a type of "
-                         f"{', '.join(BLOCK_SIZES)}, got {mix!r}")
+                         f"{', '.join(TYPES)}, got {mix!r}")
     base = mix if pure else MIXES[mix]
-    if base in ("F16", "F32"):
+    if base in FLOAT_TYPES:
         return base
     cols = shape[1]
     role = name[:-len(".weight")] if name.endswith(".weight") else name
@@ -148,7 +147,7 @@ def tensor_type(mix: str, name: str, shape: Tuple[int, int], *, n_layer: int, n_
         pass
     elif role == "output" or (role == "token_embd" and tied_embeddings):
         # The output matrix (also the embedding when tied): Q6_K, or Q8_0 when the base block does not fit.
-        picked = "Q8_0" if cols % BLOCK_SIZES[base] else ("Q8_0" if base == "Q8_0" else "Q6_K")
+        picked = "Q8_0" if cols % _block(base) or base == "Q8_0" else "Q6_K"
     elif match:
         n_gqa = n_head // n_head_kv if n_head_kv else 1
         picked = _mix_rule(mix, role, int(match.group(1)), n_layer, n_gqa, imatrix) or base
@@ -178,9 +177,9 @@ def layer_types(choice: TypeChoice, shapes: Mapping[str, Tuple[int, int]], *, n_
     """
     if isinstance(choice, str):
         mix = choice.upper()
-        if mix not in MIXES and mix not in BLOCK_SIZES:
+        if mix not in MIXES and mix not in TYPES:
             raise ValueError(f"gguf must be a type mix ({', '.join(MIXES)}), a type "
-                             f"({', '.join(t for t in BLOCK_SIZES if t not in MIXES)}), a mapping or a "
+                             f"({', '.join(t for t in TYPES if t not in MIXES)}), a mapping or a "
                              f"callable, got {choice!r}")
         types = {}
         for name, shape in shapes.items():
@@ -204,7 +203,8 @@ def layer_types(choice: TypeChoice, shapes: Mapping[str, Tuple[int, int]], *, n_
     types = {}
     for name in shapes:
         chosen = pick(name)
-        if not isinstance(chosen, str) or chosen.upper() not in BLOCK_SIZES:
-            raise ValueError(f"gguf type for layer {name!r} must be one of {', '.join(BLOCK_SIZES)}, got {chosen!r}")
+        if not isinstance(chosen, str) or (chosen.upper() not in TYPES and chosen.upper() not in FLOAT_TYPES):
+            raise ValueError(f"gguf type for layer {name!r} must be one of {', '.join((*TYPES, *FLOAT_TYPES))}, "
+                             f"got {chosen!r}")
         types[name] = chosen.upper()
     return TypePlan(None, types, imatrix)

@@ -48,6 +48,8 @@ from .blocks import (
     set_layer_weight,
     weight_tensor,
 )
+from .gguf import TYPES
+from .gguf_mixes import TypeChoice, TypePlan, layer_types
 from .hooks import HessianCollector, trace_input_groups
 from .solvers import NAMES, Solver, get_solver
 
@@ -76,6 +78,7 @@ class LayerRecord:
     damp: Optional[float]  # damping the solver used (relative to mean diag H), None if none
     n_samples: int  # calibration rows (tokens) behind the Hessian
     group: int  # input group inside the block, in run order (see trace_input_groups)
+    gguf: Optional[str] = None  # GGUF block type of the layer (quantize_model(..., gguf=...)), else None
 
 
 _COLUMNS = (
@@ -107,11 +110,13 @@ class QuantReport(list):
     """The per-layer records of a ``quantize_model`` run (a list of LayerRecord, in solve order).
 
     ``results`` maps layer names to the solvers' QuantResult when the run kept them (``keep_results=True``);
-    ``resumed_blocks`` is the number of blocks taken from a checkpoint; ``seconds`` the run's wall time."""
+    ``resumed_blocks`` is the number of blocks taken from a checkpoint; ``seconds`` the run's wall time;
+    ``gguf`` the GGUF type of every layer (a TypePlan) when the run had ``gguf=``, for export.save_gguf."""
 
     def __init__(self, records: Iterable[LayerRecord] = ()):
         super().__init__(records)
         self.results: Dict[str, Any] = {}
+        self.gguf: Optional[TypePlan] = None
         self.resumed_blocks = 0
         self.seconds = 0.0
 
@@ -285,14 +290,18 @@ def _solve_layer(
     group_size: int,
     sym: bool,
     solver_kwargs: Dict[str, Any],
+    gguf: Optional[str] = None,
 ) -> Tuple[LayerRecord, Any]:
-    """Quantize one layer from its Hessian and write the dequantized weight back into the module."""
+    """Quantize one layer from its Hessian and write the dequantized weight back into the module.
+    With ``gguf`` (a GGUF type) the solver gets ``gguf=`` instead of bits/group_size/sym."""
     method = solver.name
     W = layer_weight(module)
+    grid: Dict[str, Any] = {"bits": bits, "group_size": group_size, "sym": sym}
+    if gguf is not None:  # recorded as the type's code bits and block
+        grid = {"gguf": gguf}
+        bits, group_size = TYPES[gguf].bits, TYPES[gguf].block_size
     t0 = time.perf_counter()
-    result = solver.run(
-        W, H if solver.needs_hessian else None, bits=bits, group_size=group_size, sym=sym, **solver_kwargs
-    )
+    result = solver.run(W, H if solver.needs_hessian else None, **grid, **solver_kwargs)
     seconds = time.perf_counter() - t0
     W_hat = np.asarray(result.weight)
     if W_hat.shape != W.shape:
@@ -318,14 +327,14 @@ def _solve_layer(
         damp=None if damp is None else float(damp),
         n_samples=n_samples,
         group=group,
+        gguf=gguf,
     )
     log.info(
-        "block %d %s: %s %d-bit g%d loss=%.4g rel=%.3g damp=%s tokens=%d %.2fs",
+        "block %d %s: %s %s loss=%.4g rel=%.3g damp=%s tokens=%d %.2fs",
         block_index,
         name,
         method,
-        bits,
-        group_size,
+        gguf or f"{bits}-bit g{group_size}",
         loss,
         relative,
         "-" if damp is None else f"{damp:.3g}",
@@ -351,8 +360,12 @@ def _quantize_block(
     solver_kwargs,
     on_layer,
     bar,
+    gguf_types=None,
 ) -> Tuple[List[LayerRecord], Dict[str, Any]]:
     layers = linear_layers(block, prefix=block_name, skip=skip)
+    if gguf_types is not None:
+        # Layers whose rows no block type divides stay in float, as llama.cpp keeps them in F16.
+        layers = {n: m for n, m in layers.items() if gguf_types[n] not in ("F16", "F32")}
     if not layers:
         return [], {}
     # One forward of the first batch finds the run order and which layers share an input.
@@ -390,6 +403,7 @@ def _quantize_block(
                 group_size,
                 sym,
                 solver_kwargs,
+                None if gguf_types is None else gguf_types[name],
             )
             records.append(record)
             results[name] = result
@@ -414,7 +428,8 @@ def quantize_model(
     solver_kwargs: Optional[Dict[str, Any]] = None,
     *,
     hessian_dtype: str = "float64",
-    keep_results: bool = False,
+    gguf: Optional[TypeChoice] = None,
+    keep_results: Optional[bool] = None,
     on_layer: Optional[Callable[[LayerRecord, Any, np.ndarray], None]] = None,
 ) -> QuantReport:
     """Quantize every linear layer of the model's repeated blocks in place, block by block.
@@ -433,8 +448,12 @@ def quantize_model(
     skip: layer-name patterns left in full precision (a full name, a name component, or a glob).
     checkpoint_dir: resume directory (see module docstring); a finished run's directory returns at once.
     hessian_dtype: accumulator precision, "float64" or "float32".
+    gguf: solve every layer on a llama.cpp GGUF block type instead of bits/group_size/sym: a mix or type name
+        ("Q4_0", "IQ4_NL", "Q4_K_M", "Q3_K_M", ...: each layer gets the type llama-quantize gives it in that
+        file type, see quantease.gguf_mixes), a mapping from every layer name to a type, or a callable
+        ``f(name) -> type``. The report's ``gguf`` then holds the types, for quantease.export.save_gguf.
     keep_results: keep every layer's QuantResult (codes, scales, zeros, ...) in ``report.results`` (and in
-        the checkpoint), e.g. for quantease.export.
+        the checkpoint), e.g. for quantease.export; default: only when ``gguf`` is given.
     on_layer: called as ``on_layer(record, result, H)`` after each layer is written back.
 
     Returns a QuantReport (list of LayerRecord; ``.to_markdown()``)."""
@@ -452,7 +471,21 @@ def quantize_model(
         skip = (skip,)
     solver_kwargs = dict(solver_kwargs or {})
     block_list = resolve_blocks(model, blocks)
-    if group_size != -1:
+    keep_results = gguf is not None if keep_results is None else bool(keep_results)
+    plan = None
+    if gguf is not None:
+        config = getattr(model, "config", None)
+        n_head = int(getattr(config, "num_attention_heads", 1) or 1)
+        shapes = {
+            name: layer_weight_shape(module)
+            for block_name, block in block_list
+            for name, module in linear_layers(block, prefix=block_name, skip=skip).items()
+        }
+        n_head_kv = int(getattr(config, "num_key_value_heads", None) or n_head)
+        plan = layer_types(
+            gguf, shapes, n_layer=len(block_list), n_head=n_head, n_head_kv=n_head_kv, imatrix=solver.needs_hessian
+        )
+    elif group_size != -1:
         # Fail before the (long) calibration forward rather than at the first odd layer, blocks later.
         for block_name, block in block_list:
             for name, module in linear_layers(block, prefix=block_name, skip=skip).items():
@@ -466,6 +499,7 @@ def quantize_model(
     was_training = model.training
     model.eval()
     report = QuantReport()
+    report.gguf = plan
     bar = None
     try:
         inputs, digest = capture_block_inputs(model, block_list[0][1], calibration_batches)
@@ -483,6 +517,7 @@ def quantize_model(
                 "solver_kwargs": repr(sorted(solver_kwargs.items())),
                 "blocks": [name for name, _ in block_list],
                 "calibration_sha256": digest,
+                "gguf": None if plan is None else repr(sorted(plan.types.items())),
             }
             ckpt = _Checkpoint(checkpoint_dir, config)
             for i, (block_name, block) in enumerate(block_list):
@@ -527,6 +562,7 @@ def quantize_model(
                 solver_kwargs=solver_kwargs,
                 on_layer=on_layer,
                 bar=bar,
+                gguf_types=None if plan is None else plan.types,
             )
             report.extend(records)
             if keep_results:
