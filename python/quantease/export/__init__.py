@@ -7,12 +7,15 @@ One module per format, each with loaders that rebuild the dense weight (layouts 
 * ``save_quantease`` (quantease.export.quantease_format): everything (affine grids, per-row/per-group
   codebooks, sparse CSR outliers), b-bit packed bytes, with a ``quantease_format`` version in the safetensors
   metadata. float32 storage rebuilds ``QuantResult.weight`` bit for bit.
+* ``save_gguf`` (quantease.export.gguf): a whole llama model as a GGUF file that llama.cpp loads, its layers
+  on the GGUF block types the pipeline solved them on (``quantize_model(..., gguf=...)``).
 
 quantease.export.files holds what the formats share (paths, safetensors I/O, pass-through tensors) and
 quantease.export.layers the layer specs and the layout check. safetensors is imported inside the functions
 that need it (extras ``quantease[export]``); torch only when the caller passes torch tensors.
 """
 
+from .gguf import save_gguf
 from .gptq import (
     GPTQ_BITS,
     gptq_deviation,
@@ -49,4 +52,5 @@ __all__ = [
     "load_quantease",
     "load_quantease_results",
     "load_quantease_state_dict",
+    "save_gguf",
 ]
