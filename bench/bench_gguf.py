@@ -1,0 +1,175 @@
+"""GGUF files of SmolLM2-135M: quantease's GPTQ / QuantEase against llama.cpp's own quantizer with an
+importance matrix, at the same type and size, measured by llama.cpp itself.
+
+1. Our F32 model as GGUF (``save_gguf`` with the shipped GGUF as template; its time is printed).
+2. llama.cpp: ``llama-imatrix`` on the calibration text, then ``llama-quantize --imatrix`` to each type (and
+   without the imatrix, for reference).
+3. quantease: ``quantize_model(..., method, gguf=type)`` on the same calibration text, ``save_gguf``.
+4. ``llama-perplexity`` of every file on the same held-out text (chunks of ``--ctx`` tokens, the second half
+   of each scored); file sizes (equal by construction: the same tensor types).
+5. k-quants, layer by layer: SmolLM2's ``ffn_down`` (the only matrices whose rows split into 256-blocks) from
+   llama-quantize's imatrix file forced to Q4_K / Q3_K (``--tensor-type``), read back, against our
+   ``gptq(gguf="Q4_K")`` and ``quantease(gguf="Q3_K", init="gptq")`` of the same W; loss tr((W-Ŵ)H(W-Ŵ)ᵀ)
+   with H from the calibration inputs of the float model. Targets (issue 14): ≤ 0.8x at Q4_K, ≤ 0.7x at Q3_K.
+
+Prints, never asserts. CPU-heavy (two full quantizations per type and a perplexity per file):
+
+    python bench/bench_gguf.py                       # Q4_0 and IQ4_NL, 128 x 512 calibration tokens
+    python bench/bench_gguf.py --quick               # Q4_0 only, small calibration and evaluation (a check)
+    python bench/bench_gguf.py --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import llama_cpp  # noqa: E402
+
+import quantease  # noqa: E402
+from quantease import models, text  # noqa: E402
+from quantease.export import save_gguf  # noqa: E402
+from quantease.pipeline import quantize_model  # noqa: E402
+
+METHODS = {"gptq": {}, "quantease": {"init": "gptq"}}
+
+
+def mib(path: Path) -> float:
+    return os.path.getsize(path) / 2**20
+
+
+def down_proj_hessians(model, calib):
+    """H of every down_proj of the float model on the calibration batches (one forward pass)."""
+    import torch
+
+    from quantease.torch import HessianCollector
+
+    layers = {f"model.layers.{i}.mlp.down_proj": block.mlp.down_proj for i, block in enumerate(model.model.layers)}
+    with HessianCollector(layers) as collector, torch.no_grad():
+        for batch in calib:
+            model(batch)
+    return {name: collector.hessian(name) for name in layers}
+
+
+def k_quant_layers(work: Path, bin_dir: Path, threads: int, calib, layers: int) -> list:
+    """Loss of our k-quant solutions relative to llama.cpp's imatrix quantization, per down_proj layer."""
+    import gguf
+
+    model, _ = models.load_causal_lm("smollm2-135m")
+    hessians = down_proj_hessians(model, calib)
+    rows = []
+    for ggml_type, method, kwargs in (("Q4_K", "gptq", {}), ("Q3_K", "quantease", {"init": "gptq"})):
+        out = work / f"llama-ffn_down-{ggml_type}.gguf"
+        llama_cpp.run("llama-quantize", ["--imatrix", work / "imatrix.gguf", "--tensor-type",
+                                         f"ffn_down={ggml_type.lower()}", work / "f32.gguf", out, "Q8_0",
+                                         str(threads)], bin_dir=bin_dir)
+        theirs = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+        for i in range(layers):
+            name = f"model.layers.{i}.mlp.down_proj"
+            W = model.model.layers[i].mlp.down_proj.weight.detach().numpy()
+            H = hessians[name]
+            tensor = theirs[f"blk.{i}.ffn_down.weight"]
+            W_llama = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
+            loss_llama = float(quantease.layer_loss(W, W_llama, H))
+            ours = getattr(quantease, method)(W, H, gguf=ggml_type, **kwargs)
+            rows.append({"type": ggml_type, "layer": i, "method": method, "llama_cpp_imatrix": loss_llama,
+                         "ours": float(ours.loss), "ratio": float(ours.loss) / loss_llama})
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="Q4_0 only, 16 x 256 calibration, 8 eval chunks")
+    parser.add_argument("--types", default=None, help="comma-separated types (default Q4_0,IQ4_NL)")
+    parser.add_argument("--samples", type=int, default=None, help="calibration windows (default 128)")
+    parser.add_argument("--seq-len", type=int, default=None, help="calibration window length (default 512)")
+    parser.add_argument("--ctx", type=int, default=512, help="llama-perplexity chunk length")
+    parser.add_argument("--chunks", type=int, default=-1, help="llama-perplexity chunks (default all)")
+    parser.add_argument("--layers", type=int, default=None, help="down_proj layers compared (default all 30)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--work", default=None, help="folder for the GGUF files (default a temporary one)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    types = (args.types or ("Q4_0" if args.quick else "Q4_0,IQ4_NL")).split(",")
+    samples = args.samples or (16 if args.quick else 128)
+    seq_len = args.seq_len or (256 if args.quick else 512)
+    chunks = args.chunks if args.chunks > 0 or not args.quick else 8
+    n_layers = args.layers or (2 if args.quick else 30)
+
+    bin_dir = llama_cpp.tools_dir()
+    tmp = None if args.work else tempfile.TemporaryDirectory(prefix="bench_gguf-")
+    work = Path(args.work or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    calib_text, held_out = text.load_text("wiki", "train"), text.load_text("wiki", "test")
+    (work / "calib.txt").write_text(calib_text)
+    (work / "test.txt").write_text(held_out)
+    model, tok = models.load_causal_lm("smollm2-135m")
+    template = models.source_gguf("smollm2-135m")
+    calib = text.calibration_batches(tok, calib_text, n_samples=samples, seq_len=seq_len)
+    print(f"SmolLM2-135M; calibration: {samples} x {seq_len} tokens of wiki/train (llama-imatrix: the first "
+          f"{samples} chunks of {seq_len} of the same text); perplexity: wiki/test, ctx {args.ctx}, "
+          f"{'all' if chunks < 0 else chunks} chunks; llama.cpp from {bin_dir}")
+
+    t0 = time.perf_counter()
+    save_gguf(model, work / "f32.gguf", template=template)
+    f32_seconds = time.perf_counter() - t0
+    llama_cpp.imatrix(work / "f32.gguf", work / "calib.txt", work / "imatrix.gguf", ctx=seq_len, chunks=samples,
+                      bin_dir=bin_dir, threads=args.threads)
+
+    def ppl(path: Path) -> float:
+        return llama_cpp.perplexity(path, work / "test.txt", ctx=args.ctx, chunks=chunks, bin_dir=bin_dir,
+                                    threads=args.threads)
+
+    rows = [{"file": "F32", "type": "F32", "MiB": mib(work / "f32.gguf"), "ppl": ppl(work / "f32.gguf")}]
+    save_seconds = {}
+    for ggml_type in types:
+        for label, imatrix in (("llama.cpp", None), ("llama.cpp imatrix", work / "imatrix.gguf")):
+            out = work / f"{label.replace(' ', '-')}-{ggml_type}.gguf"
+            llama_cpp.quantize(work / "f32.gguf", out, ggml_type, imatrix_file=imatrix, bin_dir=bin_dir,
+                               threads=args.threads)
+            rows.append({"file": label, "type": ggml_type, "MiB": mib(out), "ppl": ppl(out)})
+        for method, kwargs in METHODS.items():
+            model, _ = models.load_causal_lm("smollm2-135m")
+            t0 = time.perf_counter()
+            report = quantize_model(model, calib, method=method, gguf=ggml_type, progress=False,
+                                    solver_kwargs=kwargs)
+            solve = time.perf_counter() - t0
+            out = work / f"{method}-{ggml_type}.gguf"
+            t0 = time.perf_counter()
+            save_gguf(model, out, report, template=template)
+            save_seconds[f"{method}-{ggml_type}"] = time.perf_counter() - t0
+            rows.append({"file": f"quantease {method}", "type": ggml_type, "MiB": mib(out), "ppl": ppl(out),
+                         "quantize_seconds": solve})
+
+    print("\n| file | type | size (MiB) | perplexity |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['file']} | {r['type']} | {r['MiB']:.2f} | {r['ppl']:.3f} |")
+    print(f"\nsave_gguf: F32 file {f32_seconds:.1f} s; quantized files "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in save_seconds.items()))
+
+    layer_rows = k_quant_layers(work, bin_dir, args.threads, calib, n_layers)
+    print("\nk-quants on SmolLM2's ffn_down: our loss / llama.cpp's imatrix quantization's (read from its file)")
+    print("| type | ours | layers | median | min | max | target |\n|---|---|---|---|---|---|---|")
+    for ggml_type, method, target in (("Q4_K", "gptq", 0.8), ("Q3_K", "quantease init=gptq", 0.7)):
+        ratios = np.array([r["ratio"] for r in layer_rows if r["type"] == ggml_type])
+        print(f"| {ggml_type} | {method} | {ratios.size} | {np.median(ratios):.3f} | {ratios.min():.3f} | "
+              f"{ratios.max():.3f} | {target} |")
+    result = {"rows": rows, "save_gguf_seconds": {"F32": f32_seconds, **save_seconds}, "k_quant_layers": layer_rows,
+              "calibration": [samples, seq_len], "ctx": args.ctx, "chunks": chunks}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if tmp is not None:
+        tmp.cleanup()
+    return result
+
+
+if __name__ == "__main__":
+    main()
