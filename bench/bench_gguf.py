@@ -18,6 +18,7 @@ Prints, never asserts. CPU-heavy (two full quantizations per type and a perplexi
     python bench/bench_gguf.py --quick               # Q4_0 only, small calibration and evaluation (a check)
     python bench/bench_gguf.py --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,9 +69,20 @@ def k_quant_layers(work: Path, bin_dir: Path, threads: int, calib, layers: int) 
     rows = []
     for ggml_type, method, kwargs in (("Q4_K", "gptq", {}), ("Q3_K", "quantease", {"init": "gptq"})):
         out = work / f"llama-ffn_down-{ggml_type}.gguf"
-        llama_cpp.run("llama-quantize", ["--imatrix", work / "imatrix.gguf", "--tensor-type",
-                                         f"ffn_down={ggml_type.lower()}", work / "f32.gguf", out, "Q8_0",
-                                         str(threads)], bin_dir=bin_dir)
+        llama_cpp.run(
+            "llama-quantize",
+            [
+                "--imatrix",
+                work / "imatrix.gguf",
+                "--tensor-type",
+                f"ffn_down={ggml_type.lower()}",
+                work / "f32.gguf",
+                out,
+                "Q8_0",
+                str(threads),
+            ],
+            bin_dir=bin_dir,
+        )
         theirs = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
         for i in range(layers):
             name = f"model.layers.{i}.mlp.down_proj"
@@ -80,8 +92,16 @@ def k_quant_layers(work: Path, bin_dir: Path, threads: int, calib, layers: int) 
             W_llama = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
             loss_llama = float(quantease.layer_loss(W, W_llama, H))
             ours = getattr(quantease, method)(W, H, gguf=ggml_type, **kwargs)
-            rows.append({"type": ggml_type, "layer": i, "method": method, "llama_cpp_imatrix": loss_llama,
-                         "ours": float(ours.loss), "ratio": float(ours.loss) / loss_llama})
+            rows.append(
+                {
+                    "type": ggml_type,
+                    "layer": i,
+                    "method": method,
+                    "llama_cpp_imatrix": loss_llama,
+                    "ours": float(ours.loss),
+                    "ratio": float(ours.loss) / loss_llama,
+                }
+            )
     return rows
 
 
@@ -114,56 +134,83 @@ def main(argv=None) -> dict:
     model, tok = models.load_causal_lm("smollm2-135m")
     template = models.source_gguf("smollm2-135m")
     calib = text.calibration_batches(tok, calib_text, n_samples=samples, seq_len=seq_len)
-    print(f"SmolLM2-135M; calibration: {samples} x {seq_len} tokens of wiki/train (llama-imatrix: the first "
-          f"{samples} chunks of {seq_len} of the same text); perplexity: wiki/test, ctx {args.ctx}, "
-          f"{'all' if chunks < 0 else chunks} chunks; llama.cpp from {bin_dir}")
+    print(
+        f"SmolLM2-135M; calibration: {samples} x {seq_len} tokens of wiki/train (llama-imatrix: the first "
+        f"{samples} chunks of {seq_len} of the same text); perplexity: wiki/test, ctx {args.ctx}, "
+        f"{'all' if chunks < 0 else chunks} chunks; llama.cpp from {bin_dir}"
+    )
 
     t0 = time.perf_counter()
     save_gguf(model, work / "f32.gguf", template=template)
     f32_seconds = time.perf_counter() - t0
-    llama_cpp.imatrix(work / "f32.gguf", work / "calib.txt", work / "imatrix.gguf", ctx=seq_len, chunks=samples,
-                      bin_dir=bin_dir, threads=args.threads)
+    llama_cpp.imatrix(
+        work / "f32.gguf",
+        work / "calib.txt",
+        work / "imatrix.gguf",
+        ctx=seq_len,
+        chunks=samples,
+        bin_dir=bin_dir,
+        threads=args.threads,
+    )
 
     def ppl(path: Path) -> float:
-        return llama_cpp.perplexity(path, work / "test.txt", ctx=args.ctx, chunks=chunks, bin_dir=bin_dir,
-                                    threads=args.threads)
+        return llama_cpp.perplexity(
+            path, work / "test.txt", ctx=args.ctx, chunks=chunks, bin_dir=bin_dir, threads=args.threads
+        )
 
     rows = [{"file": "F32", "type": "F32", "MiB": mib(work / "f32.gguf"), "ppl": ppl(work / "f32.gguf")}]
     save_seconds = {}
     for ggml_type in types:
         for label, imatrix in (("llama.cpp", None), ("llama.cpp imatrix", work / "imatrix.gguf")):
             out = work / f"{label.replace(' ', '-')}-{ggml_type}.gguf"
-            llama_cpp.quantize(work / "f32.gguf", out, ggml_type, imatrix_file=imatrix, bin_dir=bin_dir,
-                               threads=args.threads)
+            llama_cpp.quantize(
+                work / "f32.gguf", out, ggml_type, imatrix_file=imatrix, bin_dir=bin_dir, threads=args.threads
+            )
             rows.append({"file": label, "type": ggml_type, "MiB": mib(out), "ppl": ppl(out)})
         for method, kwargs in METHODS.items():
             model, _ = models.load_causal_lm("smollm2-135m")
             t0 = time.perf_counter()
-            report = quantize_model(model, calib, method=method, gguf=ggml_type, progress=False,
-                                    solver_kwargs=kwargs)
+            report = quantize_model(model, calib, method=method, gguf=ggml_type, progress=False, solver_kwargs=kwargs)
             solve = time.perf_counter() - t0
             out = work / f"{method}-{ggml_type}.gguf"
             t0 = time.perf_counter()
             save_gguf(model, out, report, template=template)
             save_seconds[f"{method}-{ggml_type}"] = time.perf_counter() - t0
-            rows.append({"file": f"quantease {method}", "type": ggml_type, "MiB": mib(out), "ppl": ppl(out),
-                         "quantize_seconds": solve})
+            rows.append(
+                {
+                    "file": f"quantease {method}",
+                    "type": ggml_type,
+                    "MiB": mib(out),
+                    "ppl": ppl(out),
+                    "quantize_seconds": solve,
+                }
+            )
 
     print("\n| file | type | size (MiB) | perplexity |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['file']} | {r['type']} | {r['MiB']:.2f} | {r['ppl']:.3f} |")
-    print(f"\nsave_gguf: F32 file {f32_seconds:.1f} s; quantized files "
-          + ", ".join(f"{k} {v:.1f} s" for k, v in save_seconds.items()))
+    print(
+        f"\nsave_gguf: F32 file {f32_seconds:.1f} s; quantized files "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in save_seconds.items())
+    )
 
     layer_rows = k_quant_layers(work, bin_dir, args.threads, calib, n_layers)
     print("\nk-quants on SmolLM2's ffn_down: our loss / llama.cpp's imatrix quantization's (read from its file)")
     print("| type | ours | layers | median | min | max | target |\n|---|---|---|---|---|---|---|")
     for ggml_type, method, target in (("Q4_K", "gptq", 0.8), ("Q3_K", "quantease init=gptq", 0.7)):
         ratios = np.array([r["ratio"] for r in layer_rows if r["type"] == ggml_type])
-        print(f"| {ggml_type} | {method} | {ratios.size} | {np.median(ratios):.3f} | {ratios.min():.3f} | "
-              f"{ratios.max():.3f} | {target} |")
-    result = {"rows": rows, "save_gguf_seconds": {"F32": f32_seconds, **save_seconds}, "k_quant_layers": layer_rows,
-              "calibration": [samples, seq_len], "ctx": args.ctx, "chunks": chunks}
+        print(
+            f"| {ggml_type} | {method} | {ratios.size} | {np.median(ratios):.3f} | {ratios.min():.3f} | "
+            f"{ratios.max():.3f} | {target} |"
+        )
+    result = {
+        "rows": rows,
+        "save_gguf_seconds": {"F32": f32_seconds, **save_seconds},
+        "k_quant_layers": layer_rows,
+        "calibration": [samples, seq_len],
+        "ctx": args.ctx,
+        "chunks": chunks,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if tmp is not None:

@@ -3,6 +3,7 @@
 Each function runs one tool in a subprocess and returns what it printed or the figure it reports; a tool
 that fails raises RuntimeError with the end of its output.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,14 @@ def tools_dir() -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def run(tool: str, args: Sequence[str], *, bin_dir: Optional[Path] = None, timeout: float = 1800,
-        threads: Optional[int] = None) -> str:
+def run(
+    tool: str,
+    args: Sequence[str],
+    *,
+    bin_dir: Optional[Path] = None,
+    timeout: float = 1800,
+    threads: Optional[int] = None,
+) -> str:
     """Runs ``tool`` with ``args`` (plus ``-t threads`` when given); returns its stdout and stderr."""
     exe = (bin_dir or tools_dir()) / tool
     cmd: List[str] = [str(exe), *map(str, args)]
@@ -38,27 +45,57 @@ def run(tool: str, args: Sequence[str], *, bin_dir: Optional[Path] = None, timeo
     return out
 
 
-def perplexity(model: os.PathLike, text_file: os.PathLike, *, ctx: int = 512, chunks: int = -1,
-               bin_dir: Optional[Path] = None, threads: Optional[int] = None) -> float:
+def perplexity(
+    model: os.PathLike,
+    text_file: os.PathLike,
+    *,
+    ctx: int = 512,
+    chunks: int = -1,
+    bin_dir: Optional[Path] = None,
+    threads: Optional[int] = None,
+) -> float:
     """llama-perplexity's final estimate: chunks of ``ctx`` tokens, each scoring its second half."""
-    out = run("llama-perplexity", ["-m", model, "-f", text_file, "-c", ctx, "-b", ctx, "--chunks", chunks],
-              bin_dir=bin_dir, threads=threads)
+    out = run(
+        "llama-perplexity",
+        ["-m", model, "-f", text_file, "-c", ctx, "-b", ctx, "--chunks", chunks],
+        bin_dir=bin_dir,
+        threads=threads,
+    )
     match = re.search(r"Final estimate: PPL = ([0-9.]+|nan|inf)", out)
     if match is None:
         raise RuntimeError(f"llama-perplexity printed no final estimate:\n{out[-3000:]}")
     return float(match.group(1)) if match.group(1) not in ("nan", "inf") else math.inf
 
 
-def imatrix(model: os.PathLike, text_file: os.PathLike, out_file: os.PathLike, *, ctx: int = 512,
-            chunks: int = -1, bin_dir: Optional[Path] = None, threads: Optional[int] = None) -> Path:
+def imatrix(
+    model: os.PathLike,
+    text_file: os.PathLike,
+    out_file: os.PathLike,
+    *,
+    ctx: int = 512,
+    chunks: int = -1,
+    bin_dir: Optional[Path] = None,
+    threads: Optional[int] = None,
+) -> Path:
     """llama-imatrix: the mean of x^2 per input column of every matrix, over ``chunks`` chunks of text."""
-    run("llama-imatrix", ["-m", model, "-f", text_file, "-o", out_file, "-c", ctx, "-b", ctx, "--chunks", chunks,
-                          "--no-ppl"], bin_dir=bin_dir, threads=threads)
+    run(
+        "llama-imatrix",
+        ["-m", model, "-f", text_file, "-o", out_file, "-c", ctx, "-b", ctx, "--chunks", chunks, "--no-ppl"],
+        bin_dir=bin_dir,
+        threads=threads,
+    )
     return Path(out_file)
 
 
-def quantize(src: os.PathLike, dst: os.PathLike, ftype: str, *, imatrix_file: Optional[os.PathLike] = None,
-             bin_dir: Optional[Path] = None, threads: Optional[int] = None) -> Path:
+def quantize(
+    src: os.PathLike,
+    dst: os.PathLike,
+    ftype: str,
+    *,
+    imatrix_file: Optional[os.PathLike] = None,
+    bin_dir: Optional[Path] = None,
+    threads: Optional[int] = None,
+) -> Path:
     """llama-quantize ``src`` to file type ``ftype`` ("Q4_0", "Q4_K_M", ...), with an importance matrix."""
     args: List[str] = [] if imatrix_file is None else ["--imatrix", str(imatrix_file)]
     nthreads = [] if threads is None else [str(threads)]
@@ -67,12 +104,14 @@ def quantize(src: os.PathLike, dst: os.PathLike, ftype: str, *, imatrix_file: Op
     return Path(dst)
 
 
-def generate(model: os.PathLike, prompt: str, *, tokens: int = 16, bin_dir: Optional[Path] = None,
-             threads: Optional[int] = None) -> str:
+def generate(
+    model: os.PathLike, prompt: str, *, tokens: int = 16, bin_dir: Optional[Path] = None, threads: Optional[int] = None
+) -> str:
     """Greedy continuation of ``prompt`` by llama-completion; returns what it printed to stdout."""
     exe = (bin_dir or tools_dir()) / "llama-completion"
-    cmd = [str(exe), "-m", str(model), "-p", prompt, "-n", str(tokens), "--temp", "0", "-no-cnv",
-           "--no-warmup"] + ([] if threads is None else ["-t", str(threads)])
+    cmd = [str(exe), "-m", str(model), "-p", prompt, "-n", str(tokens), "--temp", "0", "-no-cnv", "--no-warmup"] + (
+        [] if threads is None else ["-t", str(threads)]
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise RuntimeError(f"llama-completion exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}")
@@ -93,9 +132,9 @@ def chunk_perplexity(model, ids, *, ctx: int = 512, chunks: int = -1) -> float:
     nll, count = 0.0, 0
     with torch.inference_mode():
         for i in range(n):
-            window = torch.from_numpy(ids[i * ctx:(i + 1) * ctx].copy())[None]
+            window = torch.from_numpy(ids[i * ctx : (i + 1) * ctx].copy())[None]
             logits = model(input_ids=window, use_cache=False).logits[0, first:-1].float()
-            targets = window[0, first + 1:]
+            targets = window[0, first + 1 :]
             nll += float(F.cross_entropy(logits, targets, reduction="sum"))
             count += targets.numel()
     return math.exp(nll / count)

@@ -6,6 +6,7 @@ wrote into the model, after llama.cpp's attn_q/attn_k row permutation. The real 
 copy, own metadata against the shipped GGUF's) need the real model (QUANTEASE_REAL=1). llama.cpp itself
 runs in tests/test_llama_cpp.py.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,12 +16,11 @@ torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
-from real_data import real_data_available  # noqa: E402
-
 import quantease  # noqa: E402
 from quantease import gguf_mixes  # noqa: E402
 from quantease.export import save_gguf  # noqa: E402
 from quantease.pipeline import quantize_model  # noqa: E402
+from real_data import real_data_available  # noqa: E402
 
 SMOLLM2 = dict(n_layer=30, n_head=9, n_head_kv=3)
 
@@ -33,29 +33,38 @@ def test_mix_rules_follow_llama_quantize():
     # Q4_0 with an importance matrix: llama.cpp guards the first eighth of ffn_down with Q4_1.
     assert [smollm2_type("Q4_0", f"blk.{i}.ffn_down.weight", 1536) for i in (0, 2, 3)] == ["Q4_1", "Q4_1", "Q4_0"]
     assert smollm2_type("Q4_0", "blk.0.ffn_down.weight", 1536, imatrix=False) == "Q4_0"
-    assert smollm2_type("Q4_0", "token_embd.weight", 576, rows=49152) == "Q8_0"   # tied: output rule, Q6_K -> Q8_0
+    assert smollm2_type("Q4_0", "token_embd.weight", 576, rows=49152) == "Q8_0"  # tied: output rule, Q6_K -> Q8_0
     assert smollm2_type("IQ4_NL", "blk.0.ffn_down.weight", 1536) == "IQ4_NL"
     assert smollm2_type("IQ4_NL", "blk.0.ffn_down.weight", 1536, imatrix=False) == "Q5_K"
     # Q4_K_M: 256-blocks do not divide 576 -> Q4_K falls back to Q5_0, Q6_K to Q8_0.
     assert smollm2_type("Q4_K_M", "blk.4.attn_q.weight", 576) == "Q5_0"
     assert smollm2_type("Q4_K_M", "blk.0.attn_v.weight", 576) == "Q8_0"
-    assert [smollm2_type("Q4_K_M", f"blk.{i}.ffn_down.weight", 1536) for i in (0, 3, 4, 5, 26)] == \
-        ["Q6_K", "Q4_K", "Q4_K", "Q6_K", "Q6_K"]
+    assert [smollm2_type("Q4_K_M", f"blk.{i}.ffn_down.weight", 1536) for i in (0, 3, 4, 5, 26)] == [
+        "Q6_K",
+        "Q4_K",
+        "Q4_K",
+        "Q6_K",
+        "Q6_K",
+    ]
     assert [smollm2_type("Q3_K_M", f"blk.{i}.ffn_down.weight", 1536) for i in (0, 1)] == ["Q5_K", "Q4_K"]
     assert smollm2_type("Q3_K_M", "blk.0.attn_v.weight", 576) == "Q5_1"
     assert smollm2_type("Q3_K_M", "blk.9.attn_output.weight", 576) == "Q5_0"
     assert smollm2_type("Q3_K_M", "blk.9.ffn_up.weight", 576) == "Q4_0"
     # An untied 4096-wide output matrix gets Q6_K; a pure type stays itself; 100 columns fit no block.
-    assert gguf_mixes.tensor_type("Q4_K_M", "output.weight", (32000, 4096), n_layer=32, n_head=32,
-                                  n_head_kv=8) == "Q6_K"
-    assert gguf_mixes.tensor_type("Q4_K", "blk.0.attn_v.weight", (1024, 4096), n_layer=32, n_head=32,
-                                  n_head_kv=8) == "Q4_K"
+    assert (
+        gguf_mixes.tensor_type("Q4_K_M", "output.weight", (32000, 4096), n_layer=32, n_head=32, n_head_kv=8) == "Q6_K"
+    )
+    assert (
+        gguf_mixes.tensor_type("Q4_K", "blk.0.attn_v.weight", (1024, 4096), n_layer=32, n_head=32, n_head_kv=8)
+        == "Q4_K"
+    )
     assert gguf_mixes.fallback_type("Q6_K", 100) == "F16"
     with pytest.raises(ValueError, match="gguf type mix must be one of"):
         smollm2_type("Q4_X", "blk.0.attn_q.weight", 576)
 
 
 # ------------------------------------------------------------------------------------------- a tiny llama
+
 
 def tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -69,15 +78,23 @@ def tiny_tokenizer():
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                                eos_token="<|endoftext|>")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
 
 
 def tiny_llama(intermediate=512, tied=False, seed=0):
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(hidden_size=256, intermediate_size=intermediate, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=264,
-                                      max_position_embeddings=64, tie_word_embeddings=tied)
+    config = transformers.LlamaConfig(
+        hidden_size=256,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=264,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+    )
     return transformers.LlamaForCausalLM(config).eval()
 
 
@@ -114,8 +131,10 @@ def hf_weight(model, gguf_name, tensors):
     return ggml_type, data
 
 
-@pytest.mark.parametrize("method,mix,kwargs", [("gptq", "Q4_0", {}), ("quantease", "Q4_K_M", {"init": "gptq", "iters": 3}),
-                                               ("rtn", "IQ4_NL", {})])
+@pytest.mark.parametrize(
+    "method,mix,kwargs",
+    [("gptq", "Q4_0", {}), ("quantease", "Q4_K_M", {"init": "gptq", "iters": 3}), ("rtn", "IQ4_NL", {})],
+)
 def test_save_gguf_reads_back_bit_exact(tmp_path, method, mix, kwargs):
     model, tok = tiny_llama(), tiny_tokenizer()
     report = quantize_model(model, calibration(), method=method, gguf=mix, progress=False, solver_kwargs=kwargs)
@@ -134,8 +153,9 @@ def test_save_gguf_reads_back_bit_exact(tmp_path, method, mix, kwargs):
             np.testing.assert_array_equal(data, param.detach().numpy())
         elif param.dim() == 2:
             # Embedding and output: llama-quantize's own rounding for the mix's type.
-            expected = gguf_mixes.tensor_type(mix, gguf_name, tuple(param.shape), n_layer=2, n_head=4, n_head_kv=2,
-                                              imatrix=method != "rtn")
+            expected = gguf_mixes.tensor_type(
+                mix, gguf_name, tuple(param.shape), n_layer=2, n_head=4, n_head_kv=2, imatrix=method != "rtn"
+            )
             assert ggml_type == expected
             np.testing.assert_array_equal(data, quantease.rtn(param.detach().numpy(), gguf=expected).weight)
         else:
@@ -160,8 +180,9 @@ def test_mix_fallback_and_explicit_choices(tmp_path):
     report = quantize_model(model, calibration(), method="rtn", gguf="q4_k_s", progress=False)
     assert report.gguf.types["model.layers.1.mlp.down_proj"] == "Q5_0"
     assert report.gguf.types["model.layers.1.mlp.up_proj"] == "Q4_K"
-    plan = gguf_mixes.layer_types("Q4_K_M", {"model.layers.1.mlp.down_proj": (256, 384)}, n_layer=2, n_head=4,
-                                  n_head_kv=2)
+    plan = gguf_mixes.layer_types(
+        "Q4_K_M", {"model.layers.1.mlp.down_proj": (256, 384)}, n_layer=2, n_head=4, n_head_kv=2
+    )
     assert plan.types == {"model.layers.1.mlp.down_proj": "Q8_0"}
     assert {r.gguf for r in report} == set(report.gguf.types.values())
     # ... while asking for Q4_K there explicitly is an error that names the fallback.
@@ -169,9 +190,19 @@ def test_mix_fallback_and_explicit_choices(tmp_path):
     with pytest.raises(ValueError, match="as Q5_0 instead"):
         quantize_model(model, calibration(), method="gptq", gguf=lambda name: "Q4_K", progress=False)
     model = tiny_llama()
-    names = [f"model.layers.{i}.{m}" for i in range(2) for m in
-             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-              "mlp.up_proj", "mlp.down_proj")]
+    names = [
+        f"model.layers.{i}.{m}"
+        for i in range(2)
+        for m in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    ]
     choice = {name: ("Q6_K" if "down_proj" in name else "q5_1") for name in names}
     report = quantize_model(model, calibration(), method="gptq", gguf=choice, progress=False)
     assert report.gguf.mix is None and report.gguf.types["model.layers.0.mlp.down_proj"] == "Q6_K"
@@ -184,11 +215,14 @@ def test_mix_fallback_and_explicit_choices(tmp_path):
         quantize_model(tiny_llama(), calibration(), method="gptq", gguf=choice, progress=False)
 
 
-@pytest.mark.parametrize("gguf_arg,message", [
-    ("Q4_X", "gguf must be a type mix"),
-    (lambda name: "Q9_0", "gguf type for layer 'model.layers.0.self_attn.q_proj' must be one of"),
-    (42, "gguf must be a type or mix name, a mapping or a callable"),
-])
+@pytest.mark.parametrize(
+    "gguf_arg,message",
+    [
+        ("Q4_X", "gguf must be a type mix"),
+        (lambda name: "Q9_0", "gguf type for layer 'model.layers.0.self_attn.q_proj' must be one of"),
+        (42, "gguf must be a type or mix name, a mapping or a callable"),
+    ],
+)
 def test_bad_gguf_choice(gguf_arg, message):
     with pytest.raises(ValueError, match=message):
         quantize_model(tiny_llama(), calibration(), method="gptq", gguf=gguf_arg, progress=False)
@@ -242,8 +276,9 @@ def test_float_file_and_tied_embeddings(tmp_path, float_type):
 
 # ------------------------------------------------------------------------------------------ real SmolLM2
 
-real = pytest.mark.skipif(not real_data_available(["smollm2-135m"], []),
-                          reason="needs QUANTEASE_REAL=1 or the cached SmolLM2 model")
+real = pytest.mark.skipif(
+    not real_data_available(["smollm2-135m"], []), reason="needs QUANTEASE_REAL=1 or the cached SmolLM2 model"
+)
 
 
 @pytest.fixture(scope="module")
@@ -270,12 +305,28 @@ def test_smollm2_template_and_own_metadata(tmp_path, smollm2):
     for key, field in shipped.fields.items():
         if not key.startswith(skip):
             assert ours.fields[key].contents() == field.contents(), key
-    for key in ("llama.block_count", "llama.context_length", "llama.embedding_length", "llama.feed_forward_length",
-                "llama.attention.head_count", "llama.attention.head_count_kv", "llama.rope.freq_base",
-                "llama.attention.layer_norm_rms_epsilon", "llama.vocab_size", "llama.rope.dimension_count",
-                "tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id",
-                "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.chat_template"):
+    for key in (
+        "llama.block_count",
+        "llama.context_length",
+        "llama.embedding_length",
+        "llama.feed_forward_length",
+        "llama.attention.head_count",
+        "llama.attention.head_count_kv",
+        "llama.rope.freq_base",
+        "llama.attention.layer_norm_rms_epsilon",
+        "llama.vocab_size",
+        "llama.rope.dimension_count",
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id",
+        "tokenizer.ggml.padding_token_id",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.chat_template",
+    ):
         assert own.fields[key].contents() == shipped.fields[key].contents(), key
     # The Hugging Face tokenizer rebuilt from the GGUF splits digits as GPT-2 does: written as such.
     assert own.fields["tokenizer.ggml.pre"].contents() == "gpt-2"

@@ -5,6 +5,7 @@ size) that quantease.gguf_mixes predicts; llama-quantize's rounding equals quant
 Needs llama.cpp's tools (scripts/build_llama_cpp.sh, minutes on the first call, cached after) and the real
 model: runs with QUANTEASE_LLAMA_CPP=1 and QUANTEASE_REAL=1 (CI sets both).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,25 +19,29 @@ import pytest
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
 
-from real_data import real_data_available  # noqa: E402
-
 import quantease  # noqa: E402
 from quantease import gguf_mixes, models, text  # noqa: E402
 from quantease.export import save_gguf  # noqa: E402
 from quantease.pipeline import quantize_model  # noqa: E402
+from real_data import real_data_available  # noqa: E402
 
 pytestmark = [
-    pytest.mark.llama_cpp, pytest.mark.real_model, pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("QUANTEASE_LLAMA_CPP") != "1" or not real_data_available(["smollm2-135m"],
-                                                                                                 ["wiki"]),
-                       reason="needs QUANTEASE_LLAMA_CPP=1 (llama.cpp's tools) and the real SmolLM2 (QUANTEASE_REAL=1)"),
+    pytest.mark.llama_cpp,
+    pytest.mark.real_model,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("QUANTEASE_LLAMA_CPP") != "1" or not real_data_available(["smollm2-135m"], ["wiki"]),
+        reason="needs QUANTEASE_LLAMA_CPP=1 (llama.cpp's tools) and the real SmolLM2 (QUANTEASE_REAL=1)",
+    ),
 ]
 
-_spec = importlib.util.spec_from_file_location("llama_cpp", Path(__file__).resolve().parents[1] / "bench" / "llama_cpp.py")
+_spec = importlib.util.spec_from_file_location(
+    "llama_cpp", Path(__file__).resolve().parents[1] / "bench" / "llama_cpp.py"
+)
 llama_cpp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(llama_cpp)
 
-CTX, CHUNKS = 128, 6          # llama-perplexity: 6 chunks of 128 tokens (the second halves scored)
+CTX, CHUNKS = 128, 6  # llama-perplexity: 6 chunks of 128 tokens (the second halves scored)
 THREADS = 2
 
 
@@ -52,10 +57,23 @@ def work(tmp_path_factory):
     model, tok = models.load_causal_lm("smollm2-135m")
     template = models.source_gguf("smollm2-135m")
     save_gguf(model, root / "f32.gguf", template=template)
-    llama_cpp.imatrix(root / "f32.gguf", root / "calib.txt", root / "imatrix.gguf", ctx=CTX, chunks=16,
-                      bin_dir=bin_dir, threads=THREADS)
-    return {"root": root, "bin": bin_dir, "template": template, "tok": tok, "calib_text": calib_text,
-            "held_out": held_out}
+    llama_cpp.imatrix(
+        root / "f32.gguf",
+        root / "calib.txt",
+        root / "imatrix.gguf",
+        ctx=CTX,
+        chunks=16,
+        bin_dir=bin_dir,
+        threads=THREADS,
+    )
+    return {
+        "root": root,
+        "bin": bin_dir,
+        "template": template,
+        "tok": tok,
+        "calib_text": calib_text,
+        "held_out": held_out,
+    }
 
 
 _QUANTIZED = {}
@@ -83,8 +101,9 @@ def test_llama_cpp_runs_our_q4_0_with_our_perplexity(work, method):
     model, report, path, written = quantized(work, method, "Q4_0", own_metadata=True)
     out = llama_cpp.generate(path, "The capital of France is", tokens=12, bin_dir=work["bin"], threads=THREADS)
     assert out.startswith("The capital of France is") and len(out) > len("The capital of France is") + 5
-    ppl = llama_cpp.perplexity(path, work["root"] / "test.txt", ctx=CTX, chunks=CHUNKS, bin_dir=work["bin"],
-                               threads=THREADS)
+    ppl = llama_cpp.perplexity(
+        path, work["root"] / "test.txt", ctx=CTX, chunks=CHUNKS, bin_dir=work["bin"], threads=THREADS
+    )
     assert math.isfinite(ppl)
     # The same weights in PyTorch: the layers as solved, the tied embedding as the file's Q8_0.
     embed = model.get_input_embeddings().weight
@@ -102,8 +121,9 @@ def test_llama_cpp_runs_our_k_quant_mix_from_template(work):
     assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0"} <= set(written.values())
     out = llama_cpp.generate(path, "Once upon a time", tokens=12, bin_dir=work["bin"], threads=THREADS)
     assert out.startswith("Once upon a time") and len(out) > len("Once upon a time") + 5
-    ppl = llama_cpp.perplexity(path, work["root"] / "test.txt", ctx=CTX, chunks=CHUNKS, bin_dir=work["bin"],
-                               threads=THREADS)
+    ppl = llama_cpp.perplexity(
+        path, work["root"] / "test.txt", ctx=CTX, chunks=CHUNKS, bin_dir=work["bin"], threads=THREADS
+    )
     assert math.isfinite(ppl) and ppl < 100
 
 
@@ -114,14 +134,23 @@ def tensor_types(path):
 @pytest.mark.parametrize("mix", ["Q4_0", "IQ4_NL", "Q4_K_M", "Q3_K_M"])
 def test_mix_types_equal_llama_quantize(work, mix):
     out = work["root"] / f"llama-{mix}.gguf"
-    llama_cpp.quantize(work["root"] / "f32.gguf", out, mix, imatrix_file=work["root"] / "imatrix.gguf",
-                       bin_dir=work["bin"], threads=THREADS)
+    llama_cpp.quantize(
+        work["root"] / "f32.gguf",
+        out,
+        mix,
+        imatrix_file=work["root"] / "imatrix.gguf",
+        bin_dir=work["bin"],
+        threads=THREADS,
+    )
     theirs = tensor_types(out)
     predicted = {}
     for t in gguf.GGUFReader(str(work["root"] / "f32.gguf")).tensors:
         shape = tuple(int(n) for n in reversed(t.shape))
-        predicted[t.name] = "F32" if len(shape) == 1 else gguf_mixes.tensor_type(
-            mix, t.name, shape, n_layer=30, n_head=9, n_head_kv=3, tied_embeddings=True)
+        predicted[t.name] = (
+            "F32"
+            if len(shape) == 1
+            else gguf_mixes.tensor_type(mix, t.name, shape, n_layer=30, n_head=9, n_head_kv=3, tied_embeddings=True)
+        )
     assert predicted == theirs
     if mix in ("Q4_0", "Q4_K_M"):
         _, _, ours, written = quantized(work, "gptq", mix, own_metadata=mix == "Q4_0")
@@ -144,13 +173,24 @@ def test_rtn_equals_llama_quantize_bytes(work, mix):
     f32 = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(str(work["root"] / "f32.gguf")).tensors}
     for imatrix in (False, True):
         out = work["root"] / f"llama-{mix}-{imatrix}.gguf"
-        llama_cpp.quantize(work["root"] / "f32.gguf", out, mix, bin_dir=work["bin"], threads=THREADS,
-                           imatrix_file=work["root"] / "imatrix.gguf" if imatrix else None)
+        llama_cpp.quantize(
+            work["root"] / "f32.gguf",
+            out,
+            mix,
+            bin_dir=work["bin"],
+            threads=THREADS,
+            imatrix_file=work["root"] / "imatrix.gguf" if imatrix else None,
+        )
         for t in gguf.GGUFReader(str(out)).tensors:
-            if t.name not in ("blk.0.ffn_down.weight", "blk.3.ffn_down.weight", "blk.7.attn_q.weight",
-                              "token_embd.weight"):
+            if t.name not in (
+                "blk.0.ffn_down.weight",
+                "blk.3.ffn_down.weight",
+                "blk.7.attn_q.weight",
+                "token_embd.weight",
+            ):
                 continue
-            weights = imatrix_of(work["root"] / "imatrix.gguf", t.name) if imatrix and t.name != "token_embd.weight" \
-                else None
+            weights = (
+                imatrix_of(work["root"] / "imatrix.gguf", t.name) if imatrix and t.name != "token_embd.weight" else None
+            )
             ours = quantease.gguf.pack(quantease.rtn(f32[t.name], gguf=t.tensor_type.name, imatrix=weights))
             np.testing.assert_array_equal(ours, np.asarray(t.data), err_msg=f"{mix} {t.name} imatrix={imatrix}")

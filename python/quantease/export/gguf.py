@@ -18,6 +18,7 @@ the file type is copied; else they are written from ``model.config`` and a byte-
 (GPT-2 style, as Llama 3 and SmolLM use), with the keys llama.cpp's converter writes for a llama model.
 The ``gguf`` package (llama.cpp's Python writer) is imported inside the function.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,15 @@ from ..gguf_mixes import FILE_TYPES, FLOAT_TYPES, TypePlan, gguf_tensor_name, te
 __all__ = ["save_gguf"]
 
 # Template keys that describe the file being written, not the model: the writer sets them itself.
-_OWN_KEYS = ("GGUF.", "general.architecture", "general.alignment", "general.file_type",
-             "general.quantization_version")
+_OWN_KEYS = ("GGUF.", "general.architecture", "general.alignment", "general.file_type", "general.quantization_version")
 # Template hyper-parameters that must agree with the model's config.
-_CONFIG_KEYS = {"llama.block_count": "num_hidden_layers", "llama.embedding_length": "hidden_size",
-                "llama.feed_forward_length": "intermediate_size", "llama.attention.head_count": "num_attention_heads",
-                "llama.attention.head_count_kv": "num_key_value_heads"}
+_CONFIG_KEYS = {
+    "llama.block_count": "num_hidden_layers",
+    "llama.embedding_length": "hidden_size",
+    "llama.feed_forward_length": "intermediate_size",
+    "llama.attention.head_count": "num_attention_heads",
+    "llama.attention.head_count_kv": "num_key_value_heads",
+}
 
 
 def _gguf():
@@ -54,11 +58,13 @@ class _Model:
     """What the writer needs to know of a Hugging Face llama model."""
 
     def __init__(self, model: Any):
-        config = getattr(model, "config", None)
+        config: Any = getattr(model, "config", None)
         if getattr(config, "model_type", None) != "llama":
-            raise ValueError(f"save_gguf writes llama-architecture models (config.model_type 'llama'), got "
-                             f"{getattr(config, 'model_type', type(model).__name__)!r}")
-        self.config = config
+            raise ValueError(
+                f"save_gguf writes llama-architecture models (config.model_type 'llama'), got "
+                f"{getattr(config, 'model_type', type(model).__name__)!r}"
+            )
+        self.config: Any = config
         self.n_layer = int(config.num_hidden_layers)
         self.n_head = int(config.num_attention_heads)
         self.n_head_kv = int(getattr(config, "num_key_value_heads", None) or self.n_head)
@@ -71,8 +77,10 @@ class _Model:
     def rope(self) -> Dict[str, Any]:
         params = getattr(self.config, "rope_parameters", None)
         if params is None:  # transformers 4: rope_theta and rope_scaling
-            params = {**(getattr(self.config, "rope_scaling", None) or {}),
-                      "rope_theta": getattr(self.config, "rope_theta", 10000.0)}
+            params = {
+                **(getattr(self.config, "rope_scaling", None) or {}),
+                "rope_theta": getattr(self.config, "rope_theta", 10000.0),
+            }
         return dict(params)
 
 
@@ -95,18 +103,23 @@ def _quantized_rows(name: str, param: Any, result: Any, ggml_type: str) -> np.nd
     import torch
 
     if result is None:
-        raise ValueError(f"report has no result for layer {name!r}: quantize_model(..., gguf=...) keeps them "
-                         f"(do not pass keep_results=False)")
+        raise ValueError(
+            f"report has no result for layer {name!r}: quantize_model(..., gguf=...) keeps them "
+            f"(do not pass keep_results=False)"
+        )
     blocks = getattr(result, "gguf", None)
     if blocks is None or blocks.type != ggml_type:
-        raise ValueError(f"report's result for layer {name!r} is not on {ggml_type} blocks "
-                         f"(got {getattr(blocks, 'type', None)})")
+        raise ValueError(
+            f"report's result for layer {name!r} is not on {ggml_type} blocks (got {getattr(blocks, 'type', None)})"
+        )
     expected = np.asarray(result.weight, dtype=np.float32)
     if param.dtype != torch.float32:  # the pipeline wrote the weight back in the layer's dtype
         expected = torch.from_numpy(np.ascontiguousarray(expected)).to(param.dtype).float().numpy()
     if expected.shape != tuple(param.shape) or not np.array_equal(expected, _to_numpy(param)):
-        raise ValueError(f"the model's weight of {name!r} is not the quantized weight in the report; was the "
-                         f"model changed after quantize_model?")
+        raise ValueError(
+            f"the model's weight of {name!r} is not the quantized weight in the report; was the "
+            f"model changed after quantize_model?"
+        )
     return qgguf.pack(result)
 
 
@@ -124,9 +137,16 @@ def _tensor_plan(model: _Model, plan: Optional[TypePlan], float_type: str) -> Di
         else:
             gguf_name = gguf_tensor_name(module)
             mix = plan.mix or "Q8_0"
-            types[name] = tensor_type(mix, f"{gguf_name}.weight", tuple(param.shape), n_layer=model.n_layer,
-                                      n_head=model.n_head, n_head_kv=model.n_head_kv, imatrix=plan.imatrix,
-                                      tied_embeddings=model.tied)
+            types[name] = tensor_type(
+                mix,
+                f"{gguf_name}.weight",
+                tuple(param.shape),
+                n_layer=model.n_layer,
+                n_head=model.n_head,
+                n_head_kv=model.n_head_kv,
+                imatrix=plan.imatrix,
+                tied_embeddings=model.tied,
+            )
     return types
 
 
@@ -168,7 +188,7 @@ def _read_metadata(path: str) -> Dict[str, Tuple[Any, int, Optional[int]]]:
             nonlocal offset
             (size,) = struct.unpack_from("<Q", buf, offset)
             offset += 8 + size
-            return buf[offset - size:offset].decode("utf-8")
+            return buf[offset - size : offset].decode("utf-8")
 
         def value(vtype: int) -> Any:
             nonlocal offset
@@ -210,14 +230,15 @@ def _copy_template(writer: Any, template: Union[str, os.PathLike], model: _Model
         want = getattr(model.config, attr, None)
         if key in fields and want is not None and int(fields[key][0]) != int(want):
             raise ValueError(f"template {key} is {fields[key][0]}, but the model's config.{attr} is {want}")
-    tokens = fields.get("tokenizer.ggml.tokens", ([],))[0]
+    tokens: List[str] = fields.get("tokenizer.ggml.tokens", ([], _ARRAY, _STRING))[0]
     rows = model.params["model.embed_tokens.weight"].shape[0]
     if len(tokens) != rows:
         raise ValueError(f"template has {len(tokens)} tokens, the model's embedding {rows} rows")
     for key, (val, vtype, item_type) in fields.items():
         if not key.startswith(_OWN_KEYS):
-            writer.add_key_value(key, val, gguf.GGUFValueType(vtype),
-                                 None if item_type is None else gguf.GGUFValueType(item_type))
+            writer.add_key_value(
+                key, val, gguf.GGUFValueType(vtype), None if item_type is None else gguf.GGUFValueType(item_type)
+            )
 
 
 def _write_config(writer: Any, model: _Model) -> List[Tuple[str, np.ndarray]]:
@@ -268,14 +289,19 @@ def _llama3_rope_factors(rope: Dict[str, Any], dim: int) -> np.ndarray:
 
 def _pre_tokenizer(spec: Dict[str, Any]) -> Optional[str]:
     """llama.cpp's name for a byte-level BPE pre-tokenizer of tokenizer.json, or None when unknown."""
+
     def byte_level(p: Dict[str, Any], regex: bool) -> bool:
         return p.get("type") == "ByteLevel" and bool(p.get("use_regex", True)) == regex
 
     if byte_level(spec, True):
         return "gpt-2"
     parts = spec.get("pretokenizers", []) if spec.get("type") == "Sequence" else []
-    if len(parts) == 2 and parts[0].get("type") == "Digits" and parts[0].get("individual_digits") \
-            and byte_level(parts[1], True):
+    if (
+        len(parts) == 2
+        and parts[0].get("type") == "Digits"
+        and parts[0].get("individual_digits")
+        and byte_level(parts[1], True)
+    ):
         return "smollm"
     if len(parts) == 2 and parts[0].get("type") == "Split" and byte_level(parts[1], False):
         pattern = parts[0].get("pattern", {}).get("Regex", "")
@@ -289,24 +315,31 @@ def _write_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, pre: Optional
     gguf = _gguf()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ValueError("tokenizer must be a Hugging Face fast tokenizer (with backend_tokenizer); "
-                         "or pass template= (a GGUF of the model)")
+        raise ValueError(
+            "tokenizer must be a Hugging Face fast tokenizer (with backend_tokenizer); "
+            "or pass template= (a GGUF of the model)"
+        )
     spec = json.loads(backend.to_str())
     bpe = spec.get("model", {})
     if bpe.get("type") != "BPE" or bpe.get("byte_fallback"):
-        raise ValueError("save_gguf writes byte-level BPE tokenizers (GPT-2 style: Llama 3, SmolLM); this one is "
-                         f"{bpe.get('type')}{' with byte fallback' if bpe.get('byte_fallback') else ''}: pass "
-                         f"template= (a GGUF of the model)")
+        raise ValueError(
+            "save_gguf writes byte-level BPE tokenizers (GPT-2 style: Llama 3, SmolLM); this one is "
+            f"{bpe.get('type')}{' with byte fallback' if bpe.get('byte_fallback') else ''}: pass "
+            f"template= (a GGUF of the model)"
+        )
     pre = pre or _pre_tokenizer(spec.get("pre_tokenizer") or {})
     if pre is None:
-        raise ValueError("unknown pre-tokenizer in the tokenizer; pass tokenizer_pre= (llama.cpp's name, e.g. "
-                         "'llama-bpe', 'gpt-2') or template=")
+        raise ValueError(
+            "unknown pre-tokenizer in the tokenizer; pass tokenizer_pre= (llama.cpp's name, e.g. "
+            "'llama-bpe', 'gpt-2') or template="
+        )
     vocab = backend.get_vocab(with_added_tokens=True)
     if max(vocab.values()) >= vocab_size:
         raise ValueError(f"tokenizer has token id {max(vocab.values())}, beyond the model's {vocab_size} rows")
     added = {t["id"]: t for t in spec.get("added_tokens", [])}
     by_id = {i: token for token, i in vocab.items()}
-    tokens, kinds = [], []
+    tokens: List[str] = []
+    kinds: List[int] = []
     for i in range(vocab_size):
         if i not in by_id:
             tokens.append(f"[PAD{i}]")
@@ -327,7 +360,8 @@ def _write_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, pre: Optional
         token_id = getattr(tokenizer, f"{kind}_token_id", None)
         if token_id is not None:
             getattr(writer, {"unk": "add_unk_token_id", "pad": "add_pad_token_id"}.get(kind, f"add_{kind}_token_id"))(
-                int(token_id))
+                int(token_id)
+            )
     # Whether the tokenizer adds BOS/EOS itself: seen on a probe, whatever configuration says it.
     probe = tokenizer("a", add_special_tokens=True)["input_ids"]
     writer.add_add_bos_token(bool(probe) and probe[0] == tokenizer.bos_token_id)
@@ -337,9 +371,16 @@ def _write_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, pre: Optional
         writer.add_chat_template(template)
 
 
-def save_gguf(model: Any, path: Union[str, os.PathLike], report: Any = None, *, tokenizer: Any = None,
-              template: Union[None, str, os.PathLike] = None, float_type: str = "F32",
-              tokenizer_pre: Optional[str] = None) -> Dict[str, str]:
+def save_gguf(
+    model: Any,
+    path: Union[str, os.PathLike],
+    report: Any = None,
+    *,
+    tokenizer: Any = None,
+    template: Union[None, str, os.PathLike] = None,
+    float_type: str = "F32",
+    tokenizer_pre: Optional[str] = None,
+) -> Dict[str, str]:
     """Write ``model`` (a Hugging Face ``LlamaForCausalLM``) as a GGUF file llama.cpp loads.
 
     report: the QuantReport of ``quantize_model(model, ..., gguf=...)`` (its results hold the blocks); None
@@ -359,8 +400,10 @@ def save_gguf(model: Any, path: Union[str, os.PathLike], report: Any = None, *, 
     info = _Model(model)
     plan = getattr(report, "gguf", None) if report is not None else None
     if report is not None and not isinstance(plan, TypePlan):
-        raise ValueError("report must come from quantize_model(..., gguf=...) (its layers on GGUF block types); "
-                         "got a report without GGUF types")
+        raise ValueError(
+            "report must come from quantize_model(..., gguf=...) (its layers on GGUF block types); "
+            "got a report without GGUF types"
+        )
     if template is None and tokenizer is None:
         raise ValueError("pass tokenizer= (the model's Hugging Face tokenizer) or template= (a GGUF of the model)")
     results = getattr(report, "results", {}) if report is not None else {}
