@@ -338,7 +338,7 @@ def test_smollm2_template_and_own_metadata(tmp_path, smollm2):
 
 
 def test_resumed_run_writes_the_same_file(tmp_path):
-    """Blocks kept in a checkpoint (GGUFBlocks stored as plain arrays) pack to the same file."""
+    """Blocks kept in a checkpoint (GGUFBlocks stored as arrays, rebuilt on resume) pack to the same file."""
     first, second = tiny_llama(), tiny_llama()
     kw = dict(method="gptq", gguf="Q4_K_M", progress=False, checkpoint_dir=str(tmp_path / "ckpt"))
     report = quantize_model(first, calibration(), **kw)

@@ -183,6 +183,10 @@ def _from_storable(value: Any) -> Any:
             from .result import QuantResult
 
             return QuantResult(**fields)
+        if kind == "GGUFBlocks":  # a gguf= result's stored block parameters (quantease.gguf.pack reads them)
+            from .gguf import GGUFBlocks
+
+            return GGUFBlocks(**fields)
         return types.SimpleNamespace(**fields) if kind else fields
     return value
 
