@@ -158,7 +158,15 @@ def main(argv=None) -> dict:
             path, work / "test.txt", ctx=args.ctx, chunks=chunks, bin_dir=bin_dir, threads=args.threads
         )
 
-    rows = [{"file": "F32", "type": "F32", "MiB": mib(work / "f32.gguf"), "ppl": ppl(work / "f32.gguf")}]
+    rows = []
+
+    def add(row: dict) -> None:
+        # Printed as each file is measured: a long run that is stopped still leaves its figures.
+        rows.append(row)
+        print(f"| {row['file']} | {row['type']} | {row['MiB']:.2f} | {row['ppl']:.3f} |", flush=True)
+
+    print("\n| file | type | size (MiB) | perplexity |\n|---|---|---|---|")
+    add({"file": "F32", "type": "F32", "MiB": mib(work / "f32.gguf"), "ppl": ppl(work / "f32.gguf")})
     save_seconds = {}
     for ggml_type in types:
         for label, imatrix in (("llama.cpp", None), ("llama.cpp imatrix", work / "imatrix.gguf")):
@@ -166,7 +174,7 @@ def main(argv=None) -> dict:
             llama_cpp.quantize(
                 work / "f32.gguf", out, ggml_type, imatrix_file=imatrix, bin_dir=bin_dir, threads=args.threads
             )
-            rows.append({"file": label, "type": ggml_type, "MiB": mib(out), "ppl": ppl(out)})
+            add({"file": label, "type": ggml_type, "MiB": mib(out), "ppl": ppl(out)})
         for method, kwargs in METHODS.items():
             model, _ = models.load_causal_lm("smollm2-135m")
             t0 = time.perf_counter()
@@ -176,7 +184,7 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             save_gguf(model, out, report, template=template)
             save_seconds[f"{method}-{ggml_type}"] = time.perf_counter() - t0
-            rows.append(
+            add(
                 {
                     "file": f"quantease {method}",
                     "type": ggml_type,
@@ -186,9 +194,6 @@ def main(argv=None) -> dict:
                 }
             )
 
-    print("\n| file | type | size (MiB) | perplexity |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['file']} | {r['type']} | {r['MiB']:.2f} | {r['ppl']:.3f} |")
     print(
         f"\nsave_gguf: F32 file {f32_seconds:.1f} s; quantized files "
         + ", ".join(f"{k} {v:.1f} s" for k, v in save_seconds.items())
