@@ -27,8 +27,6 @@ PYBIND11_MODULE(_core, m) {
       if (p) std::rethrow_exception(p);
     } catch (const quantease::NumericalError& e) {
       py::set_error(numerical_error, e.what());
-    } catch (const quantease::InvalidInput& e) {
-      py::set_error(PyExc_ValueError, e.what());
     }
   });
   quantease::bindings::register_core(m);

@@ -1,8 +1,8 @@
 // GPTQ: the affine grid set (per row, static or dynamic groups) around the shared column loop.
 #include "quantease/gptq.hpp"
 
-#include "quantease/grid_set.hpp"
 #include "quantease/gptq_loop.hpp"
+#include "quantease/grid_set.hpp"
 #include "quantease/hessian.hpp"
 #include "quantease/parallel.hpp"
 
@@ -64,8 +64,9 @@ QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>&
   const auto choose = [&grid_opt](AffineGrids& set, Index r, Index g, const float* values, Index n) {
     set.set(r, g, fit_grid(values, n, grid_opt));
   };
-  run_column_loop(W, prep, prep.factor.P, loop_opt,
-                  [&](Index r0, Index pr) { return GridSetQuantizer(grids, r0, pr, choose); }, out.codes);
+  run_column_loop(
+      W, prep, prep.factor.P, loop_opt, [&](Index r0, Index pr) { return GridSetQuantizer(grids, r0, pr, choose); },
+      out.codes);
 
   timer.lap("column_loop");
   if (opt.act_order) out.perm = prep.perm;
@@ -75,6 +76,7 @@ QuantOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>&
 }
 
 template QuantOutput gptq<float>(const ConstRowMatrixRef<float>&, const ConstRowMatrixRef<float>&, const GptqOptions&);
-template QuantOutput gptq<double>(const ConstRowMatrixRef<float>&, const ConstRowMatrixRef<double>&, const GptqOptions&);
+template QuantOutput gptq<double>(const ConstRowMatrixRef<float>&, const ConstRowMatrixRef<double>&,
+                                  const GptqOptions&);
 
 }  // namespace quantease

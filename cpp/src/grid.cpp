@@ -5,7 +5,6 @@
 
 #include <Eigen/Core>
 
-
 namespace quantease {
 namespace {
 

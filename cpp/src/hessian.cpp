@@ -17,8 +17,7 @@ template <class Acc, class X>
 void add_lower_product(Acc& acc, const X& x) {
   const Index cols = x.cols();
   parallel_chunks(cols, kColumnBlock, [&](Index c0, Index c1) {
-    acc.block(c0, c0, cols - c0, c1 - c0).noalias() +=
-        x.rightCols(cols - c0).transpose() * x.middleCols(c0, c1 - c0);
+    acc.block(c0, c0, cols - c0, c1 - c0).noalias() += x.rightCols(cols - c0).transpose() * x.middleCols(c0, c1 - c0);
   });
 }
 }  // namespace
@@ -68,26 +67,9 @@ RowMatrixXf HessianAccumulator::hessian_f32() const {
 
 template <class HT>
 PreparedHessian prepare_hessian(const ConstRowMatrixRef<HT>& H, bool act_order, double damp, bool retry) {
-  const Index n = H.rows();
   PreparedHessian prep;
   static_cast<ProcessingOrder&>(prep) = ProcessingOrder::of_hessian(H, act_order);
-  std::vector<double> diag(n);  // dead columns get 1
-  for (Index i = 0; i < n; ++i) diag[i] = prep.dead[i] ? 1.0 : static_cast<double>(H(i, i));
-  // H in reversed processing order, Hr(a, b) = H(perm[n-1-a], perm[n-1-b]), gathered from rows of H
-  // (symmetric, so column b of Hr is a row of H): what propagation_factor factors. Only the lower triangle
-  // (a >= b) is written -- the factorization reads nothing else -- so the upper one's pages are never faulted in.
-  const auto gather = [&](ColMatrixXd& Hr) {
-    Hr.resize(n, n);
-    parallel_chunks(n, kColumnBlock, [&](Index c0, Index c1) {
-      for (Index b = c0; b < c1; ++b) {
-        const Index pb = prep.perm[n - 1 - b];
-        const HT* hrow = H.row(pb).data();
-        double* out = Hr.col(b).data();
-        out[b] = diag[pb];
-        for (Index a = b + 1; a < n; ++a) out[a] = static_cast<double>(hrow[prep.perm[n - 1 - a]]);
-      }
-    });
-  };
+  const auto gather = [&](ColMatrixXd& reversed) { prep.gather_reversed_lower(H, reversed); };
   ColMatrixXd factor_storage;  // Hr, then its Cholesky factor in place
   prep.factor = propagation_factor(factor_storage, gather, damp, retry);
   return prep;
@@ -104,8 +86,8 @@ double quadratic_form_sum_f64(const ConstRowMatrixRef<double>& D, const ConstRow
     const auto Dp = D.middleRows(r0, r1 - r0);
     RowMatrixXd T = Dp;
     trmm_right_upper(T, H);
-    partial[r0 / kPanel] = 2.0 * (T.array() * Dp.array()).sum() -
-                           (Dp.array().square().rowwise() * hdiag.transpose().array()).sum();
+    partial[r0 / kPanel] =
+        2.0 * (T.array() * Dp.array()).sum() - (Dp.array().square().rowwise() * hdiag.transpose().array()).sum();
   });
   // Fixed-order sum of the panel partials: the same result for any thread count.
   return std::accumulate(partial.begin(), partial.end(), 0.0);

@@ -42,9 +42,27 @@ RowMatrixXf ProcessingOrder::gather_symmetric(const ConstRowMatrixRef<HT>& H) co
   return out;
 }
 
+template <class HT>
+void ProcessingOrder::gather_reversed_lower(const ConstRowMatrixRef<HT>& H, ColMatrixXd& out) const {
+  const Index n = H.rows();
+  out.resize(n, n);
+  // (column b of the reversed H is a row of H, H being symmetric)
+  parallel_chunks(n, kGatherChunk, [&](Index c0, Index c1) {
+    for (Index b = c0; b < c1; ++b) {
+      const Index pb = perm[n - 1 - b];
+      const HT* hrow = H.row(pb).data();
+      double* col = out.col(b).data();
+      col[b] = dead[pb] ? 1.0 : static_cast<double>(hrow[pb]);
+      for (Index a = b + 1; a < n; ++a) col[a] = static_cast<double>(hrow[perm[n - 1 - a]]);
+    }
+  });
+}
+
 template ProcessingOrder ProcessingOrder::of_hessian<float>(const ConstRowMatrixRef<float>&, bool);
 template ProcessingOrder ProcessingOrder::of_hessian<double>(const ConstRowMatrixRef<double>&, bool);
 template RowMatrixXf ProcessingOrder::gather_symmetric<float>(const ConstRowMatrixRef<float>&) const;
 template RowMatrixXf ProcessingOrder::gather_symmetric<double>(const ConstRowMatrixRef<double>&) const;
+template void ProcessingOrder::gather_reversed_lower<float>(const ConstRowMatrixRef<float>&, ColMatrixXd&) const;
+template void ProcessingOrder::gather_reversed_lower<double>(const ConstRowMatrixRef<double>&, ColMatrixXd&) const;
 
 }  // namespace quantease

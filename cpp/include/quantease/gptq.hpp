@@ -8,13 +8,13 @@ namespace quantease {
 
 struct GptqOptions {
   int bits = 4;
-  int group_size = -1;      // -1 or a positive divisor of cols
+  int group_size = -1;  // -1 or a positive divisor of cols
   bool sym = false;
-  bool act_order = false;   // process columns by diag(H) descending
+  bool act_order = false;      // process columns by diag(H) descending
   bool static_groups = false;  // group grids fixed up front from W
-  double damp = 0.01;       // relative to mean(diag H)
-  int block_size = 128;     // lazy-batch block
-  bool mse = false;         // MSE range search for every grid
+  double damp = 0.01;          // relative to mean(diag H)
+  int block_size = 128;        // lazy-batch block
+  bool mse = false;            // MSE range search for every grid
   // Reproduce the authors' code: symmetric clipping quirk, stale group statistics, no damping retry.
   bool reference = false;
   bool fp16_scales = false;  // scales rounded to float16 before the codes (see grid.hpp)

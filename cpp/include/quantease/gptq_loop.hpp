@@ -34,7 +34,7 @@ namespace quantease {
 
 struct ColumnLoopOptions {
   Index block_size = 128;
-  Index group_size = -1;       // > 0: call fit_group at the start of every group (processing order)
+  Index group_size = -1;           // > 0: call fit_group at the start of every group (processing order)
   bool stale_group_stats = false;  // reference quirk: group stats from the block-start values
   // Optional (cols x group_size): rows [g gs, (g+1) gs) hold M_g = (I + N_g)^-1, N_g the strict upper part of
   // P's diagonal block of group g (group_substitution_inverses). A group that starts where a block starts then
@@ -52,8 +52,7 @@ inline RowMatrixXf group_substitution_inverses(const RowMatrixXf& P, Index gs) {
     // UnitUpper reads only the strict upper part: P's diagonal (U_jj) stands in for the unit diagonal.
     const Eigen::MatrixXd T =
         P.block(c0, c0, c1 - c0, c1 - c0).triangularView<Eigen::Upper>().toDenseMatrix().cast<double>();
-    const Eigen::MatrixXd inv =
-        T.triangularView<Eigen::UnitUpper>().solve(Eigen::MatrixXd::Identity(c1 - c0, c1 - c0));
+    const Eigen::MatrixXd inv = T.triangularView<Eigen::UnitUpper>().solve(Eigen::MatrixXd::Identity(c1 - c0, c1 - c0));
     M.block(c0, 0, c1 - c0, c1 - c0) = inv.cast<float>().triangularView<Eigen::Upper>();
   });
   return M;
@@ -83,9 +82,10 @@ namespace detail {
 template <class Q, class = void>
 struct has_quantize_batch : std::false_type {};
 template <class Q>
-struct has_quantize_batch<Q, std::void_t<decltype(std::declval<Q&>().quantize_batch(
-                                 Index{}, Index{}, std::declval<const float*>(), std::declval<float*>(),
-                                 std::declval<std::uint8_t*>()))>> : std::true_type {};
+struct has_quantize_batch<
+    Q, std::void_t<decltype(std::declval<Q&>().quantize_batch(Index{}, Index{}, std::declval<const float*>(),
+                                                              std::declval<float*>(), std::declval<std::uint8_t*>()))>>
+    : std::true_type {};
 }  // namespace detail
 
 // The grid choice of a grid set whose grids are all fixed before the loop.
@@ -125,8 +125,8 @@ class GridSetQuantizer {
 // Wp: panel rows x cols in processing order (not modified). P: cols x cols propagation factor.
 // codes_out(row, j): the code of processing-order column j.
 template <class Quantizer>
-void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnLoopOptions& opt,
-                      Quantizer& quant, RowMatrixU8& codes_out, ColumnLoopWorkspace& ws) {
+void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnLoopOptions& opt, Quantizer& quant,
+                      RowMatrixU8& codes_out, ColumnLoopWorkspace& ws) {
   const Index rows = Wp.rows(), cols = Wp.cols();
   const Index B = std::max<Index>(1, opt.block_size);
   const Index gs = opt.group_size;
@@ -265,8 +265,7 @@ void gptq_column_loop(const RowMatrixXf& Wp, const RowMatrixXf& P, const ColumnL
         }
       }
       if (s2 < i2) {
-        gemm_add(A.block(0, s2, rows, i2 - s2), 1.0f, D.middleCols(s1 - i1, sb),
-                 P.block(s1, s2, sb, i2 - s2));
+        gemm_add(A.block(0, s2, rows, i2 - s2), 1.0f, D.middleCols(s1 - i1, sb), P.block(s1, s2, sb, i2 - s2));
       }
     }
     if (i2 < cols) {
@@ -306,7 +305,8 @@ void run_column_loop(const ConstRowMatrixRef<float>& W, const ProcessingOrder& o
   });
 }
 
-// The same with the order given piece by piece (LeanQuant's call, until its quantizers move onto grid sets).
+// The same with the order given piece by piece (LeanQuant's and the GGUF solver's call, until they move onto
+// grid sets).
 template <class MakeQuantizer>
 void run_column_loop(const ConstRowMatrixRef<float>& W, const VectorXi64& perm, bool permuted,
                      const std::vector<char>& dead, const RowMatrixXf& P, const ColumnLoopOptions& opt,

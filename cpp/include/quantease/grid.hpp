@@ -28,9 +28,9 @@ struct GridOptions {
   // Round every scale to the nearest float16 before the zero point and the codes are computed, so a
   // checkpoint that stores fp16 scales dequantizes to exactly the solver's weights.
   bool fp16_scales = false;
-  float norm = 2.4f;       // MSE search: error norm
-  int grid = 100;          // MSE search: shrink step is 1/grid
-  float max_shrink = 0.8f; // MSE search: int(max_shrink * grid) candidate ranges
+  float norm = 2.4f;        // MSE search: error norm
+  int grid = 100;           // MSE search: shrink step is 1/grid
+  float max_shrink = 0.8f;  // MSE search: int(max_shrink * grid) candidate ranges
 };
 
 struct AffineGrid {

@@ -98,8 +98,7 @@ struct AffineRowGrid {
 class AffineGrids {
  public:
   AffineGrids() = default;
-  AffineGrids(Index rows, const GroupMap& groups, int bits)
-      : rows_(rows), maxq_(max_code(bits)), groups_(groups) {
+  AffineGrids(Index rows, const GroupMap& groups, int bits) : rows_(rows), maxq_(max_code(bits)), groups_(groups) {
     const Index padded = (rows + kRowBatch - 1) / kRowBatch * kRowBatch;
     scale_.setOnes(groups.count(), padded);
     zero_.setZero(groups.count(), padded);

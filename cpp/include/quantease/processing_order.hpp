@@ -36,8 +36,7 @@ struct ProcessingOrder {
       return;
     }
     for (Index r = 0; r < rows; ++r)
-      for (Index j = 0; j < cols; ++j)
-        out(r, j) = zero_dead && dead[perm[j]] ? 0.0f : W(r0 + r, perm[j]);
+      for (Index j = 0; j < cols; ++j) out(r, j) = zero_dead && dead[perm[j]] ? 0.0f : W(r0 + r, perm[j]);
   }
 
   // The rows of `in` (processing order) into rows [r0, r0 + in.rows()) of out, in W's column order.
@@ -66,6 +65,13 @@ struct ProcessingOrder {
   // H in processing order in float32: out(a, b) = H(perm[a], perm[b]).
   template <class HT>
   RowMatrixXf gather_symmetric(const ConstRowMatrixRef<HT>& H) const;
+
+  // H in REVERSED processing order in float64, dead columns' diagonal set to 1: out(a, b) =
+  // H(perm[n-1-a], perm[n-1-b]), what the propagation factor factors (linalg.hpp). Only the lower triangle
+  // (a >= b) is written -- the factorization reads nothing else -- so the upper one's pages are never faulted
+  // in.
+  template <class HT>
+  void gather_reversed_lower(const ConstRowMatrixRef<HT>& H, ColMatrixXd& out) const;
 };
 
 }  // namespace quantease

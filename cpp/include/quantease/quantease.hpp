@@ -1,7 +1,7 @@
 // QuantEase (Behdin et al., "QuantEase: Optimization-based Quantization for Language Models", arXiv 2309.01885):
 // cyclic coordinate descent on the layer objective, and its outlier-aware variant.
 //
-// Problem (specs/quantease.md): with Σ = H (any positive multiple of X Xᵀ), minimise
+// With Σ = H (any positive multiple of X Xᵀ), minimise
 //     f(Ŵ) = tr((T − Ŵ) Σ (T − Ŵ)ᵀ),   T = W (plain) or W − S (outlier-aware),
 // each row of Ŵ on its row's (or row-and-group's) grid. One coordinate is one column for all rows at once.
 // We keep G = (T − Ŵ) Σ (rows x cols, float32), so the best unconstrained value of column j is
@@ -10,55 +10,23 @@
 // −δ Σ_{j,:}. The objective is free from G: f = Σ_{r,c} (T − Ŵ)_{rc} G_{rc} (no constant term, because G is
 // taken against T = W − S itself).
 //
-// Blocked sweeps: columns in blocks of B (processing order). Inside a block only G[:, block] is updated, on a
-// transposed copy of the block's columns (a column of the active rows is contiguous: the steps vectorise
-// across rows, and no column walks rows cols floats apart through one cache set); after the block,
-// G[:, outside] −= Δ_block Σ[block, outside] — one GEMM per row panel when Δ is dense, one axpy per changed
-// entry when it is sparse (after the first sweeps most quantized entries stop changing). Rows are split into
-// fixed panels (parallel_chunks), so the result is bit-identical for any thread count. Memory: Σ (the
-// permuted float32 copy) is the only cols x cols matrix; the rest is rows x cols (plus a panel x cols scratch
-// per task).
-// Less work than a dense sweep each, same iterates (up to float32 round-off):
-//   * a relaxed sweep and the quantized sweep after it (plain QuantEase) run as a pair at the cost of about
-//     one dense sweep: the relaxed sweep updates a scratch copy of G for the later columns only, and the
-//     quantized sweep works from the G of the on-grid point before it, subtracting per block the relaxed
-//     changes of the columns not yet visited (one GEMM, half the flops in all) and moving G only by the
-//     entries whose grid point changed (sparse);
-//   * a quantized sweep after a quantized sweep skips the rows the last one left unchanged: each row is an
-//     independent problem and such a row is a fixed point (exactly the same result).
-//
-// Schedule (the official code's defaults): `iters` sweeps, relaxed (unquantized, ŵ_j = β_j) in sweeps with
-// it % 3 == 1, it <= 25, never the last; every other sweep quantizes. Beyond the official code:
-//   * the best on-grid iterate is kept (a quantized sweep that follows a relaxed one can end above the
-//     previous quantized point), and returned; a quantized sweep right after the best one continues it
-//     (exactly it cannot raise f, whatever the float32 G says);
-//   * a quantized sweep that changes no entry means coordinate-wise optimality: stop (converged);
-//   * tol > 0: stop when a quantized sweep lowers the best objective by less than tol * best;
-//   * unless stopped by tol or converged at the best iterate, quantized "polish" sweeps (S and grids fixed)
-//     from the best iterate run until one changes nothing (at most `iters` more): each can only lower f, so
-//     the output is coordinate-wise optimal;
-//   * refit > 0 (ours): up to that many rounds of "refit every row's (group's) scale and zero to the current
-//     codes, exactly, where it lowers f; then quantized sweeps until nothing changes" (see refit_grids;
-//     codebook grids: the levels in use, exactly, see refit_codebooks);
-//   * mse: the grids from W by GPTQ's MSE range search instead of min-max;
-//   * init = rtn (W rounded on the grid) or gptq (GPTQ's result and grid; the CD target stays the ORIGINAL W,
-//     and when CD cannot improve on GPTQ in exact float64 arithmetic GPTQ's own result is returned).
-//
-// Codebook grids (ours; specs: "works with every grid the library has"): instead of an affine grid, each row
-// (or row and group) has a set of 2^bits ascending levels — given (opt.codebook) or LeanQuant's non-uniform
-// codebooks (init = leanquant: LeanQuant's result and codebooks as the start, target still the ORIGINAL W,
-// never worse than LeanQuant, as init = gptq). The CD step is unchanged: quant(β) = the nearest level; a β
-// on a midpoint (float32, (c_t + c_{t+1}) / 2) takes the lower level, as LeanQuant's column loop. Groups are
-// LeanQuant's: group g holds the ORIGINAL columns [g gs, (g + 1) gs) whatever the processing order (static
-// groups, g_idx = c / gs). The grid kind is chosen once per call (the sweep is a template on it).
+// Grids: affine (groups in processing order, as GPTQ's; min-max or GPTQ's MSE range search on W) or, ours,
+// codebooks (2^bits ascending levels per row or row and group of ORIGINAL columns, LeanQuant's static groups):
+// given (opt.codebook) or LeanQuant's (init = leanquant). The step is the nearest grid point either way; a β on
+// a codebook midpoint takes the lower level. init = gptq / leanquant start from that solver's result (the
+// target stays the ORIGINAL W) and return it when the descent does not improve on it in float64.
 //
 // Outlier-aware variant (outlier_fraction > 0): minimise f(Ŵ + S), S with k non-zeros (k = round(fraction x
 // entries)) or k whole columns (structured, k = round(fraction x cols)). S starts at the k largest |W|
-// (columns of largest norm), Ŵ = W − S. Per outer iteration one CD sweep against T = W − S, then one
-// iterative-hard-thresholding step S ← top_k(S + η G) (= S − η (Ŵ + S − W) Σ), η = step / (2 λ_max(Σ)), λ_max by
-// power iteration. Grids: unstructured — each row's (group's) range clipped once at its quantiles from the
-// original W (n = round(len * fraction / 2): xmin = n-th smallest, xmax = n-th largest, 0-based); structured —
-// min-max over the current non-outlier columns of the original W, refitted whenever the column set moves.
+// (columns of largest norm), Ŵ = W − S. Per outer iteration one sweep against T = W − S, then one iterative
+// hard-thresholding step S ← top_k(S + η G), η = step / (2 λ_max(Σ)), λ_max by power iteration. Grids:
+// unstructured — each row's (group's) range clipped once at its quantiles from the original W
+// (n = round(len * fraction / 2): xmin = n-th smallest, xmax = n-th largest, 0-based); structured — min-max
+// over the current non-outlier columns of the original W, refitted whenever the column set moves.
+//
+// The pieces, in cpp/src/quantease/: problem (Σ and W in processing order), sweep (the blocked coordinate
+// sweeps), schedule (which sweeps, the best iterate, polish, refit rounds), refit (grids to fixed codes),
+// outliers, start (grids and starting point per init), output; quantease.cpp is the recipe.
 #pragma once
 
 #include <cstdint>
@@ -75,22 +43,22 @@ enum class OutlierStructure { unstructured, structured };
 
 struct QuantEaseOptions {
   int bits = 4;
-  int group_size = -1;   // -1 or a positive divisor of cols; groups follow the processing order (as GPTQ)
+  int group_size = -1;  // -1 or a positive divisor of cols; groups follow the processing order (as GPTQ)
   bool sym = false;
-  bool mse = false;       // grid: GPTQ's MSE range search on W (per row/group) instead of min-max
+  bool mse = false;  // grid: GPTQ's MSE range search on W (per row/group) instead of min-max
   bool act_order = true;
-  int iters = 30;        // sweeps of the schedule (>= 1)
+  int iters = 30;  // sweeps of the schedule (>= 1)
   QuantEaseInit init = QuantEaseInit::w;
   bool relaxed = true;
-  double tol = 0.0;      // relative improvement of the best objective below which a quantized sweep stops
+  double tol = 0.0;               // relative improvement of the best objective below which a quantized sweep stops
   double outlier_fraction = 0.0;  // [0, 1); 0: plain QuantEase
   OutlierStructure outlier_structure = OutlierStructure::unstructured;
-  double outlier_step = 1.0;      // α of η = α / (2 λ_max(Σ)) (> 0)
+  double outlier_step = 1.0;  // α of η = α / (2 λ_max(Σ)) (> 0)
   int block_size = 128;
-  bool polish = true;    // quantized sweeps from the best iterate after the schedule until nothing changes
-  int refresh_every = 0; // > 0: recompute G = (T − Ŵ) Σ by a GEMM every that many sweeps (drift control)
+  bool polish = true;       // quantized sweeps from the best iterate after the schedule until nothing changes
+  int refresh_every = 0;    // > 0: recompute G = (T − Ŵ) Σ by a GEMM every that many sweeps (drift control)
   double gptq_damp = 0.01;  // init = gptq only
-  int refit = 0;         // grid refit rounds after the schedule (ours; 0: grids fixed, as the paper)
+  int refit = 0;            // grid refit rounds after the schedule (ours; 0: grids fixed, as the paper)
   // Codebook grids: (rows * groups) x 2^bits, ascending per row (row r, group g at r * groups + g; groups of
   // original columns). Empty: affine grids. Not with sym, mse, outliers or init = gptq/leanquant.
   RowMatrixXf codebook;
@@ -100,26 +68,26 @@ struct QuantEaseOptions {
 };
 
 struct QuantEaseOutput {
-  QuantOutput quant;             // weight = grid part + S; codes/scales/zeros of the grid part (no scales: codebook)
-  RowMatrixXf codebook;          // codebook grids: the (rows * groups) x 2^bits levels the codes index; else empty
-  std::vector<double> loss_history;  // f after every sweep (after the IHT step in the outlier variant)
-  std::vector<char> quantized;       // per sweep: 1 quantized, 0 relaxed
-  std::vector<std::int64_t> changes; // per sweep: entries whose value changed
-  std::vector<char> polish;          // per sweep: 1 for a polish sweep
-  std::vector<std::int64_t> moves;   // per sweep: entries whose change was applied to G (the update's work)
-  std::vector<double> sweep_times;   // per sweep: wall seconds
+  QuantOutput quant;     // weight = grid part + S; codes/scales/zeros of the grid part (no scales: codebook)
+  RowMatrixXf codebook;  // codebook grids: the (rows * groups) x 2^bits levels the codes index; else empty
+  std::vector<double> loss_history;   // f after every sweep (after the IHT step in the outlier variant)
+  std::vector<char> quantized;        // per sweep: 1 quantized, 0 relaxed
+  std::vector<std::int64_t> changes;  // per sweep: entries whose value changed
+  std::vector<char> polish;           // per sweep: 1 for a polish sweep
+  std::vector<std::int64_t> moves;    // per sweep: entries whose change was applied to G (the update's work)
+  std::vector<double> sweep_times;    // per sweep: wall seconds
   int sweeps = 0;
-  bool converged = false;   // the last quantized sweep changed nothing
+  bool converged = false;  // the last quantized sweep changed nothing
   bool stopped_by_tol = false;
-  int best_sweep = -1;      // sweep whose iterate is returned (-1: the initial point)
-  bool kept_init = false;   // init = gptq/leanquant: the init's own result returned (CD did not improve it)
-  double base = 0.0;        // tr(W Σ Wᵀ), for relative errors
-  int refreshes = 0;        // exact recomputations of G
-  int refits = 0;           // grid refit rounds that lowered f
-  std::vector<double> refit_gains;  // decrease of f by each refit (the last may be ~0: stop)
+  int best_sweep = -1;                 // sweep whose iterate is returned (-1: the initial point)
+  bool kept_init = false;              // init = gptq/leanquant: the init's own result returned (CD did not improve it)
+  double base = 0.0;                   // tr(W Σ Wᵀ), for relative errors
+  int refreshes = 0;                   // exact recomputations of G
+  int refits = 0;                      // grid refit rounds that lowered f
+  std::vector<double> refit_gains;     // decrease of f by each refit (the last may be ~0: stop)
   double lambda_max = 0.0, eta = 0.0;  // outlier variant
   std::int64_t outlier_count = 0;      // k (entries, or columns when structured)
-  VectorXi64 outlier_indptr;     // CSR over rows, original column order (empty without outliers)
+  VectorXi64 outlier_indptr;           // CSR over rows, original column order (empty without outliers)
   VectorXi32 outlier_indices;
   Eigen::VectorXf outlier_values;
   double sweep_seconds = 0.0, gemm_seconds = 0.0, column_seconds = 0.0, iht_seconds = 0.0;

@@ -11,13 +11,13 @@
 namespace quantease {
 
 struct QuantOutput {
-  RowMatrixXf weight;   // rows x cols, dequantized (outliers not included)
-  RowMatrixU8 codes;    // rows x cols, original column order
-  RowMatrixXf scales;   // rows x groups (empty for codebook grids)
-  RowMatrixXf zeros;    // rows x groups, integer-valued
-  VectorXi32 g_idx;     // cols: group of each original column
-  VectorXi64 perm;      // processing order (empty without act-order)
-  double damp = 0.0;    // relative damping that factored H (0 when no H)
+  RowMatrixXf weight;  // rows x cols, dequantized (outliers not included)
+  RowMatrixU8 codes;   // rows x cols, original column order
+  RowMatrixXf scales;  // rows x groups (empty for codebook grids)
+  RowMatrixXf zeros;   // rows x groups, integer-valued
+  VectorXi32 g_idx;    // cols: group of each original column
+  VectorXi64 perm;     // processing order (empty without act-order)
+  double damp = 0.0;   // relative damping that factored H (0 when no H)
   int damp_attempts = 0;
   std::vector<std::pair<std::string, double>> seconds;  // where the time went, phase by phase
 };
