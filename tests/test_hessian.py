@@ -75,3 +75,61 @@ def test_accumulated_hessian_feeds_gptq():
     acc.add(X)
     result = quantease.gptq(W, acc.hessian(), bits=4)
     assert result.loss < quantease.layer_loss(W, quantease.rtn(W, bits=4).weight, acc.hessian())
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_partial_sums_of_shards_fold_in_order(dtype):
+    """sum() / add_sum(): shards accumulated apart and folded in shard order give the same bits as a
+    single fold of the same shards, wherever each shard was accumulated; n counts every shard's rows."""
+    rng = np.random.default_rng(5)
+    cols = 150
+    shards = [[rng.standard_normal((n, cols)).astype(np.float32) for n in sizes] for sizes in ((9, 40), (33,), (5, 6))]
+    partial = []
+    for shard in shards:
+        acc = quantease.HessianAccumulator(cols, dtype=dtype)
+        for X in shard:
+            acc.add(X)
+        S = acc.sum()
+        assert S.dtype == np.dtype(dtype) and np.array_equal(S, S.T)
+        assert np.array_equal(acc.hessian(), S * S.dtype.type(2.0 / acc.n_samples))
+        partial.append((S, acc.n_samples))
+    total = quantease.HessianAccumulator(cols, dtype=dtype)
+    for S, n in partial:
+        total.add_sum(S, n)
+    assert total.n_samples == sum(X.shape[0] for shard in shards for X in shard)
+    expected = partial[0][0].copy()
+    for S, _ in partial[1:]:
+        expected += S
+    assert np.array_equal(total.sum(), expected)
+    everything = np.concatenate([X for shard in shards for X in shard]).astype(np.float64)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(
+        total.hessian(), 2.0 / everything.shape[0] * everything.T @ everything, rtol=tol, atol=tol * 10
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_release_hands_over_the_matrix_and_empties_the_accumulator(dtype):
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((50, 130)).astype(np.float32)
+    acc = quantease.HessianAccumulator(130, dtype=dtype)
+    acc.add(X)
+    H, S = acc.hessian(), acc.sum()
+    assert np.array_equal(acc.hessian(release=True), H)
+    assert acc.n_samples == 0 and not acc.sum().any()
+    acc.add(X)  # usable again, as after reset()
+    assert np.array_equal(acc.sum(release=True), S)
+    assert acc.n_samples == 0
+    acc.add_sum(S, 50)
+    assert np.array_equal(acc.hessian(), H)
+
+
+def test_add_sum_checks_shape_dtype_and_count():
+    acc = quantease.HessianAccumulator(4)
+    with pytest.raises(ValueError, match=re.escape("S must be (4, 4) to match the accumulator's columns, got (4, 3)")):
+        acc.add_sum(np.zeros((4, 3)), 1)
+    with pytest.raises(ValueError, match=re.escape("S must be a C-contiguous float64 array (the accumulator's dtype)")):
+        acc.add_sum(np.zeros((4, 4), np.float32), 1)
+    with pytest.raises(ValueError, match=re.escape("n_samples must be >= 0, got -1")):
+        acc.add_sum(np.zeros((4, 4)), -1)
+    assert acc.n_samples == 0

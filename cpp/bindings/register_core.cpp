@@ -81,23 +81,63 @@ void register_core(py::module_& m) {
             else throw py::value_error("X must be a C-contiguous float32 or float64 array");
           },
           py::arg("X").noconvert())
-      .def("hessian",
-           [](const HessianAccumulator& self) -> py::object {
-             if (self.is_float64()) {
-               RowMatrixXd h;
-               {
-                 py::gil_scoped_release release;
-                 h = self.hessian_f64();
-               }
-               return to_numpy(std::move(h));
-             }
-             RowMatrixXf h;
-             {
-               py::gil_scoped_release release;
-               h = self.hessian_f32();
-             }
-             return to_numpy(std::move(h));
-           })
+      .def(
+          "add_sum",
+          [](HessianAccumulator& self, const py::array& S, std::int64_t n_samples) {
+            const std::string want = self.is_float64() ? "float64" : "float32";
+            const auto add_checked = [&](const auto& s) {
+              if (s.ndim() != 2 || s.shape(0) != self.cols() || s.shape(1) != self.cols()) {
+                throw py::value_error("S must be (" + std::to_string(self.cols()) + ", " +
+                                      std::to_string(self.cols()) + ") to match the accumulator's columns, got " +
+                                      shape_str(s));
+              }
+              py::gil_scoped_release release;
+              self.add_sum(as_matrix(s), n_samples);
+            };
+            if (n_samples < 0) throw py::value_error("n_samples must be >= 0, got " + std::to_string(n_samples));
+            if (self.is_float64() && py::isinstance<CArray<double>>(S)) add_checked(S.cast<CArray<double>>());
+            else if (!self.is_float64() && py::isinstance<CArray<float>>(S)) add_checked(S.cast<CArray<float>>());
+            else throw py::value_error("S must be a C-contiguous " + want + " array (the accumulator's dtype)");
+          },
+          py::arg("S").noconvert(), py::arg("n_samples"))
+      .def(
+          "hessian",
+          [](HessianAccumulator& self, bool release) -> py::object {
+            if (self.is_float64()) {
+              RowMatrixXd h;
+              {
+                py::gil_scoped_release unlocked;
+                h = release ? self.release_hessian_f64() : self.hessian_f64();
+              }
+              return to_numpy(std::move(h));
+            }
+            RowMatrixXf h;
+            {
+              py::gil_scoped_release unlocked;
+              h = release ? self.release_hessian_f32() : self.hessian_f32();
+            }
+            return to_numpy(std::move(h));
+          },
+          py::arg("release") = false)
+      .def(
+          "sum",
+          [](HessianAccumulator& self, bool release) -> py::object {
+            if (self.is_float64()) {
+              RowMatrixXd s;
+              {
+                py::gil_scoped_release unlocked;
+                s = release ? self.release_sum_f64() : self.sum_f64();
+              }
+              return to_numpy(std::move(s));
+            }
+            RowMatrixXf s;
+            {
+              py::gil_scoped_release unlocked;
+              s = release ? self.release_sum_f32() : self.sum_f32();
+            }
+            return to_numpy(std::move(s));
+          },
+          py::arg("release") = false)
       .def("reset", &HessianAccumulator::reset)
       .def_property_readonly("cols", &HessianAccumulator::cols)
       .def_property_readonly("n_samples", &HessianAccumulator::samples)

@@ -30,7 +30,12 @@ void HessianAccumulator::reset() {
   else acc32_.setZero(cols_, cols_);
 }
 
+void HessianAccumulator::ensure_storage() {
+  if ((float64_ ? acc64_.rows() : acc32_.rows()) != cols_) reset();
+}
+
 void HessianAccumulator::add(const ConstRowMatrixRef<float>& X) {
+  ensure_storage();
   if (float64_) {
     const RowMatrixXd xd = X.cast<double>();
     add_lower_product(acc64_, xd);
@@ -41,6 +46,7 @@ void HessianAccumulator::add(const ConstRowMatrixRef<float>& X) {
 }
 
 void HessianAccumulator::add(const ConstRowMatrixRef<double>& X) {
+  ensure_storage();
   if (float64_) {
     add_lower_product(acc64_, X);
   } else {
@@ -50,18 +56,109 @@ void HessianAccumulator::add(const ConstRowMatrixRef<double>& X) {
   samples_ += X.rows();
 }
 
+void HessianAccumulator::add_sum(const ConstRowMatrixRef<double>& S, std::int64_t samples) {
+  ensure_storage();
+  acc64_.triangularView<Eigen::Lower>() += S;
+  samples_ += samples;
+}
+
+void HessianAccumulator::add_sum(const ConstRowMatrixRef<float>& S, std::int64_t samples) {
+  ensure_storage();
+  acc32_.triangularView<Eigen::Lower>() += S;
+  samples_ += samples;
+}
+
+namespace {
+// The accumulated lower triangle copied into the upper one, in place.
+template <class M>
+void mirror_lower(M& m) {
+  m.template triangularView<Eigen::StrictlyUpper>() = m.transpose();
+}
+}  // namespace
+
+RowMatrixXd HessianAccumulator::sum_f64() const {
+  if ((float64_ ? acc64_.rows() : acc32_.rows()) != cols_) return RowMatrixXd::Zero(cols_, cols_);
+  RowMatrixXd s = float64_ ? acc64_ : RowMatrixXd(acc32_.cast<double>());
+  mirror_lower(s);
+  return s;
+}
+
+RowMatrixXf HessianAccumulator::sum_f32() const {
+  if (float64_) return sum_f64().cast<float>();
+  if (acc32_.rows() != cols_) return RowMatrixXf::Zero(cols_, cols_);
+  RowMatrixXf s = acc32_;
+  mirror_lower(s);
+  return s;
+}
+
+RowMatrixXd HessianAccumulator::release_sum_f64() {
+  if (!float64_) {
+    RowMatrixXd s = sum_f64();
+    acc32_.resize(0, 0);
+    samples_ = 0;
+    return s;
+  }
+  ensure_storage();
+  RowMatrixXd s = std::move(acc64_);
+  acc64_.resize(0, 0);
+  samples_ = 0;
+  mirror_lower(s);
+  return s;
+}
+
+RowMatrixXf HessianAccumulator::release_sum_f32() {
+  if (float64_) {
+    RowMatrixXf s = sum_f32();
+    acc64_.resize(0, 0);
+    samples_ = 0;
+    return s;
+  }
+  ensure_storage();
+  RowMatrixXf s = std::move(acc32_);
+  acc32_.resize(0, 0);
+  samples_ = 0;
+  mirror_lower(s);
+  return s;
+}
+
+// H = (2/n) S in the sum's precision: the one place a sum becomes a Hessian.
+namespace {
+void finish(RowMatrixXd& s, std::int64_t samples) {
+  if (samples > 0) s *= 2.0 / static_cast<double>(samples);
+}
+void finish(RowMatrixXf& s, std::int64_t samples) {
+  if (samples > 0) s *= static_cast<float>(2.0 / static_cast<double>(samples));
+}
+}  // namespace
+
 RowMatrixXd HessianAccumulator::hessian_f64() const {
-  RowMatrixXd h = float64_ ? RowMatrixXd(acc64_) : RowMatrixXd(acc32_.cast<double>());
-  h.triangularView<Eigen::StrictlyUpper>() = h.transpose();
-  if (samples_ > 0) h *= 2.0 / static_cast<double>(samples_);
+  RowMatrixXd h = sum_f64();
+  finish(h, samples_);
   return h;
 }
 
 RowMatrixXf HessianAccumulator::hessian_f32() const {
   if (float64_) return hessian_f64().cast<float>();
-  RowMatrixXf h = acc32_;
-  h.triangularView<Eigen::StrictlyUpper>() = h.transpose();
-  if (samples_ > 0) h *= static_cast<float>(2.0 / static_cast<double>(samples_));
+  RowMatrixXf h = sum_f32();
+  finish(h, samples_);
+  return h;
+}
+
+RowMatrixXd HessianAccumulator::release_hessian_f64() {
+  const std::int64_t samples = samples_;
+  RowMatrixXd h = release_sum_f64();
+  finish(h, samples);
+  return h;
+}
+
+RowMatrixXf HessianAccumulator::release_hessian_f32() {
+  const std::int64_t samples = samples_;
+  if (float64_) {
+    RowMatrixXf h = release_hessian_f64().cast<float>();
+    return h;
+  }
+  RowMatrixXf h = release_sum_f32();
+  finish(h, samples);
   return h;
 }
 

@@ -33,9 +33,24 @@ class HessianAccumulator:
             X = X.reshape(-1, X.shape[-1])  # (batch, tokens, cols) -> (batch * tokens, cols)
         self._acc.add(np.ascontiguousarray(X, dtype=np.float32 if X.dtype.itemsize <= 4 else np.float64))
 
-    def hessian(self) -> np.ndarray:
-        """(2/n) X^T X so far: float64 or float32 as the accumulator, symmetric, zeros before any add."""
-        return self._acc.hessian()
+    def hessian(self, *, release: bool = False) -> np.ndarray:
+        """(2/n) X^T X so far: float64 or float32 as the accumulator, symmetric, zeros before any add.
+
+        release=True hands the accumulator's memory over instead of copying it (a cols x cols matrix) and
+        leaves the accumulator empty, as after ``reset()``."""
+        return self._acc.hessian(bool(release))
+
+    def sum(self, *, release: bool = False) -> np.ndarray:
+        """The running sum S = X^T X (not scaled by 2/n), symmetric, in the accumulator's dtype; release as in
+        ``hessian``. With ``add_sum`` it folds partial sums of shards of the data in a fixed order."""
+        return self._acc.sum(bool(release))
+
+    def add_sum(self, S, n_samples: int) -> None:
+        """Add another accumulator's ``sum()`` S over ``n_samples`` rows: S must be (cols, cols), symmetric, in
+        this accumulator's dtype (only its lower triangle is read). Folding the partial sums of shards
+        s = 0, 1, ... in that order gives the same bits whichever process accumulated which shard."""
+        n_samples = int(n_samples)
+        self._acc.add_sum(S, n_samples)
 
     def reset(self) -> None:
         self._acc.reset()
