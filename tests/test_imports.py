@@ -18,7 +18,14 @@ import quantease
 PACKAGE_DIR = Path(quantease.__file__).resolve().parent
 PACKAGE_ROOT = PACKAGE_DIR.parent
 # Modules that need an optional extra (torch) to import.
-NEEDS_TORCH = {"quantease.torch", "quantease.hooks", "quantease.pipeline", "quantease.blocks"}
+NEEDS_TORCH = {
+    "quantease.torch",
+    "quantease.hooks",
+    "quantease.pipeline",
+    "quantease.blocks",
+    "quantease.distributed",
+    "quantease.device_hessian",
+}
 
 
 def _modules() -> Dict[str, Path]:

@@ -224,8 +224,9 @@ class BlockInputs:
             out = block(*self.args[j], **{self.hidden_key: self.hidden[j]}, **self.kwargs[j])
         return _first_output(out)
 
-    def run_all(self, block: nn.Module, stop_after: Sequence[nn.Module] = ()) -> None:
-        """Block on every batch, outputs discarded (the hooks on the block's layers see its inputs).
+    def run_all(self, block: nn.Module, stop_after: Sequence[nn.Module] = (), batches: Optional[range] = None) -> None:
+        """Block on every batch (or on ``batches``), outputs discarded (the hooks on the block's layers see its
+        inputs).
 
         With ``stop_after``, each batch's forward ends as soon as every one of those modules has run once:
         the rest of the block is not computed (callers pass only modules known to run once per forward)."""
@@ -238,7 +239,7 @@ class BlockInputs:
 
         handles = [m.register_forward_hook(hook) for m in stop_after]
         try:
-            for j in range(len(self)):
+            for j in range(len(self)) if batches is None else batches:
                 remaining[0] = len(handles)
                 try:
                     self.run(block, j)
@@ -294,12 +295,15 @@ def _digest_update(h: "hashlib._Hash", obj: Any) -> None:
         h.update(repr(obj).encode())
 
 
-def capture_block_inputs(model: nn.Module, first_block: nn.Module, batches: Iterable[Any]) -> Tuple[BlockInputs, str]:
+def capture_block_inputs(
+    model: nn.Module, first_block: nn.Module, batches: Iterable[Any], select: Optional[range] = None
+) -> Tuple[BlockInputs, str]:
     """Run the model on every calibration batch up to ``first_block`` and keep what that block receives.
 
     A batch is a tensor (``model(batch)``), a tuple (``model(*batch)``) or a mapping (``model(**batch)``).
     Returns the inputs and a SHA-256 digest of the batches. The model's own embedding, masks and position
-    code run unchanged; the forward is stopped by an exception at the block, so nothing after it runs."""
+    code run unchanged; the forward is stopped by an exception at the block, so nothing after it runs.
+    ``select``: only the batches of these indices are run and kept (one rank's shard); all are hashed."""
     inputs = BlockInputs()
 
     def pre_hook(module, args, kwargs):
@@ -327,11 +331,14 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, batches: Iter
         with torch.no_grad(), _no_kv_cache(model):
             for j, batch in enumerate(batches):
                 _digest_update(digest, batch)
+                if select is not None and j not in select:
+                    continue
+                kept = len(inputs)
                 try:
                     _call_model(model, batch)
                 except _StopForward:
                     pass
-                if len(inputs) != j + 1:
+                if len(inputs) != kept + 1:
                     raise ValueError(f"the model's forward on calibration batch {j} never reached the first block")
     finally:
         handle.remove()

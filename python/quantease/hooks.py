@@ -17,14 +17,22 @@ from torch import nn
 
 from ._hessian import HessianAccumulator
 from .blocks import is_conv1d, linear_layers, weight_tensor
+from .device_hessian import DeviceHessianAccumulator
 
 __all__ = ["HessianCollector", "trace_input_groups", "LayerTrace"]
 
+ACCUMULATORS = ("auto", "core", "device")
 
-def _accumulator(cols: int, dtype: str):
+
+def _accumulator(module: nn.Module, dtype: str, where: str) -> Union[HessianAccumulator, DeviceHessianAccumulator]:
+    """The C++ accumulator for a layer on the CPU; the device one for a layer on a GPU ("auto"), or as asked."""
     if dtype not in ("float64", "float32"):
         raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    return HessianAccumulator(cols, dtype=dtype)
+    if where not in ACCUMULATORS:
+        raise ValueError(f"accumulator must be one of {', '.join(ACCUMULATORS)}, got {where!r}")
+    on_device = where == "device" or (where == "auto" and weight_tensor(module).device.type not in ("cpu", "meta"))
+    cols = _in_features(module)
+    return DeviceHessianAccumulator(cols, dtype=dtype) if on_device else HessianAccumulator(cols, dtype=dtype)
 
 
 def _in_features(module: nn.Module) -> int:
@@ -54,8 +62,10 @@ class HessianCollector:
     group keeps one accumulator, fed by its first member only, and every member gets that Hessian.
     Inputs are flattened to (tokens, in_features) float32 rows (no copy when the input already is a
     contiguous float32 CPU tensor) and accumulated by the C++ ``quantease.HessianAccumulator`` (streaming
-    rank-k updates, GIL released), in float64 by default. Use as a context manager (hooks removed on exit) or
-    call ``remove()``.
+    rank-k updates, GIL released), in float64 by default. A layer on a GPU accumulates on its device instead
+    (``DeviceHessianAccumulator``: the activations stay there, only the finished sum crosses to the host);
+    ``accumulator="core"`` or ``"device"`` forces one kind. Use as a context manager (hooks removed on exit)
+    or call ``remove()``.
     """
 
     def __init__(
@@ -64,6 +74,7 @@ class HessianCollector:
         *,
         dtype: str = "float64",
         shared: Sequence[Sequence[str]] = (),
+        accumulator: str = "auto",
     ):
         if isinstance(layers, nn.Module):
             layers = linear_layers(layers)
@@ -77,7 +88,7 @@ class HessianCollector:
                 owner[name] = group[0]
         self._owner = {name: owner.get(name, name) for name in self.layers}
         self._acc = {
-            name: _accumulator(_in_features(m), dtype) for name, m in self.layers.items() if self._owner[name] == name
+            name: _accumulator(m, dtype, accumulator) for name, m in self.layers.items() if self._owner[name] == name
         }
         self._handles = [
             m.register_forward_hook(self._hook(name), with_kwargs=True)
@@ -88,6 +99,12 @@ class HessianCollector:
     def _hook(self, name: str) -> Callable:
         acc = self._acc[name]
         cols = acc.cols
+        if isinstance(acc, DeviceHessianAccumulator):
+
+            def device_hook(module, args, kwargs, output):
+                acc.add(_layer_input(args, kwargs))
+
+            return device_hook
 
         def hook(module, args, kwargs, output):
             acc.add(_as_rows(_layer_input(args, kwargs), cols))
@@ -102,9 +119,25 @@ class HessianCollector:
         """Rows (tokens) accumulated for layer ``name``."""
         return int(self._acc[self._owner[name]].n_samples)
 
-    def hessian(self, name: str) -> np.ndarray:
-        """(2/n) Σ x xᵀ for layer ``name``: in_features x in_features, in the accumulator's dtype."""
-        return self._acc[self._owner[name]].hessian()
+    def hessian(self, name: str, *, release: bool = False) -> np.ndarray:
+        """(2/n) Σ x xᵀ for layer ``name``: in_features x in_features, in the accumulator's dtype, on the host.
+        release=True hands the accumulator's memory over (no copy) and empties it, for every layer sharing it."""
+        return self._acc[self._owner[name]].hessian(release=release)
+
+    @property
+    def sources(self) -> Dict[str, List[str]]:
+        """{name of the layer whose accumulator is used: every layer using it}, in the order of ``layers``."""
+        out: Dict[str, List[str]] = {}
+        for name, source in self._owner.items():
+            out.setdefault(source, []).append(name)
+        return out
+
+    def take_sum(self, source: str) -> Tuple[Union[np.ndarray, torch.Tensor], int]:
+        """(S = Σ x xᵀ, n) of a source's accumulator, handed over (the accumulator starts again from zero): a
+        NumPy array from the C++ accumulator, a tensor on its device from a device one."""
+        acc = self._acc[source]
+        n = int(acc.n_samples)
+        return acc.sum(release=True), n
 
     def hessians(self) -> Dict[str, np.ndarray]:
         return {name: self.hessian(name) for name in self.layers}

@@ -12,6 +12,11 @@ per group that stops right after the group's last layer ran (each re-runs the ea
 groups: their outputs changed), and one full pass of the quantized block for the next block's inputs.
 Layers that share an input share one Hessian accumulator.
 
+Data-parallel (``distributed=True`` or inside torchrun): every rank pushes its shard of the calibration batches
+through each block, the Hessians' partial sums are folded in shard order on the ranks that solve the layers,
+and the results are broadcast; the weights are the bits of one process summing the same shards
+(``hessian_shards``). See quantease.distributed.
+
 Resume: with ``checkpoint_dir``, every finished block is written atomically (temporary file, fsync,
 os.replace) as ``block_00000.pt``...: its quantized weights, its per-layer records and the run's settings.
 Activations are NOT saved (they are as large as a block's output on all calibration tokens, e.g. 4 GiB per
@@ -48,6 +53,7 @@ from .blocks import (
     set_layer_weight,
     weight_tensor,
 )
+from .distributed import DataParallel, setup
 from .gguf import TYPES
 from .gguf_mixes import TypeChoice, TypePlan, layer_types
 from .hooks import HessianCollector, trace_input_groups
@@ -200,17 +206,26 @@ def _result_to_storable(result: Any) -> Any:
 class _Checkpoint:
     """One file per finished block in ``directory``; see the module docstring."""
 
-    def __init__(self, directory: str, config: Dict[str, Any]):
+    def __init__(self, directory: str, config: Dict[str, Any], writer: bool = True):
         self.directory = directory
         self.config = config
         os.makedirs(directory, exist_ok=True)
-        # Temporary files of a run killed while saving: never renamed, so never part of the checkpoint.
-        for name in os.listdir(directory):
-            if name.startswith("block_") and ".pt.tmp" in name:
-                os.remove(os.path.join(directory, name))
+        # Temporary files of a run killed while saving: never renamed, so never part of the checkpoint. Only
+        # the writing process (rank 0 of a distributed run) touches the directory.
+        if writer:
+            for name in os.listdir(directory):
+                if name.startswith("block_") and ".pt.tmp" in name:
+                    os.remove(os.path.join(directory, name))
 
     def path(self, i: int) -> str:
         return os.path.join(self.directory, f"block_{i:05d}.pt")
+
+    def finished(self, n_blocks: int) -> int:
+        """How many blocks, from the first, have a checkpoint file."""
+        done = 0
+        while done < n_blocks and os.path.exists(self.path(done)):
+            done += 1
+        return done
 
     def save(
         self,
@@ -270,6 +285,14 @@ class _Checkpoint:
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first materialised parameter (CPU when every one is on the meta device)."""
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
@@ -365,6 +388,7 @@ def _quantize_block(
     on_layer,
     bar,
     gguf_types=None,
+    dp: DataParallel,
 ) -> Tuple[List[LayerRecord], Dict[str, Any]]:
     layers = linear_layers(block, prefix=block_name, skip=skip)
     if gguf_types is not None:
@@ -385,23 +409,35 @@ def _quantize_block(
     records: List[LayerRecord] = []
     results: Dict[str, Any] = {}
     for k, names in enumerate(passes):
-        collector = HessianCollector(
-            {n: layers[n] for n in names}, dtype=hessian_dtype, shared=[g for g in groups if g[0] in names]
-        )
+        group_layers = {n: layers[n] for n in names}
+        collector = HessianCollector(group_layers, dtype=hessian_dtype, shared=[g for g in groups if g[0] in names])
         stop_after = [layers[n] for n in names] if can_stop and k + 1 < len(passes) else ()
+        owners = dp.owners(group_layers)
+
+        def run_batches(batches: range, stop: Sequence[nn.Module] = stop_after) -> None:
+            inputs.run_all(block, stop_after=stop, batches=batches)
+
         with collector, torch.no_grad():
-            inputs.run_all(block, stop_after=stop_after)
+            hessians = dp.hessians(collector, run_batches, len(inputs), owners)
+        source_of = {m: src for src, members in collector.sources.items() for m in members}
+        del collector
+        # Each rank solves the layers it owns, then every result travels from its owner, in run order.
+        solved: Dict[str, Tuple[LayerRecord, Any]] = {}
         for name in names:
+            if owners[name] != dp.rank:
+                continue
             if bar is not None:
                 bar.set_postfix_str(".".join(name.split(".")[-2:]))
-            H = collector.hessian(name)
-            record, result = _solve_layer(
+            H, n_samples = hessians[source_of[name]]
+            if H is None:  # the reduction sends every owner the Hessian of its layers
+                raise RuntimeError(f"rank {dp.rank} solves {name} but received no Hessian for it")
+            solved[name] = _solve_layer(
                 i,
                 group_of[name],
                 name,
                 layers[name],
                 H,
-                collector.n_samples(name),
+                n_samples,
                 solver,
                 bits,
                 group_size,
@@ -409,11 +445,15 @@ def _quantize_block(
                 solver_kwargs,
                 None if gguf_types is None else gguf_types[name],
             )
+        for name in names:
+            record, result = dp.broadcast(solved.pop(name, None), src=owners[name])
+            if owners[name] != dp.rank:
+                set_layer_weight(layers[name], np.asarray(result.weight))
             records.append(record)
             results[name] = result
             if on_layer is not None:
-                on_layer(record, result, H)
-        del collector
+                on_layer(record, result, hessians[source_of[name]][0])
+        del hessians
     return records, results
 
 
@@ -434,7 +474,9 @@ def quantize_model(
     hessian_dtype: str = "float64",
     gguf: Optional[TypeChoice] = None,
     keep_results: Optional[bool] = None,
-    on_layer: Optional[Callable[[LayerRecord, Any, np.ndarray], None]] = None,
+    on_layer: Optional[Callable[[LayerRecord, Any, Optional[np.ndarray]], None]] = None,
+    distributed: Optional[bool] = None,
+    hessian_shards: Optional[int] = None,
 ) -> QuantReport:
     """Quantize every linear layer of the model's repeated blocks in place, block by block.
 
@@ -458,7 +500,15 @@ def quantize_model(
         ``f(name) -> type``. The report's ``gguf`` then holds the types, for quantease.export.save_gguf.
     keep_results: keep every layer's QuantResult (codes, scales, zeros, ...) in ``report.results`` (and in
         the checkpoint), e.g. for quantease.export; default: only when ``gguf`` is given.
-    on_layer: called as ``on_layer(record, result, H)`` after each layer is written back.
+    on_layer: called as ``on_layer(record, result, H)`` after each layer is written back (H is None on the
+        ranks of a distributed run that hold no copy of it: those that solved no layer reading that input).
+    distributed: data-parallel over the ranks of a torch.distributed run (see quantease.distributed): True, False,
+        or None (when a process group is initialised or torchrun's environment is set; the group is created
+        then, gloo on CPU, nccl for a CUDA model). Every rank passes the same calibration_batches and gets the
+        same weights and report; rank 0 writes the checkpoints.
+    hessian_shards: the calibration batches fall into this many contiguous shards whose Hessian partial sums
+        are added in shard order; None: one per rank (1 in one process). A run on k ranks gives the same bits
+        as one process with ``hessian_shards=k``.
 
     Returns a QuantReport (list of LayerRecord; ``.to_markdown()``)."""
     solver = _resolve_solver(method)
@@ -500,13 +550,18 @@ def quantize_model(
                         f"layer {name}; use a divisor of it or -1 (one grid per row)"
                     )
     t_start = time.perf_counter()
+    dp = setup(distributed, hessian_shards, _model_device(model))
     was_training = model.training
     model.eval()
     report = QuantReport()
     report.gguf = plan
     bar = None
     try:
-        inputs, digest = capture_block_inputs(model, block_list[0][1], calibration_batches)
+        select = None
+        if dp.shards > 1:  # the shards need the number of batches
+            calibration_batches = list(calibration_batches)
+            select = dp.my_batches(len(calibration_batches))
+        inputs, digest = capture_block_inputs(model, block_list[0][1], calibration_batches, select=select)
         ckpt = None
         start = 0
         if checkpoint_dir is not None:
@@ -523,11 +578,14 @@ def quantize_model(
                 "calibration_sha256": digest,
                 "gguf": None if plan is None else repr(sorted(plan.types.items())),
             }
-            ckpt = _Checkpoint(checkpoint_dir, config)
-            for i, (block_name, block) in enumerate(block_list):
+            if dp.shards != 1:  # the Hessians' summation order, hence the bits of the weights
+                config["hessian_shards"] = dp.shards
+            ckpt = _Checkpoint(checkpoint_dir, config, writer=dp.rank == 0)
+            start = dp.min(ckpt.finished(len(block_list)))
+            for i, (block_name, block) in enumerate(block_list[:start]):
                 payload = ckpt.load(i, block_name)
                 if payload is None:
-                    break
+                    raise ValueError(f"{ckpt.path(i)} disappeared while resuming from {checkpoint_dir!r}")
                 layers = linear_layers(block, prefix=block_name)
                 for name, w in payload["weights"].items():
                     with torch.no_grad():
@@ -540,7 +598,7 @@ def quantize_model(
                             f"rerun without keep_results or use another directory"
                         )
                     report.results.update({k: _from_storable(v) for k, v in payload["results"].items()})
-                start = i + 1
+                del payload
             report.resumed_blocks = start
             if start:
                 log.info("resuming after %d finished block(s) from %s", start, checkpoint_dir)
@@ -548,7 +606,7 @@ def quantize_model(
             # Resume: the finished (quantized) blocks recompute the inputs of the first unfinished one.
             for _, block in block_list[:start]:
                 inputs.advance(block)
-        bar = _progress_bar(len(block_list), start, progress)
+        bar = _progress_bar(len(block_list), start, progress and dp.rank == 0)
         for i in range(start, len(block_list)):
             block_name, block = block_list[i]
             records, results = _quantize_block(
@@ -567,6 +625,7 @@ def quantize_model(
                 on_layer=on_layer,
                 bar=bar,
                 gguf_types=None if plan is None else plan.types,
+                dp=dp,
             )
             report.extend(records)
             if keep_results:
@@ -574,7 +633,7 @@ def quantize_model(
             if i + 1 < len(block_list):
                 with torch.no_grad():
                     inputs.advance(block)  # the next block's inputs, from the quantized block
-            if ckpt is not None:
+            if ckpt is not None and dp.rank == 0:
                 layers = linear_layers(block, prefix=block_name)
                 ckpt.save(
                     i,
@@ -589,5 +648,6 @@ def quantize_model(
         if bar is not None:
             bar.close()
         model.train(was_training)
+        dp.close()
     report.seconds = time.perf_counter() - t_start
     return report
