@@ -202,17 +202,22 @@ print(f"reloaded weights identical: {same}; perplexity {ppl_reloaded:.2f} (quant
     new_markdown_cell("""\
 The GPTQ checkpoint (`qweight`, `qzeros`, `scales`, `g_idx`, read by transformers/optimum, GPTQModel, vLLM)
 stores the scales in float16. The solver's scales are float32, so the exported weights differ from the
-quantized ones by the scale rounding: `save_gptq` warns and `gptq_deviation` measures it."""),
+quantized ones by the scale rounding: `save_gptq` warns and `gptq_deviation` measures it (`fp16_scales=True`
+in `solver_kwargs` makes the export bit-exact). The embeddings go along in float16, once (they are tied to
+`lm_head`); the return value compares the file with the float16 model."""),
     new_code_cell("""\
 import warnings
 
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    qc = export.save_gptq(os.path.join(workdir, "smollm2-3bit-gptq"), report.results, extra_tensors=state,
-                          config=model.config.to_dict())
+    written = export.save_gptq(os.path.join(workdir, "smollm2-3bit-gptq"), report.results, extra_tensors=state,
+                               config=model.config.to_dict())
 for w in caught:
     print("warning:", w.message)
+qc = written.quantization_config
 print({k: qc[k] for k in ("bits", "group_size", "desc_act", "sym", "checkpoint_format")})
+print(f"{written.file_bytes / 2**20:.1f} MiB ({written.size_ratio:.0%} of the float16 model's "
+      f"{written.fp16_bytes / 2**20:.1f} MiB)")
 dense = export.load_gptq(os.path.join(workdir, "smollm2-3bit-gptq"))
 worst = max(float(np.abs(dense[n] - report.results[n].weight).max()) for n in report.results)
 print(f"GPTQ checkpoint: {len(dense)} layers; max |W_gptq - W_quantized| = {worst:.3g}")"""),

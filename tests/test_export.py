@@ -159,7 +159,7 @@ GPTQ_CASES = [
 @pytest.mark.parametrize("bits,group_size,sym,act_order", GPTQ_CASES)
 def test_gptq_tensors_unpack_bit_for_bit(tmp_path, bits, group_size, sym, act_order):
     r = make_result(bits * 7 + group_size, bits=bits, group_size=group_size, sym=sym, act_order=act_order)
-    qc = export.save_gptq(tmp_path, {"model.layers.0.mlp.up_proj": r})
+    qc = export.save_gptq(tmp_path, {"model.layers.0.mlp.up_proj": r}).quantization_config
     fmt = "gptq" if sym else "gptq_v2"
     assert qc["checkpoint_format"] == fmt
     t = load_file(str(tmp_path / "model.safetensors"))
@@ -215,21 +215,23 @@ def test_v1_accepts_asymmetric_grid_without_zero(tmp_path):
     r = make_result(4, bits=4, group_size=32, sym=False, force_zero=False)
     r.zeros = np.maximum(r.zeros, 1.0)
     r.weight = r.grid_weight()
-    qc = export.save_gptq(tmp_path, {"l": r}, checkpoint_format="gptq")
+    qc = export.save_gptq(tmp_path, {"l": r}, checkpoint_format="gptq").quantization_config
     assert qc["checkpoint_format"] == "gptq" and qc["sym"] is False
     np.testing.assert_array_equal(export.load_gptq(tmp_path)["l"], r.weight)
 
 
 def test_desc_act_and_static_groups_are_truthful(tmp_path):
-    plain = export.save_gptq(tmp_path / "a", {"l": make_result(5, group_size=32)})
+    plain = export.save_gptq(tmp_path / "a", {"l": make_result(5, group_size=32)}).quantization_config
     assert plain["desc_act"] is False and plain["static_groups"] is False
-    dynamic = export.save_gptq(tmp_path / "b", {"l": make_result(5, group_size=32, act_order=True)})
+    dynamic = export.save_gptq(tmp_path / "b", {"l": make_result(5, group_size=32, act_order=True)}).quantization_config
     assert dynamic["desc_act"] is True and dynamic["static_groups"] is False
-    static = export.save_gptq(tmp_path / "c", {"l": make_result(5, group_size=32, act_order=True, static_groups=True)})
+    static = export.save_gptq(
+        tmp_path / "c", {"l": make_result(5, group_size=32, act_order=True, static_groups=True)}
+    ).quantization_config
     assert static["desc_act"] is True and static["static_groups"] is True
     r = make_result(5, group_size=32)
     r.perm = np.arange(r.shape[1])
-    assert export.save_gptq(tmp_path / "d", {"l": r})["desc_act"] is False
+    assert export.save_gptq(tmp_path / "d", {"l": r}).quantization_config["desc_act"] is False
 
 
 def test_act_order_g_idx_is_non_monotonic_on_disk(tmp_path):
@@ -244,7 +246,7 @@ def test_config_files(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
     r = make_result(7, group_size=128)
     r.damp = 0.05
-    qc = export.save_gptq(tmp_path, {"l": r})
+    qc = export.save_gptq(tmp_path, {"l": r}).quantization_config
     assert qc == {
         "quant_method": "gptq",
         "bits": 4,
@@ -264,7 +266,7 @@ def test_config_files(tmp_path):
     export.save_gptq(other, {"l": r}, config={"model_type": "gpt2"}, quantization_extra={"true_sequential": False})
     cfg = json.loads((other / "config.json").read_text())
     assert cfg["model_type"] == "gpt2" and cfg["quantization_config"]["true_sequential"] is False
-    per_channel = export.save_gptq(tmp_path / "pc", {"l": make_result(7)})
+    per_channel = export.save_gptq(tmp_path / "pc", {"l": make_result(7)}).quantization_config
     assert per_channel["group_size"] == -1
 
 
@@ -279,14 +281,15 @@ def test_passthrough_tensors_and_bias(tmp_path):
         "l.bias": bias,
         "step": np.arange(3, dtype=np.int64),
     }
-    export.save_gptq(tmp_path, {"l": r}, extra_tensors=extra)
+    export.save_gptq(tmp_path, {"l": r}, extra_tensors=extra, passthrough_dtype=None)
     t = load_file(str(tmp_path / "model.safetensors"))
     assert "l.weight" not in t
     assert t["l.bias"].dtype == np.float16
     np.testing.assert_array_equal(t["l.bias"], bias.astype(np.float16))
     assert t["emb.weight"].dtype == np.float32 and t["norm.weight"].dtype == np.float16
     assert t["step"].dtype == np.int64
-    export.save_gptq(tmp_path / "h", {"l": (r, bias)}, extra_tensors=extra, passthrough_dtype="float16")
+    # The default: floating pass-through tensors in the serving dtype (float16 without a config saying bfloat16).
+    export.save_gptq(tmp_path / "h", {"l": (r, bias)}, extra_tensors=extra)
     t = load_file(str(tmp_path / "h" / "model.safetensors"))
     assert t["emb.weight"].dtype == np.float16 and t["step"].dtype == np.int64
     _, loaded_bias = export.load_gptq_results(tmp_path / "h")["l"]
@@ -297,15 +300,108 @@ def test_passthrough_torch_tensors(tmp_path):
     torch = pytest.importorskip("torch")
     r = make_result(9, group_size=32)
     emb = torch.arange(40, dtype=torch.bfloat16).reshape(10, 4)
-    # Tied weights (one storage under two names) and views are written as separate copies.
+    # Without a config saying the embeddings are tied, shared storage and views are written as separate copies.
     extra = {"emb.weight": emb, "lm_head.weight": emb, "first_rows": emb[:2]}
-    export.save_gptq(tmp_path, {"l": (r, torch.zeros(r.shape[0]))}, extra_tensors=extra)
+    export.save_gptq(tmp_path, {"l": (r, torch.zeros(r.shape[0]))}, extra_tensors=extra, passthrough_dtype=None)
     from safetensors.torch import load_file as load_pt
 
     t = load_pt(str(tmp_path / "model.safetensors"))
     assert t["emb.weight"].dtype == torch.bfloat16
     assert torch.equal(t["lm_head.weight"], emb) and torch.equal(t["first_rows"], emb[:2])
     assert t["l.qweight"].dtype == torch.int32 and t["l.bias"].dtype == torch.float16
+
+
+def test_serving_dtype_tied_embeddings_and_size_report(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file as load_pt
+
+    r = make_result(12, group_size=32)
+    n, k = r.shape
+    emb = torch.randn(16, k)
+    extra = {"model.embed.weight": emb, "model.norm.weight": torch.ones(k), "lm_head.weight": emb, "l.weight": None}
+    config = {"model_type": "llama", "vocab_size": 16, "tie_word_embeddings": True, "dtype": "bfloat16"}
+    written = export.save_gptq(tmp_path, {"l": r}, extra_tensors=extra, config=config)
+    t = load_pt(str(tmp_path / "model.safetensors"))
+    # The tied output embedding is written once; the pass-through tensors are in the config's dtype.
+    assert "lm_head.weight" not in t and t["model.embed.weight"].dtype == torch.bfloat16
+    assert (
+        torch.equal(t["model.embed.weight"], emb.to(torch.bfloat16)) and t["model.norm.weight"].dtype == torch.bfloat16
+    )
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+    assert written.file_bytes == (tmp_path / "model.safetensors").stat().st_size
+    # float16 model: the layer's N x K weight, the embedding once, the norm.
+    assert written.fp16_bytes == 2 * (n * k + 16 * k + k)
+    assert written.size_ratio == written.file_bytes / written.fp16_bytes
+    # Untied (or no config): both embeddings, float16 for a float32 model.
+    untied = dict(config, tie_word_embeddings=False, dtype="float32")
+    written = export.save_gptq(tmp_path / "u", {"l": r}, extra_tensors=extra, config=untied)
+    t = load_pt(str(tmp_path / "u" / "model.safetensors"))
+    assert torch.equal(t["lm_head.weight"], emb.half()) and t["model.embed.weight"].dtype == torch.float16
+    assert json.loads((tmp_path / "u" / "config.json").read_text())["dtype"] == "float16"
+    assert written.fp16_bytes == 2 * (n * k + 2 * 16 * k + k)
+
+
+def test_passthrough_overflowing_float16_is_an_error(tmp_path):
+    extra = {"big": np.array([1e6, 1.0], np.float32)}
+    with pytest.raises(ValueError, match=r"pass-through tensor 'big' has finite values that overflow float16"):
+        export.save_gptq(tmp_path, {"l": make_result(13)}, extra_tensors=extra)
+    export.save_gptq(tmp_path, {"l": make_result(13)}, extra_tensors=extra, passthrough_dtype="float32")
+    with pytest.raises(ValueError, match="passthrough_dtype must be"):
+        export.save_gptq(tmp_path, {"l": make_result(13)}, passthrough_dtype="int8")
+
+
+def _consumer_warnings(tmp_path, layers, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        written = export.save_gptq(tmp_path, layers, **kw)
+    messages = [str(w.message) for w in caught if issubclass(w.category, export.GPTQConsumerWarning)]
+    assert len(messages) == len(written.consumer_warnings)
+    for consumer, why in written.consumer_warnings.items():
+        assert any(m == f"{export.GPTQ_CONSUMERS[consumer]}: {why}" for m in messages)
+    return written
+
+
+def test_consumer_warnings_and_kernel_steering(tmp_path):
+    # Symmetric 4-bit runs on every consumer's default kernel: no warning, no backend.
+    sym = _consumer_warnings(tmp_path / "s", {"l": make_result(14, group_size=32)})
+    assert sym.consumer_warnings == {} and "backend" not in sym.quantization_config
+    # Asymmetric 4-bit in the fused kernel's group sizes: transformers is steered, GPTQModel warned about.
+    asym = _consumer_warnings(tmp_path / "a", {"l": make_result(14, group_size=32, sym=False)})
+    assert asym.quantization_config["backend"] == "gptq_torch"
+    assert set(asym.consumer_warnings) == {"gptqmodel"}
+    assert "TorchFusedQuantLinear" in asym.consumer_warnings["gptqmodel"]
+    # Other bit widths or group sizes run the torch kernel everywhere.
+    for name, r in {
+        "b3": make_result(14, bits=3, group_size=32, sym=False),
+        "g256": make_result(14, group_size=256, sym=False),
+    }.items():
+        other = _consumer_warnings(tmp_path / name, {"l": r})
+        assert other.consumer_warnings == {} and "backend" not in other.quantization_config
+    # A group size no CPU kernel takes: both consumers refuse it.
+    odd = _consumer_warnings(tmp_path / "o", {"l": make_result(14, k=192, group_size=48)})
+    assert set(odd.consumer_warnings) == {"gptqmodel", "transformers"}
+    assert "group_size=48" in odd.consumer_warnings["transformers"]
+
+
+def test_asymmetric_v1_warns_that_gptqmodel_refuses_it(tmp_path):
+    r = make_result(4, bits=4, group_size=32, sym=False, force_zero=False)
+    r.zeros = np.maximum(r.zeros, 1.0)
+    r.weight = r.grid_weight()
+    written = _consumer_warnings(tmp_path, {"l": r}, checkpoint_format="gptq")
+    assert "refuses asymmetric checkpoints in the v1 'gptq' format" in written.consumer_warnings["gptqmodel"]
+
+
+def test_sym_means_zero_points_at_the_midpoint(tmp_path):
+    # EasyQuant's symmetric grid puts the zero point at 2^(b-1) - 1: loaders' sym=True (and the fused kernel's
+    # q - 8) would be wrong for it, so it is exported as an asymmetric grid in the v2 format.
+    r = make_result(15, group_size=32)
+    r.zeros = r.zeros - 1
+    r.weight = r.grid_weight()
+    assert r.sym and np.all(r.zeros == 7)
+    written = _consumer_warnings(tmp_path, {"l": r})
+    qc = written.quantization_config
+    assert qc["sym"] is False and qc["checkpoint_format"] == "gptq_v2" and "gptqmodel" in written.consumer_warnings
+    np.testing.assert_array_equal(export.load_gptq(tmp_path)["l"], r.weight)
 
 
 def test_non_fp16_scales_warn_with_the_deviation_or_raise_when_strict(tmp_path):
@@ -350,7 +446,7 @@ def test_gptq_input_errors(tmp_path):
 
 def test_several_layers_mixed_sym_default_to_v2(tmp_path):
     layers = {f"blocks.{i}.fc": make_result(20 + i, group_size=32, sym=(i % 2 == 0)) for i in range(4)}
-    qc = export.save_gptq(tmp_path / "m.safetensors", layers)
+    qc = export.save_gptq(tmp_path / "m.safetensors", layers).quantization_config
     assert qc["checkpoint_format"] == "gptq_v2" and qc["sym"] is False
     loaded = export.load_gptq(tmp_path / "m.safetensors")
     assert sorted(loaded) == sorted(layers)
@@ -479,7 +575,7 @@ def test_real_rtn_result_round_trips(tmp_path, bits, group_size, sym):
     np.testing.assert_array_equal(export.load_quantease(tmp_path / "q.safetensors")["l"], r.weight)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qc = export.save_gptq(tmp_path / "g", {"l": r})
+        qc = export.save_gptq(tmp_path / "g", {"l": r}).quantization_config
     t = load_file(str(tmp_path / "g" / "model.safetensors"))
     np.testing.assert_array_equal(gptq_qweight_codes(t["l.qweight"], bits), r.codes)
     dequant = export.load_gptq(tmp_path / "g")["l"]
@@ -496,7 +592,7 @@ def test_real_gptq_act_order_result_round_trips(tmp_path):
     r = gptq(w, h, bits=4, group_size=32, sym=True, act_order=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qc = export.save_gptq(tmp_path, {"l": r})
+        qc = export.save_gptq(tmp_path, {"l": r}).quantization_config
     assert qc["desc_act"] is True
     t = load_file(str(tmp_path / "model.safetensors"))
     np.testing.assert_array_equal(gptq_qweight_codes(t["l.qweight"], 4), r.codes)
@@ -504,103 +600,4 @@ def test_real_gptq_act_order_result_round_trips(tmp_path):
     assert np.abs(export.load_gptq(tmp_path)["l"] - r.weight).max() == pytest.approx(export.gptq_deviation(r))
 
 
-# ------------------------------------------------------------------------------------------------ transformers
-
-# Runs in a subprocess: importing gptqmodel sets environment variables and patches safetensors and
-# transformers, which must not leak into the rest of the test session.
-_HF_LOAD_SCRIPT = r"""
-import json, sys
-import numpy as np, torch
-from transformers import AutoModelForCausalLM, GPTQConfig, LlamaConfig, LlamaForCausalLM
-from quantease import export
-from quantease.result import QuantResult
-
-out_dir = sys.argv[1]
-torch.manual_seed(0)
-cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
-model = LlamaForCausalLM(cfg).eval()
-state = dict(model.state_dict())
-ids = torch.randint(0, 128, (2, 16))
-report = {}
-for bits, sym, act in [(4, True, False), (3, False, True)]:
-    rng = np.random.default_rng(bits)
-    layers = {}
-    for name, mod in model.named_modules():
-        if not (isinstance(mod, torch.nn.Linear) and name.startswith("model.layers")):
-            continue
-        w = mod.weight.detach().numpy().astype(np.float32)
-        n, k = w.shape
-        gs, maxq = 32, 2 ** bits - 1
-        perm = rng.permutation(k) if act else None
-        g_idx = ((np.argsort(perm) if act else np.arange(k)) // gs).astype(np.int32)
-        groups = k // gs
-        scales = np.zeros((n, groups), np.float32)
-        zeros = np.zeros((n, groups), np.float32)
-        for g in range(groups):
-            wg = w[:, g_idx == g]
-            lo, hi = np.minimum(wg.min(1), 0), np.maximum(wg.max(1), 0)
-            if sym:
-                s, z = 2 * np.maximum(-lo, hi) / maxq, np.full(n, (maxq + 1) / 2)
-            else:
-                s = (hi - lo) / maxq
-                z = np.round(-lo / s)
-            scales[:, g] = s.astype(np.float16).astype(np.float32)
-            zeros[:, g] = z
-        codes = np.clip(np.round(w / scales[:, g_idx]) + zeros[:, g_idx], 0, maxq).astype(np.uint8)
-        r = QuantResult(weight=None, codes=codes, scales=scales, zeros=zeros, g_idx=g_idx, perm=perm, loss=None,
-                        damp=0.01, bits=bits, group_size=gs, sym=sym, method="rtn", seconds=0.0)
-        r.weight = r.grid_weight()
-        layers[name] = r
-    path = f"{out_dir}/b{bits}"
-    qc = export.save_gptq(path, layers, extra_tensors=state, config=cfg.to_dict(), strict=True)
-    q = AutoModelForCausalLM.from_pretrained(path, device_map="cpu", dtype=torch.float32,
-                                             quantization_config=GPTQConfig(bits=bits, backend="gptq_torch"))
-    # Reference: the float model carrying the solver's weights rounded to fp16 (the kernel dequantizes in fp16).
-    ref = LlamaForCausalLM(cfg).eval()
-    ref.load_state_dict(state)
-    same = True
-    with torch.no_grad():
-        for name, r in layers.items():
-            w16 = r.weight.astype(np.float16)
-            same &= bool(np.array_equal(q.get_submodule(name).dequantize_weight().T.numpy(), w16))
-            ref.get_submodule(name).weight.copy_(torch.from_numpy(w16.astype(np.float32)))
-        a, b = ref(ids).logits, q(ids).logits
-    report[f"{bits}"] = {"format": qc["checkpoint_format"], "desc_act": qc["desc_act"],
-                         "kernel": type(q.get_submodule(name)).__name__, "dequant_equal": same,
-                         "logit_diff": float((a - b).abs().max()), "logit_max": float(a.abs().max())}
-print("REPORT " + json.dumps(report))
-"""
-
-
-def test_transformers_loads_the_gptq_checkpoint_on_cpu(tmp_path):
-    import importlib.util
-    import os
-    import subprocess
-    import sys
-
-    missing = [m for m in ("torch", "transformers", "optimum", "gptqmodel") if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(
-            f"loading GPTQ checkpoints in transformers needs {', '.join(missing)} "
-            f"(see the README's export section for a CPU install)"
-        )
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="2",
-        PYTHONPATH=os.pathsep.join(
-            [os.path.dirname(os.path.dirname(os.path.dirname(export.__file__))), os.environ.get("PYTHONPATH", "")]
-        ),
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", _HF_LOAD_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=900
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
-    assert proc.returncode == 0 and lines, (proc.stdout + proc.stderr)[-4000:]
-    report = json.loads(lines[-1][len("REPORT ") :])
-    assert report["4"]["format"] == "gptq" and report["4"]["desc_act"] is False
-    assert report["3"]["format"] == "gptq_v2" and report["3"]["desc_act"] is True
-    for case in report.values():
-        # The loaded layers dequantize to the solver's weights rounded to fp16, bit for bit.
-        assert case["dequant_equal"], report
-        assert case["logit_diff"] <= 1e-3 * max(case["logit_max"], 1.0), report
+# GPTQ checkpoints in GPTQModel and transformers + optimum: tests/test_consumers.py.

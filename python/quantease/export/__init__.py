@@ -2,8 +2,9 @@
 
 One module per format, each with loaders that rebuild the dense weight (layouts in their module docstrings):
 
-* ``save_gptq`` (quantease.export.gptq): uniform affine grids only, as the GPTQ tensors read by
-  transformers/optimum, GPTQModel, vLLM and the exllama/Marlin kernels, plus a ``quantization_config``.
+* ``save_gptq`` (quantease.export.gptq): uniform affine grids only, as the GPTQ tensors plus a
+  ``quantization_config``; quantease.export.gptq_consumers says what GPTQModel and transformers + optimum do
+  with them on CPU (verified by tests/test_consumers.py) and save_gptq warns where they fail.
 * ``save_quantease`` (quantease.export.quantease_format): everything (affine grids, per-row/per-group
   codebooks, sparse CSR outliers), b-bit packed bytes, with a ``quantease_format`` version in the safetensors
   metadata. float32 storage rebuilds ``QuantResult.weight`` bit for bit.
@@ -18,6 +19,7 @@ that need it (extras ``quantease[export]``); torch only when the caller passes t
 from .gguf import save_gguf
 from .gptq import (
     GPTQ_BITS,
+    GPTQExport,
     gptq_deviation,
     gptq_tensors,
     load_gptq,
@@ -27,6 +29,7 @@ from .gptq import (
     unpack_codes,
     unpack_gptq_layer,
 )
+from .gptq_consumers import GPTQ_CONSUMERS, GPTQConsumerWarning
 from .quantease_format import (
     QUANTEASE_FORMAT_VERSION,
     load_quantease,
@@ -38,6 +41,9 @@ from .quantease_format import (
 
 __all__ = [
     "GPTQ_BITS",
+    "GPTQ_CONSUMERS",
+    "GPTQConsumerWarning",
+    "GPTQExport",
     "QUANTEASE_FORMAT_VERSION",
     "gptq_tensors",
     "gptq_deviation",

@@ -79,10 +79,45 @@ def read_safetensors(path: str, framework: str = "numpy") -> Tuple[Dict[str, Any
     return tensors, meta
 
 
+PASSTHROUGH_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def cast_float(key: str, t: Any, dtype: str) -> Any:
+    """A floating tensor cast to ``dtype`` (one of PASSTHROUGH_DTYPES), other tensors as they are; a finite
+    value that the cast turns into an infinity is an error rather than an inf in the file."""
+    if is_torch(t):
+        import torch
+
+        if not t.is_floating_point():
+            return t
+        cast = t.detach().to(getattr(torch, dtype))
+        overflow = bool((torch.isinf(cast) & torch.isfinite(t)).any())
+    else:
+        t = np.asarray(t)
+        if t.dtype.kind != "f":
+            return t
+        if dtype == "bfloat16":  # NumPy has no bfloat16
+            import torch
+
+            return cast_float(key, torch.from_numpy(np.ascontiguousarray(t)), dtype)
+        with np.errstate(over="ignore"):
+            cast = t.astype(dtype)
+        overflow = bool(np.any(np.isinf(cast) & np.isfinite(t)))
+    if overflow:
+        raise ValueError(
+            f"pass-through tensor {key!r} has finite values that overflow {dtype}; use "
+            f"passthrough_dtype='bfloat16' or 'float32'"
+        )
+    return cast
+
+
 def add_passthrough(
     extra: Optional[Mapping[str, Any]], taken: Dict[str, Any], consumed: set, dtype: Optional[str]
 ) -> None:
-    """Copy non-quantized tensors into ``taken``; keys consumed by a quantized layer are dropped."""
+    """Copy non-quantized tensors into ``taken`` (floating ones cast to ``dtype`` unless it is None); keys
+    consumed by a quantized layer are dropped."""
+    if dtype is not None and dtype not in PASSTHROUGH_DTYPES:
+        raise ValueError(f"passthrough_dtype must be one of {PASSTHROUGH_DTYPES} or None, got {dtype!r}")
     if not extra:
         return
     for key, t in extra.items():
@@ -90,16 +125,4 @@ def add_passthrough(
             continue
         if key in taken:
             raise ValueError(f"pass-through tensor {key!r} collides with a tensor of a quantized layer")
-        if dtype is not None:
-            if is_torch(t):
-                import torch
-
-                if t.is_floating_point():
-                    t = t.to(getattr(torch, dtype))
-            else:
-                t = np.asarray(t)
-                if t.dtype.kind == "f":
-                    t = t.astype(dtype)
-        elif not is_torch(t):
-            t = np.asarray(t)
-        taken[key] = t
+        taken[key] = cast_float(key, t, dtype) if dtype is not None else (t if is_torch(t) else np.asarray(t))

@@ -1,6 +1,7 @@
-"""GPTQ checkpoints: uniform affine grids packed as the tensors read by transformers/optimum, GPTQModel, vLLM
-and the exllama/Marlin kernels (``qweight``, ``qzeros``, ``scales``, ``g_idx``, ``bias``) plus a
-``quantization_config``. The solver's own integer codes are packed; nothing is re-rounded.
+"""GPTQ checkpoints: uniform affine grids packed as the tensors GPTQ loaders read (``qweight``, ``qzeros``,
+``scales``, ``g_idx``, ``bias``) plus a ``quantization_config``. The solver's own integer codes are packed; nothing
+is re-rounded. What GPTQModel's and transformers' default CPU paths do with each variant, and what save_gptq
+writes or warns about for them: quantease.export.gptq_consumers.
 """
 
 from __future__ import annotations
@@ -8,14 +9,23 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from ..packing import pack_axis0, unpack_axis0, values_per_unit
 from ..result import QuantResult
-from .files import add_passthrough, atomic_write_json, read_safetensors, tensor_file, write_safetensors
-from .layers import FP16_MAX, LayerSpec, check_layout, split_layer, to_numpy
+from .files import (
+    PASSTHROUGH_DTYPES,
+    add_passthrough,
+    atomic_write_json,
+    read_safetensors,
+    tensor_file,
+    write_safetensors,
+)
+from .gptq_consumers import GPTQ_CONSUMERS, GPTQConsumerWarning, gptq_consumer_notes
+from .layers import FP16_MAX, LayerSpec, check_layout, is_torch, split_layer, to_numpy
 
 # Per layer with prefix P (K = in_features, N = out_features, b bits, G groups):
 #   P.qweight int32 [K*b/32, N]   codes packed along the input dimension, LSB first (3-bit: 32 values in
@@ -133,6 +143,71 @@ def _acts_in_order(r: QuantResult) -> Tuple[bool, bool]:
     return act, trivial
 
 
+@dataclass
+class GPTQExport:
+    """What save_gptq wrote.
+
+    quantization_config: the dict written to quantize_config.json and config.json.
+    tensor_file: the safetensors file; file_bytes its size.
+    fp16_bytes: the size of the same model stored in float16 (quantized layers as dense N x K weights, tied
+        weights once): the checkpoint a GPTQ file replaces.
+    consumer_warnings: {consumer ("gptqmodel", "transformers"): why its default CPU path refuses the file or
+        computes wrong outputs}; each was also issued as a GPTQConsumerWarning.
+    deviations: {layer: max |exported weight - result.weight|} for the layers whose float16 scales differ from
+        the solver's (empty with fp16_scales=True).
+    """
+
+    quantization_config: dict
+    tensor_file: str
+    file_bytes: int
+    fp16_bytes: int
+    consumer_warnings: Dict[str, str] = field(default_factory=dict)
+    deviations: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size_ratio(self) -> float:
+        """file_bytes / fp16_bytes."""
+        return self.file_bytes / self.fp16_bytes if self.fp16_bytes else float("nan")
+
+
+def _serving_dtype(config: Optional[dict], passthrough_dtype: Optional[str]) -> Optional[str]:
+    """ "auto": the dtype config.json declares when it is float16 or bfloat16, else float16."""
+    if passthrough_dtype != "auto":
+        return passthrough_dtype
+    declared = str((config or {}).get("dtype") or (config or {}).get("torch_dtype") or "").replace("torch.", "")
+    return declared if declared in ("float16", "bfloat16") else "float16"
+
+
+def _drop_tied_embeddings(tensors: Dict[str, Any], passthrough: list, config: Optional[dict]) -> None:
+    """With ``tie_word_embeddings``, keep one copy of the embedding matrix: a later pass-through tensor of shape
+    (vocab_size, ...) equal to an earlier one is the tied output embedding, which loaders re-tie."""
+    if not config or not config.get("tie_word_embeddings") or "vocab_size" not in config:
+        return
+    kept: list = []
+    for key in passthrough:
+        t = tensors[key]
+        if len(t.shape) != 2 or t.shape[0] != config["vocab_size"]:
+            continue
+        values = to_numpy(t, key)
+        if any(other.shape == values.shape and np.array_equal(other, values) for other in kept):
+            del tensors[key]
+        else:
+            kept.append(values)
+
+
+def _fp16_bytes(tensors: Mapping[str, Any], layers: Mapping[str, Tuple[QuantResult, Any]]) -> int:
+    """Bytes of the model as a float16 checkpoint: dense quantized layers, pass-through floats in float16."""
+    own = {f"{name}.{suffix}" for name in layers for suffix in ("qweight", "qzeros", "scales", "g_idx")}
+    total = sum(2 * r.weight.size for r, _ in layers.values())
+    for key, t in tensors.items():
+        if key in own:
+            continue
+        floating = t.is_floating_point() if is_torch(t) else np.asarray(t).dtype.kind == "f"
+        itemsize = 2 if floating else (t.element_size() if is_torch(t) else np.asarray(t).itemsize)
+        total += itemsize * int(np.prod(tuple(t.shape)))
+    return int(total)
+
+
 def save_gptq(
     path: Union[str, os.PathLike],
     layers: Mapping[str, LayerSpec],
@@ -142,39 +217,50 @@ def save_gptq(
     checkpoint_format: Optional[str] = None,
     strict: bool = False,
     quantization_extra: Optional[dict] = None,
-    passthrough_dtype: Optional[str] = None,
+    passthrough_dtype: Optional[str] = "auto",
     filename: str = "model.safetensors",
-) -> dict:
+) -> GPTQExport:
     """Write a GPTQ checkpoint: ``model.safetensors`` + ``quantize_config.json`` (+ ``config.json``).
 
-    path: a directory (``filename`` is written inside it) or a path ending in ``.safetensors``.
+    path: a directory (``filename`` is written inside it), or a path ending in ``.safetensors`` or naming a file.
     layers: {module name: QuantResult or (QuantResult, bias-or-None)}; affine grids, bits in {2, 3, 4, 8},
         no codebook, no outliers.
-    extra_tensors: the non-quantized state-dict entries (NumPy arrays or torch tensors) written as they are
-        (or cast to ``passthrough_dtype``, e.g. "float16"); ``name.weight`` / ``name.bias`` of a quantized
-        layer are taken from ``layers`` instead (a ``name.bias`` found here is the layer's bias unless
-        ``layers`` gives one).
-    config: the model's config.json dict; written with ``quantization_config`` merged in. Without it, an
-        existing ``config.json`` in the directory gets the ``quantization_config`` merged in.
-    checkpoint_format: "gptq" (v1: stores z - 1, what every GPTQ loader reads) or "gptq_v2" (stores z;
-        read by GPTQModel). Default: "gptq" when every layer is symmetric, else "gptq_v2".
+    extra_tensors: the non-quantized state-dict entries (NumPy arrays or torch tensors, e.g.
+        ``model.state_dict()``); ``name.weight`` / ``name.bias`` of a quantized layer are taken from ``layers``
+        instead (a ``name.bias`` found here is the layer's bias unless ``layers`` gives one). With
+        ``tie_word_embeddings`` in the config, the tied output embedding is written once, as HF checkpoints do.
+    config: the model's config.json dict; written with ``quantization_config`` merged in and ``dtype`` set to
+        the pass-through dtype. Without it, an existing ``config.json`` in the directory is updated.
+    checkpoint_format: "gptq" (v1: stores z - 1) or "gptq_v2" (stores z). Default: "gptq" when the grids are
+        symmetric (every zero point 2^(bits-1)): v1 symmetric files load everywhere; else "gptq_v2", because
+        GPTQModel refuses asymmetric v1 files that it did not write.
     strict: raise instead of warning when float16 scales make the exported weights differ from
         ``result.weight`` (solve with fp16-rounded scales to make them equal).
-    Returns the ``quantization_config`` dict.
+    passthrough_dtype: dtype of the floating pass-through tensors: "auto" (the config's dtype when float16 or
+        bfloat16, else float16, the serving dtype GPTQ tools write), "float16", "bfloat16", "float32", or None
+        (as given).
+    Returns a GPTQExport: the quantization_config, the file size against the float16 model's, and the
+    consumers warned about (see GPTQ_CONSUMERS and tests/test_consumers.py for what was verified).
     """
     if not layers:
         raise ValueError("layers is empty: nothing to export")
     parsed = {name: split_layer(name, spec) for name, spec in layers.items()}
     results = [r for r, _ in parsed.values()]
-    if checkpoint_format is None:
-        checkpoint_format = "gptq" if all(r.sym for r in results) else "gptq_v2"
-    if checkpoint_format not in ("gptq", "gptq_v2"):
+    if checkpoint_format not in (None, "gptq", "gptq_v2"):
         raise ValueError(f"checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")
+    if passthrough_dtype not in ("auto", None, *PASSTHROUGH_DTYPES):
+        raise ValueError(
+            f"passthrough_dtype must be 'auto', one of {PASSTHROUGH_DTYPES} or None, got {passthrough_dtype!r}"
+        )
     for attr in ("bits", "group_size"):
         values = sorted({getattr(r, attr) for r in results})
         if len(values) > 1:
             raise ValueError(f"every layer of a GPTQ checkpoint must share one {attr}, got {values}")
     bits, group_size = results[0].bits, results[0].group_size
+    # What loaders call symmetric: every zero point at the grid's midpoint (EasyQuant's symmetric grid is not).
+    symmetric = all(r.zeros is not None and np.all(np.asarray(r.zeros) == 1 << (bits - 1)) for r in results)
+    if checkpoint_format is None:
+        checkpoint_format = "gptq" if symmetric else "gptq_v2"
 
     tensors: Dict[str, Any] = {}
     consumed: set = set()
@@ -202,7 +288,18 @@ def save_gptq(
         if strict:
             raise ValueError(msg)
         warnings.warn(msg, stacklevel=2)
-    add_passthrough(extra_tensors, tensors, consumed, passthrough_dtype)
+    backend, consumer_warnings = gptq_consumer_notes(bits, group_size, symmetric, checkpoint_format)
+    for consumer, why in consumer_warnings.items():
+        warnings.warn(f"{GPTQ_CONSUMERS[consumer]}: {why}", GPTQConsumerWarning, stacklevel=2)
+
+    directory, file = tensor_file(path, filename, create=True)
+    if config is None and os.path.exists(os.path.join(directory, "config.json")):
+        with open(os.path.join(directory, "config.json")) as f:
+            config = json.load(f)
+    serving_dtype = _serving_dtype(config, passthrough_dtype)
+    before = set(tensors)
+    add_passthrough(extra_tensors, tensors, consumed, serving_dtype)
+    _drop_tied_embeddings(tensors, [k for k in tensors if k not in before], config)
 
     damps = [r.damp for r in results if r.damp is not None]
     qc = {
@@ -211,28 +308,36 @@ def save_gptq(
         "group_size": group_size if group_size > 0 else -1,
         # desc_act tells loaders to honour a non-monotonic g_idx; true whenever act-order was used.
         "desc_act": bool(any_act),
-        "sym": all(r.sym for r in results),
+        "sym": symmetric,
         "damp_percent": float(min(damps)) if damps else 0.01,
         "static_groups": bool(any_act and not any_dynamic and group_size > 0),
         "true_sequential": True,
         "checkpoint_format": checkpoint_format,
         "meta": {"quantizer": ["quantease"], "methods": sorted({r.method for r in results})},
     }
+    if backend is not None:
+        qc["backend"] = backend
     if quantization_extra:
         qc.update(quantization_extra)
 
-    directory, file = tensor_file(path, filename, create=True)
     write_safetensors(file, tensors, {"format": "pt", "producer": "quantease"})
     atomic_write_json(os.path.join(directory, "quantize_config.json"), qc)
-    config_path = os.path.join(directory, "config.json")
-    if config is None and os.path.exists(config_path):
-        with open(config_path) as f:
-            config = json.load(f)
     if config is not None:
         merged = dict(config)
         merged["quantization_config"] = qc
-        atomic_write_json(config_path, merged)
-    return qc
+        if serving_dtype is not None:
+            merged["dtype"] = serving_dtype
+            if "torch_dtype" in merged:
+                merged["torch_dtype"] = serving_dtype
+        atomic_write_json(os.path.join(directory, "config.json"), merged)
+    return GPTQExport(
+        quantization_config=qc,
+        tensor_file=file,
+        file_bytes=os.path.getsize(file),
+        fp16_bytes=_fp16_bytes(tensors, parsed),
+        consumer_warnings=consumer_warnings,
+        deviations=deviations,
+    )
 
 
 def unpack_codes(qweight: np.ndarray, bits: int) -> np.ndarray:
