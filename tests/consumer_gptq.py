@@ -8,9 +8,9 @@ save_gptq, with a tokenizer) and a reference .npz written by the test from quant
 quantized layer ``NAME.codes`` [N, K], ``NAME.scales`` (fp16 [N, G]), ``NAME.zeros`` [N, G], ``NAME.g_idx`` [K].
 
 Each case is loaded through each load path (each consumer's default, and its torch kernel). For each it
-reports the kernel classes, the dtype, how many layers dequantize bit-equal to quantease's grid evaluated in
-the layer's dtype (scales rounded to that dtype, as the kernels do), and the relative error of the logits;
-or the error the loader raised. Prints one line ``REPORT {json}``.
+reports whether lm_head is tied to the embedding, the kernel classes, the dtype, how many layers dequantize
+bit-equal to quantease's grid evaluated in the layer's dtype (scales rounded to that dtype, as the kernels do),
+and the relative error of the logits; or the error the loader raised. Prints one line ``REPORT {json}``.
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def _check(model, ref, layers) -> dict:
     with torch.no_grad():
         logits = model(torch.from_numpy(ref["ids"])).logits.float()
     expected = torch.from_numpy(ref["logits"])
+    output, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
     return {
+        "tied": output.data_ptr() == embedding.data_ptr(),
         "kernels": sorted(kernels),
         "dtype": str(weight.dtype).replace("torch.", ""),
         "weights_equal": equal,

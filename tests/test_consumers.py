@@ -185,6 +185,7 @@ def consumers(tmp_path_factory):
 def correct(result: dict) -> bool:
     return (
         "error" not in result
+        and result["tied"]
         and result["weights_equal"] == result["layers"]
         and result["logits_rel_err"] <= CORRECT_LOGITS
     )
@@ -228,6 +229,8 @@ def test_torch_kernel_paths_match_quantease_exactly(consumers, case):
             continue
         # The layers dequantize to quantease's weights bit for bit (in float16, or the model's bfloat16).
         assert result["weights_equal"] == result["layers"], (path, result)
+        # The embedding, written once, serves as lm_head too.
+        assert result["tied"], (path, result)
         assert result["logits_rel_err"] <= CORRECT_LOGITS, (path, result)
 
 
