@@ -27,4 +27,5 @@ BUILD_CUDA_EXT=0 GPTQMODEL_FORCE_BUILD=1 pip_install --no-build-isolation --no-b
 pip_install transformers kernels requests optimum
 "$PY" -m pip check >&2
 cp "$CONSTRAINTS" "$STAMP"
+echo "consumer environment built in ${SECONDS} s: $VENV" >&2
 echo "$PY"
