@@ -25,6 +25,7 @@ NEEDS_TORCH = {
     "quantease.blocks",
     "quantease.distributed",
     "quantease.device_hessian",
+    "quantease.offload",
 }
 
 

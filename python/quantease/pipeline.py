@@ -57,6 +57,7 @@ from .distributed import DataParallel, setup
 from .gguf import TYPES
 from .gguf_mixes import TypeChoice, TypePlan, layer_types
 from .hooks import HessianCollector, trace_input_groups
+from .offload import Offload
 from .solvers import NAMES, Solver, get_solver
 
 __all__ = ["quantize_model", "QuantReport", "LayerRecord", "METHODS"]
@@ -477,6 +478,7 @@ def quantize_model(
     on_layer: Optional[Callable[[LayerRecord, Any, Optional[np.ndarray]], None]] = None,
     distributed: Optional[bool] = None,
     hessian_shards: Optional[int] = None,
+    offload: Optional[Offload] = None,
 ) -> QuantReport:
     """Quantize every linear layer of the model's repeated blocks in place, block by block.
 
@@ -509,6 +511,9 @@ def quantize_model(
     hessian_shards: the calibration batches fall into this many contiguous shards whose Hessian partial sums
         are added in shard order; None: one per rank (1 in one process). A run on k ranks gives the same bits
         as one process with ``hessian_shards=k``.
+    offload: a model larger than RAM (quantease.offload): ``model`` is ``offload.empty_model(path)``, its
+        parameters on the meta device; ``Offload(path, out)`` reads one block at a time from the safetensors
+        files at ``path`` and streams each quantized block to ``out``, so memory holds about one block.
 
     Returns a QuantReport (list of LayerRecord; ``.to_markdown()``)."""
     solver = _resolve_solver(method)
@@ -561,7 +566,13 @@ def quantize_model(
         if dp.shards > 1:  # the shards need the number of batches
             calibration_batches = list(calibration_batches)
             select = dp.my_batches(len(calibration_batches))
+        if offload is not None:
+            offload.begin(model, block_list)
         inputs, digest = capture_block_inputs(model, block_list[0][1], calibration_batches, select=select)
+        if offload is not None:
+            offload.captured(model)
+        # Results go into the checkpoints when the report keeps them or a streamed GPTQ export needs them.
+        store_results = keep_results or (offload is not None and offload.needs_results)
         ckpt = None
         start = 0
         if checkpoint_dir is not None:
@@ -582,33 +593,43 @@ def quantize_model(
                 config["hessian_shards"] = dp.shards
             ckpt = _Checkpoint(checkpoint_dir, config, writer=dp.rank == 0)
             start = dp.min(ckpt.finished(len(block_list)))
+            # Resume: the finished blocks take their quantized weights from the checkpoint and recompute the
+            # inputs of the first unfinished one.
             for i, (block_name, block) in enumerate(block_list[:start]):
                 payload = ckpt.load(i, block_name)
                 if payload is None:
                     raise ValueError(f"{ckpt.path(i)} disappeared while resuming from {checkpoint_dir!r}")
+                if store_results and payload["results"] is None:
+                    raise ValueError(
+                        f"{ckpt.path(i)} was written without keep_results; "
+                        f"rerun without keep_results (and without a GPTQ offload) or use another directory"
+                    )
+                if offload is not None:
+                    offload.load_block(block_name, block)
                 layers = linear_layers(block, prefix=block_name)
                 for name, w in payload["weights"].items():
                     with torch.no_grad():
                         weight_tensor(layers[name]).copy_(w)
                 report.extend(LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in payload["records"])
+                results = {} if payload["results"] is None else payload["results"]
+                results = {k: _from_storable(v) for k, v in results.items()}
                 if keep_results:
-                    if payload["results"] is None:
-                        raise ValueError(
-                            f"{ckpt.path(i)} was written without keep_results; "
-                            f"rerun without keep_results or use another directory"
-                        )
-                    report.results.update({k: _from_storable(v) for k, v in payload["results"].items()})
+                    report.results.update(results)
                 del payload
+                if i + 1 < len(block_list):
+                    with torch.no_grad():
+                        inputs.advance(block)
+                if offload is not None:
+                    offload.store_block(i, block_name, block, results, write=dp.rank == 0)
+                del results
             report.resumed_blocks = start
             if start:
                 log.info("resuming after %d finished block(s) from %s", start, checkpoint_dir)
-        with torch.no_grad():
-            # Resume: the finished (quantized) blocks recompute the inputs of the first unfinished one.
-            for _, block in block_list[:start]:
-                inputs.advance(block)
         bar = _progress_bar(len(block_list), start, progress and dp.rank == 0)
         for i in range(start, len(block_list)):
             block_name, block = block_list[i]
+            if offload is not None:
+                offload.load_block(block_name, block)
             records, results = _quantize_block(
                 i,
                 block_name,
@@ -640,10 +661,15 @@ def quantize_model(
                     block_name,
                     {r.name: weight_tensor(layers[r.name]) for r in records},
                     records,
-                    results if keep_results else None,
+                    results if store_results else None,
                 )
+            if offload is not None:  # the quantized block written out, its memory freed
+                offload.store_block(i, block_name, block, results, write=dp.rank == 0)
+            del results
             if bar is not None:
                 bar.update(1)
+        if offload is not None and dp.rank == 0:
+            offload.finish()
     finally:
         if bar is not None:
             bar.close()

@@ -133,7 +133,7 @@ def gptq_tensors(
     return out
 
 
-def _acts_in_order(r: QuantResult) -> Tuple[bool, bool]:
+def acts_in_order(r: QuantResult) -> Tuple[bool, bool]:
     """(act-order was used, g_idx is the trivial j // group_size)."""
     k = r.weight.shape[1]
     perm = None if r.perm is None else np.asarray(r.perm)
@@ -271,7 +271,7 @@ def save_gptq(
             bias = to_numpy(extra_tensors[f"{name}.bias"], f"{name}.bias")
         tensors.update(gptq_tensors(r, name, bias=bias, checkpoint_format=checkpoint_format))
         consumed.update({f"{name}.weight", f"{name}.bias"})
-        act, trivial = _acts_in_order(r)
+        act, trivial = acts_in_order(r)
         any_act |= act or not trivial
         any_dynamic |= not trivial
         d = gptq_deviation(r)

@@ -229,7 +229,24 @@ def _result_from_tensors(t: Mapping[str, np.ndarray], name: str, meta: dict) -> 
 
 
 def _read_quantease(path: Union[str, os.PathLike], framework: str = "numpy"):
-    _, file = tensor_file(path)
+    """(tensors, {layer: metadata entry}) of a quantease-format file, or of a directory of shards listed by
+    ``model.safetensors.index.json`` (quantease.offload writes one shard per block, each with its layers)."""
+    directory, file = tensor_file(path)
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if not os.path.exists(file) and os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+        tensors: Dict[str, Any] = {}
+        layers: Dict[str, dict] = {}
+        for name in files:
+            t, m = _read_quantease_file(os.path.join(directory, name), framework)
+            tensors.update(t)
+            layers.update(m)
+        return tensors, layers
+    return _read_quantease_file(file, framework)
+
+
+def _read_quantease_file(file: str, framework: str):
     tensors, meta = read_safetensors(file, framework)
     version = meta.get("quantease_format")
     if version is None:
