@@ -2,7 +2,6 @@
 #include "fit_grids.hpp"
 
 #include <algorithm>
-#include <limits>
 
 #include "affine_fit.hpp"
 #include "quantease/leanquant/kmeans.hpp"
@@ -13,16 +12,17 @@ namespace {
 
 constexpr Index kFitChunk = 16;  // rows per grid-fitting task
 
-// The codebook's weighted error on the sorted row (what k-means minimised), with the loop's nearest-entry
-// rule: entry t takes the values in (mids[t-1], mids[t]].
-double codebook_error(const SortedRow& row, const float* levels, const float* mids, int k) {
+// The codebook's weighted error on the sorted row (what k-means minimised), with the loop's nearest-level
+// rule: level t takes the values in (mid[t-1], mid[t]].
+double codebook_error(const SortedRow& row, const CodebookRowGrid& grid) {
+  const Index k = grid.k;
   double err = 0.0;
   Index a = 0;
-  for (int t = 0; t < k; ++t) {
-    const Index b = t + 1 < k ? std::upper_bound(row.x.begin() + a, row.x.end(), static_cast<double>(mids[t])) -
+  for (Index t = 0; t < k; ++t) {
+    const Index b = t + 1 < k ? std::upper_bound(row.x.begin() + a, row.x.end(), static_cast<double>(grid.mid[t])) -
                                     row.x.begin()
                               : row.size();
-    err += row.segment_error(a, b, levels[t]);
+    err += row.segment_error(a, b, grid.level[t]);
     a = b;
   }
   return err;
@@ -31,20 +31,17 @@ double codebook_error(const SortedRow& row, const float* levels, const float* mi
 }  // namespace
 
 FittedGrids fit_grids(const ConstRowMatrixRef<float>& W, const std::vector<char>& dead,
-                      const Eigen::VectorXd& importance, const LeanQuantOptions& opt) {
-  const Index rows = W.rows(), cols = W.cols();
-  const Index groups = opt.group_size > 0 ? cols / opt.group_size : 1;
-  const Index glen = opt.group_size > 0 ? opt.group_size : cols;
+                      const Eigen::VectorXd& importance, const GroupMap& groups, const LeanQuantOptions& opt) {
+  const Index rows = W.rows(), n_groups = groups.count(), glen = groups.size();
   const int k = 1 << opt.bits;
   FittedGrids fitted;
-  fitted.error.resize(rows * groups);
+  fitted.error.resize(rows * n_groups);
   if (opt.affine) {
-    fitted.affine.resize(rows * groups);
-    fitted.minmax_error.resize(rows * groups);
+    fitted.affine = AffineGrids(rows, groups, opt.bits);
+    fitted.minmax_error.resize(rows * n_groups);
   } else {
-    fitted.codebook.resize(rows * groups, k);
-    fitted.mids.resize(rows * groups, k);
-    fitted.iters.resize(rows * groups);
+    fitted.codebook = CodebookGrids(RowMatrixXf::Zero(rows * n_groups, k), groups);
+    fitted.iters.resize(rows * n_groups);
   }
   parallel_chunks(rows, kFitChunk, [&](Index r0, Index r1) {
     std::vector<float> values(glen);
@@ -52,8 +49,8 @@ FittedGrids fit_grids(const ConstRowMatrixRef<float>& W, const std::vector<char>
     SortedRow sorted;
     AffineFitter fitter(opt.bits, opt.grid_steps);
     for (Index r = r0; r < r1; ++r) {
-      for (Index g = 0; g < groups; ++g) {
-        const Index c0 = g * glen, idx = r * groups + g;
+      for (Index g = 0; g < n_groups; ++g) {
+        const Index c0 = g * glen, idx = r * n_groups + g;
         // (through plain pointers the copy vectorises; W's rows are contiguous)
         const float* w = W.row(r).data() + c0;
         const char* dead_here = dead.data() + c0;
@@ -61,7 +58,7 @@ FittedGrids fit_grids(const ConstRowMatrixRef<float>& W, const std::vector<char>
         const double* s = importance.data() + c0;
         if (opt.affine) {
           const AffineFit f = fitter.fit(values.data(), s, glen);
-          fitted.affine[idx] = f.grid;
+          fitted.affine.set(r, g, f.grid);
           fitted.error[idx] = f.error;
           fitted.minmax_error[idx] = f.minmax_error;
           continue;
@@ -69,12 +66,11 @@ FittedGrids fit_grids(const ConstRowMatrixRef<float>& W, const std::vector<char>
         sorted.assign(values.data(), s, glen);
         SplitMix64 rng(opt.seed, static_cast<std::uint64_t>(idx));
         fitted.iters[idx] = weighted_kmeans(sorted, k, opt.kmeans_iters, opt.kmeans_tol, rng, centroids.data());
-        float* levels = fitted.codebook.row(idx).data();
-        float* mids = fitted.mids.row(idx).data();
+        const Index at = fitted.codebook.index(r, g);
+        float* levels = fitted.codebook.levels_at(at);
         for (int t = 0; t < k; ++t) levels[t] = static_cast<float>(centroids[t]);
-        for (int t = 0; t + 1 < k; ++t) mids[t] = 0.5f * (levels[t] + levels[t + 1]);
-        mids[k - 1] = std::numeric_limits<float>::infinity();
-        fitted.error[idx] = codebook_error(sorted, levels, mids, k);
+        fitted.codebook.update_midpoints(at);
+        fitted.error[idx] = codebook_error(sorted, fitted.codebook.row(r, g));
       }
     }
   });
