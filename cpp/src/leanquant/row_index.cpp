@@ -65,7 +65,7 @@ std::uint32_t RowIndex::scatter_into_buckets(const float* values, const double* 
   std::uint32_t most = 0;
   for (Index c = 0; c < nb; ++c) most = std::max(most, table_[c]);
   // end of bucket b (running sum), eight buckets at a time: their own running sums do not wait for the
-  // total so far (one chain through all the buckets was the bulk of the bucketing)
+  // total so far (a single chain through all buckets waits an add per bucket)
   std::uint32_t acc = 0;
   Index b = 0;
   for (; b + 8 <= nb; b += 8) {

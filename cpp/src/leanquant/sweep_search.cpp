@@ -93,7 +93,7 @@ void SweepSearch::sweep(Index end, Winner& win) {
   const int nz = maxq_ + 1;
   const double sum_sx2 = index_.all().s2;
   // the zeros of each step t as the branch and bound computes them (the same candidate set), in one pass
-  // that vectorises (two divisions per step: a tenth of the sweep, step by step)
+  // that vectorises (two divisions per step)
   zlo_.resize(end);
   zhi_.resize(end);
   for (Index t = 1; t < end; ++t) {
@@ -125,8 +125,8 @@ void SweepSearch::sweep(Index end, Winner& win) {
     }
     const double h = cand_.scale(0, t);
     const int zhi = zhi_[t], zlo = zlo_[t];
-    // E of every zero and whether one of the step's beats the best (rarely): a fixed loop that vectorises
-    // (a std::min over [zlo, zhi] did not, a third of the sweep)
+    // E of every zero and whether one of the step's beats the best (rarely): a fixed loop over all zeros
+    // vectorises, one over [zlo, zhi] does not
     int hit = 0;
     for (int z = 0; z < nz; ++z) {
       ez[z] = sum_sx2 + h * (h * C_[z] - 2.0 * B_[z]) + dead_[z];
