@@ -130,8 +130,9 @@ double refine_block(const Format& f, const float* x, const float* w, BlockParams
 namespace quantease::gguf {
 
 template <class HT>
-void refit_super_scales(const Format& f, const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H,
-                        const RowMatrixU8& codes, std::vector<BlockParams>& blocks, RowMatrixXf& weight) {
+void refit_super_scales(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H, const RowMatrixU8& codes,
+                        GgufGrids& grids, RowMatrixXf& weight) {
+  const Format& f = grids.format();
   const Index rows = W.rows(), cols = W.cols(), per_row = cols / f.block, n = f.block;
   const bool two = f.scheme == Scheme::scale_min || f.scheme == Scheme::sub_scale_min;
   const RowMatrixXf Hf = H.template cast<float>();
@@ -150,7 +151,7 @@ void refit_super_scales(const Format& f, const ConstRowMatrixRef<float>& W, cons
       change.setZero();
       bool any = false;
       for (Index r = 0; r < pr; ++r) {
-        BlockParams& p = blocks[(r0 + r) * per_row + blk];
+        const BlockParams& p = grids.block(r0 + r, blk);
         // value = d a + e b over the block: a = sc * level, b = -min (k-quants) or 1 (Q4_1/Q5_1)
         for (int s = 0; s < f.subs(); ++s) {
           for (Index i = s * f.sub; i < (s + 1) * f.sub; ++i) {
@@ -186,7 +187,7 @@ void refit_super_scales(const Format& f, const ConstRowMatrixRef<float>& W, cons
         }
         // the objective's change when the block's values move by dq: -2 dq^T g + dq^T H dq
         if (!(-2.0 * dq.dot(g) + dq.dot(Hbb * dq) < 0)) continue;
-        p = q;
+        grids.set_block(r0 + r, blk, q);
         for (Index i = 0; i < n; ++i) {
           change(r, i) = static_cast<float>(dq[i]);
           weight(r0 + r, c0 + i) = fresh[i];
@@ -199,11 +200,9 @@ void refit_super_scales(const Format& f, const ConstRowMatrixRef<float>& W, cons
   });
 }
 
-template void refit_super_scales<float>(const Format&, const ConstRowMatrixRef<float>&,
-                                        const ConstRowMatrixRef<float>&, const RowMatrixU8&,
-                                        std::vector<BlockParams>&, RowMatrixXf&);
-template void refit_super_scales<double>(const Format&, const ConstRowMatrixRef<float>&,
-                                         const ConstRowMatrixRef<double>&, const RowMatrixU8&,
-                                         std::vector<BlockParams>&, RowMatrixXf&);
+template void refit_super_scales<float>(const ConstRowMatrixRef<float>&, const ConstRowMatrixRef<float>&,
+                                        const RowMatrixU8&, GgufGrids&, RowMatrixXf&);
+template void refit_super_scales<double>(const ConstRowMatrixRef<float>&, const ConstRowMatrixRef<double>&,
+                                         const RowMatrixU8&, GgufGrids&, RowMatrixXf&);
 
 }  // namespace quantease::gguf

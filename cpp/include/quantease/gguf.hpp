@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "quantease/gguf_format.hpp"
+#include "quantease/gguf_grids.hpp"
 #include "quantease/result.hpp"
 #include "quantease/types.hpp"
 
@@ -34,9 +35,5 @@ struct GptqOptions {
 // exact objective with the codes fixed (refit_super_scales, gguf_refine.hpp).
 template <class HT>
 GgufOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H, Type type, const GptqOptions& opt);
-
-// weight[r, c] = value of codes[r, c] on its sub-block's grid (llama.cpp's dequantization, bit for bit).
-void dequantize(const Format& f, const std::vector<BlockParams>& blocks, const RowMatrixU8& codes,
-                RowMatrixXf& weight);
 
 }  // namespace quantease::gguf

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "quantease/gguf_format.hpp"
+#include "quantease/gguf_grids.hpp"
 #include "quantease/types.hpp"
 
 namespace quantease::gguf {
@@ -28,9 +29,9 @@ namespace quantease::gguf {
 // the exact layer objective sum_rows (w - q)^T H (w - q) over that block's two numbers, the other blocks
 // held (one pass, block by block along each row, G = (W - Q) H kept up to date), then rounded to fp16 and
 // kept only when the objective, recomputed with the rounded values, drops. W: rows x cols, H: cols x cols,
-// codes and blocks as a solver left them (blocks changed in place); weight: the dequantized W, updated.
+// codes and grids as a solver left them (blocks changed in place); weight: the dequantized W, updated.
 template <class HT>
-void refit_super_scales(const Format& f, const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H,
-                        const RowMatrixU8& codes, std::vector<BlockParams>& blocks, RowMatrixXf& weight);
+void refit_super_scales(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H, const RowMatrixU8& codes,
+                        GgufGrids& grids, RowMatrixXf& weight);
 
 }  // namespace quantease::gguf

@@ -305,17 +305,4 @@ void run_column_loop(const ConstRowMatrixRef<float>& W, const ProcessingOrder& o
   });
 }
 
-// The same with the order given piece by piece (LeanQuant's and the GGUF solver's call, until they move onto
-// grid sets).
-template <class MakeQuantizer>
-void run_column_loop(const ConstRowMatrixRef<float>& W, const VectorXi64& perm, bool permuted,
-                     const std::vector<char>& dead, const RowMatrixXf& P, const ColumnLoopOptions& opt,
-                     MakeQuantizer&& make_quantizer, RowMatrixU8& codes_out) {
-  ProcessingOrder order;
-  order.perm = perm;
-  order.act_order = permuted;
-  order.dead = dead;
-  run_column_loop(W, order, P, opt, std::forward<MakeQuantizer>(make_quantizer), codes_out);
-}
-
 }  // namespace quantease
