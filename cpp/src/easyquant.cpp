@@ -12,16 +12,16 @@
 namespace quantease {
 namespace {
 
-constexpr Index kRowPanel = 16;      // rows per task: fixed, so results do not depend on the thread count
-constexpr double kAdamBeta1 = 0.9;   // torch.optim.Adam defaults
+constexpr Index kRowPanel = 16;     // rows per task: fixed, so results do not depend on the thread count
+constexpr double kAdamBeta1 = 0.9;  // torch.optim.Adam defaults
 constexpr double kAdamBeta2 = 0.999;
 constexpr double kAdamEps = 1e-8;
-constexpr double kRhoMin = 1e-3;     // Adam keeps the range above 0.1 % of its start
-constexpr double kRhoLo = 0.05;      // the search covers [0.05, rho_hi] times the start range
-constexpr int kPolished = 2;         // best grid points polished by the Lloyd iteration
+constexpr double kRhoMin = 1e-3;  // Adam keeps the range above 0.1 % of its start
+constexpr double kRhoLo = 0.05;   // the search covers [0.05, rho_hi] times the start range
+constexpr int kPolished = 2;      // best grid points polished by the Lloyd iteration
 constexpr int kLloydMax = 64;
-constexpr float kMinScale = 1e-30f;  // max|x| / 2^(b-1) below this: the channel is left at its start grid
-constexpr Index kSortedPerCode = 32; // automatic evaluation: sort when n > 32 * (2^bits - 1)
+constexpr float kMinScale = 1e-30f;   // max|x| / 2^(b-1) below this: the channel is left at its start grid
+constexpr Index kSortedPerCode = 32;  // automatic evaluation: sort when n > 32 * (2^bits - 1)
 
 // The range optimiser of one channel. Holds the sorted normal values and their float64 prefix sums, from
 // which E(s) = sum (s k - x)^2 (minus the constant sum x^2) and dE/ds come in O(2^b log n).
@@ -45,8 +45,9 @@ class ChannelSolver {
     values_ = x;
     // Sorting pays off when an evaluation over the sorted values (a search per code boundary) is much cheaper
     // than a pass over the values: many values, few codes.
-    sorted_path_ = opt_.evaluation == EasyQuantOptions::Evaluation::sorted ||
-                   (opt_.evaluation == EasyQuantOptions::Evaluation::automatic && n > kSortedPerCode * static_cast<Index>(maxq_));
+    sorted_path_ =
+        opt_.evaluation == EasyQuantOptions::Evaluation::sorted ||
+        (opt_.evaluation == EasyQuantOptions::Evaluation::automatic && n > kSortedPerCode * static_cast<Index>(maxq_));
     if (sorted_path_ && n > 0) {
       load(x, n);
       values_ = sorted_.data();
@@ -298,14 +299,14 @@ class ChannelSolver {
   float maxq_;
   double kmin_ = 0.0, kmax_ = 0.0;
   std::vector<std::uint32_t> keys_, scratch_;  // sort buffers
-  const float* values_ = nullptr;  // the channel's values: sorted_ on the sorted path, else the caller's
+  const float* values_ = nullptr;              // the channel's values: sorted_ on the sorted path, else the caller's
   Index n_ = 0;
   bool sorted_path_ = false;
   std::vector<float> sorted_;
   std::vector<double> prefix_;
   std::vector<Index> hint_;  // per code boundary: its index at the last moments() call
   std::vector<double> correction1_, correction2_;
-  double grid_side_ = -1.0;  // the clamp bound grid_ was made for
+  double grid_side_ = -1.0;   // the clamp bound grid_ was made for
   std::vector<double> grid_;  // rho of the search points
 };
 
@@ -362,7 +363,8 @@ void outlier_statistics(const ConstRowMatrixRef<float>& W, bool row_stats, EasyQ
     double total = 0.0;
     for (Index r = 0; r < rows; ++r) total += row_sq[r];
     res.mean = Eigen::VectorXd::Constant(1, tensor_mean);
-    res.stddev = Eigen::VectorXd::Constant(1, std::sqrt(total / (static_cast<double>(rows) * static_cast<double>(cols))));
+    res.stddev =
+        Eigen::VectorXd::Constant(1, std::sqrt(total / (static_cast<double>(rows) * static_cast<double>(cols))));
   }
 }
 
@@ -450,7 +452,7 @@ EasyQuantOutput easyquant(const ConstRowMatrixRef<float>& W, const EasyQuantOpti
     }
   });
 
-  out.g_idx = group_index(cols, opt.group_size, VectorXi64(), false);
+  out.g_idx = GroupMap::of_original_columns(cols, opt.group_size, VectorXi64()).column_groups();
   store_outliers(W, outlier_cols, res);
   return res;
 }

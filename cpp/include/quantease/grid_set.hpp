@@ -5,10 +5,11 @@
 // members differ only in how a code becomes a value:
 //   AffineGrids     value = scale * (code - zero)      (scale, integer zero per row and group: grid.hpp)
 //   CodebookGrids   value = level[code]                (2^bits ascending levels per row and group)
-// and a fixed-format member (a GGUF block of 32, or a sub-block inside a super-block of 256) fits the same
-// mould: its value(code) is d * code - m, d * (code - z) or d * T[code] with d and m already in stored
-// precision, its GroupMap has groups of the block's ORIGINAL columns, and its grid of a block is fixed up
-// front or chosen by the column loop's grid choice when the loop reaches the block (gptq_loop.hpp).
+//   GgufGrids       value = mul * level(code) + add    (llama.cpp's block formats, gguf_grids.hpp: mul and add
+//                                                       from the block's stored fp16 / integer scales; groups
+//                                                       are the type's sub-blocks of W's ORIGINAL columns)
+// A grid is fixed up front or chosen by the column loop's grid choice when the loop reaches its group
+// (gptq_loop.hpp's GridSetQuantizer).
 //
 // Every member provides, with r a row of W and g a group:
 //   const GroupMap& groups() const;  Index rows() const;
@@ -19,7 +20,8 @@
 //                                      the kRowBatch rows from r (n of them real; the other lanes' outputs are
 //                                      ignored) at once: what row(r + l, g) gives, written so that it vectorises;
 //   Gathered, static constexpr bool hinted: the grids of any list of rows for one group side by side (the
-//                                      QuantEase sweep's view): load(set, rows, g), then lanes() ->
+//                                      QuantEase sweep's view; affine and codebook grids, which the sweep runs
+//                                      on): load(set, rows, g), then lanes() ->
 //                                      quantize(i, x, hint), value(i, code) for the i-th row of the list;
 //                                      `hinted`: whether quantize reads the hint (the sweep then keeps codes).
 // Members must be bit-exact: row(), quantize_lanes() and Gathered give the same codes and values, and

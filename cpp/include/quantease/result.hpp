@@ -43,11 +43,4 @@ class PhaseTimer {
 void write_grids(const AffineGrids& grids, QuantOutput& out);
 void write_grids(const CodebookGrids& grids, QuantOutput& out);
 
-// weight from codes, scales, zeros and g_idx already in `out` (LeanQuant's affine output).
-void dequantize_affine(QuantOutput& out);
-
-// g_idx for `cols` columns: c / group_size, or for act-order with dynamic groups the group of the
-// position at which column c was processed (GroupMap::column_groups). All zeros when group_size <= 0.
-VectorXi32 group_index(Index cols, Index group_size, const VectorXi64& perm, bool by_processing_order);
-
 }  // namespace quantease
