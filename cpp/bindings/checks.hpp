@@ -59,8 +59,7 @@ void check_weight(const CArray<T>& W, const char* name = "W") {
     throw py::value_error(std::string(name) + " must be a 2-D array (rows x cols), got shape " + shape_str(W));
   }
   if (W.shape(0) == 0 || W.shape(1) == 0) {
-    throw py::value_error(std::string(name) + " must have at least one row and one column, got shape " +
-                          shape_str(W));
+    throw py::value_error(std::string(name) + " must have at least one row and one column, got shape " + shape_str(W));
   }
   Index bad = -1;
   {
@@ -76,15 +75,20 @@ void check_weight(const CArray<T>& W, const char* name = "W") {
       for (Index i = c0; i < c1; ++i) all_finite &= std::isfinite(static_cast<double>(p[i]));
       if (!all_finite)
         for (Index i = c0; i < c1; ++i)
-          if (!std::isfinite(static_cast<double>(p[i]))) { first_bad[c0 / kChunk] = i; break; }
+          if (!std::isfinite(static_cast<double>(p[i]))) {
+            first_bad[c0 / kChunk] = i;
+            break;
+          }
     });
     for (const Index i : first_bad)
-      if (i >= 0) { bad = i; break; }
+      if (i >= 0) {
+        bad = i;
+        break;
+      }
   }
   if (bad >= 0) {
     std::ostringstream msg;
-    msg << name << " contains NaN or Inf (first at row " << bad / W.shape(1) << ", column " << bad % W.shape(1)
-        << ")";
+    msg << name << " contains NaN or Inf (first at row " << bad / W.shape(1) << ", column " << bad % W.shape(1) << ")";
     throw py::value_error(msg.str());
   }
 }
@@ -124,8 +128,7 @@ void check_hessian(const CArray<T>& H, Index cols, const char* name = "H") {
   }
   if (max_asym > 1e-4 * max_abs) {
     std::ostringstream msg;
-    msg << name << " must be symmetric: max |H - H^T| = " << max_asym << " exceeds 1e-4 * max |H| = "
-        << 1e-4 * max_abs;
+    msg << name << " must be symmetric: max |H - H^T| = " << max_asym << " exceeds 1e-4 * max |H| = " << 1e-4 * max_abs;
     throw py::value_error(msg.str());
   }
 }
@@ -153,7 +156,8 @@ inline void check_group_size(int group_size, Index cols) {
 }
 
 inline void check_positive(const char* name, long value) {
-  if (value <= 0) throw py::value_error(std::string(name) + " must be a positive integer, got " + std::to_string(value));
+  if (value <= 0)
+    throw py::value_error(std::string(name) + " must be a positive integer, got " + std::to_string(value));
 }
 
 inline void check_damp(double damp) {

@@ -22,8 +22,8 @@ void register_core(py::module_& m) {
         }
         return output_to_dict(std::move(out));
       },
-      py::arg("W").noconvert(), py::kw_only(), py::arg("bits"), py::arg("group_size"), py::arg("sym"),
-      py::arg("mse"), py::arg("fp16_scales"));
+      py::arg("W").noconvert(), py::kw_only(), py::arg("bits"), py::arg("group_size"), py::arg("sym"), py::arg("mse"),
+      py::arg("fp16_scales"));
 
   m.def(
       "gptq",
@@ -34,17 +34,16 @@ void register_core(py::module_& m) {
         check_group_size(group_size, W.shape(1));
         check_positive("block_size", block_size);
         check_damp(damp);
-        GptqOptions opt{bits, group_size, sym, act_order, static_groups, damp, block_size, mse, reference,
-                         fp16_scales};
+        GptqOptions opt{bits, group_size, sym, act_order, static_groups, damp, block_size, mse, reference, fp16_scales};
         QuantOutput out = with_hessian(H, W.shape(1), [&](const auto& h) {
           py::gil_scoped_release release;
           return gptq(as_matrix(W), h, opt);
         });
         return output_to_dict(std::move(out));
       },
-      py::arg("W").noconvert(), py::arg("H"), py::kw_only(), py::arg("bits"), py::arg("group_size"),
-      py::arg("sym"), py::arg("act_order"), py::arg("static_groups"), py::arg("damp"), py::arg("block_size"),
-      py::arg("mse"), py::arg("reference"), py::arg("fp16_scales"));
+      py::arg("W").noconvert(), py::arg("H"), py::kw_only(), py::arg("bits"), py::arg("group_size"), py::arg("sym"),
+      py::arg("act_order"), py::arg("static_groups"), py::arg("damp"), py::arg("block_size"), py::arg("mse"),
+      py::arg("reference"), py::arg("fp16_scales"));
 
   m.def(
       "quadratic_form_sum",

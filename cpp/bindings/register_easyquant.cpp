@@ -13,8 +13,7 @@ void register_easyquant(py::module_& m) {
   m.def(
       "easyquant",
       [](const CArray<float>& W, int bits, int group_size, bool sym, double outlier_sigma,
-         const std::string& outlier_stats, int steps, double lr, int search_points,
-         const std::string& evaluation) {
+         const std::string& outlier_stats, int steps, double lr, int search_points, const std::string& evaluation) {
         check_weight(W);
         check_bits(bits);
         check_group_size(group_size, W.shape(1));

@@ -51,8 +51,8 @@ const float* optional_importance(const py::object& importance, Index cols, CArra
   if (importance.is_none()) return nullptr;
   holder = importance.cast<CArray<float>>();
   if (holder.ndim() != 1 || holder.shape(0) != cols) {
-    throw py::value_error("imatrix must be a 1-D array of " + std::to_string(cols) + " values (one per column of W), got shape " +
-                          shape_str(holder));
+    throw py::value_error("imatrix must be a 1-D array of " + std::to_string(cols) +
+                          " values (one per column of W), got shape " + shape_str(holder));
   }
   for (Index c = 0; c < cols; ++c) {
     const float v = holder.data()[c];
@@ -97,8 +97,8 @@ void register_gguf(py::module_& m) {
         });
         return gguf_output_to_dict(std::move(res), t);
       },
-      py::arg("W").noconvert(), py::arg("H"), py::kw_only(), py::arg("type"), py::arg("act_order"),
-      py::arg("damp"), py::arg("block_size"));
+      py::arg("W").noconvert(), py::arg("H"), py::kw_only(), py::arg("type"), py::arg("act_order"), py::arg("damp"),
+      py::arg("block_size"));
 }
 
 }  // namespace quantease::bindings

@@ -113,7 +113,8 @@ void register_quantease(py::module_& m) {
         if (!codebook.is_none() || init == "leanquant") {
           const std::string src = codebook.is_none() ? "init='leanquant'" : "a codebook";
           if (!codebook.is_none() && (init == "gptq" || init == "leanquant")) {
-            throw py::value_error("init='" + init + "' cannot be combined with a codebook (init='gptq' uses GPTQ's "
+            throw py::value_error("init='" + init +
+                                  "' cannot be combined with a codebook (init='gptq' uses GPTQ's "
                                   "affine grid, init='leanquant' LeanQuant's own codebooks)");
           }
           auto refuse = [&](const std::string& what, const char* why) {
@@ -184,11 +185,10 @@ void register_quantease(py::module_& m) {
         }
         return d;
       },
-      py::arg("W").noconvert(), py::arg("H"), py::kw_only(), py::arg("bits"), py::arg("group_size"),
-      py::arg("sym"), py::arg("act_order"), py::arg("iters"), py::arg("init"), py::arg("relaxed"), py::arg("tol"),
-      py::arg("outliers"), py::arg("outlier_structure"), py::arg("outlier_step"), py::arg("block_size"),
-      py::arg("polish") = true, py::arg("refresh_every") = 0, py::arg("mse") = false, py::arg("refit") = 0,
-      py::arg("codebook") = py::none(),
+      py::arg("W").noconvert(), py::arg("H"), py::kw_only(), py::arg("bits"), py::arg("group_size"), py::arg("sym"),
+      py::arg("act_order"), py::arg("iters"), py::arg("init"), py::arg("relaxed"), py::arg("tol"), py::arg("outliers"),
+      py::arg("outlier_structure"), py::arg("outlier_step"), py::arg("block_size"), py::arg("polish") = true,
+      py::arg("refresh_every") = 0, py::arg("mse") = false, py::arg("refit") = 0, py::arg("codebook") = py::none(),
       "QuantEase coordinate descent (optionally outlier-aware; affine or codebook grids). Returns a dict of "
       "NumPy arrays and run statistics (the Python layer builds the QuantResult).");
 }

@@ -40,9 +40,10 @@ template <class T>
 void gemm_add_blas(RowBlock<T> C, T alpha, const ConstRowBlock<T>& A, const ConstRowBlock<T>& B) {
   if (C.rows() == 0 || C.cols() == 0 || A.cols() == 0) return;
   single_threaded();
-  Blas<T>::gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(C.rows()), static_cast<blasint>(C.cols()),
-       static_cast<blasint>(A.cols()), alpha, A.data(), static_cast<blasint>(A.outerStride()), B.data(),
-       static_cast<blasint>(B.outerStride()), T(1), C.data(), static_cast<blasint>(C.outerStride()));
+  Blas<T>::gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(C.rows()),
+                static_cast<blasint>(C.cols()), static_cast<blasint>(A.cols()), alpha, A.data(),
+                static_cast<blasint>(A.outerStride()), B.data(), static_cast<blasint>(B.outerStride()), T(1), C.data(),
+                static_cast<blasint>(C.outerStride()));
 }
 
 // B = B triu(U), row-major.
@@ -51,8 +52,8 @@ void trmm_right_upper_blas(RowBlock<T> B, const ConstRowBlock<T>& U) {
   if (B.rows() == 0 || B.cols() == 0) return;
   single_threaded();
   Blas<T>::trmm(CblasRowMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, static_cast<blasint>(B.rows()),
-       static_cast<blasint>(B.cols()), T(1), U.data(), static_cast<blasint>(U.outerStride()), B.data(),
-       static_cast<blasint>(B.outerStride()));
+                static_cast<blasint>(B.cols()), T(1), U.data(), static_cast<blasint>(U.outerStride()), B.data(),
+                static_cast<blasint>(B.outerStride()));
 }
 }  // namespace
 
@@ -88,8 +89,8 @@ void trmm_right_upper(RowBlock<double> B, const ConstRowBlock<double>& U) { trmm
 Index cholesky_block_lower(ColBlockXd A) {
   if (A.rows() == 0) return -1;
   single_threaded();
-  const lapack_int info = scipy_LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', static_cast<lapack_int>(A.rows()),
-                                                    A.data(), static_cast<lapack_int>(A.outerStride()));
+  const lapack_int info = scipy_LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', static_cast<lapack_int>(A.rows()), A.data(),
+                                                    static_cast<lapack_int>(A.outerStride()));
   return info > 0 ? static_cast<Index>(info) - 1 : -1;  // info: the order of the failing minor
 }
 

@@ -10,8 +10,8 @@
 namespace quantease::gguf {
 namespace {
 
-constexpr int kIntegerReach = 2;  // sub-block integers tried: current +- this
-constexpr int kRounds = 3;        // at most this many passes over integers and super-scales
+constexpr int kIntegerReach = 2;       // sub-block integers tried: current +- this
+constexpr int kRounds = 3;             // at most this many passes over integers and super-scales
 constexpr Index kRefitPanelRows = 64;  // rows per task of the exact refit
 
 double sub_error(const Format& f, const float* x, const float* w, const SubGrid& g) {
@@ -26,10 +26,18 @@ double sub_error(const Format& f, const float* x, const float* w, const SubGrid&
 // The range of a sub-block scale and min of each k-quant type.
 void integer_ranges(const Format& f, int& sc_lo, int& sc_hi, int& m_hi) {
   switch (f.type) {
-    case Type::Q2_K: sc_lo = 0, sc_hi = 15, m_hi = 15; break;
-    case Type::Q3_K: sc_lo = -32, sc_hi = 31, m_hi = 0; break;
-    case Type::Q6_K: sc_lo = -128, sc_hi = 127, m_hi = 0; break;
-    default: sc_lo = 0, sc_hi = 63, m_hi = 63; break;  // Q4_K, Q5_K
+    case Type::Q2_K:
+      sc_lo = 0, sc_hi = 15, m_hi = 15;
+      break;
+    case Type::Q3_K:
+      sc_lo = -32, sc_hi = 31, m_hi = 0;
+      break;
+    case Type::Q6_K:
+      sc_lo = -128, sc_hi = 127, m_hi = 0;
+      break;
+    default:
+      sc_lo = 0, sc_hi = 63, m_hi = 63;
+      break;  // Q4_K, Q5_K
   }
 }
 

@@ -403,8 +403,7 @@ void requantize(const Format& f, const float* x, const BlockParams& p, std::uint
 }
 
 // Q2_K / Q4_K / Q5_K: scale and min per sub-block, then their integer codes against d and dmin.
-void k_scale_min_block(const Format& f, const float* x, const float* importance, BlockParams& p,
-                       std::uint8_t* codes) {
+void k_scale_min_block(const Format& f, const float* x, const float* importance, BlockParams& p, std::uint8_t* codes) {
   const int subs = f.subs(), n = f.sub, nmax = f.levels - 1;
   const int sc_max = f.type == Type::Q2_K ? 15 : 63;
   float scales[16], mins[16], sw[16], w[32];
@@ -497,7 +496,8 @@ void k_scale_block(const Format& f, const float* x, const float* importance, Blo
     if (q3) {
       if (max_scale) {
         const float iscale = -32.f / max_scale;
-        for (int s = 0; s < 16; ++s) p.sc[s] = static_cast<std::int8_t>(std::clamp(nearest_int(iscale * scales[s]), -32, 31));
+        for (int s = 0; s < 16; ++s)
+          p.sc[s] = static_cast<std::int8_t>(std::clamp(nearest_int(iscale * scales[s]), -32, 31));
         p.d = round_fp16(1 / iscale);
       } else {
         p.d = 0.0f;

@@ -66,8 +66,7 @@ GgufOutput rtn(const ConstRowMatrixRef<float>& W, Type type, const float* import
 }
 
 template <class HT>
-GgufOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H, Type type,
-                const GptqOptions& opt) {
+GgufOutput gptq(const ConstRowMatrixRef<float>& W, const ConstRowMatrixRef<HT>& H, Type type, const GptqOptions& opt) {
   const Format& f = format(type);
   const Index rows = W.rows(), cols = W.cols();
   QuantOutput out;

@@ -46,8 +46,8 @@ std::vector<double> damping_ladder(double damp, bool retry) {
   return ladder;
 }
 
-PropagationFactor propagation_factor(ColMatrixXd& L, const std::function<void(ColMatrixXd&)>& fill,
-                                     double damp, bool retry) {
+PropagationFactor propagation_factor(ColMatrixXd& L, const std::function<void(ColMatrixXd&)>& fill, double damp,
+                                     bool retry) {
   fill(L);
   const Index n = L.rows();
   const double mean_diag = L.diagonal().mean();
@@ -75,8 +75,7 @@ PropagationFactor propagation_factor(ColMatrixXd& L, const std::function<void(Co
     msg << "Cholesky factorization of the damped Hessian failed: the leading minor of order " << failed + 1
         << " of the reversed H (its trailing " << failed + 1 << " x " << failed + 1
         << " block in processing order) is not positive definite, with relative damping " << ladder.back();
-    if (retry)
-      msg << " after trying " << ladder.size() << " dampings from " << ladder.front();
+    if (retry) msg << " after trying " << ladder.size() << " dampings from " << ladder.front();
     msg << ". Check that H is (2/n) X X^T of finite inputs, collect more calibration samples, or raise damp.";
     throw NumericalError(msg.str());
   }

@@ -73,15 +73,16 @@ void SortedRow::assign(const float* values, const double* weights, Index n) {
   s.resize(n);
   prefix.resize(n + 1);
   // the gather into sorted order rides along the running sums (which wait on an add latency per value)
-  prefix_sums<1>(n,
-                 [&](Index i) {
-                   const Index j = static_cast<Index>(keys_[i] & 0xFFFFFFFFu);
-                   const double xi = values[j], si = weights[j];
-                   x[i] = xi;
-                   s[i] = si;
-                   return Moments{si, si * xi, si * xi * xi};
-                 },
-                 prefix.data());
+  prefix_sums<1>(
+      n,
+      [&](Index i) {
+        const Index j = static_cast<Index>(keys_[i] & 0xFFFFFFFFu);
+        const double xi = values[j], si = weights[j];
+        x[i] = xi;
+        s[i] = si;
+        return Moments{si, si * xi, si * xi * xi};
+      },
+      prefix.data());
 }
 
 }  // namespace quantease

@@ -46,9 +46,9 @@ struct EasyQuantOptions {
 enum class RangeSource : std::uint8_t { start = 0, adam = 1, search = 2 };
 
 struct EasyQuantOutput {
-  QuantOutput quant;             // weight = grid part + outliers; codes == zero at the outliers
-  VectorXi64 outlier_indptr;     // rows + 1 (CSR over rows)
-  VectorXi32 outlier_indices;    // column of every outlier, increasing within a row
+  QuantOutput quant;           // weight = grid part + outliers; codes == zero at the outliers
+  VectorXi64 outlier_indptr;   // rows + 1 (CSR over rows)
+  VectorXi32 outlier_indices;  // column of every outlier, increasing within a row
   Eigen::VectorXf outlier_values;
   RowMatrixXf start_scales;      // rows x groups: the abs-max (sym) or min-max (asym) start
   RowMatrixXf adam_scales;       // rows x groups: Adam's last iterate
@@ -66,7 +66,7 @@ struct ChannelFit {
   float start_scale = 1;  // scale of the start grid
   float adam_scale = 1;   // scale of Adam's last iterate
   RangeSource source = RangeSource::start;
-  double start_error = 0; // exact float32-quantizer error of the start and of the final grid (float64 sums)
+  double start_error = 0;  // exact float32-quantizer error of the start and of the final grid (float64 sums)
   double final_error = 0;
 };
 ChannelFit fit_channel(const float* x, Index n, const EasyQuantOptions& opt);

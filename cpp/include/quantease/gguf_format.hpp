@@ -29,12 +29,12 @@ enum class Scheme { scale, scale_min, sub_scale, sub_scale_min };
 struct Format {
   const char* name;
   Type type;
-  int block;       // weights per block (32, or 256 for the k-quants)
-  int sub;         // weights per sub-block (one grid); == block for the 32-blocks
-  int levels;      // codes 0 .. levels-1
-  int offset;      // level(code) = code - offset (IQ4_NL: the table)
+  int block;   // weights per block (32, or 256 for the k-quants)
+  int sub;     // weights per sub-block (one grid); == block for the 32-blocks
+  int levels;  // codes 0 .. levels-1
+  int offset;  // level(code) = code - offset (IQ4_NL: the table)
   Scheme scheme;
-  int bytes;       // bytes per block in the file
+  int bytes;  // bytes per block in the file
   int subs() const { return block / sub; }
 };
 
@@ -105,9 +105,12 @@ struct SubGrid {
 
 inline SubGrid sub_grid(const Format& f, const BlockParams& b, int s) {
   switch (f.scheme) {
-    case Scheme::scale: return {b.d, -0.0f};
-    case Scheme::scale_min: return {b.d, b.dmin};
-    case Scheme::sub_scale: return {rounded_product(b.d, static_cast<float>(b.sc[s])), -0.0f};
+    case Scheme::scale:
+      return {b.d, -0.0f};
+    case Scheme::scale_min:
+      return {b.d, b.dmin};
+    case Scheme::sub_scale:
+      return {rounded_product(b.d, static_cast<float>(b.sc[s])), -0.0f};
     case Scheme::sub_scale_min:
       return {rounded_product(b.d, static_cast<float>(b.sc[s])), -rounded_product(b.dmin, static_cast<float>(b.m[s]))};
   }

@@ -24,11 +24,11 @@ namespace quantease {
 
 struct LeanQuantOptions {
   int bits = 4;
-  bool affine = false;       // false: codebooks by weighted k-means; true: affine grids by weighted search
-  double exponent = 4.0;     // p in s_j = U_jj^(-p)
-  double damp = 0.1;         // relative to mean(diag H), with the damping ladder
+  bool affine = false;    // false: codebooks by weighted k-means; true: affine grids by weighted search
+  double exponent = 4.0;  // p in s_j = U_jj^(-p)
+  double damp = 0.1;      // relative to mean(diag H), with the damping ladder
   bool act_order = true;
-  int group_size = -1;       // -1 or a divisor of cols: one grid per row and group of original columns
+  int group_size = -1;  // -1 or a divisor of cols: one grid per row and group of original columns
   int block_size = 128;
   std::uint64_t seed = 0;    // k-means++ (2^bits > 8); row r, group g draws from stream r * groups + g
   int kmeans_iters = 100;    // Lloyd iterations at most
@@ -37,12 +37,12 @@ struct LeanQuantOptions {
 };
 
 struct LeanQuantOutput {
-  QuantOutput quant;            // codes/weight/g_idx/perm; scales/zeros only for affine
-  RowMatrixXf codebook;         // (rows * groups) x 2^bits, ascending per row (non-uniform; else empty)
-  VectorXi32 iters;             // (rows * groups) Lloyd iterations (non-uniform; else empty)
-  Eigen::VectorXd importance;   // cols, original column order: s_j / max s (processing order's U_jj)
-  Eigen::VectorXd grid_error;   // (rows * groups) weighted error E of the grid used
-  Eigen::VectorXd minmax_error; // (rows * groups) E of the min-max grid (affine; else empty)
+  QuantOutput quant;             // codes/weight/g_idx/perm; scales/zeros only for affine
+  RowMatrixXf codebook;          // (rows * groups) x 2^bits, ascending per row (non-uniform; else empty)
+  VectorXi32 iters;              // (rows * groups) Lloyd iterations (non-uniform; else empty)
+  Eigen::VectorXd importance;    // cols, original column order: s_j / max s (processing order's U_jj)
+  Eigen::VectorXd grid_error;    // (rows * groups) weighted error E of the grid used
+  Eigen::VectorXd minmax_error;  // (rows * groups) E of the min-max grid (affine; else empty)
 };
 
 // W: rows x cols, H: cols x cols symmetric (validated by the caller). GPTQ preparation (dead columns,

@@ -22,9 +22,9 @@ Index cholesky_lower_inplace(ColMatrixXd& A);
 //   w_j + sum_{k<j} (w_k - q_k) C_kj / C_jj        (w: the ORIGINAL weights, q: the codes' values)
 // -- the same numbers without the triangular inverse, which costs as much as the Cholesky itself.
 struct PropagationFactor {
-  RowMatrixXf P;       // P(k, j) = C_kj / C_jj for k < j; P(j, j) = U_jj = 1 / C_jj; unset below the diagonal
-  double damp = 0.0;   // relative damping that succeeded
-  int attempts = 0;    // factorizations tried
+  RowMatrixXf P;      // P(k, j) = C_kj / C_jj for k < j; P(j, j) = U_jj = 1 / C_jj; unset below the diagonal
+  double damp = 0.0;  // relative damping that succeeded
+  int attempts = 0;   // factorizations tried
 };
 
 // The damping ladder tried by `propagation_factor` when `retry` is set: damp, then x10 each step up

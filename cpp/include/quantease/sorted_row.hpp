@@ -38,8 +38,8 @@ void sort_by_value_key(std::vector<std::uint32_t>& keys, std::vector<std::uint32
 void sort_by_value_key(std::vector<std::uint64_t>& keys, std::vector<std::uint64_t>& scratch);
 
 // values[0..n) ascending into sorted[0..n) (-0 comes out as +0); keys and scratch are reused buffers.
-void sort_values(const float* values, Index n, std::vector<std::uint32_t>& keys,
-                 std::vector<std::uint32_t>& scratch, float* sorted);
+void sort_values(const float* values, Index n, std::vector<std::uint32_t>& keys, std::vector<std::uint32_t>& scratch,
+                 float* sorted);
 
 // out[i] = the sum of term(j) over j < i, for i in [0, n]. The additions run in `Chains` independent running
 // sums over consecutive blocks of [0, n) (one chain waits an add latency per term), each block then shifted
@@ -84,8 +84,8 @@ inline double segment_error(const Moments& lo, const Moments& hi, double c) {
 // One row (or group) sorted by value (ties by position), with its weights and prefix moments.
 class SortedRow {
  public:
-  std::vector<double> x, s;      // values ascending, their weights
-  std::vector<Moments> prefix;   // n + 1: prefix[i] over the first i sorted values
+  std::vector<double> x, s;     // values ascending, their weights
+  std::vector<Moments> prefix;  // n + 1: prefix[i] over the first i sorted values
 
   void assign(const float* values, const double* weights, Index n);
   Index size() const { return static_cast<Index>(x.size()); }

@@ -27,7 +27,7 @@ GridSearchResult AffineSearch::search(int bits, int steps) {
       bnb_.search_family(0, len);
   }
   const double neg = index_.at(0.0).s2, pos = index_.all().s2 - index_.at<true>(0.0).s2;  // x < 0, x > 0
-  if (i0 < T && !best_.excludes(neg)) bnb_.search_family(1, T - i0);  // j = 0 .. T - 1 - i0
+  if (i0 < T && !best_.excludes(neg)) bnb_.search_family(1, T - i0);                      // j = 0 .. T - 1 - i0
   if (j0 < T && !best_.excludes(pos)) bnb_.search_family(2, T - j0);
   if (best_.grid.found) best_.grid.scale = candidates_.paper_scale(best_.fam, best_.t, best_.grid.zero);
   return best_.grid;

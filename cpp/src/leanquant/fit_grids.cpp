@@ -19,9 +19,9 @@ double codebook_error(const SortedRow& row, const CodebookRowGrid& grid) {
   double err = 0.0;
   Index a = 0;
   for (Index t = 0; t < k; ++t) {
-    const Index b = t + 1 < k ? std::upper_bound(row.x.begin() + a, row.x.end(), static_cast<double>(grid.mid[t])) -
-                                    row.x.begin()
-                              : row.size();
+    const Index b =
+        t + 1 < k ? std::upper_bound(row.x.begin() + a, row.x.end(), static_cast<double>(grid.mid[t])) - row.x.begin()
+                  : row.size();
     err += row.segment_error(a, b, grid.level[t]);
     a = b;
   }

@@ -48,7 +48,8 @@ int relocate_empty(const SortedRow& row, int k, const double* c, Clusters& clust
   if (n_empty == 0) return 0;
   clusters.far.clear();
   for (int t = 0; t < k; ++t)
-    for (Index i = clusters.start[t]; i < clusters.ends[t]; ++i) clusters.far.push_back({(row.x[i] - c[t]) * (row.x[i] - c[t]), i, t});
+    for (Index i = clusters.start[t]; i < clusters.ends[t]; ++i)
+      clusters.far.push_back({(row.x[i] - c[t]) * (row.x[i] - c[t]), i, t});
   const auto farther = [](const Clusters::Far& p, const Clusters::Far& q) {
     return p.dist > q.dist || (p.dist == q.dist && p.pos < q.pos);
   };
@@ -60,7 +61,8 @@ int relocate_empty(const SortedRow& row, int k, const double* c, Clusters& clust
     const Clusters::Far& f = clusters.far[next++];
     clusters.weight[f.cluster] -= row.s[f.pos];
     clusters.weighted_sum[f.cluster] -= row.s[f.pos] * row.x[f.pos];
-    if (--clusters.count[f.cluster] == 0) clusters.weight[f.cluster] = 0.0;  // gave all its points away: keeps its centroid
+    if (--clusters.count[f.cluster] == 0)
+      clusters.weight[f.cluster] = 0.0;  // gave all its points away: keeps its centroid
     clusters.moved[t] = f.pos;
   }
   return n_empty;
@@ -129,7 +131,8 @@ int weighted_kmeans(const SortedRow& row, int k, int max_iter, double tol, Split
       if (clusters.moved[t] >= 0) centroid = row.x[clusters.moved[t]];
       // The mean of the cluster lies within it (round-off aside).
       else if (clusters.weight[t] > 0.0)
-        centroid = std::clamp(clusters.weighted_sum[t] / clusters.weight[t], row.x[clusters.start[t]], row.x[clusters.ends[t] - 1]);
+        centroid = std::clamp(clusters.weighted_sum[t] / clusters.weight[t], row.x[clusters.start[t]],
+                              row.x[clusters.ends[t] - 1]);
       shift += (centroid - c[t]) * (centroid - c[t]);
       c[t] = centroid;
     }

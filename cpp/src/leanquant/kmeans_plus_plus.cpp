@@ -192,8 +192,8 @@ void Seeder::run(const SortedRow& row, int k, SplitMix64& rng, double* c) {
     ps_.p[i] = row.s[i] * D_[i];
   }
   ps_.resum(0, n);
-  const int trials = std::min(
-      kMaxSearchLanes, std::max(kMinTrials, 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k))))));
+  const int trials = std::min(kMaxSearchLanes,
+                              std::max(kMinTrials, 2 + static_cast<int>(std::floor(std::log(static_cast<double>(k))))));
   Index cand[kMaxSearchLanes];
   Around where[kMaxSearchLanes];
   for (int t = 1; t < k; ++t) {

@@ -47,8 +47,9 @@ LeanQuantOutput leanquant(const ConstRowMatrixRef<float>& W, const ConstRowMatri
   ColumnLoopOptions loop_opt;
   loop_opt.block_size = opt.block_size;
   auto column_loop = [&](auto& grid_set) {
-    run_column_loop(W, prep, prep.factor.P, loop_opt,
-                    [&](Index r0, Index rows) { return GridSetQuantizer(grid_set, r0, rows); }, out.codes);
+    run_column_loop(
+        W, prep, prep.factor.P, loop_opt, [&](Index r0, Index rows) { return GridSetQuantizer(grid_set, r0, rows); },
+        out.codes);
   };
   if (opt.affine) column_loop(grids.affine);
   else column_loop(grids.codebook);

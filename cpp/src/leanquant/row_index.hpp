@@ -38,7 +38,7 @@ class RowIndex {
   // build_from_values()'s extremes, as float32
   float min_value() const { return fmin_; }
   float max_value() const { return fmax_; }
-  const Moments& none() const { return none_; }  // the sums below -inf
+  const Moments& none() const { return none_; }       // the sums below -inf
   const Moments& all() const { return prefix_[n_]; }  // below +inf
 
   // Sums over the values below v (at or below v with Inclusive). The table is exact for the bucket of v:
@@ -72,7 +72,7 @@ class RowIndex {
   std::uint32_t scatter_into_buckets(const float* values, const double* weights);
   void sort_crowded_buckets();
 
-  const double* x_ = nullptr;   // the row in bucket order, and its weights
+  const double* x_ = nullptr;  // the row in bucket order, and its weights
   const double* s_ = nullptr;
   const Moments* prefix_ = nullptr;  // n + 1 prefix moments of that order
   Index n_ = 0, nb_ = 0;             // values, buckets

@@ -77,16 +77,16 @@ class SweepSearch {
   double inv_delta_ = 0;
   std::vector<Event> events_;
   Index n_events_ = 0;
-  std::vector<Index> head_;        // first event of each t
-  std::vector<double> B_, C_;      // per zero, at the current t of the sweep
-  std::vector<double> inv_half_;   // 1 / (b + 1/2) per boundary b (index b + maxq)
-  std::vector<int> k0_;            // each value's lattice point at t = 0
-  std::vector<double> tail_lb_;    // per zero, bound of the scales the sweep has not reached
-  std::vector<int> zlo_, zhi_;     // per step of the sweep, its least and largest zero
-  std::vector<double> ez_;         // per zero, E at the sweep's step
-  std::vector<char> live_;         // zeros the sweep still evaluates
-  std::vector<double> dead_;       // 0 for those, +inf for the others
-  std::vector<char> present_;      // per zero: occurs at the step (where not every zero does)
+  std::vector<Index> head_;       // first event of each t
+  std::vector<double> B_, C_;     // per zero, at the current t of the sweep
+  std::vector<double> inv_half_;  // 1 / (b + 1/2) per boundary b (index b + maxq)
+  std::vector<int> k0_;           // each value's lattice point at t = 0
+  std::vector<double> tail_lb_;   // per zero, bound of the scales the sweep has not reached
+  std::vector<int> zlo_, zhi_;    // per step of the sweep, its least and largest zero
+  std::vector<double> ez_;        // per zero, E at the sweep's step
+  std::vector<char> live_;        // zeros the sweep still evaluates
+  std::vector<double> dead_;      // 0 for those, +inf for the others
+  std::vector<char> present_;     // per zero: occurs at the step (where not every zero does)
 };
 
 }  // namespace quantease::leanquant_detail

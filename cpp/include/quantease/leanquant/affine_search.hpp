@@ -10,8 +10,8 @@ namespace quantease {
 struct GridSearchResult {
   double scale = 1.0;
   int zero = 0;
-  double error = 0.0;   // E of (scale, zero) in double
-  bool found = false;   // false when the values are constant (no candidate with min < max)
+  double error = 0.0;  // E of (scale, zero) in double
+  bool found = false;  // false when the values are constant (no candidate with min < max)
 };
 
 // The least-E affine grid among the candidates (lo, hi) = (min + i d, max - j d), i, j >= 0, i + j < T,
