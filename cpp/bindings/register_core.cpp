@@ -86,9 +86,8 @@ void register_core(py::module_& m) {
             const std::string want = self.is_float64() ? "float64" : "float32";
             const auto add_checked = [&](const auto& s) {
               if (s.ndim() != 2 || s.shape(0) != self.cols() || s.shape(1) != self.cols()) {
-                throw py::value_error("S must be (" + std::to_string(self.cols()) + ", " +
-                                      std::to_string(self.cols()) + ") to match the accumulator's columns, got " +
-                                      shape_str(s));
+                throw py::value_error("S must be (" + std::to_string(self.cols()) + ", " + std::to_string(self.cols()) +
+                                      ") to match the accumulator's columns, got " + shape_str(s));
               }
               py::gil_scoped_release release;
               self.add_sum(as_matrix(s), n_samples);
