@@ -246,7 +246,10 @@ def test_quantize_model_rtn_and_gptq(kind):
                 assert on_grid(W.T if kind == "gpt2" else W, 3, 32), name
         for r in report:
             assert r.method == method and r.bits == 3 and r.group_size == 32
-            assert r.loss > 0 and 0 < r.relative_loss < 0.5 and r.n_samples == 4 * 2 * SEQ
+            if method == "rtn":  # no Hessian: no calibration pass, no layer loss
+                assert r.loss is None and r.relative_loss is None and r.n_samples == 0
+            else:
+                assert r.loss > 0 and 0 < r.relative_loss < 0.5 and r.n_samples == 4 * 2 * SEQ
         errors[method] = rel_error(output(model, held_out), reference_out)
         assert errors[method] < 0.5, (method, errors)
     assert errors["gptq"] < errors["rtn"], errors
@@ -277,7 +280,7 @@ def test_passes_per_block_and_early_stop():
     calls = {}
     for name, m in linear_layers(model).items():
         m.register_forward_hook(lambda mod, a, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
-    quantize_model(model, batches(n), method="rtn", bits=4, group_size=32, progress=False)
+    quantize_model(model, batches(n), method="gptq", bits=4, group_size=32, progress=False)
     for b, advance in ((0, n), (1, 0)):
         p = f"model.layers.{b}."
         assert calls[p + "self_attn.q_proj"] == 1 + 4 * n + advance  # runs in all 4 group passes
@@ -349,7 +352,37 @@ def test_errors_are_value_errors():
     ):
         quantize_model(model, batches(1), method="rtn", group_size=48)
     with pytest.raises(ValueError, match="calibration_batches is empty"):
-        quantize_model(model, [], method="rtn", group_size=32)
+        quantize_model(model, [], method="gptq", group_size=32)
+    with pytest.raises(ValueError, match="method 'gptq' needs calibration_batches"):
+        quantize_model(model, None, method="gptq", group_size=32)
+
+
+@pytest.mark.parametrize("method", ["rtn", "easyquant"])
+def test_solvers_without_hessian_run_no_forward_pass(method):
+    """rtn and easyquant read no calibration data: not one forward of any layer, and the same weights as the
+    solver called on each layer alone."""
+    model, original = make_model("llama"), make_model("llama")
+    calls = []
+    for m in linear_layers(model).values():
+        m.register_forward_hook(lambda mod, a, o: calls.append(mod))
+    report = quantize_model(model, None, method=method, bits=3, group_size=32, progress=False)
+    assert calls == [] and len(report) == len(linear_layers(model)) - 1
+    assert report.phase_seconds["forward"] == 0 and report.phase_seconds["hessian"] == 0
+    layers0 = linear_layers(original)
+    for name, module in linear_layers(model, skip=("lm_head",)).items():
+        expected = getattr(quantease, method)(
+            layers0[name].weight.detach().numpy(), bits=3, group_size=32, sym=False
+        ).weight
+        np.testing.assert_array_equal(module.weight.detach().numpy(), expected, err_msg=name)
+
+
+def test_phase_split_adds_up():
+    _, report = quantized("llama", "gptq", batches(2))
+    phases = report.phase_seconds
+    assert set(phases) == {"forward", "hessian", "solve", "loss", "other"}
+    assert all(v >= 0 for v in phases.values()) and phases["forward"] > 0 and phases["hessian"] > 0
+    assert sum(phases.values()) == pytest.approx(report.seconds, rel=1e-9)
+    assert phases["solve"] == pytest.approx(sum(r.seconds for r in report), rel=0.05)
 
 
 # ----------------------------------------------------------------------------------------------- resume

@@ -8,6 +8,7 @@ for a Llama block). The pipeline (quantease.pipeline) uses both; quantease.torch
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -90,6 +91,7 @@ class HessianCollector:
         self._acc = {
             name: _accumulator(m, dtype, accumulator) for name, m in self.layers.items() if self._owner[name] == name
         }
+        self.seconds = 0.0  # wall time spent in the hooks (conversion + accumulation), for phase splits
         self._handles = [
             m.register_forward_hook(self._hook(name), with_kwargs=True)
             for name, m in self.layers.items()
@@ -101,13 +103,17 @@ class HessianCollector:
         cols = acc.cols
         if isinstance(acc, DeviceHessianAccumulator):
 
-            def device_hook(module, args, kwargs, output):
+            def device_hook(module, args, kwargs, output):  # asynchronous on a GPU: the time to queue the work
+                t0 = time.perf_counter()
                 acc.add(_layer_input(args, kwargs))
+                self.seconds += time.perf_counter() - t0
 
             return device_hook
 
         def hook(module, args, kwargs, output):
+            t0 = time.perf_counter()
             acc.add(_as_rows(_layer_input(args, kwargs), cols))
+            self.seconds += time.perf_counter() - t0
 
         return hook
 

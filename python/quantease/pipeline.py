@@ -10,7 +10,12 @@ Only one block's activations are alive at a time, and the model is never copied.
 Forward passes per block: one batch traced (run order and shared inputs, see trace_input_groups), one pass
 per group that stops right after the group's last layer ran (each re-runs the earlier, now quantized,
 groups: their outputs changed), and one full pass of the quantized block for the next block's inputs.
-Layers that share an input share one Hessian accumulator.
+Layers that share an input share one Hessian accumulator. Solvers that need no Hessian (rtn, easyquant) get
+no forward pass at all: each layer is solved from its weight alone, and ``calibration_batches`` may be None.
+
+``report.phase_seconds`` splits the run's wall time: ``forward`` (the model's and blocks' forward passes),
+``hessian`` (accumulating and finishing the Hessians, inside the forward hooks), ``solve`` (the solver
+calls), ``loss`` (the layer losses and tr(W H Wᵀ) of the record), ``other`` (checkpoints, bookkeeping).
 
 Data-parallel (``distributed=True`` or inside torchrun): every rank pushes its shard of the calibration batches
 through each block, the Hessians' partial sums are folded in shard order on the ranks that solve the layers,
@@ -71,7 +76,8 @@ _CHECKPOINT_FORMAT = 1
 
 @dataclass
 class LayerRecord:
-    """What happened to one layer. loss = Σ_rows (w - ŵ)ᵀ H (w - ŵ); relative_loss = loss / tr(W H Wᵀ)."""
+    """What happened to one layer. loss = Σ_rows (w - ŵ)ᵀ H (w - ŵ); relative_loss = loss / tr(W H Wᵀ);
+    both None for a solver that needs no H (no calibration data reached it)."""
 
     block: int
     name: str
@@ -79,11 +85,11 @@ class LayerRecord:
     bits: int
     group_size: int
     shape: Tuple[int, int]  # rows x cols (out x in features)
-    loss: float
-    relative_loss: float
+    loss: Optional[float]
+    relative_loss: Optional[float]
     seconds: float  # solver wall time
     damp: Optional[float]  # damping the solver used (relative to mean diag H), None if none
-    n_samples: int  # calibration rows (tokens) behind the Hessian
+    n_samples: int  # calibration rows (tokens) behind the Hessian (0: none was collected)
     group: int  # input group inside the block, in run order (see trace_input_groups)
     gguf: Optional[str] = None  # GGUF block type of the layer (quantize_model(..., gguf=...)), else None
 
@@ -117,8 +123,9 @@ class QuantReport(list):
     """The per-layer records of a ``quantize_model`` run (a list of LayerRecord, in solve order).
 
     ``results`` maps layer names to the solvers' QuantResult when the run kept them (``keep_results=True``);
-    ``resumed_blocks`` is the number of blocks taken from a checkpoint; ``seconds`` the run's wall time;
-    ``gguf`` the GGUF type of every layer (a TypePlan) when the run had ``gguf=``, for export.save_gguf."""
+    ``resumed_blocks`` is the number of blocks taken from a checkpoint; ``seconds`` the run's wall time and
+    ``phase_seconds`` its split (see the module docstring); ``gguf`` the GGUF type of every layer (a TypePlan)
+    when the run had ``gguf=``, for export.save_gguf."""
 
     def __init__(self, records: Iterable[LayerRecord] = ()):
         super().__init__(records)
@@ -126,6 +133,7 @@ class QuantReport(list):
         self.gguf: Optional[TypePlan] = None
         self.resumed_blocks = 0
         self.seconds = 0.0
+        self.phase_seconds: Dict[str, float] = {}
 
     def to_dicts(self) -> List[Dict[str, Any]]:
         return [dataclasses.asdict(r) for r in self]
@@ -135,6 +143,22 @@ class QuantReport(list):
         rule = "|" + "|".join("---" for _ in _COLUMNS) + "|"
         rows = ["| " + " | ".join(_fmt(getattr(r, f)) for _, f in _COLUMNS) + " |" for r in self]
         return "\n".join([head, rule, *rows])
+
+    def summary(self) -> str:
+        """One paragraph: layers, the relative layer loss (mean, worst layer), the run's seconds and phase split."""
+        rel = [(r.relative_loss, r.name) for r in self if r.relative_loss is not None]
+        parts = [f"{len(self)} layers"]
+        if self.resumed_blocks:
+            parts.append(f"{self.resumed_blocks} block(s) from the checkpoint")
+        if rel:
+            worst = max(rel)
+            parts.append(
+                f"relative layer loss mean {np.mean([v for v, _ in rel]):.4g}, worst {worst[0]:.4g} ({worst[1]})"
+            )
+        text = ", ".join(parts) + f"; {self.seconds:.1f} s"
+        if self.phase_seconds:
+            text += " (" + ", ".join(f"{k} {v:.1f} s" for k, v in self.phase_seconds.items()) + ")"
+        return text
 
     def __str__(self) -> str:
         return self.to_markdown()
@@ -296,6 +320,23 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+class _Phases:
+    """Wall seconds per phase of a run; ``other`` is what the named phases leave of the total."""
+
+    NAMES = ("forward", "hessian", "solve", "loss")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.NAMES, 0.0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] += seconds
+
+    def split(self, total: float) -> Dict[str, float]:
+        out = dict(self.seconds)
+        out["other"] = max(0.0, total - sum(out.values()))
+        return out
+
+
 def _progress_bar(total: int, initial: int, enabled: bool):
     if not enabled:
         return None
@@ -311,17 +352,19 @@ def _solve_layer(
     group: int,
     name: str,
     module: nn.Module,
-    H: np.ndarray,
+    H: Optional[np.ndarray],
     n_samples: int,
     solver: Solver,
     bits: int,
     group_size: int,
     sym: bool,
     solver_kwargs: Dict[str, Any],
+    phases: _Phases,
     gguf: Optional[str] = None,
 ) -> Tuple[LayerRecord, Any]:
-    """Quantize one layer from its Hessian and write the dequantized weight back into the module.
-    With ``gguf`` (a GGUF type) the solver gets ``gguf=`` instead of bits/group_size/sym."""
+    """Quantize one layer (from its Hessian, or from its weight alone when H is None) and write the
+    dequantized weight back into the module. With ``gguf`` (a GGUF type) the solver gets ``gguf=`` instead of
+    bits/group_size/sym."""
     method = solver.name
     W = layer_weight(module)
     grid: Dict[str, Any] = {"bits": bits, "group_size": group_size, "sym": sym}
@@ -331,15 +374,21 @@ def _solve_layer(
     t0 = time.perf_counter()
     result = solver.run(W, H if solver.needs_hessian else None, **grid, **solver_kwargs)
     seconds = time.perf_counter() - t0
+    phases.add("solve", seconds)
     W_hat = np.asarray(result.weight)
     if W_hat.shape != W.shape:
         raise ValueError(f"{method} returned a {W_hat.shape} weight for layer {name} of shape {W.shape}")
     if not np.all(np.isfinite(W_hat)):
         raise NumericalError(f"{method} returned non-finite weights for layer {name}")
-    loss = getattr(result, "loss", None)
-    loss = float(layer_loss(W, W_hat, H)) if loss is None else float(loss)
-    energy = float(layer_loss(W, np.zeros_like(W), H))
-    relative = loss / energy if energy > 0 else (0.0 if loss == 0 else float("inf"))
+    loss: Optional[float] = None
+    relative: Optional[float] = None
+    if H is not None:
+        t0 = time.perf_counter()
+        loss = getattr(result, "loss", None)
+        loss = float(layer_loss(W, W_hat, H)) if loss is None else float(loss)
+        energy = float(layer_loss(W, np.zeros_like(W), H))
+        relative = loss / energy if energy > 0 else (0.0 if loss == 0 else float("inf"))
+        phases.add("loss", time.perf_counter() - t0)
     damp = getattr(result, "damp", None)
     set_layer_weight(module, W_hat)
     record = LayerRecord(
@@ -358,18 +407,70 @@ def _solve_layer(
         gguf=gguf,
     )
     log.info(
-        "block %d %s: %s %s loss=%.4g rel=%.3g damp=%s tokens=%d %.2fs",
+        "block %d %s: %s %s loss=%s rel=%s damp=%s tokens=%d %.2fs",
         block_index,
         name,
         method,
         gguf or f"{bits}-bit g{group_size}",
-        loss,
-        relative,
-        "-" if damp is None else f"{damp:.3g}",
+        _fmt(loss),
+        _fmt(relative),
+        _fmt(damp),
         n_samples,
         seconds,
     )
     return record, result
+
+
+def _block_layers(block_name: str, block: nn.Module, skip, gguf_types) -> Dict[str, nn.Module]:
+    layers = linear_layers(block, prefix=block_name, skip=skip)
+    if gguf_types is not None:
+        # Layers whose rows no block type divides stay in float, as llama.cpp keeps them in F16.
+        layers = {n: m for n, m in layers.items() if gguf_types[n] not in ("F16", "F32")}
+    return layers
+
+
+def _quantize_block_without_data(
+    i: int,
+    block_name: str,
+    block: nn.Module,
+    *,
+    solver,
+    bits,
+    group_size,
+    sym,
+    skip,
+    solver_kwargs,
+    on_layer,
+    bar,
+    phases: _Phases,
+    gguf_types=None,
+) -> Tuple[List[LayerRecord], Dict[str, Any]]:
+    """A block of a solver that needs no Hessian: every layer from its weight alone, no forward pass."""
+    records: List[LayerRecord] = []
+    results: Dict[str, Any] = {}
+    for k, (name, module) in enumerate(_block_layers(block_name, block, skip, gguf_types).items()):
+        if bar is not None:
+            bar.set_postfix_str(".".join(name.split(".")[-2:]))
+        record, result = _solve_layer(
+            i,
+            k,
+            name,
+            module,
+            None,
+            0,
+            solver,
+            bits,
+            group_size,
+            sym,
+            solver_kwargs,
+            phases,
+            None if gguf_types is None else gguf_types[name],
+        )
+        records.append(record)
+        results[name] = result
+        if on_layer is not None:
+            on_layer(record, result, None)
+    return records, results
 
 
 def _quantize_block(
@@ -388,17 +489,17 @@ def _quantize_block(
     solver_kwargs,
     on_layer,
     bar,
+    phases: _Phases,
     gguf_types=None,
     dp: DataParallel,
 ) -> Tuple[List[LayerRecord], Dict[str, Any]]:
-    layers = linear_layers(block, prefix=block_name, skip=skip)
-    if gguf_types is not None:
-        # Layers whose rows no block type divides stay in float, as llama.cpp keeps them in F16.
-        layers = {n: m for n, m in layers.items() if gguf_types[n] not in ("F16", "F32")}
+    layers = _block_layers(block_name, block, skip, gguf_types)
     if not layers:
         return [], {}
     # One forward of the first batch finds the run order and which layers share an input.
+    t0 = time.perf_counter()
     trace = trace_input_groups(layers, lambda: inputs.run(block, 0))
+    phases.add("forward", time.perf_counter() - t0)
     groups = trace.groups
     for name in trace.never_called:
         log.warning("block %d: layer %s never ran on the calibration data; left unquantized", i, name)
@@ -418,8 +519,11 @@ def _quantize_block(
         def run_batches(batches: range, stop: Sequence[nn.Module] = stop_after) -> None:
             inputs.run_all(block, stop_after=stop, batches=batches)
 
+        t0 = time.perf_counter()
         with collector, torch.no_grad():
             hessians = dp.hessians(collector, run_batches, len(inputs), owners)
+        phases.add("forward", time.perf_counter() - t0 - collector.seconds)
+        phases.add("hessian", collector.seconds)
         source_of = {m: src for src, members in collector.sources.items() for m in members}
         del collector
         # Each rank solves the layers it owns, then every result travels from its owner, in run order.
@@ -444,6 +548,7 @@ def _quantize_block(
                 group_size,
                 sym,
                 solver_kwargs,
+                phases,
                 None if gguf_types is None else gguf_types[name],
             )
         for name in names:
@@ -460,7 +565,7 @@ def _quantize_block(
 
 def quantize_model(
     model: nn.Module,
-    calibration_batches: Iterable[Any],
+    calibration_batches: Optional[Iterable[Any]],
     method: Union[str, Callable] = "quantease",
     bits: int = 4,
     group_size: int = 128,
@@ -486,7 +591,8 @@ def quantize_model(
         nn.ModuleList); it is modified in place: each quantized layer's weight becomes the solver's
         dequantized weight (cast to the layer's dtype).
     calibration_batches: iterable of model inputs, each a tensor (``model(x)``), a tuple (``model(*x)``) or a
-        mapping (``model(**x)``), e.g. {"input_ids": ..., "attention_mask": ...}. Iterated once.
+        mapping (``model(**x)``), e.g. {"input_ids": ..., "attention_mask": ...}. Iterated once. Not used
+        (may be None) by the solvers that need no Hessian (rtn, easyquant): they run no forward pass.
     method: "rtn", "gptq", "quantease", "easyquant", "leanquant" (``quantease.<method>``), or a callable
         ``f(W, H, *, bits, group_size, sym, **solver_kwargs) -> QuantResult``.
     bits, group_size, sym, solver_kwargs: passed to the solver (group_size=-1: one grid per row).
@@ -515,8 +621,10 @@ def quantize_model(
         parameters on the meta device; ``Offload(path, out)`` reads one block at a time from the safetensors
         files at ``path`` and streams each quantized block to ``out``, so memory holds about one block.
 
-    Returns a QuantReport (list of LayerRecord; ``.to_markdown()``)."""
+    Returns a QuantReport (list of LayerRecord; ``.summary()``, ``.to_markdown()``, ``.phase_seconds``)."""
     solver = _resolve_solver(method)
+    if solver.needs_hessian and calibration_batches is None:
+        raise ValueError(f"method {solver.name!r} needs calibration_batches (its solver takes a Hessian)")
     bits = check_bits(bits)
     if (
         isinstance(group_size, bool)
@@ -560,15 +668,21 @@ def quantize_model(
     model.eval()
     report = QuantReport()
     report.gguf = plan
+    phases = _Phases()
     bar = None
     try:
-        select = None
-        if dp.shards > 1:  # the shards need the number of batches
-            calibration_batches = list(calibration_batches)
-            select = dp.my_batches(len(calibration_batches))
         if offload is not None:
             offload.begin(model, block_list)
-        inputs, digest = capture_block_inputs(model, block_list[0][1], calibration_batches, select=select)
+        inputs: Optional[BlockInputs] = None  # None: a solver without Hessian, no forward pass
+        digest = None
+        if solver.needs_hessian and calibration_batches is not None:
+            t0 = time.perf_counter()
+            select = None
+            if dp.shards > 1:  # the shards need the number of batches
+                calibration_batches = list(calibration_batches)
+                select = dp.my_batches(len(calibration_batches))
+            inputs, digest = capture_block_inputs(model, block_list[0][1], calibration_batches, select=select)
+            phases.add("forward", time.perf_counter() - t0)
         if offload is not None:
             offload.captured(model)
         # Results go into the checkpoints when the report keeps them or a streamed GPTQ export needs them.
@@ -616,9 +730,11 @@ def quantize_model(
                 if keep_results:
                     report.results.update(results)
                 del payload
-                if i + 1 < len(block_list):
+                if inputs is not None and i + 1 < len(block_list):
+                    t0 = time.perf_counter()
                     with torch.no_grad():
                         inputs.advance(block)
+                    phases.add("forward", time.perf_counter() - t0)
                 if offload is not None:
                     offload.store_block(i, block_name, block, results, write=dp.rank == 0)
                 del results
@@ -626,34 +742,43 @@ def quantize_model(
             if start:
                 log.info("resuming after %d finished block(s) from %s", start, checkpoint_dir)
         bar = _progress_bar(len(block_list), start, progress and dp.rank == 0)
+        common: Dict[str, Any] = dict(
+            solver=solver,
+            bits=int(bits),
+            group_size=int(group_size),
+            sym=sym,
+            skip=skip,
+            solver_kwargs=solver_kwargs,
+            on_layer=on_layer,
+            bar=bar,
+            phases=phases,
+            gguf_types=None if plan is None else plan.types,
+        )
         for i in range(start, len(block_list)):
             block_name, block = block_list[i]
             if offload is not None:
                 offload.load_block(block_name, block)
-            records, results = _quantize_block(
-                i,
-                block_name,
-                block,
-                inputs,
-                solver=solver,
-                bits=int(bits),
-                group_size=int(group_size),
-                sym=sym,
-                true_sequential=true_sequential,
-                skip=skip,
-                hessian_dtype=hessian_dtype,
-                solver_kwargs=solver_kwargs,
-                on_layer=on_layer,
-                bar=bar,
-                gguf_types=None if plan is None else plan.types,
-                dp=dp,
-            )
+            if inputs is not None:
+                records, results = _quantize_block(
+                    i,
+                    block_name,
+                    block,
+                    inputs,
+                    true_sequential=true_sequential,
+                    hessian_dtype=hessian_dtype,
+                    dp=dp,
+                    **common,
+                )
+            else:
+                records, results = _quantize_block_without_data(i, block_name, block, **common)
             report.extend(records)
             if keep_results:
                 report.results.update(results)
-            if i + 1 < len(block_list):
+            if inputs is not None and i + 1 < len(block_list):
+                t0 = time.perf_counter()
                 with torch.no_grad():
                     inputs.advance(block)  # the next block's inputs, from the quantized block
+                phases.add("forward", time.perf_counter() - t0)
             if ckpt is not None and dp.rank == 0:
                 layers = linear_layers(block, prefix=block_name)
                 ckpt.save(
@@ -676,4 +801,5 @@ def quantize_model(
         model.train(was_training)
         dp.close()
     report.seconds = time.perf_counter() - t_start
+    report.phase_seconds = phases.split(report.seconds)
     return report
