@@ -160,6 +160,70 @@ def test_perplexity_restores_training_mode_and_rejects_bad_input():
         qeval.perplexity(model, ids, "some text", seq_len=8)
 
 
+def test_lm_quality_standard_error_and_paired_comparison():
+    model = tiny_llama()
+    ids = np.random.default_rng(3).integers(0, 61, size=16 * 6)
+    q = qeval.lm_quality(model, ids, seq_len=16, batch_size=4)
+    assert q.perplexity == pytest.approx(hand_perplexity(model, ids, 16), rel=1e-5)
+    per_window = qeval.window_nll(model, text.eval_windows(ids, seq_len=16)) / 15
+    np.testing.assert_allclose(q.window_nll, per_window, rtol=1e-6)
+    assert q.tokens == 6 * 15 and q.layer_loss is None and q.mean_layer_loss is None
+    assert q.se == pytest.approx(q.perplexity * per_window.std(ddof=1) / math.sqrt(6), rel=1e-6)
+    other = tiny_llama(seed=1)
+    d = qeval.compare(qeval.lm_quality(other, ids, seq_len=16), q)
+    diff = qeval.window_nll(other, text.eval_windows(ids, seq_len=16)) / 15 - per_window
+    assert d.log_ratio == pytest.approx(diff.mean(), rel=1e-6, abs=1e-9)
+    assert d.se == pytest.approx(diff.std(ddof=1) / math.sqrt(6), rel=1e-6)
+    assert d.ratio == pytest.approx(math.exp(d.log_ratio), rel=1e-6)
+    assert qeval.compare(q, q).log_ratio == 0 and not qeval.compare(q, q).beyond_noise()
+    with pytest.raises(ValueError, match="compare needs the same windows"):
+        qeval.compare(q, qeval.lm_quality(model, ids, seq_len=16, max_windows=3))
+    assert math.isnan(qeval.lm_quality(model, ids, seq_len=16, max_windows=1).se)
+
+
+def test_lm_quality_held_out_layer_loss_equals_the_hessian_form():
+    """Held-out relative layer loss = (W0 - W) H (W0 - W)ᵀ / W0 H W0ᵀ with H from the evaluation windows'
+    inputs to the layer in the current (perturbed) model, for every layer; zero for an untouched one."""
+    from quantease.torch import HessianCollector, linear_layers
+
+    model = tiny_llama()
+    reference = qeval.reference_weights(model)
+    assert "lm_head" not in reference and len(reference) == 14
+    ids = np.random.default_rng(4).integers(0, 61, size=16 * 3)
+    layers = linear_layers(model)
+    rng = np.random.default_rng(5)
+    touched = [n for n in reference if ".0." in n]
+    with torch.no_grad():
+        for n in touched:
+            w = layers[n].weight
+            w.add_(torch.as_tensor(rng.normal(0, 0.02, size=tuple(w.shape)), dtype=w.dtype))
+    q = qeval.lm_quality(model, ids, seq_len=16, reference=reference)
+    with HessianCollector({n: layers[n] for n in reference}) as col:
+        qeval.window_nll(model, text.eval_windows(ids, seq_len=16))
+    for n, got in q.layer_loss.items():
+        H = col.hessian(n)
+        W0 = reference[n].numpy()
+        W = layers[n].weight.detach().numpy()
+        expected = quantease.layer_loss(W0, W, H) / quantease.layer_loss(W0, np.zeros_like(W0), H)
+        if n in touched:
+            assert got == pytest.approx(expected, rel=1e-4) and got > 0, n
+        else:
+            assert got == 0, n
+    assert q.mean_layer_loss == pytest.approx(np.mean(list(q.layer_loss.values())))
+    # Measured on the first window only: the same perplexity, another (first-window) layer loss.
+    q1 = qeval.lm_quality(model, ids, seq_len=16, reference=reference, layer_loss_windows=1)
+    np.testing.assert_allclose(q1.window_nll, q.window_nll, rtol=1e-12)
+    with HessianCollector({n: layers[n] for n in touched}) as col1:
+        qeval.window_nll(model, text.eval_windows(ids, seq_len=16)[:1])
+    n = touched[0]
+    H1, W0, W = col1.hessian(n), reference[n].numpy(), layers[n].weight.detach().numpy()
+    assert q1.layer_loss[n] == pytest.approx(
+        quantease.layer_loss(W0, W, H1) / quantease.layer_loss(W0, np.zeros_like(W0), H1), rel=1e-4
+    )
+    with pytest.raises(ValueError, match="reference names layers the model does not have: nope"):
+        qeval.lm_quality(model, ids, seq_len=16, reference={"nope": reference[touched[0]]})
+
+
 def test_window_nll_is_per_window_sum():
     model = tiny_llama()
     windows = torch.as_tensor(np.random.default_rng(2).integers(0, 61, size=(3, 12)))
