@@ -406,7 +406,9 @@ EasyQuantOutput easyquant(const ConstRowMatrixRef<float>& W, const EasyQuantOpti
   const Index groups = cols / gs;
   const float maxq = max_code(opt.bits);
   EasyQuantOutput res;
+  PhaseTimer timer(res.quant);
   outlier_statistics(W, opt.row_stats, res);
+  timer.lap("outlier_stats");
 
   QuantOutput& out = res.quant;
   out.codes.resize(rows, cols);
@@ -452,8 +454,10 @@ EasyQuantOutput easyquant(const ConstRowMatrixRef<float>& W, const EasyQuantOpti
     }
   });
 
+  timer.lap("channels");
   out.g_idx = GroupMap::of_original_columns(cols, opt.group_size, VectorXi64()).column_groups();
   store_outliers(W, outlier_cols, res);
+  timer.lap("outliers_csr");
   return res;
 }
 

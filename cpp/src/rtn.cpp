@@ -16,6 +16,7 @@ QuantOutput rtn(const ConstRowMatrixRef<float>& W, const RtnOptions& opt) {
   const Index gs = grids.groups().size();
 
   QuantOutput out;
+  PhaseTimer timer(out);
   out.codes.resize(rows, cols);
   parallel_chunks(rows, 16, [&](Index r0, Index r1) {
     for (Index r = r0; r < r1; ++r) {
@@ -27,7 +28,9 @@ QuantOutput rtn(const ConstRowMatrixRef<float>& W, const RtnOptions& opt) {
       }
     }
   });
+  timer.lap("grid_and_codes");
   write_grids(grids, out);
+  timer.lap("dequantize");
   return out;
 }
 

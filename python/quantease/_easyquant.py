@@ -61,7 +61,8 @@ def easyquant(
     ``H`` (optional, cols x cols) only reports ``result.loss = layer_loss(W, result.weight, H)``; the
     solver never reads it. ``result.weight == result.grid_weight() + result.outliers.to_dense()`` exactly.
     ``result.info``: ``start_scales`` and ``adam_scales`` (rows x G), ``source`` (0 start, 1 Adam, 2 search:
-    where each final scale came from), ``outlier_mean`` and ``outlier_std`` (scalars, or per row).
+    where each final scale came from), ``outlier_mean`` and ``outlier_std`` (scalars, or per row),
+    ``phase_seconds`` (``outlier_stats``, ``channels``: outliers flagged and ranges optimised, ``outliers_csr``).
     """
     Wf = as_weight(W)
     bits = check_bits(bits)

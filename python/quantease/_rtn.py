@@ -27,6 +27,7 @@ def rtn(
     row) or a positive divisor of cols; ``mse`` shrinks each range to minimise sum |q - w|^2.4;
     ``fp16_scales`` rounds every scale to float16 before zero point and codes (bit-exact fp16 export).
     The result has no ``loss`` (RTN sees no H): use ``quantease.layer_loss(W, result.weight, H)``.
+    ``result.info["phase_seconds"]``: ``grid_and_codes``, ``dequantize``.
 
     ``gguf="Q4_K"`` (any llama.cpp type of ``quantease.gguf.TYPES``, any case): llama.cpp's own quantizer
     for that type, block by block along each row -- its reference quantizer (for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0
