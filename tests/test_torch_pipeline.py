@@ -383,6 +383,10 @@ def test_phase_split_adds_up():
     assert all(v >= 0 for v in phases.values()) and phases["forward"] > 0 and phases["hessian"] > 0
     assert sum(phases.values()) == pytest.approx(report.seconds, rel=1e-9)
     assert phases["solve"] == pytest.approx(sum(r.seconds for r in report), rel=0.05)
+    text = report.summary()
+    worst = max(report, key=lambda r: r.relative_loss)
+    assert text.startswith(f"{len(report)} layers, relative layer loss mean ") and f"({worst.name});" in text
+    assert "forward " in text and "solve " in text
 
 
 # ----------------------------------------------------------------------------------------------- resume
