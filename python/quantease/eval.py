@@ -143,7 +143,7 @@ def perplexity(
     seq_len: int | None = None,
     max_windows: int | None = None,
     batch_size: int = 1,
-    progress: bool = False,
+    progress: bool = True,
 ) -> float:
     """Perplexity of a causal LM on ``text`` by the GPTQ-paper protocol (see the module docstring).
 
@@ -258,7 +258,7 @@ def lm_quality(
     batch_size: int = 1,
     reference: dict[str, Any] | None = None,
     layer_loss_windows: int | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> LMQuality:
     """Perplexity (as :func:`perplexity`, same arguments) with its standard error and per-window NLLs, and,
     with ``reference`` ({layer name: original weight}, e.g. :func:`reference_weights` taken before
