@@ -8,7 +8,9 @@ import importlib.util
 import json
 import math
 import os
+import sys
 
+import numpy as np
 import pytest
 
 import quantease
@@ -20,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _load_bench():
     spec = importlib.util.spec_from_file_location("real_model_bench", os.path.join(ROOT, "bench", "real_model.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -28,24 +31,33 @@ bench = _load_bench()
 
 
 # ---------------------------------------------------------------------------------------------------------
-# fast: arguments, solver discovery, tables
+# fast: arguments, methods, the noise, tables
 # ---------------------------------------------------------------------------------------------------------
 
 
 def test_quick_and_full_defaults():
-    quick = bench.parse_args(["--quick"])
-    assert quick.methods == list(bench.METHODS) and quick.bits == [3] and quick.groups == [64]
-    assert quick.quantease_iters == 10 and quick.max_blocks is None
     full = bench.parse_args([])
-    assert full.bits == [4, 3] and full.groups == [64, -1] and full.quantease_iters is None
-    assert (full.calib_samples, full.calib_len, full.eval_windows, full.eval_len) == (16, 512, 16, 512)
-    mine = bench.parse_args(["--methods", "gptq,rtn", "--bits", "4", "--groups", "-1", "--max-blocks", "2"])
-    assert mine.methods == ["gptq", "rtn"] and mine.bits == [4] and mine.groups == [-1] and mine.max_blocks == 2
+    assert full.methods == list(bench.METHODS) and full.bits == 3 and full.group == 64 and full.seeds == [0]
+    assert (full.calib_windows, full.eval_windows, full.heldout_windows) == (16, 32, 8)
+    assert full.quantease_iters is None and full.max_blocks is None
+    quick = bench.parse_args(["--quick"])
+    assert (quick.calib_windows, quick.eval_windows, quick.heldout_windows, quick.quantease_iters) == (4, 4, 2, 4)
+    mine = bench.parse_args(["--methods", "gptq,rtn", "--bits", "4", "--group", "-1", "--seeds", "0,1,2"])
+    assert mine.methods == ["gptq", "rtn"] and mine.bits == 4 and mine.group == -1 and mine.seeds == [0, 1, 2]
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["--methods", "gptq,awq"], ["--bits", "9"], ["--groups", "0"], ["--max-blocks", "0"], ["--eval-windows", "0"]],
+    [
+        ["--methods", "gptq,awq"],
+        ["--bits", "9"],
+        ["--group", "0"],
+        ["--max-blocks", "0"],
+        ["--eval-windows", "0"],
+        ["--heldout-windows", "40"],
+        ["--seeds", ""],
+        ["--threads", "0"],
+    ],
 )
 def test_bad_arguments_exit(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -54,71 +66,136 @@ def test_bad_arguments_exit(argv, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_available_solvers_follow_the_build(monkeypatch):
-    have = bench.available_solvers(bench.METHODS)
-    assert list(have) == [m for m in bench.METHODS if callable(getattr(quantease, bench.solver_of(m)[0], None))]
-    assert {"rtn", "gptq", "easyquant"} <= set(have)
-    monkeypatch.delattr(quantease, "quantease")
-    assert not {"quantease", "quantease+gptq"} & set(bench.available_solvers(bench.METHODS))
-
-
-def test_methods_map_to_solvers_with_fixed_options():
-    quick = bench.parse_args(["--quick"])
-    full = bench.parse_args([])
-    assert bench._solver_kwargs("quantease", quick) == {"iters": 10}
-    assert bench._solver_kwargs("quantease+gptq", quick) == {"init": "gptq", "iters": 10}
-    assert bench._solver_kwargs("quantease", full) == {}
-    assert bench._solver_kwargs("gptq", quick) == {"act_order": True}
-    assert bench._solver_kwargs("rtn", quick) == {}
-    # Every keyword is one the solver takes.
+def test_methods_map_to_solvers_with_fixed_options(monkeypatch):
     import inspect
 
-    for m in bench.METHODS:
-        name, kwargs = bench.solver_of(m)
-        assert set(bench._solver_kwargs(m, quick)) <= set(inspect.signature(getattr(quantease, name)).parameters)
+    args = bench.parse_args([])
+    assert bench.solver_kwargs("quantease-paper", args) == {}
+    assert bench.solver_kwargs("gptq", args) == {"act_order": True}
+    assert bench.group_of("leanquant", args) == -1 and bench.group_of("gptq", args) == 64
+    assert bench.solver_kwargs("quantease", bench.parse_args(["--quick"]))["iters"] == 4
+    for m, spec in bench.METHODS.items():  # every keyword is one the solver takes
+        assert set(bench.solver_kwargs(m, args)) <= set(inspect.signature(getattr(quantease, spec.solver)).parameters)
+    assert {m for m, spec in bench.METHODS.items() if not spec.needs_data} == {"rtn", "easyquant"}
+    assert bench.available_methods(bench.METHODS) == list(bench.METHODS)
+    monkeypatch.delattr(quantease, "quantease")
+    assert not {"quantease", "quantease-paper"} & set(bench.available_methods(bench.METHODS))
+
+
+def _run(seed, nll, **kw):
+    nll = np.asarray(nll, dtype=float)
+    ppl = float(np.exp(nll.mean()))
+    return {
+        "seed": seed,
+        "window_nll": nll.tolist(),
+        "perplexity": ppl,
+        "se": ppl * nll.std(ddof=1) / math.sqrt(nll.size),
+        **kw,
+    }
+
+
+def _row(method, runs, status="ok", **kw):
+    return {"method": method, "stores": "affine grid", "status": status, "bits_per_weight": 3.3, "runs": runs, **kw}
+
+
+def test_difference_pairs_windows_and_seeds():
+    base = np.array([3.0, 3.5, 2.5, 4.0, 3.2, 2.8])
+    a = _row("a", [_run(0, base - 0.10), _run(1, base - 0.12)])
+    b = _row("b", [_run(0, base), _run(1, base)])
+    d = bench.difference(a, b)
+    # paired: the window-to-window difficulty cancels; only the tiny seed spread and no window spread remain
+    assert d["seeds"] == 2 and d["log_ratio"] == pytest.approx(-0.11)
+    assert d["se"] == pytest.approx(math.sqrt(np.var([-0.10, -0.12], ddof=1) / 2), rel=1e-6)
+    assert bench.verdict(d) == "lower (better)"
+    # a row run once (no calibration data) pairs with every seed of the other
+    rtn = _row("rtn", [_run(None, base + 0.3)])
+    d = bench.difference(a, rtn)
+    assert d["seeds"] == 2 and d["log_ratio"] == pytest.approx(-0.41)
+    # noisy windows: the same mean difference is within noise
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.5, base.size)
+    d = bench.difference(_row("n", [_run(0, base - 0.10 + noise)]), _row("b", [_run(0, base)]))
+    assert d["se"] == pytest.approx(np.std(noise, ddof=1) / math.sqrt(base.size), rel=1e-6)
+    assert bench.verdict(d) == "within noise" and abs(d["log_ratio"]) < 2 * d["se"]
+    assert bench.change({"log_ratio": math.log(0.9), "se": 0.01}) == "-10.0 % [-11.8, -8.2]"
+    assert bench.difference(_row("x", [], status=bench.NOT_IN_BUILD), b) is None
+    assert bench.verdict(None) == "no figure"
 
 
 def _fake_lm_result():
+    base = [3.0, 3.5, 2.5, 4.0]
     rows = [
-        {"method": "full precision", "bits": 32, "group": None, "status": "ok", "perplexity": 20.0, "ratio": 1.0},
-        {
-            "method": "rtn",
-            "bits": 3,
-            "group": 64,
-            "status": "ok",
-            "perplexity": 60.0,
-            "ratio": 3.0,
-            "mean_relative_loss": 0.05,
-            "quantize_seconds": 1.0,
-            "solver_seconds": 0.1,
-        },
-        {
-            "method": "gptq",
-            "bits": 3,
-            "group": 64,
-            "status": "ok",
-            "perplexity": 50.0,
-            "ratio": 2.5,
-            "mean_relative_loss": 0.01,
-            "quantize_seconds": 2.0,
-            "solver_seconds": 1.0,
-        },
-        {"method": "quantease", "bits": 3, "group": 64, "status": bench.NOT_IN_BUILD},
-        {"method": "leanquant", "bits": 3, "group": 64, "status": "failed: ValueError: boom", "quantize_seconds": 0.5},
+        _row("full precision", [_run(None, base)], stores="float32 weights"),
+        _row("rtn", [_run(None, [b + 1.0 for b in base], heldout_loss=0.04, quantize_seconds=1.0)]),
+        _row(
+            "gptq",
+            [
+                _run(0, [b + 0.5 for b in base], heldout_loss=0.02, calib_loss=0.01, quantize_seconds=2.0),
+                _run(1, [b + 0.52 for b in base], heldout_loss=0.02, calib_loss=0.01, quantize_seconds=2.0),
+            ],
+        ),
+        _row("quantease", [], status=bench.NOT_IN_BUILD),
+        _row("leanquant", [], status="failed: ValueError: boom"),
     ]
     return {"rows": rows}
 
 
-def test_tables_show_missing_and_failed_solvers():
+def test_tables_and_claims():
     table = bench.lm_table(_fake_lm_result()).splitlines()
     assert len(table) == 2 + 5
-    assert table[2].startswith("| full precision | 32 | - | 20.00 | 1.000 |")
-    assert table[3].startswith("| rtn | 3 | 64 | 60.00 | 3.000 | 0.0500 |")
-    assert table[5] == f"| quantease | 3 | 64 | {bench.NOT_IN_BUILD} | - | - | - | - |"
-    assert table[6].startswith("| leanquant | 3 | 64 | failed: ValueError: boom |")
-    claims = bench.claims(_fake_lm_result())
-    assert claims[0].startswith("3-bit g64: gptq perplexity 50.00 vs rtn 60.00: lower (better)")
-    assert claims[1] == "3-bit g64: quantease vs gptq: no figure for quantease"
+    assert table[2].startswith("| full precision | float32 weights | 3.30 | ")
+    assert table[3].startswith("| rtn | affine grid | 3.30 | ") and "| - | 2.72 | 0.0400 | - | 1 |" in table[3]
+    assert table[4].startswith("| gptq | affine grid | 3.30 | 42.95 ± ") and "| 42.52-43.38 | 1.67 |" in table[4]
+    assert table[5] == f"| quantease | affine grid | 3.30 | {bench.NOT_IN_BUILD} | - | - | - | - | - |"
+    assert table[6].startswith("| leanquant | affine grid | 3.30 | failed: ValueError: boom |")
+    lines = bench.claims(_fake_lm_result())
+    assert lines[0].startswith("gptq vs rtn: perplexity ") and "lower (better)" in lines[0]
+    assert "2 seeds" in lines[0] and "held-out 0.0200 vs 0.0400" in lines[0]
+    assert lines[1].startswith("quantease vs gptq: no figure for quantease (not in this build)")
+    assert lines[-1].startswith("leanquant vs gptq: no figure for leanquant (failed: ValueError: boom)")
+
+
+def test_phase_split_adds_up():
+    out = {
+        "total_seconds": 100.0,
+        "causal_lm": {
+            "info": {"load_seconds": 5.0},
+            "rows": [
+                {"runs": [{"eval_seconds": 3.0}]},
+                {
+                    "runs": [
+                        {
+                            "phase_seconds": {"forward": 10.0, "hessian": 2.0, "solve": 4.0, "loss": 1.0, "other": 0.5},
+                            "eval_seconds": 6.0,
+                        }
+                    ]
+                },
+            ],
+        },
+        "encoder": {
+            "rows": [
+                {
+                    "runs": [
+                        {
+                            "phase_seconds": {"forward": 1.0, "hessian": 0.0, "solve": 2.0, "loss": 0.0, "other": 0.0},
+                            "eval_seconds": 1.0,
+                        }
+                    ]
+                }
+            ]
+        },
+    }
+    split = bench.phase_split(out)
+    assert split == {
+        "forward": 11.0,
+        "hessian": 2.0,
+        "solve": 6.0,
+        "loss": 1.0,
+        "other": 0.5,
+        "evaluation": 10.0,
+        "load": 5.0,
+        "rest": 64.5,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -149,22 +226,18 @@ def test_main_on_a_tiny_configuration(tmp_path):
     path = tmp_path / "out.json"
     out = bench.main(
         [
-            "--methods",
-            ",".join(bench.METHODS),
-            "--bits",
-            "3",
-            "--groups",
-            "64",
             "--max-blocks",
             "1",
-            "--calib-samples",
-            "2",
-            "--calib-len",
+            "--window",
             "64",
+            "--calib-windows",
+            "2",
+            "--seeds",
+            "0,1",
             "--eval-windows",
+            "3",
+            "--heldout-windows",
             "2",
-            "--eval-len",
-            "64",
             "--sentences",
             "8",
             "--calib-sentences",
@@ -177,44 +250,49 @@ def test_main_on_a_tiny_configuration(tmp_path):
         log=lines.append,
     )
     text = "\n".join(lines)
-    have = [m for m in bench.METHODS if callable(getattr(quantease, bench.solver_of(m)[0], None))]
-    assert out["methods_available"] == have
-    assert out["methods_missing"] == [m for m in bench.METHODS if m not in have]
-    assert json.loads(path.read_text())["methods_available"] == have
+    have = bench.available_methods(bench.METHODS)
+    assert out["methods_available"] == have and json.loads(path.read_text())["methods_available"] == have
 
     for key, metric in (("causal_lm", "perplexity"), ("encoder", "pooled")):
         rows = out[key]["rows"]
-        # the full-precision row first, then one row per method, in order
-        assert [r["method"] for r in rows] == ["full precision", *bench.METHODS]
-        fp = rows[0]
-        assert fp["status"] == "ok" and _finite(fp[metric])
-        for r in rows[1:]:
-            if r["method"] not in have:
-                assert r["status"] == bench.NOT_IN_BUILD
+        methods = [r["method"] for r in rows]
+        assert methods == (["full precision"] if key == "causal_lm" else []) + list(bench.METHODS)
+        for r in rows:
+            if r["method"] == "full precision":
                 continue
             assert r["status"] == "ok", r["status"]
-            assert (r["bits"], r["group"], r["layers"]) == (3, 64, 7 if key == "causal_lm" else 6)
-            assert _finite(r[metric]) and _finite(r["quantize_seconds"]) and r["quantize_seconds"] > 0
-            assert 0 < r["mean_relative_loss"] < 1
-        by = {r["method"]: r for r in rows}
-        # GPTQ minimises the layer objective that RTN ignores: on real Hessians it is far lower.
-        assert by["gptq"]["mean_relative_loss"] < 0.5 * by["rtn"]["mean_relative_loss"]
+            spec = bench.METHODS[r["method"]]
+            # methods without calibration data run once; the others once per seed (the encoder: one set)
+            seeds = [None] if not spec.needs_data else [0, 1] if key == "causal_lm" else [0]
+            assert [run["seed"] for run in r["runs"]] == seeds
+            for run in r["runs"]:
+                assert run["layers"] == (7 if key == "causal_lm" else 6) and _finite(run[metric])
+                assert (run["calib_loss"] is None) == (not spec.needs_data)
+                assert spec.needs_data or run["phase_seconds"]["forward"] == 0
+            assert 3 < r["bits_per_weight"] < 6
+        by = {r["method"]: bench.summarize(r) for r in rows}
+        # GPTQ minimises the layer objective that RTN ignores: on real data its held-out loss is far lower
+        if key == "causal_lm":
+            assert by["gptq"]["heldout_loss"] < 0.7 * by["rtn"]["heldout_loss"]
+            assert all(0 < by[m]["heldout_loss"] < 1 for m in bench.METHODS)
 
-    lm = out["causal_lm"]
-    assert lm["full_precision"] == lm["rows"][0]["perplexity"] and 5 < lm["full_precision"] < 200
-    for r in lm["rows"][1:]:
-        if r["status"] == "ok":
-            assert r["ratio"] == pytest.approx(r["perplexity"] / lm["full_precision"])
+    lm = out["causal_lm"]["rows"]
+    fp = lm[0]["runs"][0]
+    assert 5 < fp["perplexity"] < 200 and fp["se"] > 0 and len(fp["window_nll"]) == 3
     enc = out["encoder"]["rows"]
-    assert enc[0]["pooled"] == pytest.approx(1.0, abs=1e-9) and enc[0]["hidden"] == pytest.approx(1.0, abs=1e-9)
-    for r in enc[1:]:
-        if r["status"] == "ok":
-            assert 0.5 < r["pooled"] < 1 and 0.5 < r["hidden"] < 1 and r["pooled_min"] <= r["pooled"]
+    for r in enc:
+        s = bench.summarize(r)
+        assert 0.5 < s["pooled"] < 1 and 0.5 < s["hidden"] < 1 and s["pooled_min"] <= s["pooled"]
+    assert out["phase_seconds"]["evaluation"] > 0 and out["phase_seconds"]["forward"] > 0
+    assert sum(out["phase_seconds"].values()) == pytest.approx(out["total_seconds"], rel=1e-6)
 
-    # the printed tables: a header, a rule, the FP row and one row per method each
-    assert "| full precision | 32 | - |" in text
+    # the printed tables and verdicts
     for m in bench.METHODS:
-        assert text.count(f"| {m} | 3 | 64 |") == 2  # one row in each table
-        if m not in have:
-            assert f"| {m} | 3 | 64 | {bench.NOT_IN_BUILD} |" in text
+        assert text.count(f"| {m} | ") == 2  # one row in each table
+    assert [line.split(":")[0] for line in out["claims"]] == [f"{a} vs {b}" for a, b in bench.CLAIMS]
+    assert all(
+        "2 s.e." in line and any(v in line for v in ("within noise", "lower (better)", "HIGHER (worse)"))
+        for line in out["claims"]
+    )
     assert "first 1 of 30 blocks quantized" in text and "first 1 of 6 blocks quantized" in text
+    assert "total " in text and "evaluation " in text
