@@ -71,6 +71,15 @@ LAYER_SOLVERS: Dict[str, Callable[..., np.ndarray]] = {
     "quantease init=gptq on H+0.1": lambda W, H, b, g: (
         quantease.quantease(W, _damped(H, 0.1), bits=b, group_size=g, init="gptq").weight
     ),
+    "quantease init=gptq iters=3": lambda W, H, b, g: (
+        quantease.quantease(W, H, bits=b, group_size=g, init="gptq", iters=3).weight
+    ),
+    "quantease init=gptq iters=10": lambda W, H, b, g: (
+        quantease.quantease(W, H, bits=b, group_size=g, init="gptq", iters=10).weight
+    ),
+    "quantease init=gptq on H+0.01 refit=5": lambda W, H, b, g: (
+        quantease.quantease(W, _damped(H, 0.01), bits=b, group_size=g, init="gptq", refit=5).weight
+    ),
     "leanquant": lambda W, H, b, g: quantease.leanquant(W, H, bits=b, group_size=g).weight,
 }
 
@@ -121,6 +130,29 @@ def _layer_hessians(
     return out
 
 
+def _cached(
+    args: argparse.Namespace, key: tuple, compute: Callable[[], Dict[int, Dict[str, np.ndarray]]]
+) -> Dict[int, Dict[str, np.ndarray]]:
+    """``compute()`` ({snapshot: {layer: H}}), kept in ``--hessian-cache`` (a directory) when one is given."""
+    if not args.hessian_cache:
+        return compute()
+    import hashlib
+
+    path = os.path.join(args.hessian_cache, hashlib.sha256(repr(key).encode()).hexdigest()[:16] + ".npz")
+    if os.path.exists(path):
+        with np.load(path) as z:
+            out: Dict[int, Dict[str, np.ndarray]] = {}
+            for k in z.files:
+                snap, name = k.split("|", 1)
+                out.setdefault(int(snap), {})[name] = z[k]
+            return out
+    out = compute()
+    os.makedirs(args.hessian_cache, exist_ok=True)
+    np.savez(path + ".tmp.npz", **{f"{snap}|{name}": H for snap, hs in out.items() for name, H in hs.items()})
+    os.replace(path + ".tmp.npz", path)
+    return out
+
+
 def run_layers(args: argparse.Namespace, log=print) -> Dict[str, Any]:
     from quantease import models, text
     from quantease.torch import linear_layers
@@ -135,12 +167,21 @@ def run_layers(args: argparse.Namespace, log=print) -> Dict[str, Any]:
         f"g{args.group}; held-out: first {args.heldout_windows} x {WINDOW} wiki test tokens"
     )
     heldout_batches = list(text.eval_windows(test_ids, seq_len=WINDOW, max_windows=args.heldout_windows)[:, None])
-    heldout = _layer_hessians(model, names, heldout_batches, (len(heldout_batches),), log)[len(heldout_batches)]
+    n_heldout = len(heldout_batches)
+    heldout = _cached(
+        args,
+        ("heldout", n_heldout, tuple(names)),
+        lambda: {n_heldout: _layer_hessians(model, names, heldout_batches, (n_heldout,), log)[n_heldout]},
+    )[n_heldout]
     rows: List[Dict[str, Any]] = []
     for seed in args.seeds:
         calib = text.calibration_batches(train_ids, None, n_samples=max(args.steps), seq_len=WINDOW, seed=seed)
         log(f"  calibration seed {seed}")
-        snaps = _layer_hessians(model, names, calib, args.steps, log)
+        snaps = _cached(
+            args,
+            ("calibration", seed, tuple(args.steps), tuple(names)),
+            lambda: _layer_hessians(model, names, calib, args.steps, log),
+        )
         for n_windows, hs in snaps.items():
             for name in names:
                 W, H, Hh = weights[name], hs[name], heldout[name]
@@ -362,6 +403,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--model-heldout-windows", type=int, default=8, help="model: evaluation windows that measure the held-out loss"
     )
     p.add_argument("--json", default=None)
+    p.add_argument("--hessian-cache", default=None, help="layers: a directory that keeps the Hessians for reruns")
     args = p.parse_args(argv)
     if args.methods is None:
         args.methods = list(LAYER_SOLVERS) if args.part == "layers" else ["rtn", "gptq", "quantease init=gptq"]

@@ -81,11 +81,12 @@ def _execute(filename, tmp_path):
 
 
 def _table(text: str) -> dict:
-    """The quickstart's printed table: {(method, bits): relative loss}."""
+    """The quickstart's printed table: {(method, bits): relative loss} (columns: method, bits, rel. loss,
+    bits/weight, seconds)."""
     rows = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 4 and parts[1].isdigit():
+        if len(parts) == 5 and parts[1].isdigit():
             try:
                 rows[parts[0], int(parts[1])] = float(parts[2])
             except ValueError:
@@ -99,11 +100,17 @@ def _table(text: str) -> dict:
 def test_quickstart_notebook_runs(tmp_path):
     nb, outputs, text = _execute("quickstart.ipynb", tmp_path)
     rows = _table(text)
-    have = [
-        m for m in ("rtn", "gptq", "easyquant", "quantease", "leanquant") if getattr(quantease, m, None) is not None
-    ]
+    methods = {
+        "rtn": "rtn",
+        "gptq": "gptq",
+        "quantease": "quantease",
+        "quantease-paper": "quantease",
+        "easyquant": "easyquant",
+        "leanquant": "leanquant",
+    }  # the main job's methods and their solvers
+    have = [m for m, solver in methods.items() if getattr(quantease, solver, None) is not None]
     assert sorted(rows) == sorted((m, b) for m in have for b in (2, 3, 4)), text
-    for m in ("rtn", "gptq", "easyquant", "quantease", "leanquant"):
+    for m in methods:
         assert (f"{m}: not in this build" in text) == (m not in have)
     for (m, b), rel in rows.items():
         assert 0 < rel < 1, (m, b, rel)
@@ -111,7 +118,8 @@ def test_quickstart_notebook_runs(tmp_path):
             assert rel < rows[m, b - 1], (m, b)  # more bits, lower loss
     for b in (2, 3, 4):
         assert rows["gptq", b] < 0.75 * rows["rtn", b], text  # the Hessian pays off on a real layer
-    assert "H (1536, 1536) from 2048 tokens" in text
+        assert rows["quantease", b] <= rows["gptq", b], text  # QuantEase from GPTQ is never worse on its H
+    assert "H (1536, 1536) from 8192 tokens" in text
     assert any("image/png" in o.get("data", {}) for o in outputs), "no plot"
 
 
@@ -120,11 +128,13 @@ def test_quickstart_notebook_runs(tmp_path):
 @real
 def test_end_to_end_notebook_runs(tmp_path):
     nb, outputs, text = _execute("end_to_end.ipynb", tmp_path)
-    assert "210 layers in" in text
+    assert "210 layers, relative layer loss mean " in text and "forward " in text
     assert "reloaded weights identical: True" in text
     assert "missing: [] unexpected: []" in text
     fp = float(text.split("full precision: perplexity ")[1].split()[0])
     q = float(text.split("-> GPTQ 3-bit g64 ")[1].split()[0])
+    held_out = float(text.split("held-out layer loss ")[1].split()[0])
+    assert 0 < held_out < 0.2
     reloaded = float(text.split("reloaded weights identical: True; perplexity ")[1].split()[0])
     assert 5 < fp < q < 10 * fp and reloaded == q
     assert "GPTQ checkpoint: 210 layers" in text
