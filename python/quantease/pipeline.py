@@ -593,8 +593,9 @@ def quantize_model(
     calibration_batches: iterable of model inputs, each a tensor (``model(x)``), a tuple (``model(*x)``) or a
         mapping (``model(**x)``), e.g. {"input_ids": ..., "attention_mask": ...}. Iterated once. Not used
         (may be None) by the solvers that need no Hessian (rtn, easyquant): they run no forward pass.
-    method: "rtn", "gptq", "quantease", "easyquant", "leanquant" (``quantease.<method>``), or a callable
-        ``f(W, H, *, bits, group_size, sym, **solver_kwargs) -> QuantResult``.
+    method: a name of the solver registry ``quantease.solvers`` -- "rtn", "gptq", "quantease" (our best
+        QuantEase: from GPTQ's result), "quantease-paper" (the paper's schedule), "easyquant", "leanquant" --
+        or a callable ``f(W, H, *, bits, group_size, sym, **solver_kwargs) -> QuantResult``.
     bits, group_size, sym, solver_kwargs: passed to the solver (group_size=-1: one grid per row).
     true_sequential: solve a block's layers group by group in run order, re-collecting each group's Hessians
         with the earlier groups quantized; else all from the unquantized block.
