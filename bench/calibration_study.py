@@ -240,12 +240,12 @@ def layers_table(summary: Sequence[Dict[str, Any]], reference: str = "gptq") -> 
     return "\n".join(lines)
 
 
-# name -> (pipeline method, solver_kwargs)
+# name -> (registry entry of quantease.solvers, extra solver options)
 MODEL_METHODS: Dict[str, tuple] = {
     "rtn": ("rtn", {}),
     "gptq": ("gptq", {"act_order": True}),
     "quantease init=gptq": ("quantease", {"init": "gptq"}),
-    "quantease (paper)": ("quantease", {}),
+    "quantease (paper)": ("quantease-paper", {}),
     "leanquant": ("leanquant", {}),
 }
 

@@ -71,6 +71,7 @@ if HERE not in sys.path:
 import machine  # noqa: E402  (bench/machine.py)
 
 import quantease  # noqa: E402
+from quantease.solvers import SOLVERS  # noqa: E402
 
 LM_NAME = "smollm2-135m"
 ENCODER_NAME = "all-minilm-l6-v2"
@@ -79,22 +80,35 @@ NOT_IN_BUILD = "not in this build"
 
 
 class Method:
-    """A method of the main job: a quantease solver with fixed options, and what it stores beside its codes."""
+    """A method of the main job: an entry of the solver registry (quantease.solvers) with the job's extra
+    options, and what it stores beside its codes."""
 
     def __init__(
         self,
         name: str,
-        solver: str,
+        entry: str,
         kwargs: Dict[str, Any],
         stores: str,
         group: Optional[int] = None,
-        needs_data: bool = True,
         sym: bool = False,
     ):
-        self.name, self.solver, self.kwargs, self.stores = name, solver, kwargs, stores
+        self.name, self.entry, self.kwargs, self.stores = name, entry, kwargs, stores
         self.group = group  # None: the run's group size; -1: per row whatever the run's
-        self.needs_data = needs_data  # False: no Hessian, no calibration pass (one run whatever the seeds)
         self.sym = sym
+
+    @property
+    def solver(self) -> str:
+        """The quantease function the registry entry runs."""
+        return SOLVERS[self.entry].function.__name__
+
+    @property
+    def needs_data(self) -> bool:
+        """False: no Hessian, no calibration pass (one run whatever the seeds)."""
+        return SOLVERS[self.entry].needs_hessian
+
+    def options(self) -> Dict[str, Any]:
+        """Every option the solver gets beyond bits, group size and sym: the entry's, then the job's."""
+        return {**SOLVERS[self.entry].defaults, **self.kwargs}
 
 
 @dataclass
@@ -111,11 +125,11 @@ class Config:
 METHODS: Dict[str, Method] = {
     m.name: m
     for m in (
-        Method("rtn", "rtn", {}, "affine grid", needs_data=False),
+        Method("rtn", "rtn", {}, "affine grid"),
         Method("gptq", "gptq", {"act_order": True}, "affine grid, act-order"),
-        Method("quantease", "quantease", {"init": "gptq"}, "affine grid, act-order"),
-        Method("quantease-paper", "quantease", {}, "affine grid, act-order"),
-        Method("easyquant", "easyquant", {}, "symmetric grid + fp outliers", needs_data=False, sym=True),
+        Method("quantease", "quantease", {}, "affine grid, act-order"),
+        Method("quantease-paper", "quantease-paper", {}, "affine grid, act-order"),
+        Method("easyquant", "easyquant", {}, "symmetric grid + fp outliers", sym=True),
         Method("leanquant", "leanquant", {}, "8-level codebook per row", group=-1),
     )
 }
@@ -226,7 +240,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def solver_kwargs(method: str, args: argparse.Namespace, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     m = METHODS[method]
-    kwargs = {**m.kwargs, **(extra or {})}
+    kwargs = {**m.kwargs, **(extra or {})}  # the registry entry adds its own defaults under these
     if m.solver == "quantease" and getattr(args, "quantease_iters", None) is not None:
         kwargs["iters"] = args.quantease_iters
     return kwargs
@@ -299,7 +313,7 @@ def _quantize(model, calib, config: Config, args, log, what: str, seed: Optional
     report = quantize_model(
         model,
         calib if method.needs_data else None,
-        method=method.solver,
+        method=method.entry,
         bits=config.bits,
         group_size=config.group,
         sym=method.sym,
@@ -669,7 +683,7 @@ def main(argv: Optional[Sequence[str]] = None, log=print) -> Dict[str, Any]:
         log(
             f"  {m}: quantease.{METHODS[m].solver}(bits={args.bits}, group_size={group_of(m, args)}"
             + (", sym=True" if METHODS[m].sym else "")
-            + "".join(f", {k}={v!r}" for k, v in kwargs.items())
+            + "".join(f", {k}={v!r}" for k, v in {**SOLVERS[METHODS[m].entry].defaults, **kwargs}.items())
             + f") -- stores: {METHODS[m].stores}"
         )
     out: Dict[str, Any] = {
