@@ -86,41 +86,34 @@ print(f"diag H: min {H.diagonal().min():.3g}, median {np.median(H.diagonal()):.3
     new_markdown_cell("""\
 ## Every method of the main job at 2, 3 and 4 bits
 
-The methods and options of `bench/real_model.py`: GPTQ with act-order; `quantease` is our best QuantEase
-(GPTQ's result refined by coordinate descent, `init="gptq"`), `quantease-paper` the paper's schedule (30 sweeps
-from W); EasyQuant on its own symmetric grid with full-precision outliers; LeanQuant's per-row non-uniform
-codebook. `rtn` and `easyquant` take no Hessian. A solver this build of quantease lacks is reported, not
-skipped silently."""),
+The entries of the solver registry `quantease.solvers` with the main job's options (`bench/real_model.py`):
+GPTQ with act-order; `quantease` is our best QuantEase (GPTQ's result refined by coordinate descent),
+`quantease-paper` the paper's schedule (30 sweeps from W); EasyQuant on its own symmetric grid with
+full-precision outliers; LeanQuant's per-row non-uniform codebook. `rtn` and `easyquant` take no Hessian."""),
     new_code_cell("""\
-# method -> (solver, options, group size): the main job's (bench/real_model.py)
-METHODS = {
-    "rtn": ("rtn", {}, 64),
-    "gptq": ("gptq", {"act_order": True}, 64),
-    "quantease": ("quantease", {"init": "gptq"}, 64),
-    "quantease-paper": ("quantease", {}, 64),
-    "easyquant": ("easyquant", {}, 64),
-    "leanquant": ("leanquant", {}, -1),
-}
-NO_HESSIAN = ("rtn", "easyquant")
-BITS = (2, 3, 4)
+from quantease.solvers import SOLVERS
 
-available = [m for m, (solver, _, _) in METHODS.items() if getattr(quantease, solver, None) is not None]
-for m in METHODS:
-    if m not in available:
-        print(f"{m}: not in this build")
+# registry entry -> (the main job's extra options, group size)
+METHODS = {
+    "rtn": ({}, 64),
+    "gptq": ({"act_order": True}, 64),
+    "quantease": ({}, 64),
+    "quantease-paper": ({}, 64),
+    "easyquant": ({"sym": True}, 64),
+    "leanquant": ({}, -1),
+}
+BITS = (2, 3, 4)
+available = list(METHODS)
 
 energy = quantease.layer_loss(W, np.zeros_like(W), H)
 relative = {}   # (method, bits) -> loss / tr(W H W^T)
 print(f"{'method':<16} {'bits':>4} {'rel. loss':>10} {'bits/weight':>11} {'seconds':>8}")
 for bits in BITS:
     for m in available:
-        solver, options, group = METHODS[m]
-        fn = getattr(quantease, solver)
+        options, group = METHODS[m]
+        solver = SOLVERS[m]   # its own defaults (quantease: init="gptq") under the options given here
         t0 = time.perf_counter()
-        if solver in NO_HESSIAN:
-            r = fn(W, bits=bits, group_size=group, **options)
-        else:
-            r = fn(W, H, bits=bits, group_size=group, **options)
+        r = solver.run(W, H if solver.needs_hessian else None, bits=bits, group_size=group, **options)
         seconds = time.perf_counter() - t0
         relative[m, bits] = quantease.layer_loss(W, r.weight, H) / energy
         print(f"{m:<16} {bits:>4} {relative[m, bits]:>10.5f} {r.bits_per_weight:>11.2f} {seconds:>8.2f}")"""),

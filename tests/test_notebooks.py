@@ -100,18 +100,8 @@ def _table(text: str) -> dict:
 def test_quickstart_notebook_runs(tmp_path):
     nb, outputs, text = _execute("quickstart.ipynb", tmp_path)
     rows = _table(text)
-    methods = {
-        "rtn": "rtn",
-        "gptq": "gptq",
-        "quantease": "quantease",
-        "quantease-paper": "quantease",
-        "easyquant": "easyquant",
-        "leanquant": "leanquant",
-    }  # the main job's methods and their solvers
-    have = [m for m, solver in methods.items() if getattr(quantease, solver, None) is not None]
+    have = ["rtn", "gptq", "quantease", "quantease-paper", "easyquant", "leanquant"]  # the main job's methods
     assert sorted(rows) == sorted((m, b) for m in have for b in (2, 3, 4)), text
-    for m in methods:
-        assert (f"{m}: not in this build" in text) == (m not in have)
     for (m, b), rel in rows.items():
         assert 0 < rel < 1, (m, b, rel)
         if b > 2:
