@@ -13,9 +13,10 @@ groups: their outputs changed), and one full pass of the quantized block for the
 Layers that share an input share one Hessian accumulator. Solvers that need no Hessian (rtn, easyquant) get
 no forward pass at all: each layer is solved from its weight alone, and ``calibration_batches`` may be None.
 
-``report.phase_seconds`` splits the run's wall time: ``forward`` (the model's and blocks' forward passes),
-``hessian`` (accumulating and finishing the Hessians, inside the forward hooks), ``solve`` (the solver
-calls), ``loss`` (the layer losses and tr(W H Wᵀ) of the record), ``other`` (checkpoints, bookkeeping).
+``report.phase_seconds`` splits the run's wall time: ``forward`` (the model's and blocks' forward passes; in
+a distributed run also the Hessians' reduction), ``hessian`` (accumulating the Hessians, inside the forward
+hooks), ``solve`` (the solver calls), ``loss`` (the layer losses and tr(W H Wᵀ) of the record), ``other``
+(checkpoints, bookkeeping).
 
 Data-parallel (``distributed=True`` or inside torchrun): every rank pushes its shard of the calibration batches
 through each block, the Hessians' partial sums are folded in shard order on the ranks that solve the layers,
