@@ -17,6 +17,8 @@ Prints, never asserts. CPU-heavy (two full quantizations per type and a perplexi
     python bench/bench_gguf.py                       # Q4_0 and IQ4_NL, 128 x 512 calibration tokens
     python bench/bench_gguf.py --quick               # Q4_0 only, small calibration and evaluation (a check)
     python bench/bench_gguf.py --json out.json
+    python bench/bench_gguf.py --work w --types Q4_0 --layers 0 &     # one process per type, sharing
+    python bench/bench_gguf.py --work w --types IQ4_NL --reuse        # the F32 file and the imatrix in w
 """
 
 from __future__ import annotations
@@ -113,7 +115,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--seq-len", type=int, default=None, help="calibration window length (default 512)")
     parser.add_argument("--ctx", type=int, default=512, help="llama-perplexity chunk length")
     parser.add_argument("--chunks", type=int, default=-1, help="llama-perplexity chunks (default all)")
-    parser.add_argument("--layers", type=int, default=None, help="down_proj layers compared (default all 30)")
+    parser.add_argument(
+        "--layers", type=int, default=None, help="down_proj layers compared (default all 30; 0: no k-quant layers)"
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the F32 and llama.cpp-without-imatrix perplexities"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep f32.gguf and imatrix.gguf already in --work (same calibration)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--work", default=None, help="folder for the GGUF files (default a temporary one)")
     parser.add_argument("--json", default=None)
@@ -122,7 +132,7 @@ def main(argv=None) -> dict:
     samples = args.samples or (16 if args.quick else 128)
     seq_len = args.seq_len or (256 if args.quick else 512)
     chunks = args.chunks if args.chunks > 0 or not args.quick else 8
-    n_layers = args.layers or (2 if args.quick else 30)
+    n_layers = args.layers if args.layers is not None else (2 if args.quick else 30)
 
     bin_dir = llama_cpp.tools_dir()
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="bench_gguf-")
@@ -133,25 +143,30 @@ def main(argv=None) -> dict:
     (work / "test.txt").write_text(held_out)
     model, tok = models.load_causal_lm("smollm2-135m")
     template = models.source_gguf("smollm2-135m")
-    calib = text.calibration_batches(tok, calib_text, n_samples=samples, seq_len=seq_len)
+    # The same tokens on both sides: llama-imatrix reads the first `samples` chunks of `seq_len` of the file.
+    windows = text.eval_windows(tok, calib_text, seq_len=seq_len, max_windows=samples)
+    calib = [window[None] for window in windows]
     print(
-        f"SmolLM2-135M; calibration: {samples} x {seq_len} tokens of wiki/train (llama-imatrix: the first "
-        f"{samples} chunks of {seq_len} of the same text); perplexity: wiki/test, ctx {args.ctx}, "
+        f"SmolLM2-135M; calibration: the first {samples} x {seq_len} tokens of wiki/train (the chunks "
+        f"llama-imatrix reads); perplexity: wiki/test, ctx {args.ctx}, "
         f"{'all' if chunks < 0 else chunks} chunks; llama.cpp from {bin_dir}"
     )
 
     t0 = time.perf_counter()
-    save_gguf(model, work / "f32.gguf", template=template)
-    f32_seconds = time.perf_counter() - t0
-    llama_cpp.imatrix(
-        work / "f32.gguf",
-        work / "calib.txt",
-        work / "imatrix.gguf",
-        ctx=seq_len,
-        chunks=samples,
-        bin_dir=bin_dir,
-        threads=args.threads,
-    )
+    f32_seconds = None
+    if not (args.reuse and (work / "f32.gguf").exists()):
+        save_gguf(model, work / "f32.gguf", template=template)
+        f32_seconds = time.perf_counter() - t0
+    if not (args.reuse and (work / "imatrix.gguf").exists()):
+        llama_cpp.imatrix(
+            work / "f32.gguf",
+            work / "calib.txt",
+            work / "imatrix.gguf",
+            ctx=seq_len,
+            chunks=samples,
+            bin_dir=bin_dir,
+            threads=args.threads,
+        )
 
     def ppl(path: Path) -> float:
         return llama_cpp.perplexity(
@@ -166,10 +181,14 @@ def main(argv=None) -> dict:
         print(f"| {row['file']} | {row['type']} | {row['MiB']:.2f} | {row['ppl']:.3f} |", flush=True)
 
     print("\n| file | type | size (MiB) | perplexity |\n|---|---|---|---|")
-    add({"file": "F32", "type": "F32", "MiB": mib(work / "f32.gguf"), "ppl": ppl(work / "f32.gguf")})
+    if not args.no_reference:
+        add({"file": "F32", "type": "F32", "MiB": mib(work / "f32.gguf"), "ppl": ppl(work / "f32.gguf")})
+    llama_files = [("llama.cpp imatrix", work / "imatrix.gguf")]
+    if not args.no_reference:
+        llama_files.insert(0, ("llama.cpp", None))
     save_seconds = {}
     for ggml_type in types:
-        for label, imatrix in (("llama.cpp", None), ("llama.cpp imatrix", work / "imatrix.gguf")):
+        for label, imatrix in llama_files:
             out = work / f"{label.replace(' ', '-')}-{ggml_type}.gguf"
             llama_cpp.quantize(
                 work / "f32.gguf", out, ggml_type, imatrix_file=imatrix, bin_dir=bin_dir, threads=args.threads
@@ -194,16 +213,19 @@ def main(argv=None) -> dict:
                 }
             )
 
+    f32_note = "reused" if f32_seconds is None else f"{f32_seconds:.1f} s"
     print(
-        f"\nsave_gguf: F32 file {f32_seconds:.1f} s; quantized files "
+        f"\nsave_gguf: F32 file {f32_note}; quantized files "
         + ", ".join(f"{k} {v:.1f} s" for k, v in save_seconds.items())
     )
 
-    layer_rows = k_quant_layers(work, bin_dir, args.threads, calib, n_layers)
+    layer_rows = k_quant_layers(work, bin_dir, args.threads, calib, n_layers) if n_layers > 0 else []
     print("\nk-quants on SmolLM2's ffn_down: our loss / llama.cpp's imatrix quantization's (read from its file)")
     print("| type | ours | layers | median | min | max | target |\n|---|---|---|---|---|---|---|")
     for ggml_type, method, target in (("Q4_K", "gptq", 0.8), ("Q3_K", "quantease init=gptq", 0.7)):
         ratios = np.array([r["ratio"] for r in layer_rows if r["type"] == ggml_type])
+        if ratios.size == 0:
+            continue
         print(
             f"| {ggml_type} | {method} | {ratios.size} | {np.median(ratios):.3f} | {ratios.min():.3f} | "
             f"{ratios.max():.3f} | {target} |"
