@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from typing import Dict, Optional
 
 import quantease
 
@@ -17,10 +18,17 @@ PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(quantease.__file__
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_python(code: str, threads: int, timeout: float = 240) -> str:
-    """Runs ``code`` with OMP_NUM_THREADS=threads; returns the last line it printed."""
-    env = dict(os.environ)
+def run_python(code: str, threads: int, timeout: float = 240, env: Optional[Dict[str, Optional[str]]] = None) -> str:
+    """Runs ``code`` with OMP_NUM_THREADS=threads; returns the last line it printed.
+
+    env: more variables to set (a value of None removes the variable)."""
+    env, extra = dict(os.environ), env or {}
     env["OMP_NUM_THREADS"] = str(threads)
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_DIR, TESTS_DIR] + [p for p in [env.get("PYTHONPATH")] if p])
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=timeout

@@ -1,103 +1,75 @@
-"""Threads: bit-identical results for any OMP thread count, and the GIL released during solves.
+"""Threads: bit-identical results of every solver, the accumulator and the packers for any OMP_NUM_THREADS
+and OPENBLAS_NUM_THREADS, and the GIL released during solves.
 
-Both run in fresh subprocesses, because OMP_NUM_THREADS is read once when the OpenMP runtime starts.
+All run in fresh subprocesses, because OMP_NUM_THREADS is read once when the OpenMP runtime starts. They
+compare arrays, never times, and never skip: a loaded machine changes nothing they check.
 """
-
 from __future__ import annotations
 
 import json
-import os
-
 import pytest
 
 from subprocess_run import assert_python_keeps_running, run_python
 
+
+# One subprocess per configuration, each printing the digests of every case in solver_cases.py.
 DIGESTS = """
-    import hashlib, json
-    import numpy as np
-    import quantease, problems
-
-    def digest(res):
-        h = hashlib.sha256()
-        for a in (res.weight, res.codes, res.scales, res.zeros, res.g_idx):
-            h.update(np.ascontiguousarray(a).tobytes())
-        h.update(repr(res.loss).encode())
-        return h.hexdigest()
-
-    # rows > 64 and cols > 128: several row panels and Cholesky blocks, so 2 threads really split the work
-    p = problems.llm_like(200, 384, seed=7)
-    out = {}
-    for name, kw in [("gptq", dict()), ("gptq_g64_act", dict(group_size=64, act_order=True)),
-                     ("gptq_static_sym_mse", dict(group_size=32, static_groups=True, sym=True, mse=True)),
-                     ("gptq_ref_g32", dict(group_size=32, reference=True, act_order=True))]:
-        out[name] = digest(quantease.gptq(p.W, p.H, **kw))
-    out["rtn_g32_mse"] = digest(quantease.rtn(p.W, group_size=32, mse=True))
-    # GGUF blocks: the stored parameters instead of scales/zeros
-    from quantease.gguf import pack
-    wide = problems.llm_like(200, 512, seed=8)
-    for name, kw in [("gguf_q4k", dict(gguf="Q4_K")), ("gguf_q40_act", dict(gguf="Q4_0", act_order=True))]:
-        out[name] = hashlib.sha256(pack(quantease.gptq(wide.W, wide.H, **kw)).tobytes()).hexdigest()
-    out["loss"] = repr(quantease.layer_loss(p.W, p.W * 0.9, p.H))
-    print(json.dumps(out))
+    import json, solver_cases
+    print(json.dumps(solver_cases.all_digests()))
 """
 
 
-def test_results_identical_for_1_and_2_threads():
-    one = json.loads(run_python(DIGESTS, threads=1))
-    two = json.loads(run_python(DIGESTS, threads=2))
-    assert one == two
+@pytest.fixture(scope="module")
+def one_thread() -> dict:
+    return json.loads(run_python(DIGESTS, threads=1, env={"OPENBLAS_NUM_THREADS": "1"}))
 
 
-GIL = """
-    import hashlib, json, threading, time
-    import quantease, problems
+def _differing(a: dict, b: dict) -> list:
+    assert a.keys() == b.keys()
+    return sorted(k for k in a if a[k] != b[k])
 
-    ps = [problems.random_problem(512, 512, n=1024, seed=s) for s in (1, 2)]
-    data = [bytes(range(256)) * (1 << 16), bytes(range(255, -1, -1)) * (1 << 16)]   # 16 MiB each
 
-    def solve(i, reps):
-        for _ in range(reps):
-            quantease.gptq(ps[i].W, ps[i].H, group_size=128)
+# OpenBLAS reads OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS (None: unset, so it follows OMP_NUM_THREADS).
+@pytest.mark.parametrize("omp, openblas", [(2, None), (3, None), (8, None), (1, 4), (3, 8)])
+def test_every_solver_identical_for_any_thread_count(one_thread, omp, openblas):
+    out = json.loads(run_python(DIGESTS, threads=omp, env={"OPENBLAS_NUM_THREADS": openblas}))
+    assert _differing(one_thread, out) == []
 
-    def digest(i, reps):     # the control: hashlib releases the GIL on large buffers
-        for _ in range(reps):
-            hashlib.sha256(data[i]).digest()
 
-    def calibrate(f):        # repetitions for about 0.25 s of work
-        f(0, 1)
-        t = time.perf_counter(); f(0, 1); once = time.perf_counter() - t
-        return max(1, int(0.25 / max(once, 1e-4)))
-
-    def ratio(f, reps):      # two threads doing a share each / one thread doing one share
-        t = time.perf_counter(); f(0, reps); single = time.perf_counter() - t
-        threads = [threading.Thread(target=f, args=(i, reps)) for i in (0, 1)]
-        t = time.perf_counter()
-        for th in threads: th.start()
-        for th in threads: th.join()
-        return (time.perf_counter() - t) / single
-
-    reps = {f: calibrate(f) for f in (solve, digest)}
-    attempts = []
-    for _ in range(4):
-        attempts.append(dict(control=ratio(digest, reps[digest]), gptq=ratio(solve, reps[solve])))
-        if attempts[-1]["control"] < 1.5 and attempts[-1]["gptq"] < 1.7:
-            break
-    print(json.dumps(attempts))
+# What threadpoolctl (used by scikit-learn) does: set every BLAS pool of the process, ours included, and
+# restore its own earlier value afterwards -- 4 here, between and during calls.
+POOL_CHANGED = """
+    import ctypes, json, quantease, solver_cases
+    import scipy_openblas32 as wheel
+    blas = ctypes.CDLL(wheel.get_lib_dir() + "/lib" + wheel.get_library() + ".so")
+    uses_it = quantease._core.gemm_backend.startswith("OpenBLAS")
+    problem = solver_cases.make_problems()["dead"]
+    out, pools = {}, {}
+    for name in solver_cases.CASES:
+        blas.scipy_openblas_set_num_threads(4)
+        out["dead/" + name] = solver_cases.digest(solver_cases.run(name, problem))
+        pools[name] = blas.scipy_openblas_get_num_threads()
+    print(json.dumps(dict(out=out, pools=pools, uses_it=uses_it)))
 """
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores")
-def test_gil_is_released_during_solves():
-    # Two Python threads, each with its own 512 x 512 problem and one OpenMP thread: with the GIL released
-    # they run side by side, in about the time of one (2x if the GIL serialised them). A control workload
-    # that certainly releases the GIL (sha256 of 16 MiB) tells whether a second core was free at that
-    # moment; attempts without one say nothing and are ignored.
-    attempts = json.loads(run_python(GIL, threads=1))
-    conclusive = [a for a in attempts if a["control"] < 1.5]
-    if not conclusive:
-        pytest.skip(f"no second core free (machine busy): {attempts}")
-    assert min(a["gptq"] for a in conclusive) < 1.7, attempts
+def test_blas_threads_set_by_others_change_nothing(one_thread):
+    got = json.loads(run_python(POOL_CHANGED, threads=1))
+    assert _differing({k: one_thread[k] for k in got["out"]}, got["out"]) == []
+    if got["uses_it"]:
+        # every solver on H put OpenBLAS back to one thread: its threaded dpotrf and sgemm sum in another order
+        assert {k: v for k, v in got["pools"].items() if k.startswith(("gptq", "quantease", "leanquant"))} == \
+            {k: 1 for k in got["pools"] if k.startswith(("gptq", "quantease", "leanquant"))}
+
+
+def test_easyquant_and_the_accumulator_release_the_gil():
+    assert_python_keeps_running('p = problems.random_problem(512, 1024, n=2048, seed=3)',
+                                'quantease.easyquant(p.W, bits=3, group_size=128, steps=60)')
+    assert_python_keeps_running('import numpy as np; acc = quantease.HessianAccumulator(1024); '
+                                'X = np.random.default_rng(0).standard_normal((6000, 1024))',
+                                'acc.add(X)')
 
 
 def test_python_keeps_running_during_a_solve():
-    assert_python_keeps_running("p = problems.random_problem(768, 768, n=1536, seed=3)", "quantease.gptq(p.W, p.H)")
+    assert_python_keeps_running('p = problems.random_problem(768, 768, n=1536, seed=3)',
+                                'quantease.gptq(p.W, p.H)')

@@ -14,11 +14,17 @@ namespace quantease {
 
 #ifdef QUANTEASE_OPENBLAS
 namespace {
-// One thread per call: parallelism is ours (fixed row chunks), and OpenBLAS's own pool would oversubscribe
-// the cores. The library is the wheel's private copy, so NumPy's BLAS threads are not affected.
+// One OpenBLAS thread per call: the parallelism is ours (fixed row chunks). OpenBLAS's thread count is a
+// process-wide setting of the wheel's private copy: read from OPENBLAS_NUM_THREADS or OMP_NUM_THREADS when the
+// library loads, and changed by anything that sets every BLAS pool of the process (threadpoolctl restores its
+// own earlier value when its context ends). Threaded OpenBLAS sums differently -- a 128 x 128 dpotrf differs
+// from the single-threaded one in a quarter of its entries, an sgemm with k = 1000 in most -- so every call
+// checks the setting (one load) instead of setting it once, and results stay the same for any thread count.
 void single_threaded() {
-  static std::once_flag once;
-  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
+  if (scipy_openblas_get_num_threads() == 1) return;
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
 }
 
 // The single- and double-precision routines under one name.

@@ -3,8 +3,8 @@
 // The build links the OpenBLAS of the `scipy-openblas32` wheel (a build and run dependency, so pip fetches
 // it) when it is installed, and defines QUANTEASE_OPENBLAS: its single-threaded kernels run 1.3-1.6x faster
 // than Eigen's on this project's shapes. Without it Eigen's own products are used. Either way each call is
-// single-threaded -- the callers split rows over OpenMP in fixed chunks -- so results stay bit-identical
-// for any thread count.
+// single-threaded (OpenBLAS is put back to one thread on every call, see gemm.cpp) -- the callers split rows
+// over OpenMP in fixed chunks -- so results stay bit-identical for any thread count.
 #pragma once
 
 #include "quantease/types.hpp"
