@@ -93,9 +93,14 @@ void check_weight(const CArray<T>& W, const char* name = "W") {
   }
 }
 
-// H: (cols, cols), finite, symmetric to within 1e-4 of its largest entry.
+// What H is for: a solver (which needs calibration data in it) or a loss (any H).
+enum class HessianUse { solve, evaluate };
+
+// H: (cols, cols), finite, symmetric to within 1e-4 of its largest entry; for a solver also with a nonzero
+// diagonal entry (an all-zero diagonal makes every column dead: the "result" would be W with every column
+// zeroed and loss 0, which is what an empty accumulator's H gave).
 template <class T>
-void check_hessian(const CArray<T>& H, Index cols, const char* name = "H") {
+void check_hessian(const CArray<T>& H, Index cols, HessianUse use, const char* name = "H") {
   if (H.ndim() != 2 || H.shape(0) != cols || H.shape(1) != cols) {
     std::ostringstream msg;
     msg << name << " must be (" << cols << ", " << cols << ") to match W's " << cols << " columns, got "
@@ -130,6 +135,17 @@ void check_hessian(const CArray<T>& H, Index cols, const char* name = "H") {
     std::ostringstream msg;
     msg << name << " must be symmetric: max |H - H^T| = " << max_asym << " exceeds 1e-4 * max |H| = " << 1e-4 * max_abs;
     throw py::value_error(msg.str());
+  }
+  if (use == HessianUse::solve) {
+    const auto h = as_matrix(H);
+    bool any_diagonal = false;
+    for (Index i = 0; i < cols && !any_diagonal; ++i) any_diagonal = h(i, i) != T(0);
+    if (!any_diagonal) {
+      throw py::value_error(std::string(name) +
+                            " is zero on its whole diagonal, so no calibration input reached this layer (an empty "
+                            "HessianAccumulator, n_samples == 0, gives this): add() the layer's inputs before "
+                            "hessian()");
+    }
   }
 }
 
@@ -170,15 +186,15 @@ inline void check_damp(double damp) {
 
 // Calls f(Eigen view of H) with H's dtype (float32 or float64, C-contiguous; the Python layer converts).
 template <class F>
-auto with_hessian(const py::array& H, Index cols, F&& f) {
+auto with_hessian(const py::array& H, Index cols, F&& f, HessianUse use = HessianUse::solve) {
   if (py::isinstance<CArray<double>>(H)) {
     const auto h = H.cast<CArray<double>>();
-    check_hessian(h, cols);
+    check_hessian(h, cols, use);
     return f(as_matrix(h));
   }
   if (py::isinstance<CArray<float>>(H)) {
     const auto h = H.cast<CArray<float>>();
-    check_hessian(h, cols);
+    check_hessian(h, cols, use);
     return f(as_matrix(h));
   }
   throw py::value_error("H must be a C-contiguous float32 or float64 array");

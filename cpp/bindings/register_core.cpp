@@ -49,10 +49,13 @@ void register_core(py::module_& m) {
       "quadratic_form_sum",
       [](const CArray<double>& D, const py::array& H) {
         check_weight(D, "W - W_hat");
-        return with_hessian(H, D.shape(1), [&](const auto& h) {
-          py::gil_scoped_release release;
-          return quadratic_form_sum(as_matrix(D), h);
-        });
+        return with_hessian(
+            H, D.shape(1),
+            [&](const auto& h) {
+              py::gil_scoped_release release;
+              return quadratic_form_sum(as_matrix(D), h);
+            },
+            HessianUse::evaluate);
       },
       py::arg("D").noconvert(), py::arg("H"),
       "sum over rows of d^T H d in float64 (D = W - W_hat, rows x cols; H cols x cols).");

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import _core
-from ._validate import check_positive_int
+from ._validate import as_array, check_positive_int
 
 
 class HessianAccumulator:
@@ -24,7 +26,7 @@ class HessianAccumulator:
         self._acc = _core.HessianAccumulator(cols, float64=np.dtype(dtype) == np.float64)
 
     def add(self, X) -> None:
-        X = np.asarray(X)
+        X = as_array(X, "X")
         if X.dtype.kind != "f":
             raise ValueError(f"X must be a real floating-point array (float16/float32/float64), got {X.dtype}")
         if X.ndim == 1:
@@ -37,7 +39,15 @@ class HessianAccumulator:
         """(2/n) X^T X so far: float64 or float32 as the accumulator, symmetric, zeros before any add.
 
         release=True hands the accumulator's memory over instead of copying it (a cols x cols matrix) and
-        leaves the accumulator empty, as after ``reset()``."""
+        leaves the accumulator empty, as after ``reset()``. Before any add it is all zero, with a
+        RuntimeWarning: no solver accepts it (they raise ValueError)."""
+        if self.n_samples == 0:
+            warnings.warn(
+                "HessianAccumulator.hessian(): no samples were added (n_samples == 0), so H is all "
+                "zero; add() the layer's inputs first",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return self._acc.hessian(bool(release))
 
     def sum(self, *, release: bool = False) -> np.ndarray:

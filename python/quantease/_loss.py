@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._validate import as_hessian
+from ._validate import as_array, as_hessian
 
 
 def layer_loss(W, W_hat, H) -> float:
@@ -13,8 +13,8 @@ def layer_loss(W, W_hat, H) -> float:
 
     W, W_hat: rows x cols (any real float dtype); H: cols x cols, symmetric. Inputs are not modified.
     """
-    W = np.asarray(W)
-    W_hat = np.asarray(W_hat)
+    W = as_array(W, "W")
+    W_hat = as_array(W_hat, "W_hat")
     for name, a in (("W", W), ("W_hat", W_hat)):
         if a.dtype.kind != "f":
             raise ValueError(f"{name} must be a real floating-point array (float16/float32/float64), got {a.dtype}")

@@ -12,6 +12,7 @@ from . import _core, _gguf_solvers
 from ._gptq import warn_if_damping_raised
 from ._loss import layer_loss
 from ._validate import (
+    as_array,
     as_hessian,
     as_weight,
     check_bits,
@@ -29,7 +30,7 @@ from .result import QuantResult
 
 def _as_codebook(codebook, rows: int, cols: int, bits: int, group_size: int) -> np.ndarray:
     """The codebook as float32 (rows, 2^bits) / (rows, groups, 2^bits), sorted along the last axis."""
-    a = np.asarray(codebook)
+    a = as_array(codebook, "codebook")
     if a.dtype.kind != "f":
         raise ValueError(f"codebook must be a real floating-point array (float16/float32/float64), got {a.dtype}")
     k = 1 << bits

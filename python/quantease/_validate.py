@@ -18,9 +18,28 @@ from . import _core
 _FLOAT_KINDS = "f"
 
 
+def as_array(value, name: str) -> np.ndarray:
+    """``value`` as a NumPy array. A torch tensor (any device, requiring grad or not) is read through
+    ``detach().cpu()``; bfloat16 -- which NumPy has no type for -- becomes float32, exactly (as does an
+    ml_dtypes bfloat16 array)."""
+    if type(value).__module__.split(".")[0] == "torch":  # a torch.Tensor, without importing torch
+        tensor = value.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":
+            tensor = tensor.float()
+        try:
+            return tensor.numpy()
+        except TypeError as err:  # another dtype NumPy lacks (float8, ...)
+            raise ValueError(f"{name} must be a real floating-point array (float16/float32/float64), got a "
+                             f"torch tensor of {tensor.dtype}; convert it with {name}.float()") from err
+    a = np.asarray(value)
+    if a.dtype.name == "bfloat16":
+        a = a.astype(np.float32)
+    return a
+
+
 def as_weight(W, name: str = "W") -> np.ndarray:
     """W as a float32 C-contiguous 2-D array (no copy when it already is one)."""
-    a = np.asarray(W)
+    a = as_array(W, name)
     if a.dtype.kind not in _FLOAT_KINDS:
         raise ValueError(f"{name} must be a real floating-point array (float16/float32/float64), got {a.dtype}")
     if a.ndim != 2:
@@ -30,7 +49,7 @@ def as_weight(W, name: str = "W") -> np.ndarray:
 
 def as_hessian(H, name: str = "H") -> np.ndarray:
     """H as a C-contiguous float32 or float64 array (float16 widens to float32, longdouble to float64)."""
-    a = np.asarray(H)
+    a = as_array(H, name)
     if a.dtype.kind not in _FLOAT_KINDS:
         raise ValueError(f"{name} must be a real floating-point array (float16/float32/float64), got {a.dtype}")
     dtype = np.float32 if a.dtype.itemsize <= 4 else np.float64
