@@ -31,6 +31,14 @@ try:
     # Small example counts: the suite must stay fast on 2 cores. HYPOTHESIS_PROFILE=thorough for more.
     settings.register_profile("quantease", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("thorough", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    # The fuzzing run of CI (tests/test_fuzz.py, .ci/run): 2,000 examples per test from a fixed seed
+    # (--hypothesis-seed), failures kept in the git-ignored .hypothesis-fuzz/ and replayed first next time.
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    settings.register_profile("fuzz", max_examples=2000, deadline=None, print_blob=True,
+                              database=DirectoryBasedExampleDatabase(
+                                  os.path.join(os.path.dirname(TESTS_DIR), ".hypothesis-fuzz")),
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quantease"))
 except ImportError:  # hypothesis is a test extra; the files that need it import it themselves
     pass

@@ -57,8 +57,13 @@ def as_imatrix(imatrix, cols: int) -> np.ndarray:
 
 
 def hessian_importance(H) -> np.ndarray:
-    """llama.cpp's importance matrix from H: its diagonal (the mean of x^2 per column, up to a factor)."""
-    return np.ascontiguousarray(np.diagonal(H), dtype=np.float32)
+    """llama.cpp's importance matrix from H: its diagonal (the mean of x^2 per column, up to a factor), with
+    a negative entry (H not positive semi-definite) counted as 0. H is read before the core checks it, so
+    NaN/Inf is reported here, as the core would."""
+    diag = np.diagonal(H)
+    if not np.isfinite(diag).all():
+        raise ValueError("H contains NaN or Inf (on its diagonal)")
+    return np.ascontiguousarray(np.maximum(diag, 0), dtype=np.float32)
 
 
 def result(t: GGUFType, out: dict, *, method: str, seconds: float, loss=None, damp=None, info=None) -> QuantResult:
