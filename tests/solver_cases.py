@@ -31,6 +31,7 @@ def make_problems() -> Dict[str, problems.Problem]:
 
 
 def _cases() -> Dict[str, Callable[[problems.Problem], Any]]:
+    from quantease import gguf as qg
     q = quantease
     return {
         "rtn_g64_mse": lambda p: q.rtn(p.W, bits=3, group_size=64, mse=True),
@@ -58,7 +59,20 @@ def _cases() -> Dict[str, Callable[[problems.Problem], Any]]:
         "hessian_f32": lambda p: _accumulate(p, "float32"),
         "pack_gptq": lambda p: _pack_gptq(p),
         "pack_quantease": lambda p: _pack_quantease(p),
+        # llama.cpp's block types: 32-weight blocks on the whole problem, 256-weight ones on its first 256 columns
+        "gguf_rtn_q4_k_imatrix": lambda p: _on_blocks(p, 256, lambda W, H: q.rtn(W, gguf="Q4_K",
+                                                                                  imatrix=np.diagonal(H))),
+        "gguf_gptq_q4_k": lambda p: _on_blocks(p, 256, lambda W, H: q.gptq(W, H, gguf="Q4_K", act_order=True)),
+        "gguf_quantease_q4_0": lambda p: q.quantease(p.W, p.H, gguf="Q4_0", iters=2, init="gptq"),
+        "gguf_pack_q6_k": lambda p: _on_blocks(p, 256, lambda W, H: qg.pack(q.gptq(W, H, gguf="Q6_K"))),
+        "gguf_pack_q5_1": lambda p: qg.pack(q.rtn(p.W, gguf="Q5_1")),
     }
+
+
+def _on_blocks(p: problems.Problem, block: int, call: Callable[[np.ndarray, np.ndarray], Any]) -> Any:
+    """call(W, H) on the problem's first whole blocks of columns (None when it has fewer than one block)."""
+    cols = p.W.shape[1] // block * block
+    return call(np.ascontiguousarray(p.W[:, :cols]), np.ascontiguousarray(p.H[:cols, :cols])) if cols else None
 
 
 def _accumulate(p: problems.Problem, dtype: str) -> np.ndarray:
