@@ -128,14 +128,15 @@ class GGUFBlocks:
         return values.astype(np.float32, copy=False)
 
 
-def gguf_type(name, cols: Optional[int] = None) -> GGUFType:
-    """The GGUFType named ``name`` (any case); with ``cols``, checks that a row splits into whole blocks."""
+def gguf_type(name, cols: Optional[int] = None, arg: str = "gguf") -> GGUFType:
+    """The GGUFType named ``name`` (any case); with ``cols``, checks that a row splits into whole blocks.
+    ``arg``: the argument's name in the messages."""
     if not isinstance(name, str) or name.upper() not in TYPES:
-        raise ValueError(f"gguf must be one of {', '.join(TYPES)} (any case), got {name!r}")
+        raise ValueError(f"{arg} must be one of {', '.join(TYPES)} (any case), got {name!r}")
     t = TYPES[name.upper()]
     if cols is not None and cols % t.block_size:
         raise ValueError(
-            f"gguf={t.name!r} needs W's rows to be a whole number of {t.block_size}-weight blocks, "
+            f"{arg}={t.name!r} needs W's rows to be a whole number of {t.block_size}-weight blocks, "
             f"got {cols} columns; llama.cpp quantizes such a tensor as {t.fallback} instead"
         )
     return t
@@ -274,7 +275,7 @@ def _uncrumb(b: np.ndarray) -> np.ndarray:
 
 def unpack_blocks(raw, type, shape) -> Tuple[np.ndarray, GGUFBlocks]:
     """The stored codes (uint8 [rows, cols]) and block parameters of llama.cpp bytes (pack's inverse)."""
-    t = gguf_type(type)
+    t = gguf_type(type, arg="type")
     rows, cols = _check_shape(shape, t)
     raw = np.asarray(raw)
     if raw.dtype != np.uint8 or raw.size != rows * cols // t.block_size * t.type_size:
@@ -351,7 +352,7 @@ def _check_shape(shape, t: GGUFType) -> Tuple[int, int]:
         raise ValueError(f"shape must be (rows, cols), got {shape!r}") from None
     if rows < 1 or cols < 1:
         raise ValueError(f"shape must be (rows, cols) with positive sizes, got {shape!r}")
-    gguf_type(t.name, cols)
+    gguf_type(t.name, cols, arg="type")
     return rows, cols
 
 

@@ -292,9 +292,16 @@ class _Checkpoint:
         path = self.path(i)
         if not os.path.exists(path):
             return None
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("format") != _CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}, expected {_CHECKPOINT_FORMAT}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a file damaged or replaced after it was written (ours are renamed complete)
+            raise ValueError(
+                f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); delete it to "
+                f"quantize that block again"
+            ) from err
+        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
+            found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+            raise ValueError(f"{path}: checkpoint format {found!r}, expected {_CHECKPOINT_FORMAT}")
         old = payload["config"]
         diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
         if diff:

@@ -47,8 +47,34 @@ def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
+# The sha256 of a file's metadata and tensors (names, dtypes, shapes, bytes), kept in its metadata: a file
+# edited or damaged after it was written fails its load with a ValueError instead of loading as another model.
+DIGEST_KEY = "quantease_sha256"
+
+
+def tensors_digest(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in metadata.items() if k != DIGEST_KEY}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        if is_torch(t):  # bytes of any dtype, bfloat16 included
+            import torch
+
+            dtype, shape = str(t.dtype).replace("torch.", ""), tuple(t.shape)
+            data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        else:
+            t = np.ascontiguousarray(t)
+            dtype, shape, data = t.dtype.name, t.shape, t.reshape(-1).view(np.uint8)
+        h.update(f"{name}|{dtype}|{shape}|".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
 def write_safetensors(path: str, tensors: Dict[str, Any], metadata: Dict[str, str]) -> None:
-    """Write NumPy (and, if any are given, torch) tensors to one file atomically (temp file + rename)."""
+    """Write NumPy (and, if any are given, torch) tensors to one file atomically (temp file + rename), with
+    the digest of its metadata and tensors in the metadata."""
     if any(is_torch(t) for t in tensors.values()):
         import torch
         from safetensors.torch import save as save_torch
@@ -62,20 +88,35 @@ def write_safetensors(path: str, tensors: Dict[str, Any], metadata: Dict[str, st
                 t = t.clone()
             storages.add(t.untyped_storage().data_ptr())
             payload[k] = t
+        metadata = {**metadata, DIGEST_KEY: tensors_digest(payload, metadata)}
         data = save_torch(payload, metadata=metadata)
     else:
         from safetensors.numpy import save as save_numpy
 
-        data = save_numpy({k: np.ascontiguousarray(t) for k, t in tensors.items()}, metadata=metadata)
+        arrays = {k: np.ascontiguousarray(t) for k, t in tensors.items()}
+        metadata = {**metadata, DIGEST_KEY: tensors_digest(arrays, metadata)}
+        data = save_numpy(arrays, metadata=metadata)
     atomic_write_bytes(path, data)
 
 
 def read_safetensors(path: str, framework: str = "numpy") -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """Tensors and metadata of a safetensors file; ValueError naming the file when it is truncated, not
+    safetensors, or (when it carries our digest) changed since it was written."""
     from safetensors import safe_open
 
-    with safe_open(path, framework=framework) as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(path, framework=framework) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # safetensors' SafetensorError, or an OSError of a damaged file
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or damaged?): {err}") from err
+    if DIGEST_KEY in meta and tensors_digest(tensors, meta) != meta[DIGEST_KEY]:
+        raise ValueError(
+            f"{path}: its tensors do not match the sha256 written with them, so the file was edited "
+            f"or damaged after it was saved; write it again"
+        )
     return tensors, meta
 
 

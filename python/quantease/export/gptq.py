@@ -354,12 +354,14 @@ def unpack_gptq_layer(
     checkpoint_format: str = "gptq",
     group_size: Optional[int] = None,
     sym: Optional[bool] = None,
+    expected_bits: Optional[int] = None,
 ) -> Tuple[QuantResult, Optional[np.ndarray]]:
     """Rebuild (QuantResult, bias) of one layer from GPTQ tensors (NumPy arrays, e.g. a safetensors load).
 
-    bits are inferred from qweight's shape and g_idx; the weight is scales * (codes - zeros) in float32
-    (fp16 scales widened). group_size defaults to the largest group's size (-1 with one group); sym to
-    "every zero point is 2^(bits-1)".
+    bits are inferred from qweight's shape and g_idx (ValueError when ``expected_bits``, the config's, says
+    otherwise); the weight is scales * (codes - zeros) in float32 (fp16 scales widened). group_size defaults
+    to the largest group's size (-1 with one group); sym to "every zero point is 2^(bits-1)". Tensors of the
+    wrong kind or shape, g_idx outside the groups and non-finite scales raise ValueError naming the layer.
     """
     if checkpoint_format not in ("gptq", "gptq_v2"):
         raise ValueError(f"checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")
@@ -370,6 +372,17 @@ def unpack_gptq_layer(
         )
     except KeyError as e:
         raise ValueError(f"layer {prefix!r}: missing tensor {e.args[0]!r}") from None
+    for t, a, kinds, ndim in (
+        ("qweight", qweight, "iu", 2),
+        ("qzeros", qzeros, "iu", 2),
+        ("scales", scales, "f", 2),
+        ("g_idx", g_idx, "iu", 1),
+    ):
+        if a.dtype.kind not in kinds or a.ndim != ndim:
+            kind = "float" if kinds == "f" else "integer"
+            raise ValueError(
+                f"layer {prefix!r}: {t} must be a {ndim}-D {kind} tensor, got {a.dtype} with shape {a.shape}"
+            )
     k = g_idx.shape[0]
     rows, n = qweight.shape
     if k == 0 or (rows * 32) % k or (rows * 32 // k) not in GPTQ_BITS:
@@ -378,6 +391,13 @@ def unpack_gptq_layer(
             f"for any bit width in {GPTQ_BITS}"
         )
     bits = rows * 32 // k
+    if expected_bits is not None and bits != expected_bits:
+        raise ValueError(
+            f"layer {prefix!r}: the quantization config says bits={expected_bits}, but qweight "
+            f"{qweight.shape} with g_idx of {k} columns holds {bits}-bit codes"
+        )
+    if not np.isfinite(scales).all():
+        raise ValueError(f"layer {prefix!r}: scales contain NaN or Inf")
     groups = scales.shape[0]
     if scales.shape != (groups, n) or qzeros.shape != (groups, n * bits // 32):
         raise ValueError(
@@ -410,6 +430,7 @@ def unpack_gptq_layer(
         method="gptq-checkpoint",
         seconds=0.0,
     )
+    check_layout(prefix, r)  # g_idx within the groups
     r.weight = r.grid_weight()
     bias = tensors.get(f"{prefix}.bias")
     return r, (None if bias is None else to_numpy(bias, f"{prefix}.bias"))
@@ -442,10 +463,15 @@ def load_gptq_results(path: Union[str, os.PathLike]) -> Dict[str, Tuple[QuantRes
     tensors, _ = read_safetensors(file)
     fmt = qc.get("checkpoint_format", "gptq")
     names = [k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")]
-    gs = qc.get("group_size")
+    gs, bits = qc.get("group_size"), qc.get("bits")
     return {
         n: unpack_gptq_layer(
-            tensors, n, checkpoint_format=fmt, sym=qc.get("sym"), group_size=None if gs is None else int(gs)
+            tensors,
+            n,
+            checkpoint_format=fmt,
+            sym=qc.get("sym"),
+            group_size=None if gs is None else int(gs),
+            expected_bits=None if bits is None else int(bits),
         )
         for n in names
     }

@@ -184,8 +184,11 @@ def save_quantease(
 
 
 def _result_from_tensors(t: Mapping[str, np.ndarray], name: str, meta: dict) -> QuantResult:
-    n, k = meta["shape"]
-    bits = int(meta["bits"])
+    try:
+        n, k = (int(x) for x in meta["shape"])
+        bits = int(meta["bits"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"layer {name!r}: its metadata lacks a valid shape or bits: {meta!r}") from None
     try:
         codes = unpack_rows_bytes(np.asarray(t[f"{name}.codes"]), bits, k)
         g_idx = np.asarray(t[f"{name}.g_idx"], dtype=np.int32)
@@ -205,6 +208,7 @@ def _result_from_tensors(t: Mapping[str, np.ndarray], name: str, meta: dict) -> 
             )
     except KeyError as e:
         raise ValueError(f"layer {name!r}: missing tensor {e.args[0]!r}") from None
+    _check_stored(name, n, k, perm, [a for a in (scales, zeros, codebook) if a is not None], outliers)
     r = QuantResult(
         weight=np.empty((n, k), np.float32),
         codes=codes,
@@ -224,8 +228,31 @@ def _result_from_tensors(t: Mapping[str, np.ndarray], name: str, meta: dict) -> 
         outlier_fraction=None if outliers is None else outliers.nnz / max(n * k, 1),
         codebook=codebook,
     )
+    check_layout(name, r)  # shapes, codes and g_idx in range
     r.weight = r.dense_weight()
     return r
+
+
+def _check_stored(name: str, n: int, k: int, perm, floats: list, outliers: Optional[SparseOutliers]) -> None:
+    """What check_layout does not see in a loaded layer: finite grids, a permutation, a valid CSR."""
+    if any(not np.isfinite(a).all() for a in floats):
+        raise ValueError(f"layer {name!r}: its scales, zeros or codebook contain NaN or Inf")
+    if perm is not None and not np.array_equal(np.sort(np.asarray(perm)), np.arange(k)):
+        raise ValueError(f"layer {name!r}: perm must be a permutation of its {k} columns")
+    if outliers is not None:
+        p, idx = outliers.indptr, outliers.indices
+        if (
+            p.shape != (n + 1,)
+            or p[0] != 0
+            or (np.diff(p) < 0).any()
+            or p[-1] != len(idx)
+            or len(outliers.values) != len(idx)
+            or (len(idx) and (idx.min() < 0 or idx.max() >= k))
+            or not np.isfinite(outliers.values).all()
+        ):
+            raise ValueError(
+                f"layer {name!r}: outliers are not a valid CSR matrix of shape {(n, k)} with finite values"
+            )
 
 
 def _read_quantease(path: Union[str, os.PathLike], framework: str = "numpy"):
@@ -253,7 +280,10 @@ def _read_quantease_file(file: str, framework: str):
         raise ValueError(f"{file} is not a quantease-format file (no 'quantease_format' in its metadata)")
     if version != QUANTEASE_FORMAT_VERSION:
         raise ValueError(f"{file} has quantease_format {version!r}; this version reads {QUANTEASE_FORMAT_VERSION!r}")
-    return tensors, json.loads(meta["quantease_layers"])
+    try:
+        return tensors, json.loads(meta["quantease_layers"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: its 'quantease_layers' metadata is missing or not JSON ({err})") from None
 
 
 def load_quantease_results(path: Union[str, os.PathLike]) -> Dict[str, Tuple[QuantResult, Optional[np.ndarray]]]:
