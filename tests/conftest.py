@@ -35,10 +35,14 @@ try:
     # (--hypothesis-seed), failures kept in the git-ignored .hypothesis-fuzz/ and replayed first next time.
     from hypothesis.database import DirectoryBasedExampleDatabase
 
-    settings.register_profile("fuzz", max_examples=2000, deadline=None, print_blob=True,
-                              database=DirectoryBasedExampleDatabase(
-                                  os.path.join(os.path.dirname(TESTS_DIR), ".hypothesis-fuzz")),
-                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    settings.register_profile(
+        "fuzz",
+        max_examples=2000,
+        deadline=None,
+        print_blob=True,
+        database=DirectoryBasedExampleDatabase(os.path.join(os.path.dirname(TESTS_DIR), ".hypothesis-fuzz")),
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quantease"))
 except ImportError:  # hypothesis is a test extra; the files that need it import it themselves
     pass

@@ -7,6 +7,7 @@ weight of the model at the end.
     python resume_child.py DIR during_write B     SIGKILL itself halfway through writing block B's checkpoint
     python resume_child.py DIR after_rename B     SIGKILL itself right after block B's file got its final name
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,9 +24,16 @@ from quantease.torch import quantize_model
 
 def model_and_data():
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                   intermediate_size=128, vocab_size=128, max_position_embeddings=64,
-                                   tie_word_embeddings=False)
+    cfg = transformers.LlamaConfig(
+        num_hidden_layers=4,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=128,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     model = transformers.LlamaForCausalLM(cfg).eval()
     g = torch.Generator().manual_seed(1)
     return model, [torch.randint(0, 128, (2, 16), generator=g) for _ in range(4)]
@@ -61,6 +69,7 @@ def main() -> None:
                 os.fsync(f.fileno())
                 die()
             return real_save(obj, f, *a, **kw)
+
         torch.save = save
     if mode == "after_rename":  # the file is in place, the directory's fsync has not happened
         real_replace = os.replace
@@ -69,10 +78,20 @@ def main() -> None:
             real_replace(src, dst, *a, **kw)
             if os.path.basename(str(dst)) == f"block_{int(arg):05d}.pt":
                 die()
+
         os.replace = replace
 
-    report = quantize_model(model, data, method="gptq", bits=3, group_size=32, checkpoint_dir=directory,
-                            progress=False, solver_kwargs={"act_order": True}, on_layer=on_layer)
+    report = quantize_model(
+        model,
+        data,
+        method="gptq",
+        bits=3,
+        group_size=32,
+        checkpoint_dir=directory,
+        progress=False,
+        solver_kwargs={"act_order": True},
+        on_layer=on_layer,
+    )
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())

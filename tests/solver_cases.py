@@ -8,6 +8,7 @@ rows, not a multiple of the 8-row SIMD batch either), column blocks of 128 with 
 columns), groups, act-order, dead columns (diag(H) == 0), and a rank-deficient float64 H that needs the
 damping ladder.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,8 @@ from typing import Any, Callable, Dict
 
 import numpy as np
 
-import quantease
 import problems
+import quantease
 
 
 def make_problems() -> Dict[str, problems.Problem]:
@@ -32,14 +33,16 @@ def make_problems() -> Dict[str, problems.Problem]:
 
 def _cases() -> Dict[str, Callable[[problems.Problem], Any]]:
     from quantease import gguf as qg
+
     q = quantease
     return {
         "rtn_g64_mse": lambda p: q.rtn(p.W, bits=3, group_size=64, mse=True),
         "rtn_sym_fp16": lambda p: q.rtn(p.W, bits=4, sym=True, fp16_scales=True),
         "gptq": lambda p: q.gptq(p.W, p.H, bits=3),
         "gptq_g64_act": lambda p: q.gptq(p.W, p.H, bits=3, group_size=64, act_order=True),
-        "gptq_g32_static_sym_mse": lambda p: q.gptq(p.W, p.H, bits=4, group_size=32, static_groups=True,
-                                                    sym=True, mse=True),
+        "gptq_g32_static_sym_mse": lambda p: q.gptq(
+            p.W, p.H, bits=4, group_size=32, static_groups=True, sym=True, mse=True
+        ),
         "gptq_ref_g32_act": lambda p: q.gptq(p.W, p.H, bits=3, group_size=32, reference=True, act_order=True),
         "gptq_g64_block96": lambda p: q.gptq(p.W, p.H, bits=2, group_size=64, block_size=96),
         "quantease": lambda p: q.quantease(p.W, p.H, bits=3, iters=4),
@@ -52,16 +55,16 @@ def _cases() -> Dict[str, Callable[[problems.Problem], Any]]:
         "leanquant": lambda p: q.leanquant(p.W, p.H, bits=3),
         "leanquant_affine": lambda p: q.leanquant(p.W, p.H, bits=3, grid="affine"),
         "leanquant_g64": lambda p: q.leanquant(p.W, p.H, bits=3, group_size=64),
-        "leanquant_affine_g64": lambda p: q.leanquant(p.W, p.H, bits=4, grid="affine", group_size=64,
-                                                      act_order=False),
+        "leanquant_affine_g64": lambda p: q.leanquant(p.W, p.H, bits=4, grid="affine", group_size=64, act_order=False),
         "layer_loss": lambda p: q.layer_loss(p.W, 0.9 * p.W, p.H),
         "hessian_f64": lambda p: _accumulate(p, "float64"),
         "hessian_f32": lambda p: _accumulate(p, "float32"),
         "pack_gptq": lambda p: _pack_gptq(p),
         "pack_quantease": lambda p: _pack_quantease(p),
         # llama.cpp's block types: 32-weight blocks on the whole problem, 256-weight ones on its first 256 columns
-        "gguf_rtn_q4_k_imatrix": lambda p: _on_blocks(p, 256, lambda W, H: q.rtn(W, gguf="Q4_K",
-                                                                                  imatrix=np.diagonal(H))),
+        "gguf_rtn_q4_k_imatrix": lambda p: _on_blocks(
+            p, 256, lambda W, H: q.rtn(W, gguf="Q4_K", imatrix=np.diagonal(H))
+        ),
         "gguf_gptq_q4_k": lambda p: _on_blocks(p, 256, lambda W, H: q.gptq(W, H, gguf="Q4_K", act_order=True)),
         "gguf_quantease_q4_0": lambda p: q.quantease(p.W, p.H, gguf="Q4_0", iters=2, init="gptq"),
         "gguf_pack_q6_k": lambda p: _on_blocks(p, 256, lambda W, H: qg.pack(q.gptq(W, H, gguf="Q6_K"))),
@@ -87,6 +90,7 @@ def _accumulate(p: problems.Problem, dtype: str) -> np.ndarray:
 
 def _pack_gptq(p: problems.Problem) -> Dict[str, np.ndarray]:
     from quantease import export
+
     rows = p.W.shape[0] // 8 * 8  # the format packs 8 codes per int32 along both dimensions
     r = quantease.gptq(p.W[:rows], p.H, bits=4, group_size=64, act_order=True, fp16_scales=True)
     return {k: np.asarray(v) for k, v in export.gptq_tensors(r, "layer").items()}
@@ -94,6 +98,7 @@ def _pack_gptq(p: problems.Problem) -> Dict[str, np.ndarray]:
 
 def _pack_quantease(p: problems.Problem) -> Dict[str, np.ndarray]:
     from quantease import export
+
     r = quantease.leanquant(p.W, p.H, bits=3, group_size=64)
     tensors, meta = export.quantease_tensors(r, "layer")
     return {**tensors, "meta": {k: v for k, v in meta.items() if k != "seconds"}}

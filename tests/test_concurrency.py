@@ -5,6 +5,7 @@ and per-thread scratch (leanquant's thread_local k-means and affine-search buffe
 share -- OpenBLAS, whose thread count every call puts back to one -- is not written with results. Were anything
 shared written by two calls at once, some digest would differ (and the ASan build of CI would see it).
 """
+
 from __future__ import annotations
 
 import threading
@@ -49,8 +50,18 @@ def test_eight_threads_calling_different_solvers_give_the_serial_results():
 def test_eight_threads_calling_the_same_solvers_give_the_serial_results():
     # the same call in every thread at once: what per-thread scratch and per-call buffers must keep apart
     problems = solver_cases.make_problems()
-    jobs = [("dead", name) for name in ("gptq_g64_act", "quantease_g64_outliers", "leanquant_g64",
-                                        "leanquant_affine", "easyquant", "hessian_f64", "gguf_gptq_q4_k")]
+    jobs = [
+        ("dead", name)
+        for name in (
+            "gptq_g64_act",
+            "quantease_g64_outliers",
+            "leanquant_g64",
+            "leanquant_affine",
+            "easyquant",
+            "hessian_f64",
+            "gguf_gptq_q4_k",
+        )
+    ]
     serial = {job: solver_cases.digest(solver_cases.run(job[1], problems[job[0]])) for job in jobs}
     together = _run_together([jobs] * N_THREADS, problems)
     assert len(together) == N_THREADS * len(jobs)

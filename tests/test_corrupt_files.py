@@ -5,6 +5,7 @@ Our safetensors files (GPTQ and quantease format) carry the sha256 of their meta
 edit is caught; a foreign GPTQ checkpoint (no digest) is checked for what its structure implies: tensor
 kinds and shapes, bits against its quantize_config, g_idx within the groups, finite scales.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import struct
 import numpy as np
 import pytest
 
-import quantease
 import problems
+import quantease
 from quantease import gguf as qg
 
 pytest.importorskip("safetensors")
@@ -49,7 +50,7 @@ def quantease_file(tmp_path, results):
 def _header(path) -> tuple:
     raw = path.read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
-    return raw, n, json.loads(raw[8:8 + n])
+    return raw, n, json.loads(raw[8 : 8 + n])
 
 
 def _rewrite(path, header: dict, data: bytes) -> None:
@@ -68,10 +69,13 @@ def test_files_as_written_load(gptq_dir, quantease_file, results):
 
 # --- truncated -----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("keep", [0, 5, 8, 40, "header", "half", "all_but_one"])
 def test_truncated_files(gptq_dir, quantease_file, keep):
-    for path, load in ((gptq_dir / "model.safetensors", lambda: export.load_gptq(gptq_dir)),
-                       (quantease_file, lambda: export.load_quantease(quantease_file))):
+    for path, load in (
+        (gptq_dir / "model.safetensors", lambda: export.load_gptq(gptq_dir)),
+        (quantease_file, lambda: export.load_quantease(quantease_file)),
+    ):
         raw, n, _ = _header(path)
         cut = {"header": 8 + n, "half": (8 + n + len(raw)) // 2, "all_but_one": len(raw) - 1}.get(keep, keep)
         path.write_bytes(raw[:cut])
@@ -80,6 +84,7 @@ def test_truncated_files(gptq_dir, quantease_file, keep):
 
 
 # --- edited ----------------------------------------------------------------------------------------------------
+
 
 def _flip_a_data_byte(path, tensor: str) -> None:
     raw, n, header = _header(path)
@@ -108,7 +113,7 @@ def test_edited_metadata_of_a_quantease_file(quantease_file):
     layers = json.loads(header["__metadata__"]["quantease_layers"])
     layers["a"]["bits"] = 4  # the codes would be read as 4-bit ones
     header["__metadata__"]["quantease_layers"] = json.dumps(layers)
-    _rewrite(quantease_file, header, raw[8 + n:])
+    _rewrite(quantease_file, header, raw[8 + n :])
     with pytest.raises(ValueError, match="do not match the sha256"):
         export.load_quantease(quantease_file)
 
@@ -118,7 +123,7 @@ def test_an_edited_header_shape(gptq_dir):
     raw, n, header = _header(path)
     rows, cols = header["layer.qweight"]["shape"]
     header["layer.qweight"]["shape"] = [rows // 2, cols * 2]  # same bytes, another layout
-    _rewrite(path, header, raw[8 + n:])
+    _rewrite(path, header, raw[8 + n :])
     with pytest.raises(ValueError, match="do not match the sha256"):
         export.load_gptq(gptq_dir)
 
@@ -127,7 +132,7 @@ def test_a_header_pointing_past_the_data(gptq_dir):
     path = gptq_dir / "model.safetensors"
     raw, n, header = _header(path)
     header["layer.scales"]["data_offsets"][1] += 4096
-    _rewrite(path, header, raw[8 + n:])
+    _rewrite(path, header, raw[8 + n :])
     with pytest.raises(ValueError, match="is not a readable safetensors file"):
         export.load_gptq(gptq_dir)
 
@@ -143,11 +148,16 @@ def test_not_a_safetensors_file(tmp_path):
 
 # --- foreign GPTQ checkpoints (no digest): structure checks -------------------------------------------------------
 
+
 def _foreign(tmp_path, tensors: dict, config: dict):
     """A GPTQ checkpoint as another tool writes it: no quantease digest."""
     from safetensors.numpy import save_file
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp_path / "model.safetensors"),
-              metadata={"format": "pt"})
+
+    save_file(
+        {k: np.ascontiguousarray(v) for k, v in tensors.items()},
+        str(tmp_path / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     (tmp_path / "quantize_config.json").write_text(json.dumps(config))
     return tmp_path
 
@@ -161,26 +171,35 @@ def gptq_parts(results):
 
 def test_a_foreign_checkpoint_loads(tmp_path, gptq_parts, results):
     tensors, config = gptq_parts
-    np.testing.assert_array_equal(export.load_gptq(_foreign(tmp_path, tensors, config))["layer"],
-                                  results["gptq"].weight)
+    np.testing.assert_array_equal(
+        export.load_gptq(_foreign(tmp_path, tensors, config))["layer"], results["gptq"].weight
+    )
 
 
 def test_a_config_with_the_wrong_bits(tmp_path, gptq_parts):
     tensors, config = gptq_parts
-    with pytest.raises(ValueError, match=re.escape("the quantization config says bits=3, but qweight (16, 32) "
-                                                   "with g_idx of 128 columns holds 4-bit codes")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "the quantization config says bits=3, but qweight (16, 32) with g_idx of 128 columns holds 4-bit codes"
+        ),
+    ):
         export.load_gptq(_foreign(tmp_path, tensors, {**config, "bits": 3}))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t.update({"layer.qweight": t["layer.qweight"][:-1]}), "does not match g_idx of 128 columns"),
-    (lambda t: t.update({"layer.qzeros": t["layer.qzeros"][:, :-1]}), "do not match 4 groups x 32 outputs"),
-    (lambda t: t.update({"layer.scales": t["layer.scales"][:-1]}), "do not match 3 groups x 32 outputs"),
-    (lambda t: t.update({"layer.g_idx": t["layer.g_idx"] + 2}), "g_idx must lie in [0, 3] for 4 groups"),
-    (lambda t: t.update({"layer.qweight": t["layer.qweight"].view(np.float32)}), "qweight must be a 2-D integer"),
-    (lambda t: t.update({"layer.scales": np.full_like(t["layer.scales"], np.inf)}), "scales contain NaN or Inf"),
-    (lambda t: t.pop("layer.qzeros"), "missing tensor 'layer.qzeros'"),
-], ids=["qweight_rows", "qzeros_cols", "scales_rows", "g_idx_range", "qweight_float", "scales_inf", "no_qzeros"])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.update({"layer.qweight": t["layer.qweight"][:-1]}), "does not match g_idx of 128 columns"),
+        (lambda t: t.update({"layer.qzeros": t["layer.qzeros"][:, :-1]}), "do not match 4 groups x 32 outputs"),
+        (lambda t: t.update({"layer.scales": t["layer.scales"][:-1]}), "do not match 3 groups x 32 outputs"),
+        (lambda t: t.update({"layer.g_idx": t["layer.g_idx"] + 2}), "g_idx must lie in [0, 3] for 4 groups"),
+        (lambda t: t.update({"layer.qweight": t["layer.qweight"].view(np.float32)}), "qweight must be a 2-D integer"),
+        (lambda t: t.update({"layer.scales": np.full_like(t["layer.scales"], np.inf)}), "scales contain NaN or Inf"),
+        (lambda t: t.pop("layer.qzeros"), "missing tensor 'layer.qzeros'"),
+    ],
+    ids=["qweight_rows", "qzeros_cols", "scales_rows", "g_idx_range", "qweight_float", "scales_inf", "no_qzeros"],
+)
 def test_foreign_checkpoints_with_a_wrong_tensor(tmp_path, gptq_parts, edit, message):
     tensors, config = gptq_parts
     tensors = dict(tensors)
@@ -191,6 +210,7 @@ def test_foreign_checkpoints_with_a_wrong_tensor(tmp_path, gptq_parts, edit, mes
 
 # --- GGUF tensors -----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def q4_k():
     W = problems.llm_like(8, 256, seed=4).W
@@ -200,15 +220,18 @@ def q4_k():
 @pytest.mark.parametrize("name", ["Q7_K", "F16", "", 12, None])
 def test_gguf_of_an_unknown_type(q4_k, name):
     raw, shape = q4_k
-    with pytest.raises(ValueError, match=re.escape(f"type must be one of {', '.join(qg.TYPES)} (any case), "
-                                                   f"got {name!r}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"type must be one of {', '.join(qg.TYPES)} (any case), got {name!r}")
+    ):
         qg.unpack(raw, name, shape)
 
 
 def test_gguf_bytes_of_another_size_or_type(q4_k):
     raw, shape = q4_k
-    with pytest.raises(ValueError, match=re.escape("raw must be uint8 with 1152 bytes for a Q4_K tensor of shape "
-                                                   "(8, 256), got uint8 with 1151")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("raw must be uint8 with 1152 bytes for a Q4_K tensor of shape (8, 256), got uint8 with 1151"),
+    ):
         qg.unpack(raw.reshape(-1)[:-1], "Q4_K", shape)
     with pytest.raises(ValueError, match="raw must be uint8"):
         qg.unpack(raw, "Q6_K", shape)
@@ -217,6 +240,7 @@ def test_gguf_bytes_of_another_size_or_type(q4_k):
 
 
 # --- pipeline checkpoints -------------------------------------------------------------------------------------
+
 
 def test_a_damaged_pipeline_checkpoint_is_named(tmp_path):
     torch = pytest.importorskip("torch")

@@ -3,8 +3,8 @@
 Each call either returns a result that passes the solver's own properties (finite float32 weight, codes in
 range, weight == the grid's values of the codes plus the outliers, a finite loss >= lambda_min(H) ||W - W_hat||^2,
 so >= 0 for a positive semi-definite H) or raises the documented exception: ValueError naming the argument
-when the input is invalid, and quantease.NumericalError (for a Hessian no damping can factor) only then. A valid input must never be
-refused, an invalid one never accepted, and no input is ever modified.
+when the input is invalid, and quantease.NumericalError (for a Hessian no damping can factor) only then. A
+valid input must never be refused, an invalid one never accepted, and no input is ever modified.
 
 Input space: shapes 1 x 1 to odd sizes past a 128-column block; W and H in float16/32/64, C or Fortran order
 or strided views; bits 2..8; every divisor of cols as a group size, and non-divisors; H from few samples
@@ -18,6 +18,7 @@ shrinks the shapes, options and seed. Examples: 25 per test in the normal suite 
 failures it finds are kept in the git-ignored .hypothesis-fuzz/ and replayed first). Every failure found
 so far is an explicit regression test at the end of this file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,8 @@ from typing import Callable, Optional
 
 import numpy as np
 import pytest
-from hypothesis import example, given, strategies as st
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 import quantease
 from quantease import gguf as qg
@@ -43,15 +45,15 @@ class Case:
     bits: int
     group_size: int
     w_dtype: type
-    w_layout: str            # "C", "F" or "strided"
-    w_kind: str              # "normal", "equal_rows", "signed_zeros", "outliers", "nan", "inf"
-    outlier_exp: int         # outliers: |w| up to 10^outlier_exp
+    w_layout: str  # "C", "F" or "strided"
+    w_kind: str  # "normal", "equal_rows", "signed_zeros", "outliers", "nan", "inf"
+    outlier_exp: int  # outliers: |w| up to 10^outlier_exp
     h_dtype: type
     h_layout: str
-    h_samples: int           # rows of X: fewer than cols makes H rank-deficient (0: H = 0)
-    h_dead: int              # columns of X set to 0: zero diagonal entries
-    h_scale_exp: int         # H scaled by 10^h_scale_exp
-    h_kind: str              # "psd", "asym_small", "asym_large", "indefinite", "negative_diag", "nan", "inf"
+    h_samples: int  # rows of X: fewer than cols makes H rank-deficient (0: H = 0)
+    h_dead: int  # columns of X set to 0: zero diagonal entries
+    h_scale_exp: int  # H scaled by 10^h_scale_exp
+    h_kind: str  # "psd", "asym_small", "asym_large", "indefinite", "negative_diag", "nan", "inf"
     seed: int
 
 
@@ -61,22 +63,30 @@ def cases(draw, max_rows: int = 40, max_cols: int = 160, cols: Optional[int] = N
     cols = draw(st.integers(1, max_cols)) if cols is None else cols
     divisors = [d for d in range(1, cols + 1) if cols % d == 0]
     group_kind = draw(st.sampled_from(["row", "row", "divisor", "divisor", "divisor", "any"]))
-    group_size = {"row": st.just(-1), "divisor": st.sampled_from(divisors),
-                  "any": st.integers(-3, cols + 3)}[group_kind]
+    group_size = {"row": st.just(-1), "divisor": st.sampled_from(divisors), "any": st.integers(-3, cols + 3)}[
+        group_kind
+    ]
     return Case(
-        rows=draw(st.integers(1, max_rows)), cols=cols,
+        rows=draw(st.integers(1, max_rows)),
+        cols=cols,
         bits=draw(st.sampled_from(list(range(2, 9)) * 3 + [0, 1, 9, 16])),
         group_size=draw(group_size),
-        w_dtype=draw(st.sampled_from(DTYPES)), w_layout=draw(st.sampled_from(["C", "F", "strided"])),
-        w_kind=draw(st.sampled_from(["normal"] * 8 + ["equal_rows", "signed_zeros", "outliers", "outliers",
-                                                      "nan", "inf"])),
+        w_dtype=draw(st.sampled_from(DTYPES)),
+        w_layout=draw(st.sampled_from(["C", "F", "strided"])),
+        w_kind=draw(
+            st.sampled_from(["normal"] * 8 + ["equal_rows", "signed_zeros", "outliers", "outliers", "nan", "inf"])
+        ),
         outlier_exp=draw(st.integers(1, 30)),
-        h_dtype=draw(st.sampled_from(DTYPES)), h_layout=draw(st.sampled_from(["C", "F", "strided"])),
-        h_samples=draw(st.integers(0, 2 * cols + 8)), h_dead=draw(st.sampled_from([0, 0, 1, 2, cols // 2, cols])),
+        h_dtype=draw(st.sampled_from(DTYPES)),
+        h_layout=draw(st.sampled_from(["C", "F", "strided"])),
+        h_samples=draw(st.integers(0, 2 * cols + 8)),
+        h_dead=draw(st.sampled_from([0, 0, 1, 2, cols // 2, cols])),
         h_scale_exp=draw(st.sampled_from([0, 0, 0, 0, -30, -20, -10, 10, 20, 30])),
-        h_kind=draw(st.sampled_from(["psd"] * 10 + ["asym_small", "asym_large", "indefinite", "negative_diag",
-                                                    "nan", "inf"])),
-        seed=draw(st.integers(0, 2**32 - 1)))
+        h_kind=draw(
+            st.sampled_from(["psd"] * 10 + ["asym_small", "asym_large", "indefinite", "negative_diag", "nan", "inf"])
+        ),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
 
 
 def _layout(a: np.ndarray, layout: str, rng: np.random.Generator) -> np.ndarray:
@@ -127,11 +137,12 @@ def make_hessian(c: Case, rng: np.random.Generator) -> np.ndarray:
         i, j = rng.integers(c.cols, size=2)
         H[i, j] = H[j, i] = np.nan if c.h_kind == "nan" else np.inf
     with np.errstate(over="ignore", under="ignore"):
-        H = H * 10.0 ** c.h_scale_exp
+        H = H * 10.0**c.h_scale_exp
         return _layout(H.astype(c.h_dtype), c.h_layout, rng)
 
 
 # --- what the library must say about a case ---------------------------------------------------------------
+
 
 def _finite(a: np.ndarray) -> bool:
     return bool(np.isfinite(np.asarray(a, dtype=np.float64)).all())
@@ -170,12 +181,19 @@ def loss_floor(W: np.ndarray, weight: np.ndarray, H: np.ndarray) -> float:
 
 
 def names_argument(message: str, allowed: set) -> bool:
-    return any(re.match(rf"{re.escape(name)}\b", message) or re.search(rf"\b{re.escape(name)}\b", message)
-               for name in allowed)
+    return any(
+        re.match(rf"{re.escape(name)}\b", message) or re.search(rf"\b{re.escape(name)}\b", message) for name in allowed
+    )
 
 
-def check_call(call: Callable[[], quantease.QuantResult], c: Case, W: np.ndarray, H: Optional[np.ndarray],
-               uses: str = "solve", numerical_ok: bool = False) -> Optional[quantease.QuantResult]:
+def check_call(
+    call: Callable[[], quantease.QuantResult],
+    c: Case,
+    W: np.ndarray,
+    H: Optional[np.ndarray],
+    uses: str = "solve",
+    numerical_ok: bool = False,
+) -> Optional[quantease.QuantResult]:
     """Runs the call and checks the outcome against the case; returns the result when there is one."""
     copies = [(a, a.copy()) for a in (W, H) if a is not None]
     bad = invalid_arguments(c, W, H, uses)
@@ -224,25 +242,52 @@ def draw_arrays(c: Case, with_h: bool = True):
 
 # --- the solvers --------------------------------------------------------------------------------------------
 
+
 @given(c=cases(), sym=st.booleans(), mse=st.booleans(), fp16=st.booleans())
 def test_rtn(c, sym, mse, fp16):
     W, _ = draw_arrays(c, with_h=False)
-    check_call(lambda: quantease.rtn(W, bits=c.bits, group_size=c.group_size, sym=sym, mse=mse,
-                                     fp16_scales=fp16), c, W, None)
+    check_call(
+        lambda: quantease.rtn(W, bits=c.bits, group_size=c.group_size, sym=sym, mse=mse, fp16_scales=fp16), c, W, None
+    )
 
 
-@given(c=cases(), act_order=st.booleans(), static=st.booleans(), sym=st.booleans(), mse=st.booleans(),
-       reference=st.booleans(), block=st.sampled_from([1, 7, 32, 128]))
+@given(
+    c=cases(),
+    act_order=st.booleans(),
+    static=st.booleans(),
+    sym=st.booleans(),
+    mse=st.booleans(),
+    reference=st.booleans(),
+    block=st.sampled_from([1, 7, 32, 128]),
+)
 def test_gptq(c, act_order, static, sym, mse, reference, block):
     W, H = draw_arrays(c)
-    check_call(lambda: quantease.gptq(W, H, bits=c.bits, group_size=c.group_size, act_order=act_order,
-                                      static_groups=static, sym=sym, mse=mse, reference=reference,
-                                      block_size=block), c, W, H, numerical_ok=True)
+    check_call(
+        lambda: quantease.gptq(
+            W,
+            H,
+            bits=c.bits,
+            group_size=c.group_size,
+            act_order=act_order,
+            static_groups=static,
+            sym=sym,
+            mse=mse,
+            reference=reference,
+            block_size=block,
+        ),
+        c,
+        W,
+        H,
+        numerical_ok=True,
+    )
 
 
-@given(c=cases(max_rows=24, max_cols=96), variant=st.sampled_from(["plain", "outliers", "gptq", "refit",
-                                                                      "codebook", "leanquant", "quantized"]),
-       iters=st.integers(1, 6), act_order=st.booleans())
+@given(
+    c=cases(max_rows=24, max_cols=96),
+    variant=st.sampled_from(["plain", "outliers", "gptq", "refit", "codebook", "leanquant", "quantized"]),
+    iters=st.integers(1, 6),
+    act_order=st.booleans(),
+)
 def test_quantease(c, variant, iters, act_order):
     W, H = draw_arrays(c)
     kw = dict(bits=c.bits, group_size=c.group_size, iters=iters, act_order=act_order)
@@ -265,20 +310,43 @@ def test_quantease(c, variant, iters, act_order):
     check_call(lambda: quantease.quantease(W, H, **kw), c, W, H, numerical_ok=variant in ("gptq", "leanquant"))
 
 
-@given(c=cases(), sym=st.booleans(), stats=st.sampled_from(["tensor", "row"]),
-       sigma=st.sampled_from([1.0, 3.0, None]), with_h=st.booleans())
+@given(
+    c=cases(),
+    sym=st.booleans(),
+    stats=st.sampled_from(["tensor", "row"]),
+    sigma=st.sampled_from([1.0, 3.0, None]),
+    with_h=st.booleans(),
+)
 def test_easyquant(c, sym, stats, sigma, with_h):
     W, H = draw_arrays(c, with_h=with_h)
-    check_call(lambda: quantease.easyquant(W, bits=c.bits, group_size=c.group_size, sym=sym, outlier_stats=stats,
-                                           outlier_sigma=sigma, steps=10, H=H), c, W, H, uses="evaluate")
+    check_call(
+        lambda: quantease.easyquant(
+            W, bits=c.bits, group_size=c.group_size, sym=sym, outlier_stats=stats, outlier_sigma=sigma, steps=10, H=H
+        ),
+        c,
+        W,
+        H,
+        uses="evaluate",
+    )
 
 
-@given(c=cases(), grid=st.sampled_from(["nonuniform", "affine"]), act_order=st.booleans(),
-       exponent=st.sampled_from([0.0, 1.0, 4.0]))
+@given(
+    c=cases(),
+    grid=st.sampled_from(["nonuniform", "affine"]),
+    act_order=st.booleans(),
+    exponent=st.sampled_from([0.0, 1.0, 4.0]),
+)
 def test_leanquant(c, grid, act_order, exponent):
     W, H = draw_arrays(c)
-    check_call(lambda: quantease.leanquant(W, H, bits=c.bits, group_size=c.group_size, grid=grid,
-                                           act_order=act_order, exponent=exponent), c, W, H, numerical_ok=True)
+    check_call(
+        lambda: quantease.leanquant(
+            W, H, bits=c.bits, group_size=c.group_size, grid=grid, act_order=act_order, exponent=exponent
+        ),
+        c,
+        W,
+        H,
+        numerical_ok=True,
+    )
 
 
 @st.composite
@@ -292,13 +360,31 @@ def gguf_cases(draw):
 
 # Found by the fuzzer: |w| = 1e11 made llama.cpp's float16 block scale Inf -- non-finite weights from rtn and
 # gptq, and quantease refused its own grids as "codebook contains NaN or Inf". Now a ValueError naming W.
-HUGE_Q2_K = ("Q2_K", Case(rows=1, cols=256, bits=2, group_size=-1, w_dtype=np.float32, w_layout="C",
-                          w_kind="outliers", outlier_exp=11, h_dtype=np.float16, h_layout="C", h_samples=1, h_dead=0,
-                          h_scale_exp=0, h_kind="psd", seed=0))
+HUGE_Q2_K = (
+    "Q2_K",
+    Case(
+        rows=1,
+        cols=256,
+        bits=2,
+        group_size=-1,
+        w_dtype=np.float32,
+        w_layout="C",
+        w_kind="outliers",
+        outlier_exp=11,
+        h_dtype=np.float16,
+        h_layout="C",
+        h_samples=1,
+        h_dead=0,
+        h_scale_exp=0,
+        h_kind="psd",
+        seed=0,
+    ),
+)
 
 
-@given(gc=gguf_cases(), solver=st.sampled_from(["rtn", "rtn_imatrix", "gptq", "gptq_act", "quantease",
-                                                "quantease_gptq"]))
+@given(
+    gc=gguf_cases(), solver=st.sampled_from(["rtn", "rtn_imatrix", "gptq", "gptq_act", "quantease", "quantease_gptq"])
+)
 @example(gc=HUGE_Q2_K, solver="rtn_imatrix")
 @example(gc=HUGE_Q2_K, solver="gptq")
 @example(gc=HUGE_Q2_K, solver="quantease")
@@ -345,11 +431,21 @@ def test_gguf(gc, solver):
         assert np.array_equal(a, before, equal_nan=True), "an input was modified"
 
 
-@given(cols=st.integers(1, 140), batches=st.lists(st.tuples(st.integers(0, 60), st.sampled_from(DTYPES),
-                                                             st.sampled_from(["C", "F", "strided"]),
-                                                             st.sampled_from(["normal", "nan", "huge"])),
-                                                   min_size=0, max_size=4),
-       dtype=st.sampled_from(["float64", "float32"]), seed=st.integers(0, 2**32 - 1))
+@given(
+    cols=st.integers(1, 140),
+    batches=st.lists(
+        st.tuples(
+            st.integers(0, 60),
+            st.sampled_from(DTYPES),
+            st.sampled_from(["C", "F", "strided"]),
+            st.sampled_from(["normal", "nan", "huge"]),
+        ),
+        min_size=0,
+        max_size=4,
+    ),
+    dtype=st.sampled_from(["float64", "float32"]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_hessian_accumulator(cols, batches, dtype, seed):
     rng = np.random.default_rng(seed)
     acc = quantease.HessianAccumulator(cols, dtype=dtype)

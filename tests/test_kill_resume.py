@@ -5,6 +5,7 @@ run (the sha256 of the whole state dict).
 Each run is a fresh interpreter (tests/resume_child.py: a tiny 4-block Llama, GPTQ act-order g32) with one
 thread for torch and OpenMP, so that the uninterrupted run is a fixed reference.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,15 +28,19 @@ CHILD = os.path.join(TESTS_DIR, "resume_child.py")
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_DIR, TESTS_DIR] + [p for p in [env.get("PYTHONPATH")] if p])
     return env
 
 
 def run_child(directory, *args, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, CHILD, str(directory), *map(str, args)], env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, CHILD, str(directory), *map(str, args)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def digest_of(done: subprocess.CompletedProcess) -> str:
@@ -52,8 +57,9 @@ def resumed_blocks(done: subprocess.CompletedProcess) -> int:
 
 
 def start_child(directory) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, CHILD, str(directory)], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, CHILD, str(directory)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +73,14 @@ def reference(tmp_path_factory):
     return out.split("digest ")[-1].strip(), time.monotonic() - t0
 
 
-@pytest.mark.parametrize("mode, arg, finished_before", [
-    ("after_layer", 10, 1),   # block 1's third layer of seven: block 0 is on disk, block 1 is not
-    ("during_write", 2, 2),   # block 2's file half written: blocks 0 and 1 resume, block 2 is redone
-    ("after_rename", 0, 1),   # block 0's file renamed, its directory not yet synced
-])
+@pytest.mark.parametrize(
+    "mode, arg, finished_before",
+    [
+        ("after_layer", 10, 1),  # block 1's third layer of seven: block 0 is on disk, block 1 is not
+        ("during_write", 2, 2),  # block 2's file half written: blocks 0 and 1 resume, block 2 is redone
+        ("after_rename", 0, 1),  # block 0's file renamed, its directory not yet synced
+    ],
+)
 def test_killed_at_a_chosen_point_resumes_to_the_same_weights(tmp_path, reference, mode, arg, finished_before):
     digest, _ = reference
     killed(run_child(tmp_path, mode, arg))

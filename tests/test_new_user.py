@@ -1,4 +1,5 @@
 """What a new user ran into: an empty accumulator's Hessian, and bfloat16 torch tensors as inputs."""
+
 from __future__ import annotations
 
 import re
@@ -7,13 +8,15 @@ import warnings
 import numpy as np
 import pytest
 
-import quantease
 import problems
+import quantease
 
 P = problems.dead_columns(16, 64, seed=5)
 
-EMPTY_H = ("H is zero on its whole diagonal, so no calibration input reached this layer (an empty "
-           "HessianAccumulator, n_samples == 0, gives this): add() the layer's inputs before hessian()")
+EMPTY_H = (
+    "H is zero on its whole diagonal, so no calibration input reached this layer (an empty "
+    "HessianAccumulator, n_samples == 0, gives this): add() the layer's inputs before hessian()"
+)
 
 SOLVERS_ON_H = {
     "gptq": lambda W, H: quantease.gptq(W, H, bits=4),
@@ -70,9 +73,11 @@ def _exact_float32(a: np.ndarray) -> np.ndarray:
     return _bf16(a).float().numpy()
 
 
-ALL_SOLVERS = {**SOLVERS_ON_H,
-               "rtn": lambda W, H: quantease.rtn(W, bits=4, group_size=16),
-               "easyquant": lambda W, H: quantease.easyquant(W, bits=4, steps=5, H=H)}
+ALL_SOLVERS = {
+    **SOLVERS_ON_H,
+    "rtn": lambda W, H: quantease.rtn(W, bits=4, group_size=16),
+    "easyquant": lambda W, H: quantease.easyquant(W, bits=4, steps=5, H=H),
+}
 
 
 @pytest.mark.parametrize("solver", sorted(ALL_SOLVERS))
@@ -106,7 +111,12 @@ def test_a_dtype_numpy_lacks_is_named():
     if not hasattr(torch, "float8_e4m3fn"):
         pytest.skip("this torch has no float8")
     W = torch.zeros((4, 8), dtype=torch.float8_e4m3fn)
-    with pytest.raises(ValueError, match=re.escape("W must be a real floating-point array (float16/float32/"
-                                                   "float64), got a torch tensor of torch.float8_e4m3fn; "
-                                                   "convert it with W.float()")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "W must be a real floating-point array (float16/float32/"
+            "float64), got a torch tensor of torch.float8_e4m3fn; "
+            "convert it with W.float()"
+        ),
+    ):
         quantease.rtn(W)

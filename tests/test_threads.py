@@ -4,13 +4,14 @@ and OPENBLAS_NUM_THREADS, and the GIL released during solves.
 All run in fresh subprocesses, because OMP_NUM_THREADS is read once when the OpenMP runtime starts. They
 compare arrays, never times, and never skip: a loaded machine changes nothing they check.
 """
+
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from subprocess_run import assert_python_keeps_running, run_python
-
 
 # One subprocess per configuration, each printing the digests of every case in solver_cases.py.
 DIGESTS = """
@@ -58,18 +59,22 @@ def test_blas_threads_set_by_others_change_nothing(one_thread):
     assert _differing({k: one_thread[k] for k in got["out"]}, got["out"]) == []
     if got["uses_it"]:
         # every solver on H put OpenBLAS back to one thread: its threaded dpotrf and sgemm sum in another order
-        assert {k: v for k, v in got["pools"].items() if k.startswith(("gptq", "quantease", "leanquant"))} == \
-            {k: 1 for k in got["pools"] if k.startswith(("gptq", "quantease", "leanquant"))}
+        assert {k: v for k, v in got["pools"].items() if k.startswith(("gptq", "quantease", "leanquant"))} == {
+            k: 1 for k in got["pools"] if k.startswith(("gptq", "quantease", "leanquant"))
+        }
 
 
 def test_easyquant_and_the_accumulator_release_the_gil():
-    assert_python_keeps_running('p = problems.random_problem(512, 1024, n=2048, seed=3)',
-                                'quantease.easyquant(p.W, bits=3, group_size=128, steps=60)')
-    assert_python_keeps_running('import numpy as np; acc = quantease.HessianAccumulator(1024); '
-                                'X = np.random.default_rng(0).standard_normal((6000, 1024))',
-                                'acc.add(X)')
+    assert_python_keeps_running(
+        "p = problems.random_problem(512, 1024, n=2048, seed=3)",
+        "quantease.easyquant(p.W, bits=3, group_size=128, steps=60)",
+    )
+    assert_python_keeps_running(
+        "import numpy as np; acc = quantease.HessianAccumulator(1024); "
+        "X = np.random.default_rng(0).standard_normal((6000, 1024))",
+        "acc.add(X)",
+    )
 
 
 def test_python_keeps_running_during_a_solve():
-    assert_python_keeps_running('p = problems.random_problem(768, 768, n=1536, seed=3)',
-                                'quantease.gptq(p.W, p.H)')
+    assert_python_keeps_running("p = problems.random_problem(768, 768, n=1536, seed=3)", "quantease.gptq(p.W, p.H)")

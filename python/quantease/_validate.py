@@ -29,8 +29,10 @@ def as_array(value, name: str) -> np.ndarray:
         try:
             return tensor.numpy()
         except TypeError as err:  # another dtype NumPy lacks (float8, ...)
-            raise ValueError(f"{name} must be a real floating-point array (float16/float32/float64), got a "
-                             f"torch tensor of {tensor.dtype}; convert it with {name}.float()") from err
+            raise ValueError(
+                f"{name} must be a real floating-point array (float16/float32/float64), got a "
+                f"torch tensor of {tensor.dtype}; convert it with {name}.float()"
+            ) from err
     a = np.asarray(value)
     if a.dtype.name == "bfloat16":
         a = a.astype(np.float32)
