@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <numeric>
-#include <type_traits>
 
 #include "quantease/gemm.hpp"
 #include "quantease/parallel.hpp"
@@ -173,32 +172,39 @@ PreparedHessian prepare_hessian(const ConstRowMatrixRef<HT>& H, bool act_order, 
 }
 
 namespace {
-double quadratic_form_sum_f64(const ConstRowMatrixRef<double>& D, const ConstRowMatrixRef<double>& H) {
-  const Index rows = D.rows();
-  constexpr Index kPanel = 64;
-  std::vector<double> partial((rows + kPanel - 1) / kPanel, 0.0);
-  const Eigen::VectorXd hdiag = H.diagonal();
-  // d^T H d = 2 sum_i d_i (sum_{j>=i} H_ij d_j) - sum_i H_ii d_i^2: a triangular product, half the flops.
-  parallel_chunks(rows, kPanel, [&](Index r0, Index r1) {
-    const auto Dp = D.middleRows(r0, r1 - r0);
-    RowMatrixXd T = Dp;
-    trmm_right_upper(T, H);
-    partial[r0 / kPanel] =
-        2.0 * (T.array() * Dp.array()).sum() - (Dp.array().square().rowwise() * hdiag.transpose().array()).sum();
-  });
-  // Fixed-order sum of the panel partials: the same result for any thread count.
-  return std::accumulate(partial.begin(), partial.end(), 0.0);
-}
+constexpr Index kLossPanel = 64;   // rows of D per task
+constexpr Index kLossBlock = 256;  // columns of H per step, copied to float64
 }  // namespace
 
+// d^T H d = 2 sum_{i<j} d_i H_ij d_j + sum_j H_jj d_j^2, taken over blocks of H's columns [c0, c1): each adds
+// 2 sum_j d_j (D[:, :c1] U)_j + sum_j H_jj d_j^2, U = the rows < c1 of the block above the diagonal, copied
+// to float64 (at most cols x 256). No float64 copy of the whole H: for a float32 H it would be the largest
+// buffer of the call (8 cols^2 bytes). Panels of rows accumulate their blocks in order, then the panels are
+// summed in order: the same result for any thread count.
 template <class HT>
 double quadratic_form_sum(const ConstRowMatrixRef<double>& D, const ConstRowMatrixRef<HT>& H) {
-  if constexpr (std::is_same_v<HT, double>) {
-    return quadratic_form_sum_f64(D, H);
-  } else {
-    const RowMatrixXd Hd = H.template cast<double>();
-    return quadratic_form_sum_f64(D, Hd);
+  const Index rows = D.rows(), cols = D.cols();
+  std::vector<double> partial((rows + kLossPanel - 1) / kLossPanel, 0.0);
+  RowMatrixXd upper(cols, std::min(cols, kLossBlock));
+  for (Index c0 = 0; c0 < cols; c0 += kLossBlock) {
+    const Index c1 = std::min(cols, c0 + kLossBlock), nb = c1 - c0;
+    auto U = upper.topLeftCorner(c1, nb);
+    parallel_chunks(c1, kLossPanel, [&](Index i0, Index i1) {
+      for (Index i = i0; i < i1; ++i)
+        for (Index j = 0; j < nb; ++j) U(i, j) = c0 + j > i ? static_cast<double>(H(i, c0 + j)) : 0.0;
+    });
+    Eigen::VectorXd hdiag(nb);
+    for (Index j = 0; j < nb; ++j) hdiag[j] = static_cast<double>(H(c0 + j, c0 + j));
+    parallel_chunks(rows, kLossPanel, [&](Index r0, Index r1) {
+      const auto Dp = D.middleRows(r0, r1 - r0);
+      const auto Db = Dp.middleCols(c0, nb);
+      RowMatrixXd T = RowMatrixXd::Zero(r1 - r0, nb);
+      gemm_add(T, 1.0, Dp.leftCols(c1), U);
+      partial[r0 / kLossPanel] +=
+          2.0 * (T.array() * Db.array()).sum() + (Db.array().square().rowwise() * hdiag.transpose().array()).sum();
+    });
   }
+  return std::accumulate(partial.begin(), partial.end(), 0.0);
 }
 
 template PreparedHessian prepare_hessian<float>(const ConstRowMatrixRef<float>&, bool, double, bool);
