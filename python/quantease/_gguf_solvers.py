@@ -108,7 +108,9 @@ def gptq(
     """The core's GGUF GPTQ: (out dict, seconds)."""
     t0 = time.perf_counter()
     out = _core.gguf_gptq(Wf, Hf, type=t.name, act_order=act_order, damp=damp, block_size=block_size)
-    return out, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    check_finite(t, out)  # before the caller's layer_loss, which would name W_hat
+    return out, seconds
 
 
 def sorted_codebook(levels: np.ndarray):
