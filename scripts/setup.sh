@@ -16,7 +16,7 @@ VENV=${VENV:-.venv}
 if [ "${1:-}" != "--no-run" ]; then
   # Models and texts go to this checkout's .cache/ (the installed package alone would use ~/.cache/quantease).
   export QUANTEASE_CACHE=${QUANTEASE_CACHE:-$PWD/.cache}
-  # The main job: every method at 3 bits on SmolLM2-135M and all-MiniLM-L6-v2 (about ten minutes on 2 cores;
-  # on a machine busier than its cores it runs one thread per runtime by itself).
+  # The main job: every method at 3 bits on SmolLM2-135M and all-MiniLM-L6-v2 (bench/README says how long
+  # it takes; on a machine busier than its cores it runs one thread per runtime by itself).
   "$VENV/bin/python" bench/real_model.py
 fi
