@@ -282,12 +282,35 @@ def test_gptq(c, act_order, static, sym, mse, reference, block):
     )
 
 
+# Found by the fuzzer: |w| = 1e9 against an H of 1e30 overflows every sweep's objective, so no sweep became
+# the best iterate and quantease returned the codes of a buffer never written (bytes of unrelated memory).
+OVERFLOWING_OBJECTIVE = Case(
+    rows=1,
+    cols=31,
+    bits=2,
+    group_size=-1,
+    w_dtype=np.float32,
+    w_layout="C",
+    w_kind="outliers",
+    outlier_exp=9,
+    h_dtype=np.float32,
+    h_layout="C",
+    h_samples=1,
+    h_dead=0,
+    h_scale_exp=30,
+    h_kind="psd",
+    seed=40672342,
+)
+
+
 @given(
     c=cases(max_rows=24, max_cols=96),
     variant=st.sampled_from(["plain", "outliers", "gptq", "refit", "codebook", "leanquant", "quantized"]),
     iters=st.integers(1, 6),
     act_order=st.booleans(),
 )
+@example(c=OVERFLOWING_OBJECTIVE, variant="codebook", iters=2, act_order=False)
+@example(c=OVERFLOWING_OBJECTIVE, variant="plain", iters=1, act_order=False)
 def test_quantease(c, variant, iters, act_order):
     W, H = draw_arrays(c)
     kw = dict(bits=c.bits, group_size=c.group_size, iters=iters, act_order=act_order)

@@ -77,6 +77,9 @@ void Schedule<GridSet>::run(double f0, bool on_grid, PhaseTimer& timer) {
       break;
     }
   }
+  // Every objective was NaN or inf (f overflows when |W|^2 * H passes the float range): the last sweep, always
+  // a quantized one, stands for the best so that the codes returned are an iterate's.
+  if (!best_.found && res_.sweeps > 0 && prev_quantized_) take_best(res_.sweeps - 1, prev_f_);
   timer.lap("sweeps");
   const bool at_best = best_.sweep == res_.sweeps - 1;
   if (opt_.polish && !res_.stopped_by_tol && best_.found && !(res_.converged && at_best)) {
