@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 
 import torch
@@ -68,10 +67,11 @@ def make(path: str, blocks: int) -> None:
         json.dump({"metadata": {}, "weight_map": weight_map}, f)
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
+    """VmRSS (now) or VmHWM (peak) of this process's address space, in MiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -95,7 +95,9 @@ def quantize(path: str, out: str) -> None:
         progress=False,
         offload=Offload(path, out),
     )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak through fork and exec into the child's
+    # ru_maxrss, so inside a test suite that had loaded models it reported the pytest process's peak.
+    peak = rss_mib("VmHWM")
     figures = {"layers": len(report), "rss_before_mib": round(before), "peak_rss_mib": round(peak)}
     print(json.dumps(figures))
 
