@@ -23,8 +23,6 @@ Files are read with safetensors' ``safe_open`` only for the tensors a step needs
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import json
 import os
 import shutil
@@ -132,21 +130,10 @@ def materialize(
 
 
 def release(module: nn.Module) -> None:
-    """Put the module's parameters back on the meta device and hand their memory back to the system."""
+    """Put the module's parameters back on the meta device (their memory is freed)."""
     for name, p in list(module.named_parameters()):
         if p.device.type != "meta":
             _set_parameter(module, name, torch.empty(p.shape, dtype=p.dtype, device="meta"))
-    _return_freed_memory()
-
-
-def _return_freed_memory() -> None:
-    """A block's tensors held by a reference cycle live until the collector runs, and glibc keeps freed chunks
-    in its per-thread arenas: either can keep every finished block resident. Collect, then trim the arenas."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 _DTYPES = {
