@@ -130,7 +130,8 @@ void search_sorted_lanes(const T* x, const Index* lo, const Index* hi, const T* 
     longest = 0;
     for (int r = 0; r < R; ++r) {
       const Index half = len[r] / 2;  // 0 once a query is down to one position: its steps are no-ops
-      const T probe = base[r][std::max<Index>(half - 1, 0)];
+      // an empty query (len 0) may start at x[n]: it must not read there
+      const T probe = len[r] > 0 ? base[r][std::max<Index>(half - 1, 0)] : v[r];
       base[r] += half * static_cast<Index>(Upper ? probe <= v[r] : probe < v[r]);
       len[r] -= half;
       longest = std::max(longest, len[r]);
