@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONSTRAINTS="$PWD/scripts/consumer-constraints.txt"
-VENV=${CONSUMER_VENV:-${QUANTEASE_CACHE:-.cache}/venv-consumers}
+# Absolute: the printed python is run by tests from their own working directories.
+VENV=$(realpath -m "${CONSUMER_VENV:-${QUANTEASE_CACHE:-.cache}/venv-consumers}")
 STAMP="$VENV/.quantease-constraints"
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && cmp -s "$STAMP" "$CONSTRAINTS"; then
   echo "$VENV/bin/python"

@@ -60,7 +60,7 @@ CASES = (
 def consumer_python() -> Optional[str]:
     explicit = os.environ.get("QUANTEASE_CONSUMER_PYTHON")
     if explicit:
-        return explicit
+        return os.path.abspath(explicit)  # the consumers run with cwd in a temporary folder
     venv = os.environ.get("CONSUMER_VENV") or os.path.join(
         os.environ.get("QUANTEASE_CACHE") or os.path.join(REPO, ".cache"), "venv-consumers"
     )
