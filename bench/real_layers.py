@@ -4,9 +4,10 @@
     layers = load_layer_set("smollm2", blocks=(0, 10, 20, 29), n_samples=16, seq_len=512)
     for L in layers: L.name, L.W (float32 rows x cols), L.H (float32 cols x cols), L.n_tokens
 
-A Hessian is ``H = (2/n) Σ x xᵀ`` over every token row x reaching the layer (quantease.torch.HessianCollector,
-accumulated in float64, stored as float32), with the model unquantized (the layer-wise problem every solver
-gets; the sequential pipeline would feed each layer the quantized model's inputs instead).
+A Hessian is ``H = (2/n) Σ x xᵀ`` over every token row x reaching the layer (collected by
+quantease.problems.collect_block_hessians, as for quantease.problems' layer specs: float64 sums stored as
+float32), with the model unquantized (the layer-wise problem every solver gets; the sequential pipeline would
+feed each layer the quantized model's inputs instead).
 
 * ``smollm2``: SmolLM2-135M (quantease.models.load_causal_lm; 30 Llama blocks × q, k, v, o, gate, up,
   down), calibration = ``n_samples`` random windows of ``seq_len`` tokens of the ``lee`` train split
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,38 +33,24 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-#: Per layer set: model loader, block-name pattern, the linear kinds of a block, the group size to use.
+from quantease.problems import REAL_MODELS, collect_block_hessians
+
+#: Per layer set: the model (quantease.problems.REAL_MODELS: its name, block list, layer kinds and group size),
+#: a description, the number of blocks.
 LAYER_SETS = {
     "smollm2": {
-        "model": "smollm2-135m",
+        "real_model": REAL_MODELS["smollm2"],
         "description": "SmolLM2-135M (Llama, 30 blocks, hidden 576, MLP 1536), lee train calibration",
-        "block_re": r"^model\.layers\.(\d+)\.(.+)$",
-        "kinds": (
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ),
         "n_blocks": 30,
-        "group_size": 64,
+        "group_size": REAL_MODELS["smollm2"].group_size,
+        "kinds": REAL_MODELS["smollm2"].kinds,
     },
     "minilm": {
-        "model": "all-minilm-l6-v2",
+        "real_model": REAL_MODELS["minilm"],
         "description": "all-MiniLM-L6-v2 (BERT, 6 blocks, hidden 384, MLP 1536), lee train sentences",
-        "block_re": r"^encoder\.layer\.(\d+)\.(.+)$",
-        "kinds": (
-            "attention.self.query",
-            "attention.self.key",
-            "attention.self.value",
-            "attention.output.dense",
-            "intermediate.dense",
-            "output.dense",
-        ),
         "n_blocks": 6,
-        "group_size": 128,
+        "group_size": REAL_MODELS["minilm"].group_size,
+        "kinds": REAL_MODELS["minilm"].kinds,
     },
 }
 
@@ -77,10 +63,6 @@ class RealLayer:
     W: np.ndarray  # float32 rows x cols
     H: np.ndarray  # float32 cols x cols
     n_tokens: int  # calibration rows behind H
-
-
-class _Stop(Exception):
-    """Raised by a hook after the last block we need: the rest of the forward is not run."""
 
 
 def _cache_path(
@@ -105,74 +87,25 @@ def _cache_path(
     return resolve_cache_dir() / "bench-hessians" / f"{set_name}-{digest}.npz"
 
 
-def _select(model, set_name: str, blocks: Sequence[int], kinds: Sequence[str]):
-    from quantease.torch import linear_layers
-
-    spec = LAYER_SETS[set_name]
-    pat = re.compile(spec["block_re"])
-    chosen = {}
-    for name, module in linear_layers(model).items():
-        m = pat.match(name)
-        if m and int(m.group(1)) in blocks and m.group(2) in kinds:
-            chosen[name] = (module, int(m.group(1)), m.group(2))
-    missing = len(blocks) * len(kinds) - len(chosen)
-    if missing:
-        raise ValueError(f"{set_name}: {missing} of the requested layers were not found in the model")
-    return chosen
-
-
-def _block_module(model, set_name: str, block: int):
-    if set_name == "smollm2":
-        return model.model.layers[block]
-    return model.encoder.layer[block]
-
-
 def _collect(
     set_name: str, blocks: Sequence[int], kinds: Sequence[str], n_samples: int, seq_len: int, seed: int, log=print
 ) -> list[RealLayer]:
-    import torch
-
     from quantease import models, text
-    from quantease.torch import HessianCollector
 
-    spec = LAYER_SETS[set_name]
+    spec = LAYER_SETS[set_name]["real_model"]
     t0 = time.perf_counter()
     if set_name == "smollm2":
-        model, tok = models.load_causal_lm(spec["model"])
+        model, tok = models.load_causal_lm(spec.model)
         batches = text.calibration_batches(
             tok, text.load_text("lee", "train"), n_samples=n_samples, seq_len=seq_len, seed=seed, batch_size=4
         )
         inputs = [dict(input_ids=b) for b in batches]
     else:
-        model, tok = models.load_encoder(spec["model"])
+        model, tok = models.load_encoder(spec.model)
         sentences = text.load_sentences("lee", "train", max_sentences=n_samples)
         inputs = text.sentence_batches(tok, sentences, batch_size=32, max_length=seq_len)
-    chosen = _select(model, set_name, blocks, kinds)
-    last = _block_module(model, set_name, max(blocks))
-
-    def stop(module, args, output):
-        raise _Stop
-
-    stop_handle = last.register_forward_hook(stop)
-    with HessianCollector({n: m for n, (m, _, _) in chosen.items()}) as col, torch.no_grad():
-        for batch in inputs:
-            try:
-                model(**batch)
-            except _Stop:
-                pass
-        stop_handle.remove()
-        out = []
-        for name, (module, block, kind) in chosen.items():
-            out.append(
-                RealLayer(
-                    name=name,
-                    block=block,
-                    kind=kind,
-                    W=module.weight.detach().to(torch.float32).numpy().copy(),
-                    H=col.hessian(name).astype(np.float32),
-                    n_tokens=col.n_samples(name),
-                )
-            )
+    layers = collect_block_hessians(model, spec.blocks, blocks, kinds, inputs)
+    out = [RealLayer(name, block, kind, W, H, n) for name, (block, kind, W, H, n) in layers.items()]
     log(f"  collected {len(out)} {set_name} Hessians from {out[0].n_tokens} tokens in {time.perf_counter() - t0:.1f} s")
     return out
 
@@ -231,7 +164,7 @@ def real_available(set_name: str) -> bool:
     try:
         from quantease import models, text
 
-        return models.is_cached(LAYER_SETS[set_name]["model"]) and text.is_cached("lee")
+        return models.is_cached(LAYER_SETS[set_name]["real_model"].model) and text.is_cached("lee")
     except Exception:  # noqa: BLE001 - anything missing means "not available offline"
         return False
 

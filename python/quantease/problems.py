@@ -25,7 +25,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["LayerProblem", "RealModel", "problem", "llm_like", "real_block", "REAL_MODELS", "real_available"]
+__all__ = [
+    "LayerProblem",
+    "RealModel",
+    "problem",
+    "llm_like",
+    "real_block",
+    "REAL_MODELS",
+    "real_available",
+    "collect_block_hessians",
+]
 
 
 @dataclass(frozen=True)
@@ -133,15 +142,56 @@ def _cache_file(model: str, block: int, n_tokens: int, seed: int) -> Path:
 
 
 class _Stop(Exception):
-    """Raised after the requested block ran: the rest of the forward is not needed."""
+    """Raised after the last requested block ran: the rest of the forward is not needed."""
+
+
+def collect_block_hessians(model: Any, blocks_path: str, blocks: Any, kinds: Any, inputs: Any) -> dict[str, tuple]:
+    """``{module name: (block, kind, W, H, n_tokens)}`` for the linear layers of ``kinds`` in ``blocks`` of the
+    submodule list ``blocks_path`` (``"model.layers"``), with ``H = (2/n) Σ x xᵀ`` (float64 sums, returned as
+    float32) over every token of ``inputs`` (dicts of the model's keyword arguments) through the unquantized
+    model. The forward stops after the last requested block. ValueError when a requested layer is missing."""
+    import torch
+
+    from .blocks import weight_tensor
+    from .torch import HessianCollector, linear_layers
+
+    blocks, kinds = sorted(set(int(b) for b in blocks)), tuple(kinds)
+    chosen = {}
+    for block in blocks:
+        prefix = f"{blocks_path}.{block}"
+        for name, module in linear_layers(model.get_submodule(prefix), prefix=prefix).items():
+            if name[len(prefix) + 1 :] in kinds:
+                chosen[name] = (block, name[len(prefix) + 1 :], module)
+    if len(chosen) != len(blocks) * len(set(kinds)):
+        raise ValueError(f"{len(blocks) * len(set(kinds)) - len(chosen)} of the requested layers are not in the model")
+
+    def stop(*_: Any) -> None:
+        raise _Stop
+
+    handle = model.get_submodule(f"{blocks_path}.{blocks[-1]}").register_forward_hook(stop)
+    try:
+        with HessianCollector({n: m for n, (_, _, m) in chosen.items()}) as collector, torch.no_grad():
+            for batch in inputs:
+                try:
+                    model(**batch)
+                except _Stop:
+                    pass
+            return {
+                name: (
+                    block,
+                    kind,
+                    weight_tensor(module).detach().to(torch.float32).numpy().copy(),
+                    collector.hessian(name).astype(np.float32),
+                    collector.n_samples(name),
+                )
+                for name, (block, kind, module) in chosen.items()
+            }
+    finally:
+        handle.remove()
 
 
 def _collect(model_name: str, block: int, n_tokens: int, seed: int) -> dict[str, LayerProblem]:
-    import torch
-
     from . import models, text
-    from .blocks import weight_tensor
-    from .torch import HessianCollector, linear_layers
 
     spec = REAL_MODELS[model_name]
     if model_name == "smollm2":
@@ -154,32 +204,11 @@ def _collect(model_name: str, block: int, n_tokens: int, seed: int) -> dict[str,
         model, tokenizer = models.load_encoder(spec.model)
         sentences = text.load_sentences("lee", "train", max_sentences=256)
         inputs = text.sentence_batches(tokenizer, sentences, batch_size=32)
-    module = model.get_submodule(f"{spec.blocks}.{block}")
-    prefix = f"{spec.blocks}.{block}"
-    layers = {k: m for k, m in linear_layers(module, prefix=prefix).items() if k[len(prefix) + 1 :] in spec.kinds}
-
-    def stop(*_: Any) -> None:
-        raise _Stop
-
-    handle = module.register_forward_hook(stop)
-    try:
-        with HessianCollector(layers) as collector, torch.no_grad():
-            for batch in inputs:
-                try:
-                    model(**batch)
-                except _Stop:
-                    pass
-            out = {}
-            for name, m in layers.items():
-                kind = name[len(prefix) + 1 :]
-                W = weight_tensor(m).detach().to(torch.float32).numpy().copy()
-                H = collector.hessian(name).astype(np.float32)
-                out[kind] = LayerProblem(
-                    f"{model_name}:{block}.{kind}", W, H, spec.group_size, collector.n_samples(name)
-                )
-    finally:
-        handle.remove()
-    return out
+    layers = collect_block_hessians(model, spec.blocks, [block], spec.kinds, inputs)
+    return {
+        kind: LayerProblem(f"{model_name}:{block}.{kind}", W, H, spec.group_size, n)
+        for block, kind, W, H, n in layers.values()
+    }
 
 
 def real_block(model: str, block: int, *, n_tokens: int = 8192, seed: int = 0) -> dict[str, LayerProblem]:
