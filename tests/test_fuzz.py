@@ -40,21 +40,23 @@ DTYPES = [np.float16, np.float32, np.float64]
 
 @dataclasses.dataclass
 class Case:
+    """One drawn input; the defaults are the plain case, so a found example states only what is unusual."""
+
     rows: int
     cols: int
-    bits: int
-    group_size: int
-    w_dtype: type
-    w_layout: str  # "C", "F" or "strided"
-    w_kind: str  # "normal", "equal_rows", "signed_zeros", "outliers", "nan", "inf"
-    outlier_exp: int  # outliers: |w| up to 10^outlier_exp
-    h_dtype: type
-    h_layout: str
-    h_samples: int  # rows of X: fewer than cols makes H rank-deficient (0: H = 0)
-    h_dead: int  # columns of X set to 0: zero diagonal entries
-    h_scale_exp: int  # H scaled by 10^h_scale_exp
-    h_kind: str  # "psd", "asym_small", "asym_large", "indefinite", "negative_diag", "nan", "inf"
-    seed: int
+    bits: int = 4
+    group_size: int = -1
+    w_dtype: type = np.float32
+    w_layout: str = "C"  # "C", "F" or "strided"
+    w_kind: str = "normal"  # "normal", "equal_rows", "signed_zeros", "outliers", "nan", "inf"
+    outlier_exp: int = 1  # outliers: |w| up to 10^outlier_exp
+    h_dtype: type = np.float32
+    h_layout: str = "C"
+    h_samples: int = 1  # rows of X: fewer than cols makes H rank-deficient (0: H = 0)
+    h_dead: int = 0  # columns of X set to 0: zero diagonal entries
+    h_scale_exp: int = 0  # H scaled by 10^h_scale_exp
+    h_kind: str = "psd"  # "psd", "asym_small", "asym_large", "indefinite", "negative_diag", "nan", "inf"
+    seed: int = 0
 
 
 @st.composite
@@ -284,23 +286,7 @@ def test_gptq(c, act_order, static, sym, mse, reference, block):
 
 # Found by the fuzzer: |w| = 1e9 against an H of 1e30 overflows every sweep's objective, so no sweep became
 # the best iterate and quantease returned the codes of a buffer never written (bytes of unrelated memory).
-OVERFLOWING_OBJECTIVE = Case(
-    rows=1,
-    cols=31,
-    bits=2,
-    group_size=-1,
-    w_dtype=np.float32,
-    w_layout="C",
-    w_kind="outliers",
-    outlier_exp=9,
-    h_dtype=np.float32,
-    h_layout="C",
-    h_samples=1,
-    h_dead=0,
-    h_scale_exp=30,
-    h_kind="psd",
-    seed=40672342,
-)
+OVERFLOWING_OBJECTIVE = Case(rows=1, cols=31, bits=2, w_kind="outliers", outlier_exp=9, h_scale_exp=30, seed=40672342)
 
 
 @given(
@@ -383,26 +369,7 @@ def gguf_cases(draw):
 
 # Found by the fuzzer: |w| = 1e11 made llama.cpp's float16 block scale Inf -- non-finite weights from rtn and
 # gptq, and quantease refused its own grids as "codebook contains NaN or Inf". Now a ValueError naming W.
-HUGE_Q2_K = (
-    "Q2_K",
-    Case(
-        rows=1,
-        cols=256,
-        bits=2,
-        group_size=-1,
-        w_dtype=np.float32,
-        w_layout="C",
-        w_kind="outliers",
-        outlier_exp=11,
-        h_dtype=np.float16,
-        h_layout="C",
-        h_samples=1,
-        h_dead=0,
-        h_scale_exp=0,
-        h_kind="psd",
-        seed=0,
-    ),
-)
+HUGE_Q2_K = ("Q2_K", Case(rows=1, cols=256, bits=2, w_kind="outliers", outlier_exp=11, h_dtype=np.float16))
 
 
 @given(
