@@ -1,11 +1,16 @@
 """Layer loss on llama.cpp's k-quants: our GPTQ / QuantEase on the exact GGUF grids against llama.cpp's own
-quantizer of the same W with an importance matrix (llama-quantize --imatrix), on 4096-wide synthetic
-LLM-like layers and SmolLM2-135M's down_proj layers (the only ones whose rows split into 256-blocks).
+quantizer of the same W, on 4096-wide synthetic LLM-like layers and SmolLM2-135M's down_proj layers (the only
+ones whose rows split into 256-blocks).
 
-llama.cpp's imatrix is the mean of x^2 per input column: diag(H) up to a factor, so its quantization here is
-``quantease.rtn(W, gguf=T, imatrix=np.diag(H))`` (llama.cpp's search, rewritten in quantease's core). Every
-loss is tr((W - Ŵ) H (W - Ŵ)^T); the table gives each solver's loss relative to llama.cpp's imatrix one.
+The anchor is llama.cpp's file: W is written as an F32 GGUF, ``llama-quantize --pure`` quantizes it to the
+type with an importance matrix (llama-imatrix's file holding the mean of x^2 per input column, diag(H)/2 for
+H = (2/n) XᵀX) and without one, and the tensor is read back with the ``gguf`` package. Every loss is
+tr((W - Ŵ) H (W - Ŵ)ᵀ) with the full H; each solver's is divided by the lower of llama.cpp's two losses (the
+``best`` column says which). The ``rewrite`` column checks that ``quantease.rtn(W, gguf=T,
+imatrix=np.diag(H))`` (our rewrite of ggml-quants.c) has the file's bytes.
 Targets (issue 14): gptq(gguf="Q4_K") <= 0.8x, quantease(gguf="Q3_K", init="gptq") <= 0.7x.
+
+Needs llama.cpp's tools (scripts/build_llama_cpp.sh: built on the first call, cached after).
 
     python bench/bench_gguf_layers.py              # 1024 x 4096 synthetic (4 seeds) + SmolLM2 down_proj
     python bench/bench_gguf_layers.py --quick      # 128 x 1024 synthetic only (seconds)
@@ -18,18 +23,20 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import llama_cpp  # noqa: E402
 from synthetic import llm_like_problem  # noqa: E402
 
 import quantease  # noqa: E402
 
-#: (label, solver, type, options); every loss is divided by llama.cpp's imatrix loss of the same type.
+#: (label, solver, options); every loss is divided by llama.cpp's best loss of the same type.
 CONFIGS = [
-    ("llama.cpp (no imatrix)", "rtn", dict()),
     ("gptq", "gptq", dict()),
     ("gptq act-order", "gptq", dict(act_order=True)),
     ("quantease init gptq", "quantease", dict(init="gptq")),
@@ -52,35 +59,63 @@ def problems(quick: bool, real: bool, rows: int, seeds: int):
 
 
 def solve(method: str, W, H, gguf: str, options: dict):
-    if method == "rtn":
-        return quantease.rtn(W, gguf=gguf, **options)
     return getattr(quantease, method)(W, H, gguf=gguf, **options)
 
 
-def run(layer_problems, log=print) -> list:
+def llama_cpp_losses(W, H, t: str, work: Path, bin_dir: Path, threads: int) -> dict:
+    """llama-quantize's file of W with and without the importance matrix: losses, and whether our rewrite of
+    its imatrix search has the file's bytes."""
+    import gguf
+
+    losses = {}
+    for label, importance in (("imatrix", np.diag(H) / 2), ("plain", None)):
+        raw = llama_cpp.quantize_matrix(W, t, work, imatrix=importance, bin_dir=bin_dir, threads=threads)
+        W_llama = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[t])
+        losses[label] = quantease.layer_loss(W, W_llama, H)
+        if label == "imatrix":
+            rewrite = quantease.gguf.pack(quantease.rtn(W, gguf=t, imatrix=np.diag(H)))
+            losses["rewrite_equals_file"] = bool(np.array_equal(rewrite, raw))
+    return losses
+
+
+def run(layer_problems, bin_dir: Path, threads: int = 2, log=print) -> list:
     records = []
-    for name, W, H in layer_problems:
-        for t in TYPES:
-            llama = quantease.rtn(W, gguf=t, imatrix=np.diag(H))
-            base = quantease.layer_loss(W, llama.weight, H)
-            rec = dict(layer=name, shape=list(W.shape), type=t, llama_imatrix_loss=base, ratio={})
-            for label, method, options in CONFIGS:
-                r = solve(method, W, H, t, options)
-                rec["ratio"][label] = quantease.layer_loss(W, r.weight, H) / base
-            records.append(rec)
-            log(f"  {name} {t}: " + ", ".join(f"{k} {v:.3f}" for k, v in rec["ratio"].items()))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, W, H in layer_problems:
+            for t in TYPES:
+                llama = llama_cpp_losses(W, H, t, Path(tmp), bin_dir, threads)
+                best = "imatrix" if llama["imatrix"] <= llama["plain"] else "plain"
+                rec = dict(
+                    layer=name,
+                    shape=list(W.shape),
+                    type=t,
+                    llama_imatrix_loss=llama["imatrix"],
+                    llama_plain_loss=llama["plain"],
+                    best=best,
+                    rewrite_equals_file=llama["rewrite_equals_file"],
+                    loss={},
+                    ratio={},
+                )
+                for label, method, options in CONFIGS:
+                    rec["loss"][label] = quantease.layer_loss(W, solve(method, W, H, t, options).weight, H)
+                    rec["ratio"][label] = rec["loss"][label] / llama[best]
+                records.append(rec)
+                log(f"  {name} {t}: llama.cpp {best} " + ", ".join(f"{k} {v:.3f}" for k, v in rec["ratio"].items()))
     return records
 
 
 def table(records) -> str:
     labels = [label for label, _, _ in CONFIGS]
     lines = [
-        "| layer | type | llama.cpp imatrix loss | " + " | ".join(labels) + " |",
-        "|---|---|---|" + "---|" * len(labels),
+        "| layer | type | llama.cpp imatrix loss | llama.cpp plain loss | best | rewrite = file | "
+        + " | ".join(labels)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(labels),
     ]
     for rec in records:
         lines.append(
-            f"| {rec['layer']} | {rec['type']} | {rec['llama_imatrix_loss']:.4g} | "
+            f"| {rec['layer']} | {rec['type']} | {rec['llama_imatrix_loss']:.4g} | {rec['llama_plain_loss']:.4g} | "
+            f"{rec['best']} | {'yes' if rec['rewrite_equals_file'] else 'NO'} | "
             + " | ".join(f"{rec['ratio'][k]:.3f}" for k in labels)
             + " |"
         )
@@ -99,10 +134,15 @@ def main(argv=None):
     ap.add_argument("--no-real", action="store_true", help="skip SmolLM2's down_proj layers")
     ap.add_argument("--rows", type=int, default=1024, help="rows of the 4096-wide synthetic layers")
     ap.add_argument("--seeds", type=int, default=4, help="synthetic layers")
+    ap.add_argument("--threads", type=int, default=2, help="llama-quantize's threads")
     ap.add_argument("--json", help="write the records to this file")
     args = ap.parse_args(argv)
-    records = run(problems(args.quick, not args.no_real, args.rows, args.seeds))
-    print("\nLayer loss relative to llama.cpp's imatrix quantization of the same W (lower is better)\n")
+    bin_dir = llama_cpp.tools_dir()
+    records = run(problems(args.quick, not args.no_real, args.rows, args.seeds), bin_dir, args.threads)
+    print(
+        "\nLayer loss relative to llama.cpp's best file (llama-quantize --pure, with or without the imatrix;"
+        " lower is better)\n"
+    )
     print(table(records))
     if args.json:
         with open(args.json, "w") as f:

@@ -138,3 +138,71 @@ def chunk_perplexity(model, ids, *, ctx: int = 512, chunks: int = -1) -> float:
             nll += float(F.cross_entropy(logits, targets, reduction="sum"))
             count += targets.numel()
     return math.exp(nll / count)
+
+
+def quantize_matrix(
+    W,
+    ggml_type: str,
+    work_dir: os.PathLike,
+    *,
+    imatrix=None,
+    bin_dir: Optional[Path] = None,
+    threads: Optional[int] = None,
+):
+    """llama-quantize's own blocks of one matrix W (rows x cols, float32): W is written as the only tensor
+    (``blk.0.ffn_down.weight``) of a minimal llama F32 GGUF, quantized with ``--pure`` to ``ggml_type``
+    ("Q4_K", "Q3_K", ...), with ``imatrix`` (cols values: what llama-imatrix collects, the mean of x^2 per
+    input column) written as llama-imatrix's GGUF file; returns the tensor's bytes read back from the output
+    (rows x bytes per row, uint8; ``gguf.quants.dequantize(raw, type)`` gives its values).
+
+    llama-quantize divides the file's summed x^2 by its token count; its searches only use the importance
+    as a per-column weight, so any positive multiple of the mean (diag(H) of H = (2/n) XᵀX, say) gives the
+    same bytes up to float rounding (exactly for a power of two)."""
+    import gguf
+    import numpy as np
+
+    W = np.ascontiguousarray(W, dtype=np.float32)
+    if W.ndim != 2:
+        raise ValueError(f"W must be a matrix, got shape {W.shape}")
+    rows, cols = W.shape
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    name = "blk.0.ffn_down.weight"
+    src, dst = work / "matrix-f32.gguf", work / f"matrix-{ggml_type}.gguf"
+    writer = gguf.GGUFWriter(str(src), "llama")
+    # The hyper-parameters llama-quantize's model loader reads; it checks no tensor shape against them.
+    writer.add_context_length(2048)
+    writer.add_embedding_length(cols)
+    writer.add_feed_forward_length(rows)
+    writer.add_block_count(1)
+    writer.add_head_count(1)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tensor(name, W)
+    _write_gguf(writer)
+    args: List[str] = ["--pure"]
+    if imatrix is not None:
+        importance = np.asarray(imatrix, dtype=np.float32).reshape(1, cols)
+        im_file = work / "matrix-imatrix.gguf"
+        im = gguf.GGUFWriter(str(im_file), "imatrix")  # llama-imatrix's layout: sums of x^2 and the count
+        im.add_type("imatrix")
+        im.add_array("imatrix.datasets", ["quantease"])
+        im.add_uint32("imatrix.chunk_count", 1)
+        im.add_uint32("imatrix.chunk_size", 1)
+        im.add_tensor(f"{name}.in_sum2", importance)
+        im.add_tensor(f"{name}.counts", np.ones((1, 1), np.float32))
+        _write_gguf(im)
+        args += ["--imatrix", str(im_file)]
+    nthreads = [] if threads is None else [str(threads)]
+    run("llama-quantize", [*args, src, dst, ggml_type, *nthreads], bin_dir=bin_dir)
+    (tensor,) = [t for t in gguf.GGUFReader(str(dst)).tensors if t.name == name]
+    if tensor.tensor_type.name != ggml_type.upper():
+        raise RuntimeError(f"llama-quantize wrote {tensor.tensor_type.name}, not {ggml_type}")
+    return np.array(tensor.data, dtype=np.uint8).reshape(rows, -1)
+
+
+def _write_gguf(writer) -> None:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

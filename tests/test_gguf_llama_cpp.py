@@ -5,6 +5,9 @@ llama-quantize quantizes a tensor with ggml's ``quantize_<type>(src, dst, nrows,
 from the llama.cpp sources pinned by scripts/build_llama_cpp.sh (the llama-cpp-python sdist from PyPI, kept
 in the cache) into a small shared library, the same way, and compares its bytes with
 ``quantease.gguf.pack(quantease.rtn(W, gguf=T, imatrix=...))`` for every type, with and without an imatrix.
+
+The tests marked llama_cpp (QUANTEASE_LLAMA_CPP=1) go through llama-quantize itself: a layer written as an F32
+GGUF with llama-imatrix's file, quantized, read back; bench/bench_gguf_layers.py's anchor is that file.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import ctypes
 import glob
 import hashlib
+import importlib.util
+import os
 import pathlib
 import re
 import shutil
@@ -167,3 +172,72 @@ def test_rtn_is_llama_quantize_byte_for_byte(ggml_quants, name, with_imatrix):
         imatrix = imatrix if with_imatrix else None
         ours = qg.pack(quantease.rtn(W, gguf=name, imatrix=imatrix))
         assert np.array_equal(ours, llama_cpp_bytes(ggml_quants, name, W, imatrix))
+
+
+_spec = importlib.util.spec_from_file_location("llama_cpp", ROOT / "bench" / "llama_cpp.py")
+llama_cpp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(llama_cpp)
+
+
+@pytest.fixture(scope="module")
+def tools():
+    return llama_cpp.tools_dir()
+
+
+def dequantize_file(raw: np.ndarray, name: str) -> np.ndarray:
+    gguf = pytest.importorskip("gguf")
+    return gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[name])
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("QUANTEASE_LLAMA_CPP") != "1", reason="needs QUANTEASE_LLAMA_CPP=1 (llama.cpp's tools)"
+)
+@pytest.mark.parametrize("name", ["Q4_K", "Q3_K"])
+def test_rtn_is_llama_quantize_file_with_imatrix(tools, tmp_path, name):
+    """llama-quantize's file of a layer, with llama-imatrix's mean of x^2 per column as its importance, has
+    the bytes and so the layer loss of ``rtn(W, gguf=T, imatrix=np.diag(H))`` (H = (2/n) XᵀX: diag(H) is
+    twice that mean, and llama.cpp's searches use only the importance's ratios); without one, of
+    ``rtn(W, gguf=T)``. The imatrix lowers llama.cpp's loss here (the anchor of bench_gguf_layers.py)."""
+    p = llm_like(rows=24, cols=512, seed=5)
+    losses = {}
+    for label, file_importance, ours_importance in (
+        ("imatrix", np.diag(p.H) / 2, np.diag(p.H)),
+        ("plain", None, None),
+    ):
+        raw = llama_cpp.quantize_matrix(p.W, name, tmp_path, imatrix=file_importance, bin_dir=tools, threads=1)
+        ours = quantease.rtn(p.W, gguf=name, imatrix=ours_importance)
+        assert np.array_equal(qg.pack(ours), raw), label
+        W_file = dequantize_file(raw, name)
+        losses[label] = quantease.layer_loss(p.W, W_file, p.H)
+        assert losses[label] == quantease.layer_loss(p.W, ours.weight, p.H)
+    # llama-imatrix's own figure, the mean of x^2 over the calibration tokens (float32 rounding aside).
+    collected = (p.X.astype(np.float64) ** 2).mean(axis=0)
+    raw = llama_cpp.quantize_matrix(p.W, name, tmp_path, imatrix=collected, bin_dir=tools, threads=1)
+    assert quantease.layer_loss(p.W, dequantize_file(raw, name), p.H) == pytest.approx(losses["imatrix"], rel=1e-3)
+    assert losses["imatrix"] < losses["plain"]
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("QUANTEASE_LLAMA_CPP") != "1", reason="needs QUANTEASE_LLAMA_CPP=1 (llama.cpp's tools)"
+)
+def test_bench_gguf_layers_divides_by_llama_cpp_files(tools):
+    """bench_gguf_layers.py's anchor: llama-quantize's files (imatrix and plain), each solver's loss over the
+    lower of the two."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_gguf_layers
+
+    p = llm_like(rows=16, cols=512, seed=7)
+    (q4, q3) = bench_gguf_layers.run([("tiny", p.W, p.H)], tools, threads=1, log=lambda *_: None)
+    for rec, name in ((q4, "Q4_K"), (q3, "Q3_K")):
+        assert rec["type"] == name and rec["rewrite_equals_file"]
+        anchor = quantease.rtn(p.W, gguf=name, imatrix=np.diag(p.H))
+        assert rec["llama_imatrix_loss"] == quantease.layer_loss(p.W, anchor.weight, p.H)
+        assert rec["llama_plain_loss"] == quantease.layer_loss(p.W, quantease.rtn(p.W, gguf=name).weight, p.H)
+        best = min(rec["llama_imatrix_loss"], rec["llama_plain_loss"])
+        for label, ratio in rec["ratio"].items():
+            assert ratio == rec["loss"][label] / best
+    assert "| tiny | Q3_K |" in bench_gguf_layers.table([q4, q3])
