@@ -21,6 +21,7 @@ from quantease import gguf_mixes  # noqa: E402
 from quantease.export import save_gguf  # noqa: E402
 from quantease.pipeline import quantize_model  # noqa: E402
 from real_data import real_data_available  # noqa: E402
+from tiny_llama import tokenizer as tiny_tokenizer  # noqa: E402
 
 SMOLLM2 = dict(n_layer=30, n_head=9, n_head_kv=3)
 
@@ -64,23 +65,6 @@ def test_mix_rules_follow_llama_quantize():
 
 
 # ------------------------------------------------------------------------------------------- a tiny llama
-
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {"<|endoftext|>": 0}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he")]
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
-    )
 
 
 def tiny_llama(intermediate=512, tied=False, seed=0):

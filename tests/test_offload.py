@@ -2,9 +2,11 @@
 
 The small tests compare a run on a meta-device skeleton reading its blocks from safetensors with the usual
 in-memory run of the same checkpoint: the same weights bit for bit (dense output and the GPTQ tensors), and the
-same files after a resume. The memory test quantizes a synthetic Llama with 7B-shaped blocks (hidden 4096, MLP
-11008, float16, 6 blocks = 2.3 GiB of block weights on disk) in a fresh process and checks its peak RSS: see
-test_peak_rss_of_7b_shaped_blocks_stays_near_one_block for the bound.
+same files after a resume; the streamed GGUF file is the one save_gguf writes for the in-memory run, byte for
+byte. The memory tests quantize a synthetic Llama with 7B-shaped blocks (hidden 4096, MLP
+11008, float16, 6 blocks = 2.3 GiB of block weights on disk) in a fresh process, streaming safetensors shards
+or one GGUF file, and check its peak RSS: see test_peak_rss_of_7b_shaped_blocks_stays_near_one_block for the
+bound.
 """
 
 from __future__ import annotations
@@ -21,27 +23,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
+import tiny_llama  # noqa: E402
 from quantease.export.gptq import load_gptq_layer  # noqa: E402
 from quantease.offload import Offload, SafetensorsWeights, empty_model  # noqa: E402
 from quantease.pipeline import quantize_model  # noqa: E402
 from subprocess_run import PACKAGE_DIR, TESTS_DIR  # noqa: E402
 
-VOCAB, SEQ = 96, 10
-
-
-def _save_tiny_llama(path: str, max_shard_size: str = "60KB") -> None:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        num_hidden_layers=3,
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=96,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path, max_shard_size=max_shard_size)
+VOCAB, SEQ = tiny_llama.VOCAB, 10
 
 
 def _batches():
@@ -61,7 +49,7 @@ def _in_memory(path: str, **kwargs):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tiny") / "model")
-    _save_tiny_llama(path)
+    tiny_llama.model().save_pretrained(path, max_shard_size="60KB")
     assert os.path.exists(os.path.join(path, "model.safetensors.index.json"))  # sharded, as big models are
     return path
 
@@ -124,6 +112,39 @@ def test_quantease_output_rebuilds_the_solved_weights(checkpoint, tmp_path):
     assert sorted(state) == sorted(expected.state_dict())
 
 
+def test_gguf_output_is_the_file_save_gguf_writes(checkpoint, tmp_path):
+    """The streamed GGUF file (header from the skeleton, tensors block by block) is save_gguf's file of the model
+    quantized in memory, byte for byte; the offloaded report keeps no results (they went to the file)."""
+    pytest.importorskip("gguf")
+    from quantease.export import save_gguf
+
+    options = dict(method="gptq", gguf="Q4_0", progress=False)
+    model = transformers.LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    report = quantize_model(model, _batches(), **options)
+    save_gguf(model, tmp_path / "memory.gguf", report, tokenizer=tiny_llama.tokenizer())
+    streamed = tmp_path / "streamed.gguf"
+    offload = Offload(checkpoint, streamed, format="gguf", tokenizer=tiny_llama.tokenizer())
+    offloaded = quantize_model(empty_model(checkpoint), _batches(), offload=offload, **options)
+    assert not offloaded.results and [r.loss for r in offloaded] == [r.loss for r in report]
+    assert streamed.read_bytes() == (tmp_path / "memory.gguf").read_bytes()
+    assert not os.path.exists(f"{streamed}.tmp")
+
+
+def test_failed_run_leaves_no_gguf_file(checkpoint, tmp_path):
+    pytest.importorskip("gguf")
+    streamed = tmp_path / "m.gguf"
+    offload = Offload(checkpoint, streamed, format="gguf", tokenizer=tiny_llama.tokenizer())
+
+    def failing(W, H, **kw):
+        raise ArithmeticError("a solver that fails")
+
+    with pytest.raises(ArithmeticError, match="a solver that fails"):
+        quantize_model(
+            empty_model(checkpoint), _batches(), method=failing, group_size=32, progress=False, offload=offload
+        )
+    assert not os.path.exists(streamed) and not os.path.exists(f"{streamed}.tmp")
+
+
 def test_resume_writes_the_same_files(checkpoint, tmp_path):
     out, ckpt = str(tmp_path / "first"), str(tmp_path / "ckpt")
     quantize_model(
@@ -142,8 +163,10 @@ def test_resume_writes_the_same_files(checkpoint, tmp_path):
 
 
 def test_bad_input_raises_value_error(checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="format must be one of dense, gptq, quantease"):
-        Offload(checkpoint, None, format="gguf")
+    with pytest.raises(ValueError, match="format must be one of dense, gptq, quantease, gguf"):
+        Offload(checkpoint, None, format="onnx")
+    with pytest.raises(ValueError, match="format 'gguf' needs tokenizer="):
+        Offload(checkpoint, str(tmp_path / "m.gguf"), format="gguf")
     with pytest.raises(ValueError, match="holds neither model.safetensors nor"):
         Offload(str(tmp_path), None)
 
@@ -160,22 +183,31 @@ def test_bad_input_raises_value_error(checkpoint, tmp_path):
 # products (rows x cols^2 per layer).
 RSS_BOUND_MIB = 1700
 BIG_BLOCKS = 6
+WORKER = os.path.join(TESTS_DIR, "offload_worker.py")
 
 
-@pytest.mark.slow
-def test_peak_rss_of_7b_shaped_blocks_stays_near_one_block(tmp_path):
-    path = str(tmp_path / "big")
+@pytest.fixture(scope="module")
+def big_checkpoint(tmp_path_factory):
+    """(path, bytes on disk, environment) of the synthetic float16 Llama with BIG_BLOCKS 7B-shaped blocks."""
+    path = str(tmp_path_factory.mktemp("big") / "model")
     env = dict(os.environ, OMP_NUM_THREADS="2")
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_DIR, TESTS_DIR] + [p for p in [env.get("PYTHONPATH")] if p])
-    script = os.path.join(TESTS_DIR, "offload_worker.py")
     made = subprocess.run(
-        [sys.executable, script, "make", path, str(BIG_BLOCKS)], env=env, capture_output=True, text=True, timeout=1200
+        [sys.executable, WORKER, "make", path, str(BIG_BLOCKS)], env=env, capture_output=True, text=True, timeout=1200
     )
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     on_disk = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
     assert on_disk > BIG_BLOCKS * 380 * 2**20
+    return path, on_disk, env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("format", ["dense", "gguf"])
+def test_peak_rss_of_7b_shaped_blocks_stays_near_one_block(big_checkpoint, tmp_path, format):
+    path, on_disk, env = big_checkpoint
+    out = str(tmp_path / ("out.gguf" if format == "gguf" else "out"))
     done = subprocess.run(
-        [sys.executable, script, "quantize", path, str(tmp_path / "out")],
+        [sys.executable, WORKER, "quantize", path, out, format],
         env=env,
         capture_output=True,
         text=True,
@@ -183,8 +215,16 @@ def test_peak_rss_of_7b_shaped_blocks_stays_near_one_block(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    print(figures)
+    print(format, figures)
     assert figures["layers"] == BIG_BLOCKS * 2  # k_proj and v_proj of every block
     assert figures["peak_rss_mib"] < RSS_BOUND_MIB < 0.75 * on_disk / 2**20, figures
-    written = SafetensorsWeights(str(tmp_path / "out"))
-    assert len([n for n in written.names() if n.endswith("down_proj.weight")]) == BIG_BLOCKS
+    if format == "gguf":
+        gguf = pytest.importorskip("gguf")
+        reader = gguf.GGUFReader(out)  # memory-mapped: the test process does not read the tensors
+        types = {t.name: t.tensor_type.name for t in reader.tensors}
+        assert len(types) == 2 + 1 + 9 * BIG_BLOCKS  # embedding, norm, output; 7 matrices and 2 norms per block
+        assert all(types[f"blk.{i}.attn_k.weight"] == "Q4_0" for i in range(BIG_BLOCKS))
+        assert os.path.getsize(out) > 0.25 * on_disk  # about 4.5 bits per weight of the 16-bit checkpoint
+    else:
+        written = SafetensorsWeights(out)
+        assert len([n for n in written.names() if n.endswith("down_proj.weight")]) == BIG_BLOCKS

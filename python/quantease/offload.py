@@ -16,7 +16,13 @@ Peak memory is therefore one block's weights (plus the solver's float32 copy of 
 Hessians) and the calibration activations, whatever the number of blocks. ``format``: "dense" (the solvers'
 dequantized weights in the checkpoint's dtype: a plain Hugging Face checkpoint, what ``from_pretrained`` loads)
 "gptq" (every quantized layer as GPTQ tensors, quantease.export.gptq's layout) or "quantease" (quantease's
-own format, every grid kind; ``quantease.export.load_quantease*`` read the directory), in sharded files.
+own format, every grid kind; ``quantease.export.load_quantease*`` read the directory), in sharded files; or
+"gguf": ``out`` is one GGUF file (quantease.export.gguf's, for a llama model; give ``tokenizer`` or
+``template`` as to save_gguf), its header written before the first block (it needs only the skeleton's
+shapes), then each tensor in the model's order: the embedding read from the source, each block's tensors as
+the block is stored (the layers solved with ``quantize_model(..., gguf=...)`` as their solver's blocks), the
+final norm and output read from the source at the end. The file is byte for byte the one ``save_gguf`` writes
+for the same model quantized in memory.
 Files are read with safetensors' ``safe_open`` only for the tensors a step needs, and closed after it.
 """
 
@@ -34,7 +40,7 @@ from torch import nn
 
 __all__ = ["SafetensorsWeights", "empty_model", "materialize", "release", "Offload", "OFFLOAD_FORMATS"]
 
-OFFLOAD_FORMATS = ("dense", "gptq", "quantease")
+OFFLOAD_FORMATS = ("dense", "gptq", "quantease", "gguf")
 INDEX_FILENAME = "model.safetensors.index.json"
 
 
@@ -182,27 +188,54 @@ def _save_shard(path: str, tensors: Mapping[str, Any], metadata: Dict[str, str])
 
 class Offload:
     """Where quantize_model reads a model's weights from (``source``, a safetensors checkpoint directory) and
-    streams the quantized blocks to (``out``, a directory; None: nothing is written). See the module docstring.
+    streams the quantized blocks to (``out``: a directory, a ``.gguf`` file for format "gguf"; None: nothing is
+    written). ``tokenizer``, ``template``, ``float_type``, ``tokenizer_pre``: the GGUF file's, as save_gguf's.
+    See the module docstring.
     """
 
-    def __init__(self, source: Union[str, os.PathLike], out: Optional[Union[str, os.PathLike]], format: str = "dense"):
+    def __init__(
+        self,
+        source: Union[str, os.PathLike],
+        out: Optional[Union[str, os.PathLike]],
+        format: str = "dense",
+        *,
+        tokenizer: Any = None,
+        template: Union[None, str, os.PathLike] = None,
+        float_type: str = "F32",
+        tokenizer_pre: Optional[str] = None,
+    ):
         if format not in OFFLOAD_FORMATS:
             raise ValueError(f"format must be one of {', '.join(OFFLOAD_FORMATS)}, got {format!r}")
+        if format == "gguf" and out is not None and tokenizer is None and template is None:
+            raise ValueError("format 'gguf' needs tokenizer= (the model's Hugging Face tokenizer) or template=")
         self.weights = SafetensorsWeights(source)
         self.out = None if out is None else os.fspath(out)
         self.format = format
-        self.needs_results = format in ("gptq", "quantease") and out is not None
+        self.needs_results = format != "dense" and out is not None
+        self._gguf_options = dict(
+            tokenizer=tokenizer, template=template, float_type=float_type, tokenizer_pre=tokenizer_pre
+        )
+        self._gguf: Any = None  # the GGUFStream being written
         self._block_prefixes: List[str] = []
         self._shards: List[Tuple[str, List[str]]] = []  # (file name, tensor names) in writing order
         self._results: List[Tuple[int, int, bool, str, bool]] = []  # per GPTQ layer, for quantize_config.json
         if self.out is not None:
-            os.makedirs(self.out, exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(self.out)) if format == "gguf" else self.out, exist_ok=True)
 
     # ----------------------------------------------------------------------------------- the pipeline's steps
 
-    def begin(self, model: nn.Module, blocks: Sequence[Tuple[str, nn.Module]]) -> None:
-        """Materialise what lies outside the blocks (for the capture of the first block's inputs)."""
+    def begin(
+        self, model: nn.Module, blocks: Sequence[Tuple[str, nn.Module]], plan: Any = None, write: bool = True
+    ) -> None:
+        """Materialise what lies outside the blocks (for the capture of the first block's inputs). A GGUF file
+        (unless ``write`` is False: another rank writes) gets its header, from the run's TypePlan ``plan``
+        (None: unquantized), and the tensors due before the first block."""
         self._block_prefixes = [f"{name}." for name, _ in blocks]
+        if self.format == "gguf" and self.out is not None and write:
+            from .export.gguf import GGUFStream
+
+            self._gguf = GGUFStream(model, self.out, plan, **self._gguf_options)
+            self._write_gguf()
         materialize(model, "", self.weights, names=self._outside(model))
 
     def captured(self, model: nn.Module) -> None:
@@ -220,7 +253,9 @@ class Offload:
     ) -> None:
         """Write the quantized block as shard ``index`` (unless ``write`` is False: another rank writes) and free
         its parameters."""
-        if self.out is not None and write:
+        if self._gguf is not None and write:
+            self._write_gguf(block_name, block, results or {})
+        elif self.out is not None and write:
             tensors = {f"{block_name}.{n}": p.detach() for n, p in block.named_parameters()}
             metadata: Dict[str, str] = {}
             if self.format == "gptq":
@@ -232,6 +267,11 @@ class Offload:
 
     def finish(self, config: Optional[Dict[str, Any]] = None) -> None:
         """The tensors outside the blocks (copied from the source), the index and the configs."""
+        if self._gguf is not None:
+            self._write_gguf()
+            self._gguf.finish()
+            self._gguf = None
+            return
         if self.out is None:
             return
         rest = [n for n in self.weights.names() if not n.startswith(tuple(self._block_prefixes))]
@@ -257,7 +297,28 @@ class Offload:
         elif os.path.exists(src_config):
             shutil.copyfile(src_config, os.path.join(self.out, "config.json"))
 
+    def close(self) -> None:
+        """Remove the unfinished GGUF file of a run that failed (nothing after ``finish``)."""
+        if self._gguf is not None:
+            self._gguf.abort()
+            self._gguf = None
+
     # -------------------------------------------------------------------------------------------- helpers
+
+    def _write_gguf(self, block_name: Optional[str] = None, block: Optional[nn.Module] = None, results: Any = None):
+        """The GGUF tensors due next, in the model's order: those outside the blocks read from the source one at
+        a time, then (given a block) the block's own, up to the next block's first tensor."""
+        stream = self._gguf
+        prefix = None if block_name is None else f"{block_name}."
+        params = {} if block is None else dict(block.named_parameters())
+        while stream.pending:
+            name = stream.pending[0]
+            if not name.startswith(tuple(self._block_prefixes)):
+                stream.write(name, self.weights.load([name])[name])
+            elif prefix is not None and name.startswith(prefix):
+                stream.write(name, params[name[len(prefix) :]], (results or {}).get(name.rsplit(".", 1)[0]))
+            else:
+                break
 
     def _outside(self, model: nn.Module) -> List[str]:
         """The model's parameters outside the blocks."""

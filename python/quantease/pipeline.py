@@ -616,7 +616,8 @@ def quantize_model(
         file type, see quantease.gguf_mixes), a mapping from every layer name to a type, or a callable
         ``f(name) -> type``. The report's ``gguf`` then holds the types, for quantease.export.save_gguf.
     keep_results: keep every layer's QuantResult (codes, scales, zeros, ...) in ``report.results`` (and in
-        the checkpoint), e.g. for quantease.export; default: only when ``gguf`` is given.
+        the checkpoint), e.g. for quantease.export; default: only when ``gguf`` is given without ``offload``
+        (an offloaded run writes them to its output, block by block).
     on_layer: called as ``on_layer(record, result, H)`` after each layer is written back (H is None on the
         ranks of a distributed run that hold no copy of it: those that solved no layer reading that input).
     distributed: data-parallel over the ranks of a torch.distributed run (see quantease.distributed): True, False,
@@ -628,7 +629,8 @@ def quantize_model(
         as one process with ``hessian_shards=k``.
     offload: a model larger than RAM (quantease.offload): ``model`` is ``offload.empty_model(path)``, its
         parameters on the meta device; ``Offload(path, out)`` reads one block at a time from the safetensors
-        files at ``path`` and streams each quantized block to ``out``, so memory holds about one block.
+        files at ``path`` and streams each quantized block to ``out`` (safetensors shards, or a GGUF file with
+        ``format="gguf"``), so memory holds about one block.
 
     Returns a QuantReport (list of LayerRecord; ``.summary()``, ``.to_markdown()``, ``.phase_seconds``)."""
     solver = _resolve_solver(method)
@@ -647,7 +649,8 @@ def quantize_model(
         skip = (skip,)
     solver_kwargs = dict(solver_kwargs or {})
     block_list = resolve_blocks(model, blocks)
-    keep_results = gguf is not None if keep_results is None else bool(keep_results)
+    # An offloaded run streams its results to the output instead: the report would hold the whole model's codes.
+    keep_results = (gguf is not None and offload is None) if keep_results is None else bool(keep_results)
     plan = None
     if gguf is not None:
         config = getattr(model, "config", None)
@@ -681,7 +684,7 @@ def quantize_model(
     bar = None
     try:
         if offload is not None:
-            offload.begin(model, block_list)
+            offload.begin(model, block_list, plan=plan, write=dp.rank == 0)
         inputs: Optional[BlockInputs] = None  # None: a solver without Hessian, no forward pass
         digest = None
         if solver.needs_hessian and calibration_batches is not None:
@@ -807,6 +810,8 @@ def quantize_model(
     finally:
         if bar is not None:
             bar.close()
+        if offload is not None:
+            offload.close()
         model.train(was_training)
         dp.close()
     report.seconds = time.perf_counter() - t_start

@@ -32,7 +32,7 @@ from .. import gguf as qgguf
 from .._rtn import rtn
 from ..gguf_mixes import FILE_TYPES, FLOAT_TYPES, TypePlan, gguf_tensor_name, tensor_type
 
-__all__ = ["save_gguf"]
+__all__ = ["GGUFStream", "save_gguf"]
 
 # Template keys that describe the file being written, not the model: the writer sets them itself.
 _OWN_KEYS = ("GGUF.", "general.architecture", "general.alignment", "general.file_type", "general.quantization_version")
@@ -371,6 +371,125 @@ def _write_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, pre: Optional
         writer.add_chat_template(template)
 
 
+class GGUFStream:
+    """A GGUF file written tensor by tensor, in the order of ``model.named_parameters()``.
+
+    The header (metadata and every tensor's name, type and shape) is written on construction: it needs only
+    the parameters' shapes, so ``model`` may be a meta-device skeleton (quantease.offload). Then ``write`` takes
+    each parameter's values in that order (``pending`` lists the names still due) and ``finish`` renames the
+    finished file into place; ``abort`` removes an unfinished one. save_gguf feeds it a model in memory;
+    quantease.offload feeds it one block at a time, so the file never needs the whole model in memory.
+    Arguments as save_gguf's; ``plan`` is the run's TypePlan (None: unquantized, ``float_type``).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        path: Union[str, os.PathLike],
+        plan: Optional[TypePlan],
+        *,
+        tokenizer: Any = None,
+        template: Union[None, str, os.PathLike] = None,
+        float_type: str = "F32",
+        tokenizer_pre: Optional[str] = None,
+    ):
+        gguf = _gguf()
+        if float_type not in FLOAT_TYPES:
+            raise ValueError(f"float_type must be 'F32' or 'F16', got {float_type!r}")
+        if template is None and tokenizer is None:
+            raise ValueError("pass tokenizer= (the model's Hugging Face tokenizer) or template= (a GGUF of the model)")
+        self.info = _Model(model)
+        self.plan = plan
+        self.types = _tensor_plan(self.info, plan, float_type)
+        self.path = os.fspath(path)
+        self.tmp = f"{self.path}.tmp"
+        self.written: Dict[str, str] = {}
+        self.writer = gguf.GGUFWriter(self.tmp, "llama")
+        try:
+            self.extra: List[Tuple[str, np.ndarray]] = []
+            if template is not None:
+                _copy_template(self.writer, template, self.info)
+            else:
+                self.extra = _write_config(self.writer, self.info)
+                _write_tokenizer(self.writer, tokenizer, int(self.info.config.vocab_size), tokenizer_pre)
+            self.writer.add_file_type(_file_type(plan, self.types, self.info, float_type))
+            if plan is not None:
+                self.writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            for name, param in self.info.params.items():
+                self._declare(self._gguf_name(name), tuple(param.shape), self.types[name])
+            for name, data in self.extra:
+                self._declare(name, data.shape, "F32")
+            self.writer.write_header_to_file()
+            self.writer.write_kv_data_to_file()
+            self.writer.write_ti_data_to_file()
+        except BaseException:
+            self.abort()
+            raise
+        self.pending: List[str] = list(self.info.params)
+
+    @staticmethod
+    def _gguf_name(name: str) -> str:
+        module, kind = name.rsplit(".", 1)
+        gguf_name = gguf_tensor_name(module)
+        if gguf_name is None:
+            raise ValueError(f"parameter {name!r} has no llama.cpp tensor name")
+        return f"{gguf_name}.{kind}"
+
+    def _declare(self, gguf_name: str, shape: Tuple[int, ...], ggml_type: str) -> None:
+        """One tensor's entry in the header: what ``GGUFWriter.add_tensor`` records for the data written later."""
+        gguf = _gguf()
+        if ggml_type in FLOAT_TYPES:
+            dtype = np.dtype(np.float16 if ggml_type == "F16" else np.float32)
+            self.writer.add_tensor_info(gguf_name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+        else:
+            raw = gguf.GGMLQuantizationType[ggml_type]
+            byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, raw)
+            self.writer.add_tensor_info(gguf_name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw)
+
+    def write(self, name: str, param: Any, result: Any = None) -> None:
+        """The data of parameter ``name`` (``pending[0]``): ``param`` its values (a tensor), ``result`` the
+        layer's QuantResult when the pipeline solved it on a GGUF type."""
+        if not self.pending or self.pending[0] != name:
+            due = self.pending[0] if self.pending else "nothing"
+            raise ValueError(f"GGUF tensors are written in the model's order: {due!r} is due, got {name!r}")
+        module = name.rsplit(".", 1)[0]
+        gguf_name = self._gguf_name(name)
+        ggml_type = self.types[name]
+        if ggml_type in FLOAT_TYPES:
+            data = _to_numpy(param)
+            data = data.astype(np.float16) if ggml_type == "F16" else data
+        elif self.plan is not None and module in self.plan.types:
+            data = _quantized_rows(module, param, result, ggml_type)
+        else:
+            # Not solved by the pipeline: llama-quantize's rounding (its reference quantizer).
+            data = qgguf.pack(rtn(_to_numpy(param), gguf=ggml_type))
+        if gguf_name.endswith((".attn_q.weight", ".attn_k.weight")):
+            heads = self.info.n_head if ".attn_q." in gguf_name else self.info.n_head_kv
+            data = data[_permutation(data.shape[0], heads)]
+        self.writer.write_tensor_data(np.ascontiguousarray(data))
+        self.written[gguf_name] = ggml_type
+        self.pending.pop(0)
+
+    def finish(self) -> Dict[str, str]:
+        """Write the extra tensors (rope_freqs), close and rename the file; the GGUF type of every tensor."""
+        if self.pending:
+            raise ValueError(
+                f"{len(self.pending)} tensor(s) of the GGUF file were never written, from {self.pending[0]!r}"
+            )
+        for name, data in self.extra:
+            self.writer.write_tensor_data(data)
+            self.written[name] = "F32"
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+        return self.written
+
+    def abort(self) -> None:
+        """Close and remove an unfinished file (nothing when it was finished)."""
+        self.writer.close()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
 def save_gguf(
     model: Any,
     path: Union[str, os.PathLike],
@@ -391,69 +510,24 @@ def save_gguf(
         copied, its tensors replaced.
     tokenizer_pre: llama.cpp's pre-tokenizer name, when it cannot be told from the tokenizer.
 
-    The file is written to ``path + ".tmp"`` and renamed. Returns the GGUF type of every tensor written,
-    by GGUF tensor name.
+    The file is written to ``path + ".tmp"`` tensor by tensor (GGUFStream) and renamed. A model too large for
+    memory is written the same way, block by block, by ``quantize_model(..., offload=Offload(src, path,
+    format="gguf", tokenizer=...))``. Returns the GGUF type of every tensor written, by GGUF tensor name.
     """
-    gguf = _gguf()
-    if float_type not in FLOAT_TYPES:
-        raise ValueError(f"float_type must be 'F32' or 'F16', got {float_type!r}")
-    info = _Model(model)
     plan = getattr(report, "gguf", None) if report is not None else None
     if report is not None and not isinstance(plan, TypePlan):
         raise ValueError(
             "report must come from quantize_model(..., gguf=...) (its layers on GGUF block types); "
             "got a report without GGUF types"
         )
-    if template is None and tokenizer is None:
-        raise ValueError("pass tokenizer= (the model's Hugging Face tokenizer) or template= (a GGUF of the model)")
     results = getattr(report, "results", {}) if report is not None else {}
-    types = _tensor_plan(info, plan, float_type)
-
-    path = os.fspath(path)
-    tmp = f"{path}.tmp"
-    writer = gguf.GGUFWriter(tmp, "llama")
-    written: Dict[str, str] = {}
+    stream = GGUFStream(
+        model, path, plan, tokenizer=tokenizer, template=template, float_type=float_type, tokenizer_pre=tokenizer_pre
+    )
     try:
-        extra: List[Tuple[str, np.ndarray]] = []
-        if template is not None:
-            _copy_template(writer, template, info)
-        else:
-            extra = _write_config(writer, info)
-            _write_tokenizer(writer, tokenizer, int(info.config.vocab_size), tokenizer_pre)
-        writer.add_file_type(_file_type(plan, types, info, float_type))
-        if plan is not None:
-            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for name, param in info.params.items():
-            module, kind = name.rsplit(".", 1)
-            gguf_name = gguf_tensor_name(module)
-            if gguf_name is None:
-                raise ValueError(f"parameter {name!r} has no llama.cpp tensor name")
-            ggml_type = types[name]
-            if ggml_type in FLOAT_TYPES:
-                data = _to_numpy(param)
-                data = data.astype(np.float16) if ggml_type == "F16" else data
-            elif plan is not None and module in plan.types:
-                data = _quantized_rows(module, param, results.get(module), ggml_type)
-            else:
-                # Not solved by the pipeline: llama-quantize's rounding (its reference quantizer).
-                data = qgguf.pack(rtn(_to_numpy(param), gguf=ggml_type))
-            if gguf_name.endswith((".attn_q", ".attn_k")):
-                heads = info.n_head if gguf_name.endswith(".attn_q") else info.n_head_kv
-                data = data[_permutation(data.shape[0], heads)]
-            raw_dtype = None if ggml_type in FLOAT_TYPES else gguf.GGMLQuantizationType[ggml_type]
-            writer.add_tensor(f"{gguf_name}.{kind}", np.ascontiguousarray(data), raw_dtype=raw_dtype)
-            written[f"{gguf_name}.{kind}"] = ggml_type
-        for name, data in extra:
-            writer.add_tensor(name, data)
-            written[name] = "F32"
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        for name, param in stream.info.params.items():
+            stream.write(name, param, results.get(name.rsplit(".", 1)[0]))
+        return stream.finish()
     except BaseException:
-        writer.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        stream.abort()
         raise
-    writer.close()
-    os.replace(tmp, path)
-    return written
