@@ -1,46 +1,37 @@
 """One rank of tests/test_distributed.py's torchrun runs, and the model and data those tests share with their
-single-process runs: a tiny Llama (3 blocks, grouped-query attention, hidden 64) on 5 calibration batches
-(uneven shards on 2 ranks), right-padded so the attention masks reach every block.
+single-process runs: tests/tiny_llama.py's model (3 blocks, grouped-query attention, hidden 64) on 5
+calibration batches (uneven shards on 2 ranks), right-padded so the attention masks reach every block.
 
-    torchrun --nproc_per_node=2 tests/distributed_worker.py OUT [CHECKPOINT_DIR]
+    torchrun --nproc_per_node=2 tests/distributed_worker.py OUT [CHECKPOINT_DIR] [--offload SOURCE]
 
 writes OUT.rank<r>.npz (every linear weight, the solvers' codes and each record's token count),
 OUT.hessians<r>.npz (the H of each layer rank r solved) and OUT.rank<r>.json (the report's records and
-resumed_blocks) on every rank.
+resumed_blocks) on every rank. With ``--offload SOURCE`` (the model saved as safetensors) every rank starts
+from a meta-device skeleton and reads its blocks from SOURCE (quantease.offload); rank 0 streams the quantized
+model to the directory OUT.model, and the npz holds no weights (none stay in memory).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
-import transformers
 
+import tiny_llama
 from quantease.pipeline import QuantReport, quantize_model
 
-VOCAB, SEQ, BATCHES = 128, 12, 5
+VOCAB, SEQ, BATCHES = tiny_llama.VOCAB, 12, 5
 OPTIONS: Dict[str, Any] = dict(
     method="gptq", bits=4, group_size=32, progress=False, keep_results=True, solver_kwargs={"act_order": True}
 )
 
 
 def make_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        num_hidden_layers=3,
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=96,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return tiny_llama.model()
 
 
 def make_batches() -> list:
@@ -54,9 +45,12 @@ def make_batches() -> list:
     return out
 
 
-def run(checkpoint_dir: Optional[str] = None, **kwargs: Any) -> Tuple[torch.nn.Module, QuantReport]:
-    """The model quantized; ``report.hessians`` holds the H of every layer this process solved."""
-    model = make_model()
+def run(
+    checkpoint_dir: Optional[str] = None, model: Optional[torch.nn.Module] = None, **kwargs: Any
+) -> Tuple[torch.nn.Module, QuantReport]:
+    """The model (default: make_model()) quantized; ``report.hessians`` holds the H of every layer this process
+    solved."""
+    model = make_model() if model is None else model
     hessians: Dict[str, np.ndarray] = {}
 
     def keep(record, result, H):
@@ -70,17 +64,31 @@ def run(checkpoint_dir: Optional[str] = None, **kwargs: Any) -> Tuple[torch.nn.M
 
 def arrays(model: torch.nn.Module, report: QuantReport) -> Dict[str, np.ndarray]:
     """Every linear weight, every quantized layer's codes, and each record's token count."""
-    out = {f"weight/{n}": m.weight.detach().numpy().copy() for n, m in model.named_modules() if hasattr(m, "weight")}
+    out = {
+        f"weight/{n}": m.weight.detach().numpy().copy()
+        for n, m in model.named_modules()
+        if hasattr(m, "weight") and m.weight.device.type != "meta"
+    }
     out.update({f"codes/{n}": np.asarray(r.codes) for n, r in report.results.items()})
     out.update({f"tokens/{r.name}": np.array(r.n_samples) for r in report})
     return out
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("checkpoint_dir", nargs="?")
+    parser.add_argument("--offload", metavar="SOURCE")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    out = sys.argv[1]
-    checkpoint_dir = sys.argv[2] if len(sys.argv) > 2 else None
-    model, report = run(checkpoint_dir, distributed=True)
+    out = args.out
+    if args.offload:
+        from quantease.offload import Offload, empty_model
+
+        offload = Offload(args.offload, f"{out}.model")
+        model, report = run(args.checkpoint_dir, model=empty_model(args.offload), offload=offload, distributed=True)
+    else:
+        model, report = run(args.checkpoint_dir, distributed=True)
     rank = int(os.environ["RANK"])  # the run destroyed the process group it created
     np.savez(f"{out}.rank{rank}.npz", **arrays(model, report))
     np.savez(f"{out}.hessians{rank}.npz", **report.hessians)

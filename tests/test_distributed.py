@@ -2,7 +2,8 @@
 
 The torchrun tests start 2 ranks (gloo, loopback only, one thread each) on tests/distributed_worker.py's tiny
 Llama and compare their weights and codes bit for bit with one process given the same 2 Hessian shards, then
-resume from the checkpoints the ranks wrote (rank 0 writes, all read), with 2 ranks and with one process.
+resume from the checkpoints the ranks wrote (rank 0 writes, all read), with 2 ranks and with one process. A third
+run reads the same model from safetensors on disk, one block at a time (quantease.offload), and streams it out.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def test_cuda_model_accumulates_on_the_device():
 # ------------------------------------------------------------------------------------------- torchrun
 
 
-def _torchrun(out: str, checkpoint_dir: str) -> None:
+def _torchrun(out: str, checkpoint_dir: str, *options: str) -> None:
     env = dict(os.environ)
     env.update(
         OMP_NUM_THREADS="1",
@@ -153,7 +154,7 @@ def _torchrun(out: str, checkpoint_dir: str) -> None:
         PYTHONPATH=os.pathsep.join([PACKAGE_DIR, TESTS_DIR] + [p for p in [env.get("PYTHONPATH")] if p]),
     )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += [os.path.join(TESTS_DIR, "distributed_worker.py"), out, checkpoint_dir]
+    cmd += [os.path.join(TESTS_DIR, "distributed_worker.py"), out, checkpoint_dir, *options]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -223,3 +224,30 @@ def test_resume_with_two_ranks_and_with_one_process(two_ranks, tmp_path):
     model, report = worker.run(ckpt, hessian_shards=2)
     assert report.resumed_blocks == 2
     _assert_same_arrays(worker.arrays(model, report), expected)
+
+
+@pytest.mark.slow
+def test_two_ranks_on_an_offloaded_model_give_the_in_memory_bits(tmp_path):
+    """Both at once: 2 ranks, each starting from a meta-device skeleton and reading the blocks from safetensors
+    on disk, rank 0 streaming the quantized blocks out; the written checkpoint is the single-process in-memory
+    run's model bit for bit, and every rank's codes and records are that run's."""
+    from quantease.offload import SafetensorsWeights
+
+    source = str(tmp_path / "source")
+    worker.make_model().save_pretrained(source, max_shard_size="60KB")
+    assert os.path.exists(os.path.join(source, "model.safetensors.index.json"))  # sharded, read block by block
+    out = str(tmp_path / "run")
+    _torchrun(out, str(tmp_path / "ckpt"), "--offload", source)
+    model, report = worker.run(hessian_shards=2)
+    expected = worker.arrays(model, report)
+    for rank in (0, 1):
+        arrays, meta = _load(out, rank)
+        assert not any(k.startswith("weight/") for k in arrays)  # nothing stayed in memory
+        _assert_same_arrays(arrays, {k: v for k, v in expected.items() if not k.startswith("weight/")})
+        assert [r["loss"] for r in meta["records"]] == [r.loss for r in report]
+    written = SafetensorsWeights(f"{out}.model")
+    state = model.state_dict()
+    assert sorted(written.names()) == sorted(state)
+    loaded = written.load(state)
+    different = [k for k in state if not torch.equal(loaded[k], state[k])]
+    assert not different, different
