@@ -2,8 +2,12 @@
 
     python bench/pipeline.py                          # SmolLM2-135M and one synthetic 7B-shaped block,
                                                       # 1 process x 2 threads, then 2 ranks x 1 thread
-    python bench/pipeline.py --models synthetic --hidden 256 --mlp 688 --samples 2 --seq-len 32   # a smoke run
+    python bench/pipeline.py --models synthetic --hidden 256 --mlp 704 --samples 2 --seq-len 32   # a smoke run
     python bench/pipeline.py --json out.json
+    python bench/pipeline.py --models synthetic --offload      # the block read from / written to safetensors
+
+The last table is a paper estimate, not a measurement: what a 7B and a 70B model would take on N machines of C
+cores, scaled from the synthetic block's measured figures (see ``estimate``).
 
 Per block, the split is:
 
@@ -12,7 +16,8 @@ Per block, the split is:
 * hessian: the Hessian updates (HessianAccumulator.add: a float32 rank-k update into the float64 running sum)
   plus, with several ranks, the reduction of the partial sums (send, receive, fold);
 * solve: the solver calls (quantease._solve_layer: the solver, the loss and the write-back);
-* io: checkpoint writing (a run with ``--checkpoint``).
+* io: checkpoint writing (a run with ``--checkpoint``) and, with ``--offload`` (quantease.offload: the model's
+  weights on disk), reading each block from safetensors and writing it out quantized.
 
 "hessian GFLOP/s" counts n x cols^2 flops per update (the symmetric rank-n update of a cols x cols sum, both
 triangles as the GEMM computes them) and is printed next to the machine's float32 GEMM rate (NumPy's BLAS on
@@ -58,11 +63,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=4096, help="the synthetic block's hidden size")
     p.add_argument("--mlp", type=int, default=11008, help="the synthetic block's MLP size")
     p.add_argument("--checkpoint", action="store_true", help="write checkpoints (the io column)")
+    p.add_argument("--offload", action="store_true", help="weights on disk, one block in memory (the io column)")
+    p.add_argument("--estimate-tokens", type=int, default=128 * 2048, help="calibration tokens of the estimate")
+    p.add_argument("--machines", default="1,2,4,8", help="machine counts N of the estimate")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores C per machine of the estimate")
     p.add_argument("--json", help="write every row and the machine's figures here")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # a torchrun rank: the model to run
+    p.add_argument("--source", help=argparse.SUPPRESS)  # the ranks' shared directory of the offloaded model
     args = p.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.ranks = [int(r) for r in args.ranks.split(",") if r]
+    args.machines = [int(n) for n in args.machines.split(",") if n]
     for m in args.models:
         if m not in ("smollm2", "synthetic"):
             p.error(f"unknown model {m!r}")
@@ -123,7 +134,7 @@ class Split:
 @contextlib.contextmanager
 def instrument(split: Split) -> Iterator[None]:
     """Time the pipeline's phases by wrapping the functions that do them (restored on exit)."""
-    from quantease import _hessian, distributed, pipeline
+    from quantease import _hessian, distributed, offload, pipeline
     from quantease.blocks import BlockInputs
 
     saved = []
@@ -141,6 +152,22 @@ def instrument(split: Split) -> Iterator[None]:
                     return original(*a, **k)
                 finally:
                     split.add(phase, time.perf_counter() - t0)
+
+            return inner
+
+        return make
+
+    def block_io(index_of):
+        """Offload's reads and writes, counted as the io of the block they move (a read precedes its block)."""
+
+        def make(original):
+            def inner(self, *a, **k):
+                split.block = index_of(self, *a)
+                t0 = time.perf_counter()
+                try:
+                    return original(self, *a, **k)
+                finally:
+                    split.add("io", time.perf_counter() - t0)
 
             return inner
 
@@ -176,6 +203,8 @@ def instrument(split: Split) -> Iterator[None]:
     wrap(_hessian.HessianAccumulator, "add", hessian_add)
     wrap(distributed.DataParallel, "_reduce", timed("hessian"))
     wrap(pipeline._Checkpoint, "save", timed("io"))
+    wrap(offload.Offload, "load_block", block_io(lambda self, name, *a: self._block_prefixes.index(f"{name}.")))
+    wrap(offload.Offload, "store_block", block_io(lambda self, index, *a: index))
     # The pass making the next block's inputs runs after _quantize_block: counted into the block's total.
     wrap(BlockInputs, "advance", timed("total"))
     try:
@@ -219,20 +248,41 @@ def run_one(name: str, args: argparse.Namespace, distributed: bool) -> Dict[str,
     model, batches, blocks = load(name, args)
     tokens = sum(int(b.numel()) if hasattr(b, "numel") else int(b["input_ids"].numel()) for b in batches)
     split = Split()
-    with tempfile.TemporaryDirectory() as tmp, instrument(split):
-        t0 = time.perf_counter()
-        quantize_model(
-            model,
-            batches,
-            method=args.method,
-            bits=args.bits,
-            group_size=args.group_size,
-            blocks=blocks,
-            progress=False,
-            checkpoint_dir=os.path.join(tmp, "ckpt") if args.checkpoint else None,
-            distributed=distributed,
-        )
-        seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        offload = None
+        if args.offload:
+            from quantease.offload import Offload, empty_model
+
+            # The model on disk (rank 0 writes the ranks' shared copy), then a meta-device skeleton reading it.
+            source = args.source or os.path.join(tmp, "source")
+            if distributed:
+                import torch.distributed as dist
+
+                if dist.get_rank() == 0:
+                    model.save_pretrained(source)
+                dist.barrier()
+            else:
+                model.save_pretrained(source)
+            paths = [n for n, m in model.named_modules() if any(m is b for b in blocks)]
+            del model, blocks
+            model = empty_model(source)
+            blocks = [model.get_submodule(n) for n in paths]
+            offload = Offload(source, os.path.join(tmp, "out"))
+        with instrument(split):
+            t0 = time.perf_counter()
+            quantize_model(
+                model,
+                batches,
+                method=args.method,
+                bits=args.bits,
+                group_size=args.group_size,
+                blocks=blocks,
+                progress=False,
+                checkpoint_dir=os.path.join(tmp, "ckpt") if args.checkpoint else None,
+                distributed=distributed,
+                offload=offload,
+            )
+            seconds = time.perf_counter() - t0
     return {"model": name, "tokens": tokens, "seconds": seconds, "blocks": rows_of(split, tokens)}
 
 
@@ -247,6 +297,7 @@ def worker(args: argparse.Namespace) -> None:
         mine = run_one(args.worker, args, distributed=True)
         everyone: List[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine)
+        dist.barrier()  # no rank tears gloo down while another still talks to it (that aborted a rank once)
     finally:
         dist.destroy_process_group()
     if int(os.environ["RANK"]) == 0:
@@ -255,14 +306,18 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def two_ranks(name: str, args: argparse.Namespace) -> Dict[str, Any]:
+    import tempfile
+
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += [os.path.abspath(__file__), "--worker", name, "--method", args.method, "--bits", str(args.bits)]
     for flag in ("group_size", "samples", "seq_len", "max_blocks", "hidden", "mlp"):
         cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    if args.checkpoint:
-        cmd.append("--checkpoint")
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    for flag in ("checkpoint", "offload"):
+        if getattr(args, flag):
+            cmd.append("--" + flag)
+    with tempfile.TemporaryDirectory() as source:
+        done = subprocess.run(cmd + ["--source", source], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"torchrun failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     line = [s for s in done.stdout.splitlines() if s.startswith("RESULT ")][-1]
@@ -294,6 +349,55 @@ def print_rows(label: str, result: Dict[str, Any]) -> None:
         )
 
 
+# A model's blocks against the 7B block the synthetic run measures (hidden 4096, MLP 11008, 32 heads, 32 KV
+# heads, 32 blocks): k_f scales the forward and Hessian work per token, k_s the solves (cols^3 + rows cols^2 per
+# layer, quantease.distributed.solve_cost), k_io the block's bytes. 70B: 80 blocks of hidden 8192, MLP 28672,
+# 64 heads, 8 KV heads.
+MODELS = {
+    "7B": dict(blocks=32, k_f=1.0, k_s=1.0, k_io=1.0),
+    "70B": dict(blocks=80, k_f=5.0, k_s=10.0, k_io=4.2),
+}
+
+
+def estimate(block: Dict[str, Any], tokens: int, threads: int, n_tokens: int, machines: int, cores: int, model: dict):
+    """Paper estimate of a whole run (seconds per phase) from one measured 7B-shaped block.
+
+    block: the synthetic block's row (1 process x ``threads`` threads on ``tokens`` calibration tokens). The
+    forward passes and Hessians scale with the tokens and split over all machines' cores: f = (forward +
+    hessian) x threads / tokens core-seconds per token. A true-sequential group's layers are solved by at most
+    two owners (down_proj alone), each solve at the measured speed scaled by threads / cores. Every machine
+    reads and writes every block (io, as measured). T = L x (k_f f n / (N C) + k_s s threads / (C min(N, 2))
+    + k_io io)."""
+    per_token = (block["forward_s"] + block["hessian_s"]) * threads / tokens
+    calibrate = model["blocks"] * model["k_f"] * per_token * n_tokens / (machines * cores)
+    solve = model["blocks"] * model["k_s"] * block["solve_s"] * threads / (cores * min(machines, 2))
+    io = model["blocks"] * model["k_io"] * block["io_s"]
+    return {"forward_hessian_s": calibrate, "solve_s": solve, "io_s": io, "total_s": calibrate + solve + io}
+
+
+def print_estimate(result: Dict[str, Any], threads: int, args: argparse.Namespace) -> List[Dict[str, Any]]:
+    block = result["blocks"][0]
+    print(
+        f"\n## PAPER ESTIMATE, not a measurement: a 7B and a 70B model on N machines of C = {args.cores} cores, "
+        f"{args.estimate_tokens} calibration tokens, scaled from the synthetic block measured above "
+        f"(1 process x {threads} threads; formula: bench/pipeline.py estimate)"
+    )
+    if (args.hidden, args.mlp) != (4096, 11008):
+        print(f"(the measured block is {args.hidden} x {args.mlp}, not 7B-shaped: these figures mean nothing)")
+    print("| model | N | forward + Hessian h | solve h | io h | total h |")
+    print("|---|---|---|---|---|---|")
+    rows = []
+    for name, model in MODELS.items():
+        for machines in args.machines:
+            e = estimate(block, result["tokens"], threads, args.estimate_tokens, machines, args.cores, model)
+            print(
+                f"| {name} | {machines} | {e['forward_hessian_s'] / 3600:.2f} | {e['solve_s'] / 3600:.2f} | "
+                f"{e['io_s'] / 3600:.2f} | {e['total_s'] / 3600:.2f} |"
+            )
+            rows.append({"model": name, "machines": machines, "cores": args.cores, **e})
+    return rows
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -307,7 +411,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     cols = sorted({args.hidden, args.mlp} if "synthetic" in args.models else set()) or [576, 1536]
     info["hessian_update_gflops"] = {c: hessian_rate(c) for c in cols}
     print(json.dumps(info, indent=1), flush=True)
+    for c, rate in info["hessian_update_gflops"].items():
+        print(
+            f"Hessian update (float32 rank-2048 update into a float64 sum, {c} columns): {rate:.1f} GFLOP/s, "
+            f"{rate / info['gemm_float32_gflops']:.0%} of the float32 GEMM's {info['gemm_float32_gflops']:.1f}"
+        )
     results = []
+    estimates: List[Dict[str, Any]] = []
     for name in args.models:
         for ranks in args.ranks:
             if ranks == 1:
@@ -320,9 +430,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             result["configuration"] = label
             print_rows(label, result)
             results.append(result)
+            if name == "synthetic" and ranks == 1:
+                estimates = print_estimate(result, args.threads, args)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "runs": results}, f, indent=1)
+            json.dump({"machine": info, "runs": results, "paper_estimate": estimates}, f, indent=1)
 
 
 if __name__ == "__main__":
