@@ -2,13 +2,14 @@
 single-process runs: tests/tiny_llama.py's model (3 blocks, grouped-query attention, hidden 64) on 5
 calibration batches (uneven shards on 2 ranks), right-padded so the attention masks reach every block.
 
-    torchrun --nproc_per_node=2 tests/distributed_worker.py OUT [CHECKPOINT_DIR] [--offload SOURCE]
+    torchrun --nproc_per_node=2 tests/distributed_worker.py OUT [CHECKPOINT_DIR] [--offload SOURCE [--gguf MIX]]
 
 writes OUT.rank<r>.npz (every linear weight, the solvers' codes and each record's token count),
 OUT.hessians<r>.npz (the H of each layer rank r solved) and OUT.rank<r>.json (the report's records and
 resumed_blocks) on every rank. With ``--offload SOURCE`` (the model saved as safetensors) every rank starts
 from a meta-device skeleton and reads its blocks from SOURCE (quantease.offload); rank 0 streams the quantized
-model to the directory OUT.model, and the npz holds no weights (none stay in memory).
+model to the directory OUT.model (with ``--gguf MIX``: solved on that GGUF mix, to the file OUT.gguf), and the
+npz holds no weights (none stay in memory).
 """
 
 from __future__ import annotations
@@ -79,14 +80,20 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("checkpoint_dir", nargs="?")
     parser.add_argument("--offload", metavar="SOURCE")
+    parser.add_argument("--gguf", metavar="MIX", help="with --offload: solve on this GGUF mix, stream OUT.gguf")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = args.out
     if args.offload:
         from quantease.offload import Offload, empty_model
 
-        offload = Offload(args.offload, f"{out}.model")
-        model, report = run(args.checkpoint_dir, model=empty_model(args.offload), offload=offload, distributed=True)
+        if args.gguf:
+            offload = Offload(args.offload, f"{out}.gguf", format="gguf", tokenizer=tiny_llama.tokenizer())
+            extra: Dict[str, Any] = dict(gguf=args.gguf)
+        else:
+            offload, extra = Offload(args.offload, f"{out}.model"), {}
+        model = empty_model(args.offload)
+        model, report = run(args.checkpoint_dir, model=model, offload=offload, distributed=True, **extra)
     else:
         model, report = run(args.checkpoint_dir, distributed=True)
     rank = int(os.environ["RANK"])  # the run destroyed the process group it created

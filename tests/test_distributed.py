@@ -2,8 +2,9 @@
 
 The torchrun tests start 2 ranks (gloo, loopback only, one thread each) on tests/distributed_worker.py's tiny
 Llama and compare their weights and codes bit for bit with one process given the same 2 Hessian shards, then
-resume from the checkpoints the ranks wrote (rank 0 writes, all read), with 2 ranks and with one process. A third
-run reads the same model from safetensors on disk, one block at a time (quantease.offload), and streams it out.
+resume from the checkpoints the ranks wrote (rank 0 writes, all read), with 2 ranks and with one process. Two
+more runs read the same model from safetensors on disk, one block at a time (quantease.offload), and stream it
+out: as a safetensors checkpoint and as a GGUF file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 
 import distributed_worker as worker  # noqa: E402
 import quantease  # noqa: E402
@@ -251,3 +252,22 @@ def test_two_ranks_on_an_offloaded_model_give_the_in_memory_bits(tmp_path):
     loaded = written.load(state)
     different = [k for k in state if not torch.equal(loaded[k], state[k])]
     assert not different, different
+
+
+@pytest.mark.slow
+def test_two_ranks_stream_the_gguf_file_of_the_in_memory_run(tmp_path):
+    """Rank 0 writes the GGUF header and every tensor as the ranks finish each block: the file is save_gguf's of
+    the single-process in-memory run, byte for byte."""
+    pytest.importorskip("gguf")
+    import tiny_llama
+    from quantease.export import save_gguf
+
+    source = str(tmp_path / "source")
+    worker.make_model().save_pretrained(source, max_shard_size="60KB")
+    out = str(tmp_path / "run")
+    _torchrun(out, str(tmp_path / "ckpt"), "--offload", source, "--gguf", "Q4_0")
+    model = transformers.LlamaForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    model, report = worker.run(model=model, hessian_shards=2, gguf="Q4_0")
+    save_gguf(model, tmp_path / "memory.gguf", report, tokenizer=tiny_llama.tokenizer())
+    with open(f"{out}.gguf", "rb") as f:
+        assert f.read() == (tmp_path / "memory.gguf").read_bytes()

@@ -130,6 +130,20 @@ def test_gguf_output_is_the_file_save_gguf_writes(checkpoint, tmp_path):
     assert not os.path.exists(f"{streamed}.tmp")
 
 
+def test_gguf_resume_writes_the_same_file(checkpoint, tmp_path):
+    """The finished blocks' results come back from the checkpoint (GGUF blocks included) into the stream."""
+    pytest.importorskip("gguf")
+    options = dict(method="gptq", gguf="Q4_0", progress=False, checkpoint_dir=str(tmp_path / "ckpt"))
+    first, again = tmp_path / "first.gguf", tmp_path / "again.gguf"
+    offload = Offload(checkpoint, first, format="gguf", tokenizer=tiny_llama.tokenizer())
+    quantize_model(empty_model(checkpoint), _batches(), offload=offload, **options)
+    os.remove(tmp_path / "ckpt" / "block_00002.pt")
+    offload = Offload(checkpoint, again, format="gguf", tokenizer=tiny_llama.tokenizer())
+    report = quantize_model(empty_model(checkpoint), _batches(), offload=offload, **options)
+    assert report.resumed_blocks == 2
+    assert again.read_bytes() == first.read_bytes()
+
+
 def test_failed_run_leaves_no_gguf_file(checkpoint, tmp_path):
     pytest.importorskip("gguf")
     streamed = tmp_path / "m.gguf"
