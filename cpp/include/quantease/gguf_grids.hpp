@@ -51,15 +51,7 @@ class GgufGrids {
   GgufRowGrid row(Index r, Index g) const { return GgufRowGrid{format_, grids_[r * groups_.count() + g]}; }
 
   void quantize_lanes(Index r, Index g, Index n, const float* v, float* q, std::uint8_t* codes) const {
-    for (Index l = 0; l < kRowBatch; ++l) {
-      q[l] = 0.0f;
-      codes[l] = 0;
-      if (l < n) {
-        const GgufRowGrid grid = row(r + l, g);
-        codes[l] = grid.quantize(v[l]);
-        q[l] = grid.value(codes[l]);
-      }
-    }
+    quantize_lanes_by_row(*this, r, g, n, v, q, codes);
   }
 
  private:

@@ -85,6 +85,22 @@ class GroupMap {
   VectorXi32 column_group_;          // per original column
 };
 
+// quantize_lanes of a member whose grids do not vectorise across rows: row() of each real lane in turn (the
+// lanes from n on give code 0 and value 0).
+template <class GridSet>
+void quantize_lanes_by_row(const GridSet& set, Index r, Index g, Index n, const float* v, float* q,
+                           std::uint8_t* codes) {
+  for (Index l = 0; l < kRowBatch; ++l) {
+    q[l] = 0.0f;
+    codes[l] = 0;
+    if (l < n) {
+      const auto grid = set.row(r + l, g);
+      codes[l] = grid.quantize(v[l]);
+      q[l] = grid.value(codes[l]);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Affine grids: scale and integer zero per row and group (grid.hpp's AffineGrid). Stored group-major, rows
 // padded to a multiple of kRowBatch with a unit grid, so that a row batch's grids are two contiguous loads.
@@ -239,15 +255,7 @@ class CodebookGrids {
   }
 
   void quantize_lanes(Index r, Index g, Index n, const float* v, float* q, std::uint8_t* codes) const {
-    for (Index l = 0; l < kRowBatch; ++l) {
-      q[l] = 0.0f;
-      codes[l] = 0;
-      if (l < n) {
-        const CodebookRowGrid grid = row(r + l, g);
-        codes[l] = grid.quantize(v[l]);
-        q[l] = grid.value(codes[l]);
-      }
-    }
+    quantize_lanes_by_row(*this, r, g, n, v, q, codes);
   }
 
   struct Gathered {
