@@ -38,11 +38,17 @@ def test_estimate_scales_the_measured_block():
 
 @pytest.mark.slow
 def test_smoke_run_prints_the_split_and_the_labelled_estimate(tmp_path, capsys):
+    import torch
+
     out = tmp_path / "bench.json"
-    bench.main(
-        ["--models", "synthetic", "--hidden", "256", "--mlp", "704", "--samples", "2", "--seq-len", "32"]
-        + ["--ranks", "1", "--offload", "--machines", "1,2", "--cores", "4", "--json", str(out)]
-    )
+    threads = torch.get_num_threads()
+    try:  # the script sets torch's thread count (--threads) in this process: the suite's other tests keep theirs
+        bench.main(
+            ["--models", "synthetic", "--hidden", "256", "--mlp", "704", "--samples", "2", "--seq-len", "32"]
+            + ["--ranks", "1", "--offload", "--machines", "1,2", "--cores", "4", "--json", str(out)]
+        )
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert "PAPER ESTIMATE, not a measurement" in printed and "not 7B-shaped" in printed
     assert "of the float32 GEMM" in printed
