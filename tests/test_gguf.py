@@ -151,8 +151,31 @@ def test_quantease_on_gguf_grids_is_exact_and_never_worse_than_its_start(name, i
     assert r.loss == pytest.approx(quantease.layer_loss(p.W, r.weight, p.H))
     llama = quantease.rtn(p.W, gguf=name, imatrix=np.diag(p.H))
     assert r.loss < quantease.layer_loss(p.W, llama.weight, p.H)
-    if init == "gptq":
-        assert r.loss <= quantease.gptq(p.W, p.H, gguf=name, act_order=True).loss
+    if init == "gptq":  # the sweeps start on GPTQ's codes, so they can only improve on them (here they do)
+        assert r.loss < quantease.gptq(p.W, p.H, gguf=name, act_order=True).loss
+
+
+def test_core_start_codes_are_checked():
+    from quantease import _core
+
+    p = llm_like(rows=4, cols=64, seed=5)
+    book = np.sort(np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32), axis=-1)
+    args = dict(bits=4, group_size=-1, sym=False, act_order=True, iters=2, relaxed=True, tol=0.0, outliers=0.0)
+    args.update(outlier_structure="unstructured", outlier_step=1.0, block_size=128)
+    codes = np.zeros((4, 64), np.uint8)
+    out = _core.quantease(p.W, p.H, init="w", codebook=book, start_codes=codes, **args)
+    start_loss = quantease.layer_loss(p.W, np.repeat(book[:, :1], 64, axis=1), p.H)
+    assert quantease.layer_loss(p.W, out["weight"], p.H) <= start_loss
+    with pytest.raises(ValueError, match="start_codes needs a codebook"):
+        _core.quantease(p.W, p.H, init="w", start_codes=codes, **args)
+    with pytest.raises(ValueError, match="start_codes needs a codebook and init='w'"):
+        _core.quantease(p.W, p.H, init="rtn", codebook=book, start_codes=codes, **args)
+    with pytest.raises(ValueError, match=r"start_codes must have W's shape \(4, 64\)"):
+        _core.quantease(p.W, p.H, init="w", codebook=book, start_codes=codes[:, :32].copy(), **args)
+    with pytest.raises(ValueError, match="start_codes must be below 2\\^bits = 16, found 16"):
+        _core.quantease(p.W, p.H, init="w", codebook=book, start_codes=codes + 16, **args)
+    with pytest.raises(ValueError, match="uint8"):
+        _core.quantease(p.W, p.H, init="w", codebook=book, start_codes=codes.astype(np.int64), **args)
 
 
 @pytest.mark.parametrize(

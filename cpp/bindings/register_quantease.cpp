@@ -64,6 +64,24 @@ RowMatrixXf codebook_levels(const py::object& codebook, Index rows, Index cols, 
   return levels;
 }
 
+// start_codes of quantease(): uint8 rows x cols, each below 2^bits.
+RowMatrixU8 codes_matrix(const py::object& codes, Index rows, Index cols, int bits) {
+  if (!py::isinstance<CArray<std::uint8_t>>(codes)) {
+    throw py::value_error("start_codes must be a C-contiguous uint8 array (the Python layer converts)");
+  }
+  const auto c = codes.cast<CArray<std::uint8_t>>();
+  if (c.ndim() != 2 || c.shape(0) != rows || c.shape(1) != cols) {
+    throw py::value_error("start_codes must have W's shape (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                          "), got " + shape_str(c));
+  }
+  RowMatrixU8 out = as_matrix(c);
+  if (out.size() > 0 && out.maxCoeff() >= (1 << bits)) {
+    throw py::value_error("start_codes must be below 2^bits = " + std::to_string(1 << bits) + ", found " +
+                          std::to_string(static_cast<int>(out.maxCoeff())));
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_quantease(py::module_& m) {
@@ -72,7 +90,7 @@ void register_quantease(py::module_& m) {
       [](const CArray<float>& W, const py::array& H, int bits, int group_size, bool sym, bool act_order, int iters,
          const std::string& init, bool relaxed, double tol, double outliers, const std::string& outlier_structure,
          double outlier_step, int block_size, bool polish, int refresh_every, bool mse, int refit,
-         const py::object& codebook) {
+         const py::object& codebook, const py::object& start_codes) {
         check_weight(W);
         check_bits(bits);
         check_group_size(group_size, W.shape(1));
@@ -146,6 +164,12 @@ void register_quantease(py::module_& m) {
         opt.mse = mse;
         opt.refit = refit;
         opt.codebook = codebook_levels(codebook, W.shape(0), W.shape(1), bits, group_size);
+        if (!start_codes.is_none()) {
+          if (codebook.is_none() || init != "w") {
+            throw py::value_error("start_codes needs a codebook and init='w' (they index the codebook's levels)");
+          }
+          opt.start_codes = codes_matrix(start_codes, W.shape(0), W.shape(1), bits);
+        }
         QuantEaseOutput res = with_hessian(H, W.shape(1), [&](const auto& h) {
           py::gil_scoped_release release;
           return quantease(as_matrix(W), h, opt);
@@ -189,6 +213,7 @@ void register_quantease(py::module_& m) {
       py::arg("act_order"), py::arg("iters"), py::arg("init"), py::arg("relaxed"), py::arg("tol"), py::arg("outliers"),
       py::arg("outlier_structure"), py::arg("outlier_step"), py::arg("block_size"), py::arg("polish") = true,
       py::arg("refresh_every") = 0, py::arg("mse") = false, py::arg("refit") = 0, py::arg("codebook") = py::none(),
+      py::arg("start_codes") = py::none(),
       "QuantEase coordinate descent (optionally outlier-aware; affine or codebook grids). Returns a dict of "
       "NumPy arrays and run statistics (the Python layer builds the QuantResult).");
 }

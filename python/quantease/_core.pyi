@@ -84,6 +84,7 @@ def quantease(
     mse: bool = False,
     refit: int = 0,
     codebook: Optional[npt.NDArray[np.float32]] = None,
+    start_codes: Optional[npt.NDArray[np.uint8]] = None,
 ) -> Dict[str, Any]: ...
 def leanquant(
     W: npt.NDArray[np.float32],

@@ -134,10 +134,10 @@ def quantease(
 ) -> QuantResult:
     """QuantEase's sweeps on fixed GGUF grids: every sub-block's grid is a codebook of its exact values.
 
-    The grids are GPTQ's (init="gptq", ``gptq(..., gguf=)``) or llama.cpp's imatrix search on W with diag(H),
-    refined on the diag(H)-weighted error ("w", "rtn"); ``solve`` is quantease() itself, run with those
-    codebooks. With init="gptq" the sweeps start from W and GPTQ's result is kept when they end no lower
-    (``info["kept_init"]``).
+    The grids are GPTQ's (init="gptq", ``gptq(..., gguf=)``), and the sweeps start on GPTQ's codes, so the
+    result is never worse than GPTQ's (``info["kept_init"]``: GPTQ's own result was returned); or llama.cpp's
+    imatrix search on W with diag(H), refined on the diag(H)-weighted error, the sweeps starting at W ("w") or
+    its nearest grid values ("rtn"). ``solve`` is the core's quantease on validated arguments.
     """
     t0 = time.perf_counter()
     if init == "gptq":
@@ -147,6 +147,12 @@ def quantease(
     check_finite(t, start)
     blocks = blocks_from_core(t.name, start)
     book, code_of = sorted_codebook(blocks.levels())
+    rows = np.arange(Wf.shape[0])[:, None]
+    sub_blocks = start["g_idx"].astype(np.int64)[None, :]
+    start_codes = None
+    if init == "gptq":  # GPTQ's codes as positions in the sorted codebooks
+        position = np.argsort(code_of, axis=-1).astype(np.uint8)
+        start_codes = np.ascontiguousarray(position[rows, sub_blocks, start["codes"]])
     r = solve(
         Wf,
         Hf,
@@ -159,21 +165,10 @@ def quantease(
         tol=tol,
         block_size=block_size,
         codebook=book,
+        start_codes=start_codes,
     )
-    rows = np.arange(Wf.shape[0])[:, None]
-    codes = code_of[rows, r.g_idx.astype(np.int64)[None, :], r.codes]
-    weight, loss, kept_init = r.weight, r.loss, False
-    if init == "gptq":
-        from ._loss import layer_loss
-
-        start_loss = layer_loss(Wf, start["weight"], Hf)
-        if start_loss <= r.loss:
-            codes, weight, loss, kept_init = (
-                start["codes"],
-                start["weight"],
-                start_loss,
-                True,
-            )
+    codes = code_of[rows, sub_blocks, r.codes]
+    weight, loss, kept_init = r.weight, r.loss, bool(r.info["kept_init"])
     info = dict(r.info, init=init, kept_init=kept_init)
     return QuantResult(
         weight=weight,

@@ -125,9 +125,9 @@ def quantease(
 
     * ``gguf="Q3_K"`` (a type of ``quantease.gguf.TYPES``, any case): the sweeps run on llama.cpp's exact
       grids of that type, each sub-block's values a fixed codebook: GPTQ's grids (``gptq(..., gguf=)``)
-      with ``init="gptq"`` -- GPTQ's result is kept when the sweeps from W end no lower -- or llama.cpp's
-      imatrix search on W with diag(H) as its importance, refined on the diag(H)-weighted error
-      (``init="w"``/``"rtn"``). ``result.gguf`` holds the
+      with ``init="gptq"`` -- the sweeps start on GPTQ's codes, so the result is never worse than GPTQ's --
+      or llama.cpp's imatrix search on W with diag(H) as its importance, refined on the diag(H)-weighted
+      error (``init="w"``/``"rtn"``). ``result.gguf`` holds the
       blocks, ``quantease.gguf.pack(result)`` llama.cpp's bytes, which dequantize to ``result.weight`` bit
       for bit. The grid options (bits, group_size, sym, mse, outliers, refit, codebook) cannot be combined
       with it.
@@ -182,11 +182,56 @@ def quantease(
             relaxed=relaxed,
             tol=tol,
             block_size=block_size,
-            solve=quantease,
+            solve=_solve,
         )
     # Which options combine (init, codebook, sym, mse, outliers) is the binding's rule alone.
     if codebook is not None:
         codebook = _as_codebook(codebook, Wf.shape[0], Wf.shape[1], bits, group_size)
+    return _solve(
+        Wf,
+        Hf,
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        act_order=act_order,
+        iters=iters,
+        init=init,
+        relaxed=relaxed,
+        tol=tol,
+        outliers=fraction,
+        outlier_structure=outlier_structure,
+        outlier_step=outlier_step,
+        block_size=block_size,
+        mse=mse,
+        refit=refit,
+        codebook=codebook,
+    )
+
+
+def _solve(
+    Wf: np.ndarray,
+    Hf: np.ndarray,
+    *,
+    bits: int,
+    group_size: int,
+    act_order: bool,
+    iters: int,
+    init: str,
+    relaxed: bool,
+    tol: float,
+    block_size: int,
+    codebook: Optional[np.ndarray],
+    sym: bool = False,
+    outliers: float = 0.0,
+    outlier_structure: str = "unstructured",
+    outlier_step: float = 1.0,
+    mse: bool = False,
+    refit: int = 0,
+    start_codes: Optional[np.ndarray] = None,
+) -> QuantResult:
+    """The core's QuantEase on validated arguments (``codebook`` sorted float32; ``start_codes``: uint8 codes
+    into it where the sweeps start, never returning worse) and its QuantResult."""
+    fraction = outliers
     t0 = time.perf_counter()
     out = _core.quantease(
         Wf,
@@ -206,6 +251,7 @@ def quantease(
         mse=mse,
         refit=refit,
         codebook=codebook,
+        start_codes=start_codes,
     )
     seconds = time.perf_counter() - t0
     if init in ("gptq", "leanquant"):

@@ -62,6 +62,10 @@ struct QuantEaseOptions {
   // Codebook grids: (rows * groups) x 2^bits, ascending per row (row r, group g at r * groups + g; groups of
   // original columns). Empty: affine grids. Not with sym, mse, outliers or init = gptq/leanquant.
   RowMatrixXf codebook;
+  // With a codebook and init = w: the sweeps start on these codes (rows x cols, W's column order, indices into
+  // the codebook) instead of at W, and the result is never worse than them (a GPTQ solution on the same grids,
+  // as quantease(gguf=, init="gptq") passes). Empty: start as init says.
+  RowMatrixU8 start_codes;
   // init = leanquant: LeanQuant's exponent, damp, seed and k-means options (its bits, group_size, act_order
   // and block_size are taken from the options above; always the non-uniform grid).
   LeanQuantOptions leanquant;

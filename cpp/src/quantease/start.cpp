@@ -97,6 +97,12 @@ Start<CodebookGrids> codebook_start(const ConstRowMatrixRef<float>& W, const Con
   if (opt.init != QuantEaseInit::leanquant) {
     start.grids = CodebookGrids(opt.codebook, groups);
     start.round = opt.init == QuantEaseInit::rtn;
+    if (opt.start_codes.size() > 0) {  // given codes: the sweeps start there and the result is never worse
+      start.codes = order.gather(ConstRowMatrixRef<std::uint8_t>(opt.start_codes));
+      start.from_solver = true;
+      start.solver_output.codes = opt.start_codes;
+      start.solver_output.weight = dequantize(start.grids, opt.start_codes, groups.column_groups());
+    }
     return start;
   }
   LeanQuantOptions lq = opt.leanquant;

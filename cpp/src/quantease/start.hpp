@@ -4,6 +4,7 @@
 //   init = rtn: the same grids, Ŵ = the nearest grid point of T;
 //   init = gptq / leanquant: that solver's grids and codes (the target stays the ORIGINAL W), and its own
 //               output, which the result is never worse than.
+//   given codebooks with start codes: those codes, treated as init = gptq's (quantease(gguf=, init="gptq")).
 #pragma once
 
 #include "outliers.hpp"
