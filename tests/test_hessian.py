@@ -102,10 +102,28 @@ def test_partial_sums_of_shards_fold_in_order(dtype):
         expected += S
     assert np.array_equal(total.sum(), expected)
     everything = np.concatenate([X for shard in shards for X in shard]).astype(np.float64)
-    tol = 1e-12 if dtype == "float64" else 1e-5
+    # float32 batches: each batch's product at float32 precision (the float32 GEMM), whatever the sum keeps
     np.testing.assert_allclose(
-        total.hessian(), 2.0 / everything.shape[0] * everything.T @ everything, rtol=tol, atol=tol * 10
+        total.hessian(), 2.0 / everything.shape[0] * everything.T @ everything, rtol=1e-5, atol=1e-4
     )
+
+
+def test_float64_batches_keep_float64_products():
+    """A float64 batch into the float64 accumulator is multiplied in float64 (exact to float64 round-off); the
+    same values as float32 batches go through the float32 GEMM: float32 round-off per batch product."""
+    rng = np.random.default_rng(7)
+    batches32 = [rng.standard_normal((n, 150)).astype(np.float32) for n in (9, 40, 33)]
+    batches64 = [X.astype(np.float64) for X in batches32]  # the very same values
+    everything = np.concatenate(batches64)
+    expected = 2.0 / everything.shape[0] * everything.T @ everything
+    acc64 = quantease.HessianAccumulator(150, dtype="float64")
+    acc32 = quantease.HessianAccumulator(150, dtype="float64")
+    for X32, X64 in zip(batches32, batches64):
+        acc64.add(X64)
+        acc32.add(X32)
+    np.testing.assert_allclose(acc64.hessian(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(acc32.hessian(), expected, rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(acc32.hessian(), acc64.hessian())
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -204,7 +204,8 @@ def test_hessians_equal_direct_computation(kind):
     for name, H in expected.items():
         got = collector.hessian(name)
         assert got.dtype == np.float64 and got.shape == H.shape
-        np.testing.assert_allclose(got, H, rtol=1e-10, atol=1e-12 * np.abs(H).max(), err_msg=name)
+        # float32 activations: each batch's product at float32 precision, summed in float64
+        np.testing.assert_allclose(got, H, rtol=1e-5, atol=1e-6 * np.abs(H).max(), err_msg=name)
         assert collector.n_samples(name) == 3 * 2 * SEQ
 
 

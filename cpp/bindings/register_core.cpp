@@ -6,6 +6,19 @@
 #include "quantease/rtn.hpp"
 
 namespace quantease::bindings {
+namespace {
+// The accumulator's Hessian (hessian=true) or sum, in the precision it keeps, copied or handed over.
+template <class T>
+py::object finished_matrix(HessianAccumulator& self, bool release, bool hessian) {
+  RowMatrix<T> m;
+  {
+    py::gil_scoped_release unlocked;
+    if (hessian) m = release ? self.release_hessian<T>() : self.hessian<T>();
+    else m = release ? self.release_sum<T>() : self.sum<T>();
+  }
+  return to_numpy(std::move(m));
+}
+}  // namespace
 
 void register_core(py::module_& m) {
   m.def(
@@ -104,39 +117,15 @@ void register_core(py::module_& m) {
       .def(
           "hessian",
           [](HessianAccumulator& self, bool release) -> py::object {
-            if (self.is_float64()) {
-              RowMatrixXd h;
-              {
-                py::gil_scoped_release unlocked;
-                h = release ? self.release_hessian_f64() : self.hessian_f64();
-              }
-              return to_numpy(std::move(h));
-            }
-            RowMatrixXf h;
-            {
-              py::gil_scoped_release unlocked;
-              h = release ? self.release_hessian_f32() : self.hessian_f32();
-            }
-            return to_numpy(std::move(h));
+            if (self.is_float64()) return finished_matrix<double>(self, release, true);
+            return finished_matrix<float>(self, release, true);
           },
           py::arg("release") = false)
       .def(
           "sum",
           [](HessianAccumulator& self, bool release) -> py::object {
-            if (self.is_float64()) {
-              RowMatrixXd s;
-              {
-                py::gil_scoped_release unlocked;
-                s = release ? self.release_sum_f64() : self.sum_f64();
-              }
-              return to_numpy(std::move(s));
-            }
-            RowMatrixXf s;
-            {
-              py::gil_scoped_release unlocked;
-              s = release ? self.release_sum_f32() : self.sum_f32();
-            }
-            return to_numpy(std::move(s));
+            if (self.is_float64()) return finished_matrix<double>(self, release, false);
+            return finished_matrix<float>(self, release, false);
           },
           py::arg("release") = false)
       .def("reset", &HessianAccumulator::reset)

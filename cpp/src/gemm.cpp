@@ -71,6 +71,19 @@ void gemm_add(RowBlock<double> C, double alpha, const ConstRowBlock<double>& A, 
   gemm_add_blas(C, alpha, A, B);
 }
 
+void gemm_atb(RowBlock<float> C, const ConstRowBlock<float>& A, const ConstRowBlock<float>& B) {
+  if (C.rows() == 0 || C.cols() == 0) return;
+  if (A.rows() == 0) {
+    C.setZero();
+    return;
+  }
+  single_threaded();
+  scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<blasint>(C.rows()),
+                    static_cast<blasint>(C.cols()), static_cast<blasint>(A.rows()), 1.0f, A.data(),
+                    static_cast<blasint>(A.outerStride()), B.data(), static_cast<blasint>(B.outerStride()), 0.0f,
+                    C.data(), static_cast<blasint>(C.outerStride()));
+}
+
 void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd& B) {
   if (C.rows() == 0 || C.cols() == 0 || A.cols() == 0) return;
   single_threaded();
@@ -125,6 +138,10 @@ void gemm_add(RowBlock<float> C, float alpha, const ConstRowBlock<float>& A, con
 
 void gemm_add(RowBlock<double> C, double alpha, const ConstRowBlock<double>& A, const ConstRowBlock<double>& B) {
   gemm_add_eigen(C, alpha, A, B);
+}
+
+void gemm_atb(RowBlock<float> C, const ConstRowBlock<float>& A, const ConstRowBlock<float>& B) {
+  C.noalias() = A.transpose() * B;
 }
 
 void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd& B) {

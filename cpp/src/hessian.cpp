@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <type_traits>
 
 #include "quantease/gemm.hpp"
 #include "quantease/parallel.hpp"
@@ -11,12 +12,29 @@ namespace quantease {
 namespace {
 constexpr Index kColumnBlock = 128;
 
-// acc[c0:, c0:c1] += X[:, c0:]^T X[:, c0:c1] for every column block: the lower triangle of X^T X.
+// acc[c0:, c0:c1] += X[:, c0:]^T X[:, c0:c1] for every column block: the lower triangle of X^T X (float64
+// rows into the float64 sum).
 template <class Acc, class X>
 void add_lower_product(Acc& acc, const X& x) {
   const Index cols = x.cols();
   parallel_chunks(cols, kColumnBlock, [&](Index c0, Index c1) {
     acc.block(c0, c0, cols - c0, c1 - c0).noalias() += x.rightCols(cols - c0).transpose() * x.middleCols(c0, c1 - c0);
+  });
+}
+
+// The same lower triangle for float32 rows: each block's product at the float32 GEMM rate (one
+// single-threaded sgemm per fixed block: the same bits for any thread count), then added to the running sum
+// in its precision. With a float64 sum each batch's product carries float32 round-off over its own rows
+// only, and the sum over batches -- where a long stream loses digits -- is float64.
+template <class Acc>
+void add_lower_product_f32(Acc& acc, const ConstRowMatrixRef<float>& x) {
+  using Sum = typename Acc::Scalar;
+  const Index cols = x.cols();
+  parallel_chunks(cols, kColumnBlock, [&](Index c0, Index c1) {
+    const Index m = cols - c0, w = c1 - c0;
+    RowMatrixXf product(m, w);
+    gemm_atb(product, x.rightCols(m), x.middleCols(c0, w));
+    acc.block(c0, c0, m, w) += product.template cast<Sum>();
   });
 }
 }  // namespace
@@ -36,10 +54,9 @@ void HessianAccumulator::ensure_storage() {
 void HessianAccumulator::add(const ConstRowMatrixRef<float>& X) {
   ensure_storage();
   if (float64_) {
-    const RowMatrixXd xd = X.cast<double>();
-    add_lower_product(acc64_, xd);
+    add_lower_product_f32(acc64_, X);
   } else {
-    add_lower_product(acc32_, X);
+    add_lower_product_f32(acc32_, X);
   }
   samples_ += X.rows();
 }
@@ -50,7 +67,7 @@ void HessianAccumulator::add(const ConstRowMatrixRef<double>& X) {
     add_lower_product(acc64_, X);
   } else {
     const RowMatrixXf xf = X.cast<float>();
-    add_lower_product(acc32_, xf);
+    add_lower_product_f32(acc32_, xf);
   }
   samples_ += X.rows();
 }
@@ -73,93 +90,72 @@ template <class M>
 void mirror_lower(M& m) {
   m.template triangularView<Eigen::StrictlyUpper>() = m.transpose();
 }
-}  // namespace
 
-RowMatrixXd HessianAccumulator::sum_f64() const {
-  if ((float64_ ? acc64_.rows() : acc32_.rows()) != cols_) return RowMatrixXd::Zero(cols_, cols_);
-  RowMatrixXd s = float64_ ? acc64_ : RowMatrixXd(acc32_.cast<double>());
-  mirror_lower(s);
-  return s;
-}
-
-RowMatrixXf HessianAccumulator::sum_f32() const {
-  if (float64_) return sum_f64().cast<float>();
-  if (acc32_.rows() != cols_) return RowMatrixXf::Zero(cols_, cols_);
-  RowMatrixXf s = acc32_;
-  mirror_lower(s);
-  return s;
-}
-
-RowMatrixXd HessianAccumulator::release_sum_f64() {
-  if (!float64_) {
-    RowMatrixXd s = sum_f64();
-    acc32_.resize(0, 0);
-    samples_ = 0;
-    return s;
-  }
-  ensure_storage();
-  RowMatrixXd s = std::move(acc64_);
-  acc64_.resize(0, 0);
-  samples_ = 0;
-  mirror_lower(s);
-  return s;
-}
-
-RowMatrixXf HessianAccumulator::release_sum_f32() {
-  if (float64_) {
-    RowMatrixXf s = sum_f32();
-    acc64_.resize(0, 0);
-    samples_ = 0;
-    return s;
-  }
-  ensure_storage();
-  RowMatrixXf s = std::move(acc32_);
-  acc32_.resize(0, 0);
-  samples_ = 0;
-  mirror_lower(s);
-  return s;
+// The running sum handed over: moved out (no copy) when it is kept in T, converted otherwise; either way
+// the accumulator's storage is left empty.
+template <class T, class Kept>
+RowMatrix<T> take(RowMatrix<Kept>& kept) {
+  RowMatrix<T> out;
+  if constexpr (std::is_same_v<T, Kept>) out = std::move(kept);
+  else out = kept.template cast<T>();
+  kept.resize(0, 0);
+  return out;
 }
 
 // H = (2/n) S in the sum's precision: the one place a sum becomes a Hessian.
-namespace {
-void finish(RowMatrixXd& s, std::int64_t samples) {
-  if (samples > 0) s *= 2.0 / static_cast<double>(samples);
-}
-void finish(RowMatrixXf& s, std::int64_t samples) {
-  if (samples > 0) s *= static_cast<float>(2.0 / static_cast<double>(samples));
+template <class T>
+void finish(RowMatrix<T>& s, std::int64_t samples) {
+  if (samples > 0) s *= static_cast<T>(2.0 / static_cast<double>(samples));
 }
 }  // namespace
 
-RowMatrixXd HessianAccumulator::hessian_f64() const {
-  RowMatrixXd h = sum_f64();
-  finish(h, samples_);
-  return h;
+template <class T>
+RowMatrix<T> HessianAccumulator::sum() const {
+  if ((float64_ ? acc64_.rows() : acc32_.rows()) != cols_) return RowMatrix<T>::Zero(cols_, cols_);
+  RowMatrix<T> s = float64_ ? RowMatrix<T>(acc64_.cast<T>()) : RowMatrix<T>(acc32_.cast<T>());
+  mirror_lower(s);
+  return s;
 }
 
-RowMatrixXf HessianAccumulator::hessian_f32() const {
-  if (float64_) return hessian_f64().cast<float>();
-  RowMatrixXf h = sum_f32();
-  finish(h, samples_);
-  return h;
+template <class T>
+RowMatrix<T> HessianAccumulator::release_sum() {
+  ensure_storage();
+  RowMatrix<T> s = float64_ ? take<T>(acc64_) : take<T>(acc32_);
+  samples_ = 0;
+  mirror_lower(s);
+  return s;
 }
 
-RowMatrixXd HessianAccumulator::release_hessian_f64() {
-  const std::int64_t samples = samples_;
-  RowMatrixXd h = release_sum_f64();
-  finish(h, samples);
-  return h;
-}
-
-RowMatrixXf HessianAccumulator::release_hessian_f32() {
-  const std::int64_t samples = samples_;
-  if (float64_) {
-    RowMatrixXf h = release_hessian_f64().cast<float>();
-    return h;
+// A float32 Hessian of a float64 sum is scaled in float64, then rounded once.
+template <class T>
+RowMatrix<T> HessianAccumulator::hessian() const {
+  if constexpr (!std::is_same_v<T, double>) {
+    if (float64_) return hessian<double>().template cast<T>();
   }
-  RowMatrixXf h = release_sum_f32();
+  RowMatrix<T> h = sum<T>();
+  finish(h, samples_);
+  return h;
+}
+
+template <class T>
+RowMatrix<T> HessianAccumulator::release_hessian() {
+  if constexpr (!std::is_same_v<T, double>) {
+    if (float64_) return release_hessian<double>().template cast<T>();
+  }
+  const std::int64_t samples = samples_;
+  RowMatrix<T> h = release_sum<T>();
   finish(h, samples);
   return h;
 }
+
+template RowMatrixXd HessianAccumulator::sum<double>() const;
+template RowMatrixXf HessianAccumulator::sum<float>() const;
+template RowMatrixXd HessianAccumulator::release_sum<double>();
+template RowMatrixXf HessianAccumulator::release_sum<float>();
+template RowMatrixXd HessianAccumulator::hessian<double>() const;
+template RowMatrixXf HessianAccumulator::hessian<float>() const;
+template RowMatrixXd HessianAccumulator::release_hessian<double>();
+template RowMatrixXf HessianAccumulator::release_hessian<float>();
 
 template <class HT>
 PreparedHessian prepare_hessian(const ConstRowMatrixRef<HT>& H, bool act_order, double damp, bool retry) {

@@ -13,8 +13,9 @@ from ._validate import as_array, check_positive_int
 class HessianAccumulator:
     """Streams batches X (n_k x cols, one sample per row) into H = (2/n) sum_k X_k^T X_k.
 
-    ``dtype="float64"`` (default) accumulates in float64 and computes each batch product in float64;
-    ``"float32"`` is about twice as fast and fine for short streams. ``add`` releases the GIL, so a data
+    ``dtype="float64"`` (default) keeps a float64 running sum of the batch products, each computed in the
+    batch's own precision (a float32 batch at the float32 GEMM rate, a float64 batch in float64);
+    ``"float32"`` also sums in float32, fine for short streams. ``add`` releases the GIL, so a data
     loader thread can keep running. Batches of any real float dtype and memory order are accepted
     (float32/float64 C-contiguous ones without a copy).
     """

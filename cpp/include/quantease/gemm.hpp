@@ -22,6 +22,9 @@ using ConstColBlockXd = Eigen::Ref<const ColMatrixXd, 0, Eigen::OuterStride<>>;
 void gemm_add(RowBlock<float> C, float alpha, const ConstRowBlock<float>& A, const ConstRowBlock<float>& B);
 void gemm_add(RowBlock<double> C, double alpha, const ConstRowBlock<double>& A, const ConstRowBlock<double>& B);
 
+// C = A^T B (row-major blocks; A: k x m, B: k x n, C: m x n), overwritten.
+void gemm_atb(RowBlock<float> C, const ConstRowBlock<float>& A, const ConstRowBlock<float>& B);
+
 // C -= A B^T (column-major blocks; A: m x k, B: n x k, C: m x n).
 void gemm_sub_abt(ColBlockXd C, const ConstColBlockXd& A, const ConstColBlockXd& B);
 

@@ -11,9 +11,10 @@
 
 namespace quantease {
 
-// Streaming H = (2/n) X^T X over batches X (n_k x cols, rows are samples). The float64 accumulator
-// computes each batch's product in float64; the float32 one in float32 (faster, for very long streams
-// prefer float64). Column blocks of the lower triangle are updated in parallel.
+// Streaming H = (2/n) X^T X over batches X (n_k x cols, rows are samples). The float64 accumulator keeps a
+// float64 running sum of each batch's product, computed in the batch's precision (float32 batches at the
+// float32 GEMM rate); the float32 one sums in float32 (for very long streams prefer float64). Column
+// blocks of the lower triangle are updated in parallel.
 //
 // Partial sums: sum() is the running S = sum x x^T and add_sum(S, n) adds one, so partial sums over
 // shards of the data (ranks of a distributed run, or shards of one process) can be folded in a fixed
@@ -29,14 +30,15 @@ class HessianAccumulator {
   Index cols() const { return cols_; }
   std::int64_t samples() const { return samples_; }
   bool is_float64() const { return float64_; }
-  RowMatrixXd hessian_f64() const;  // (2/n) sum x x^T, symmetric
-  RowMatrixXf hessian_f32() const;
-  RowMatrixXd sum_f64() const;  // sum x x^T, symmetric
-  RowMatrixXf sum_f32() const;
-  RowMatrixXd release_hessian_f64();  // hessian_f64() without a copy; leaves the accumulator empty
-  RowMatrixXf release_hessian_f32();
-  RowMatrixXd release_sum_f64();  // sum_f64() without a copy; leaves the accumulator empty
-  RowMatrixXf release_sum_f32();
+  // T: double or float, whatever the accumulator keeps (a float32 figure of a float64 sum is rounded once).
+  template <class T>
+  RowMatrix<T> hessian() const;  // (2/n) sum x x^T, symmetric
+  template <class T>
+  RowMatrix<T> sum() const;  // sum x x^T, symmetric
+  template <class T>
+  RowMatrix<T> release_hessian();  // hessian<T>() without a copy (in its own precision); empties the accumulator
+  template <class T>
+  RowMatrix<T> release_sum();  // sum<T>() likewise
   void reset();
 
  private:
