@@ -275,7 +275,9 @@ def test_true_sequential_hessians_come_from_the_quantized_model(kind):
 
 def test_passes_per_block_and_early_stop():
     """Per block: one traced batch, one pass per group that ends after the group's last layer, and one pass
-    of the quantized block to make the next block's inputs (not after the last block)."""
+    of the quantized block to make the next block's inputs (not after the last block). The attention, whose
+    layers are all quantized before the MLP's passes, runs in none of the passes after the one that recorded
+    its output (quantease.reuse)."""
     n = 3
     model = make_model("llama")
     calls = {}
@@ -284,11 +286,51 @@ def test_passes_per_block_and_early_stop():
     quantize_model(model, batches(n), method="gptq", bits=4, group_size=32, progress=False)
     for b, advance in ((0, n), (1, 0)):
         p = f"model.layers.{b}."
-        assert calls[p + "self_attn.q_proj"] == 1 + 4 * n + advance  # runs in all 4 group passes
-        assert calls[p + "self_attn.o_proj"] == 1 + 3 * n + advance  # stopped before it in group 0's pass
+        assert calls[p + "self_attn.q_proj"] == 1 + 3 * n  # groups 0-2's passes; replayed in down's and advance
+        assert calls[p + "self_attn.o_proj"] == 1 + 2 * n  # stopped before it in group 0's pass
         assert calls[p + "mlp.up_proj"] == 1 + 2 * n + advance
         assert calls[p + "mlp.down_proj"] == 1 + 1 * n + advance
     assert "lm_head" not in calls
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "opt", "bert"])
+def test_reused_outputs_give_the_same_bits(kind, monkeypatch):
+    """Replaying the kept outputs of unchanged children gives bit for bit the weights (and the next blocks'
+    inputs) of recomputing them; a child whose output is changed in place is computed again."""
+    import quantease.pipeline as pipeline
+
+    data = batches(3, padded=kind == "bert")
+    model_reused, _ = quantized(kind, "gptq", data)
+
+    class Recompute(pipeline.ReusedOutputs):
+        def pass_(self, first_group, last=False):  # neither records nor replays: every child computed
+            self._unhook()
+
+    monkeypatch.setattr(pipeline, "ReusedOutputs", Recompute)
+    model_plain, _ = quantized(kind, "gptq", data)
+    for (name, a), (_, b) in zip(model_reused.state_dict().items(), model_plain.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_reused_output_changed_in_place_is_computed_again():
+    from quantease.reuse import ReusedOutputs
+
+    lin = torch.nn.Linear(4, 4)
+    block = torch.nn.Sequential(torch.nn.Sequential(lin), torch.nn.Linear(4, 4))
+    reused = ReusedOutputs(block, {"0.0": lin, "1": block[1]}, {"0.0": 0, "1": 1})
+    x = torch.randn(2, 4)
+    runs = []
+    lin.register_forward_hook(lambda *a: runs.append(1))
+    reused.pass_(1)  # records block[0]
+    reused.on_batch(0)
+    out = block[0](x)
+    reused.pass_(2, last=True)  # replays it
+    assert block[0](x) is out and len(runs) == 1
+    out.mul_(2)  # a consumer changed it in place: recomputed
+    again = block[0](x)
+    assert len(runs) == 2 and torch.equal(again, lin(x))
+    reused.close()
+    assert "forward" not in block[0].__dict__
 
 
 def test_not_true_sequential_uses_block_inputs_from_quantized_previous_blocks():

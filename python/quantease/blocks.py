@@ -21,7 +21,7 @@ import contextlib
 import fnmatch
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -224,12 +224,19 @@ class BlockInputs:
             out = block(*self.args[j], **{self.hidden_key: self.hidden[j]}, **self.kwargs[j])
         return _first_output(out)
 
-    def run_all(self, block: nn.Module, stop_after: Sequence[nn.Module] = (), batches: Optional[range] = None) -> None:
+    def run_all(
+        self,
+        block: nn.Module,
+        stop_after: Sequence[nn.Module] = (),
+        batches: Optional[range] = None,
+        on_batch: Optional[Callable[[int], None]] = None,
+    ) -> None:
         """Block on every batch (or on ``batches``), outputs discarded (the hooks on the block's layers see its
         inputs).
 
         With ``stop_after``, each batch's forward ends as soon as every one of those modules has run once:
-        the rest of the block is not computed (callers pass only modules known to run once per forward)."""
+        the rest of the block is not computed (callers pass only modules known to run once per forward).
+        ``on_batch(j)`` is called before batch j runs."""
         remaining = [0]
 
         def hook(module, args, output):
@@ -241,6 +248,8 @@ class BlockInputs:
         try:
             for j in range(len(self)) if batches is None else batches:
                 remaining[0] = len(handles)
+                if on_batch is not None:
+                    on_batch(j)
                 try:
                     self.run(block, j)
                 except _StopForward:
@@ -249,9 +258,12 @@ class BlockInputs:
             for h in handles:
                 h.remove()
 
-    def advance(self, block: nn.Module) -> None:
-        """Replace every batch's hidden states by ``block``'s output: the inputs of the next block."""
+    def advance(self, block: nn.Module, on_batch: Optional[Callable[[int], None]] = None) -> None:
+        """Replace every batch's hidden states by ``block``'s output: the inputs of the next block
+        (``on_batch(j)`` is called before batch j runs)."""
         for j in range(len(self)):
+            if on_batch is not None:
+                on_batch(j)
             self.hidden[j] = self.run(block, j)
 
 

@@ -64,6 +64,7 @@ from .gguf import TYPES
 from .gguf_mixes import TypeChoice, TypePlan, layer_types
 from .hooks import HessianCollector, trace_input_groups
 from .offload import Offload
+from .reuse import ReusedOutputs
 from .solvers import NAMES, Solver, get_solver
 
 __all__ = ["quantize_model", "QuantReport", "LayerRecord", "METHODS"]
@@ -481,6 +482,14 @@ def _quantize_block_without_data(
     return records, results
 
 
+def _advance(block: nn.Module, inputs: BlockInputs, on_batch, phases: _Phases) -> None:
+    """The next block's inputs: every batch through the quantized block."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        inputs.advance(block, on_batch=on_batch)
+    phases.add("forward", time.perf_counter() - t0)
+
+
 def _quantize_block(
     i: int,
     block_name: str,
@@ -500,9 +509,14 @@ def _quantize_block(
     phases: _Phases,
     gguf_types=None,
     dp: DataParallel,
+    advance: bool,
 ) -> Tuple[List[LayerRecord], Dict[str, Any]]:
+    """Solve the block's layers group by group; with ``advance``, then replace ``inputs`` by the quantized
+    block's outputs (the next block's inputs)."""
     layers = _block_layers(block_name, block, skip, gguf_types)
     if not layers:
+        if advance:
+            _advance(block, inputs, None, phases)
         return [], {}
     # One forward of the first batch finds the run order and which layers share an input.
     t0 = time.perf_counter()
@@ -518,56 +532,70 @@ def _quantize_block(
     group_of = {name: g for g, grp in enumerate(groups) for name in grp}
     records: List[LayerRecord] = []
     results: Dict[str, Any] = {}
-    for k, names in enumerate(passes):
-        group_layers = {n: layers[n] for n in names}
-        collector = HessianCollector(group_layers, dtype=hessian_dtype, shared=[g for g in groups if g[0] in names])
-        stop_after = [layers[n] for n in names] if can_stop and k + 1 < len(passes) else ()
-        owners = dp.owners(group_layers)
+    # Children of the block that no later pass changes are computed once (see quantease.reuse); only where
+    # every layer runs once per forward, so that run order says what each child's output depends on.
+    reused = ReusedOutputs(block, layers, group_of) if can_stop else None
+    on_batch = None if reused is None else reused.on_batch
+    try:
+        for k, names in enumerate(passes):
+            group_layers = {n: layers[n] for n in names}
+            collector = HessianCollector(group_layers, dtype=hessian_dtype, shared=[g for g in groups if g[0] in names])
+            stop_after = [layers[n] for n in names] if can_stop and k + 1 < len(passes) else ()
+            owners = dp.owners(group_layers)
+            if reused is not None:
+                reused.pass_(group_of[names[0]])
 
-        def run_batches(batches: range, stop: Sequence[nn.Module] = stop_after) -> None:
-            inputs.run_all(block, stop_after=stop, batches=batches)
+            def run_batches(batches: range, stop: Sequence[nn.Module] = stop_after) -> None:
+                inputs.run_all(block, stop_after=stop, batches=batches, on_batch=on_batch)
 
-        t0 = time.perf_counter()
-        with collector, torch.no_grad():
-            hessians = dp.hessians(collector, run_batches, len(inputs), owners)
-        phases.add("forward", time.perf_counter() - t0 - collector.seconds)
-        phases.add("hessian", collector.seconds)
-        source_of = {m: src for src, members in collector.sources.items() for m in members}
-        del collector
-        # Each rank solves the layers it owns, then every result travels from its owner, in run order.
-        solved: Dict[str, Tuple[LayerRecord, Any]] = {}
-        for name in names:
-            if owners[name] != dp.rank:
-                continue
-            if bar is not None:
-                bar.set_postfix_str(".".join(name.split(".")[-2:]))
-            H, n_samples = hessians[source_of[name]]
-            if H is None:  # the reduction sends every owner the Hessian of its layers
-                raise RuntimeError(f"rank {dp.rank} solves {name} but received no Hessian for it")
-            solved[name] = _solve_layer(
-                i,
-                group_of[name],
-                name,
-                layers[name],
-                H,
-                n_samples,
-                solver,
-                bits,
-                group_size,
-                sym,
-                solver_kwargs,
-                phases,
-                None if gguf_types is None else gguf_types[name],
-            )
-        for name in names:
-            record, result = dp.broadcast(solved.pop(name, None), src=owners[name])
-            if owners[name] != dp.rank:
-                set_layer_weight(layers[name], np.asarray(result.weight))
-            records.append(record)
-            results[name] = result
-            if on_layer is not None:
-                on_layer(record, result, hessians[source_of[name]][0])
-        del hessians
+            t0 = time.perf_counter()
+            with collector, torch.no_grad():
+                hessians = dp.hessians(collector, run_batches, len(inputs), owners)
+            phases.add("forward", time.perf_counter() - t0 - collector.seconds)
+            phases.add("hessian", collector.seconds)
+            source_of = {m: src for src, members in collector.sources.items() for m in members}
+            del collector
+            # Each rank solves the layers it owns, then every result travels from its owner, in run order.
+            solved: Dict[str, Tuple[LayerRecord, Any]] = {}
+            for name in names:
+                if owners[name] != dp.rank:
+                    continue
+                if bar is not None:
+                    bar.set_postfix_str(".".join(name.split(".")[-2:]))
+                H, n_samples = hessians[source_of[name]]
+                if H is None:  # the reduction sends every owner the Hessian of its layers
+                    raise RuntimeError(f"rank {dp.rank} solves {name} but received no Hessian for it")
+                solved[name] = _solve_layer(
+                    i,
+                    group_of[name],
+                    name,
+                    layers[name],
+                    H,
+                    n_samples,
+                    solver,
+                    bits,
+                    group_size,
+                    sym,
+                    solver_kwargs,
+                    phases,
+                    None if gguf_types is None else gguf_types[name],
+                )
+            for name in names:
+                record, result = dp.broadcast(solved.pop(name, None), src=owners[name])
+                if owners[name] != dp.rank:
+                    set_layer_weight(layers[name], np.asarray(result.weight))
+                records.append(record)
+                results[name] = result
+                if on_layer is not None:
+                    on_layer(record, result, hessians[source_of[name]][0])
+            del hessians
+        if advance:
+            if reused is not None:
+                reused.pass_(len(groups), last=True)
+            _advance(block, inputs, on_batch, phases)
+    finally:
+        if reused is not None:
+            reused.close()
     return records, results
 
 
@@ -779,6 +807,7 @@ def quantize_model(
                     true_sequential=true_sequential,
                     hessian_dtype=hessian_dtype,
                     dp=dp,
+                    advance=i + 1 < len(block_list),
                     **common,
                 )
             else:
@@ -786,11 +815,6 @@ def quantize_model(
             report.extend(records)
             if keep_results:
                 report.results.update(results)
-            if inputs is not None and i + 1 < len(block_list):
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    inputs.advance(block)  # the next block's inputs, from the quantized block
-                phases.add("forward", time.perf_counter() - t0)
             if ckpt is not None and dp.rank == 0:
                 layers = linear_layers(block, prefix=block_name)
                 ckpt.save(
