@@ -124,6 +124,11 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--reuse", action="store_true", help="keep f32.gguf and imatrix.gguf already in --work (same calibration)"
     )
+    parser.add_argument(
+        "--hessian-ridge",
+        default=None,
+        help="quantize_model's hessian_ridge (default: its default, 'auto' for gguf=; 0 for the raw H)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--work", default=None, help="folder for the GGUF files (default a temporary one)")
     parser.add_argument("--json", default=None)
@@ -133,6 +138,7 @@ def main(argv=None) -> dict:
     seq_len = args.seq_len or (256 if args.quick else 512)
     chunks = args.chunks if args.chunks > 0 or not args.quick else 8
     n_layers = args.layers if args.layers is not None else (2 if args.quick else 30)
+    ridge = None if args.hessian_ridge in (None, "auto") else float(args.hessian_ridge)
 
     bin_dir = llama_cpp.tools_dir()
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="bench_gguf-")
@@ -149,7 +155,8 @@ def main(argv=None) -> dict:
     print(
         f"SmolLM2-135M; calibration: the first {samples} x {seq_len} tokens of wiki/train (the chunks "
         f"llama-imatrix reads); perplexity: wiki/test, ctx {args.ctx}, "
-        f"{'all' if chunks < 0 else chunks} chunks; llama.cpp from {bin_dir}"
+        f"{'all' if chunks < 0 else chunks} chunks; hessian_ridge {'auto' if ridge is None else ridge}; "
+        f"llama.cpp from {bin_dir}"
     )
 
     t0 = time.perf_counter()
@@ -168,21 +175,31 @@ def main(argv=None) -> dict:
             threads=args.threads,
         )
 
-    def ppl(path: Path) -> float:
-        return llama_cpp.perplexity(
+    def ppl(path: Path) -> dict:
+        return llama_cpp.perplexity_stats(
             path, work / "test.txt", ctx=args.ctx, chunks=chunks, bin_dir=bin_dir, threads=args.threads
         )
 
     rows = []
 
     def add(row: dict) -> None:
-        # Printed as each file is measured: a long run that is stopped still leaves its figures.
+        # Printed as each file is measured: a long run that is stopped still leaves its figures. The paired
+        # difference: per-chunk mean NLL of this file minus llama.cpp imatrix's of the same type (same chunks).
         rows.append(row)
-        print(f"| {row['file']} | {row['type']} | {row['MiB']:.2f} | {row['ppl']:.3f} |", flush=True)
+        anchor = next((r for r in rows if r["file"] == "llama.cpp imatrix" and r["type"] == row["type"]), None)
+        paired = ""
+        if anchor is not None and anchor is not row:
+            mean, se = llama_cpp.paired_difference(anchor["chunk_nll"], row["chunk_nll"])
+            paired = f"{mean:+.4f} ± {se:.4f}"
+        se = "" if row["se"] is None else f" ± {row['se']:.3f}"
+        print(f"| {row['file']} | {row['type']} | {row['MiB']:.2f} | {row['ppl']:.3f}{se} | {paired} |", flush=True)
 
-    print("\n| file | type | size (MiB) | perplexity |\n|---|---|---|---|")
+    print(
+        "\n| file | type | size (MiB) | perplexity ± s.e. | paired NLL difference to llama.cpp imatrix ± s.e. |"
+        "\n|---|---|---|---|---|"
+    )
     if not args.no_reference:
-        add({"file": "F32", "type": "F32", "MiB": mib(work / "f32.gguf"), "ppl": ppl(work / "f32.gguf")})
+        add({"file": "F32", "type": "F32", "MiB": mib(work / "f32.gguf"), **ppl(work / "f32.gguf")})
     llama_files = [("llama.cpp imatrix", work / "imatrix.gguf")]
     if not args.no_reference:
         llama_files.insert(0, ("llama.cpp", None))
@@ -190,14 +207,23 @@ def main(argv=None) -> dict:
     for ggml_type in types:
         for label, imatrix in llama_files:
             out = work / f"{label.replace(' ', '-')}-{ggml_type}.gguf"
-            llama_cpp.quantize(
-                work / "f32.gguf", out, ggml_type, imatrix_file=imatrix, bin_dir=bin_dir, threads=args.threads
-            )
-            add({"file": label, "type": ggml_type, "MiB": mib(out), "ppl": ppl(out)})
+            if not (args.reuse and out.exists()):  # llama-quantize is deterministic: same inputs, same file
+                llama_cpp.quantize(
+                    work / "f32.gguf", out, ggml_type, imatrix_file=imatrix, bin_dir=bin_dir, threads=args.threads
+                )
+            add({"file": label, "type": ggml_type, "MiB": mib(out), **ppl(out)})
         for method, kwargs in METHODS.items():
             model, _ = models.load_causal_lm("smollm2-135m")
             t0 = time.perf_counter()
-            report = quantize_model(model, calib, method=method, gguf=ggml_type, progress=False, solver_kwargs=kwargs)
+            report = quantize_model(
+                model,
+                calib,
+                method=method,
+                gguf=ggml_type,
+                progress=False,
+                solver_kwargs=kwargs,
+                hessian_ridge=ridge,
+            )
             solve = time.perf_counter() - t0
             out = work / f"{method}-{ggml_type}.gguf"
             t0 = time.perf_counter()
@@ -208,7 +234,7 @@ def main(argv=None) -> dict:
                     "file": f"quantease {method}",
                     "type": ggml_type,
                     "MiB": mib(out),
-                    "ppl": ppl(out),
+                    **ppl(out),
                     "quantize_seconds": solve,
                 }
             )
@@ -235,6 +261,7 @@ def main(argv=None) -> dict:
         "save_gguf_seconds": {"F32": f32_seconds, **save_seconds},
         "k_quant_layers": layer_rows,
         "calibration": [samples, seq_len],
+        "hessian_ridge": "auto" if ridge is None else ridge,
         "ctx": args.ctx,
         "chunks": chunks,
     }

@@ -55,16 +55,46 @@ def perplexity(
     threads: Optional[int] = None,
 ) -> float:
     """llama-perplexity's final estimate: chunks of ``ctx`` tokens, each scoring its second half."""
+    return perplexity_stats(model, text_file, ctx=ctx, chunks=chunks, bin_dir=bin_dir, threads=threads)["ppl"]
+
+
+def perplexity_stats(
+    model: os.PathLike,
+    text_file: os.PathLike,
+    *,
+    ctx: int = 512,
+    chunks: int = -1,
+    bin_dir: Optional[Path] = None,
+    threads: Optional[int] = None,
+) -> dict:
+    """llama-perplexity's final estimate ``ppl``, its standard error ``se`` (as llama-perplexity prints it) and
+    ``chunk_nll``, every chunk's mean negative log-likelihood, recovered from the running estimates it prints
+    ([k] = exp of the mean over the first k chunks): the paired per-chunk differences of two files."""
     out = run(
         "llama-perplexity",
         ["-m", model, "-f", text_file, "-c", ctx, "-b", ctx, "--chunks", chunks],
         bin_dir=bin_dir,
         threads=threads,
     )
-    match = re.search(r"Final estimate: PPL = ([0-9.]+|nan|inf)", out)
+    match = re.search(r"Final estimate: PPL = ([0-9.]+|nan|inf)(?: \+/- ([0-9.]+))?", out)
     if match is None:
         raise RuntimeError(f"llama-perplexity printed no final estimate:\n{out[-3000:]}")
-    return float(match.group(1)) if match.group(1) not in ("nan", "inf") else math.inf
+    ppl = float(match.group(1)) if match.group(1) not in ("nan", "inf") else math.inf
+    running = [float(v) for _, v in re.findall(r"\[(\d+)\]([0-9.]+)", out)]
+    log_running = [math.log(v) for v in running if v > 0]
+    chunk_nll = [k * lp - (k - 1) * (log_running[k - 2] if k > 1 else 0.0) for k, lp in enumerate(log_running, 1)]
+    return {"ppl": ppl, "se": float(match.group(2)) if match.group(2) else None, "chunk_nll": chunk_nll}
+
+
+def paired_difference(a: list, b: list) -> tuple:
+    """Mean and standard error of the per-chunk NLL difference b - a (two files on the same chunks)."""
+    diff = [y - x for x, y in zip(a, b)]
+    n = len(diff)
+    if n < 2:
+        return (diff[0] if diff else math.nan), math.nan
+    mean = sum(diff) / n
+    var = sum((d - mean) ** 2 for d in diff) / (n - 1)
+    return mean, math.sqrt(var / n)
 
 
 def imatrix(

@@ -333,3 +333,36 @@ def test_resumed_run_writes_the_same_file(tmp_path):
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
     with pytest.raises(ValueError, match="belongs to a run with other settings \\(gguf:"):
         quantize_model(tiny_llama(), calibration(), **{**kw, "gguf": "Q4_0"})
+
+
+def test_hessian_ridge_is_what_the_solver_sees():
+    # gguf= runs solve on H + (cols / tokens) * mean(diag H) * I ("auto"); the record's loss stays the
+    # calibration H's. Each layer's result is the solver's on exactly that H, from the layer's weight before.
+    from quantease.pipeline import with_ridge
+
+    model = tiny_llama()
+    before = {n: m.weight.detach().numpy().copy() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    seen = []
+    report = quantize_model(
+        model, calibration(), method="gptq", gguf="Q4_0", progress=False, on_layer=lambda *a: seen.append(a)
+    )
+    assert len(seen) == 14
+    for record, result, H in seen:
+        W = before[record.name]
+        assert record.n_samples == 128
+        H_solve = with_ridge(H, W.shape[1] / record.n_samples)
+        assert H_solve.dtype == H.dtype and not np.array_equal(H_solve, H)
+        expected = quantease.gptq(W, H_solve, gguf=record.gguf)
+        np.testing.assert_array_equal(result.weight, expected.weight)
+        assert record.loss == pytest.approx(float(quantease.layer_loss(W, result.weight, H)), rel=1e-6)
+    same = quantize_model(tiny_llama(), calibration(), method="gptq", gguf="Q4_0", progress=False, hessian_ridge="auto")
+    raw = quantize_model(tiny_llama(), calibration(), method="gptq", gguf="Q4_0", progress=False, hessian_ridge=0)
+    name = "model.layers.1.mlp.down_proj"
+    np.testing.assert_array_equal(same.results[name].weight, report.results[name].weight)
+    assert not np.array_equal(raw.results[name].weight, report.results[name].weight)
+
+
+@pytest.mark.parametrize("bad", ["big", -0.5, float("nan"), True, [0.1]])
+def test_bad_hessian_ridge(bad):
+    with pytest.raises(ValueError, match="hessian_ridge"):
+        quantize_model(tiny_llama(), calibration(), method="gptq", gguf="Q4_0", progress=False, hessian_ridge=bad)

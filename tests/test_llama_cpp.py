@@ -101,10 +101,15 @@ def test_llama_cpp_runs_our_q4_0_with_our_perplexity(work, method):
     model, report, path, written = quantized(work, method, "Q4_0", own_metadata=True)
     out = llama_cpp.generate(path, "The capital of France is", tokens=12, bin_dir=work["bin"], threads=THREADS)
     assert out.startswith("The capital of France is") and len(out) > len("The capital of France is") + 5
-    ppl = llama_cpp.perplexity(
+    stats = llama_cpp.perplexity_stats(
         path, work["root"] / "test.txt", ctx=CTX, chunks=CHUNKS, bin_dir=work["bin"], threads=THREADS
     )
-    assert math.isfinite(ppl)
+    ppl = stats["ppl"]
+    assert math.isfinite(ppl) and 0 < stats["se"] < ppl
+    # Every chunk's NLL, recovered from the running estimates: their mean is the final estimate's log
+    # (running estimates print 4 decimals).
+    assert len(stats["chunk_nll"]) == CHUNKS
+    assert math.exp(sum(stats["chunk_nll"]) / CHUNKS) == pytest.approx(ppl, rel=1e-3)
     # The same weights in PyTorch: the layers as solved, the tied embedding as the file's Q8_0.
     embed = model.get_input_embeddings().weight
     with torch.no_grad():

@@ -356,6 +356,35 @@ def _progress_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="quantize", unit="block")
 
 
+def _check_ridge(hessian_ridge, gguf) -> Union[float, str]:
+    """quantize_model's hessian_ridge resolved: "auto" or a float >= 0."""
+    if hessian_ridge is None:
+        return "auto" if gguf is not None else 0.0
+    if hessian_ridge == "auto":
+        return "auto"
+    if isinstance(hessian_ridge, bool) or not isinstance(hessian_ridge, (int, float, np.integer, np.floating)):
+        raise ValueError(f"hessian_ridge must be None, 'auto' or a number >= 0, got {hessian_ridge!r}")
+    value = float(hessian_ridge)
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"hessian_ridge must be None, 'auto' or a finite number >= 0, got {hessian_ridge!r}")
+    return value
+
+
+def ridge_strength(ridge: Union[float, str], cols: int, tokens: int) -> float:
+    """λ of a layer with ``cols`` inputs whose H came from ``tokens`` rows: "auto" -> cols / tokens."""
+    if ridge == "auto":
+        return cols / tokens if tokens > 0 else 0.0
+    return float(ridge)
+
+
+def with_ridge(H: np.ndarray, strength: float) -> np.ndarray:
+    """H + strength · mean(diag H) · I, as a new array (H is not modified)."""
+    out = np.array(H, copy=True)
+    diagonal = np.einsum("ii->i", out)
+    diagonal += out.dtype.type(strength * float(np.mean(np.diagonal(H))))
+    return out
+
+
 def _solve_layer(
     block_index: int,
     group: int,
@@ -370,18 +399,25 @@ def _solve_layer(
     solver_kwargs: Dict[str, Any],
     phases: _Phases,
     gguf: Optional[str] = None,
+    ridge: Union[float, str] = 0.0,
 ) -> Tuple[LayerRecord, Any]:
     """Quantize one layer (from its Hessian, or from its weight alone when H is None) and write the
     dequantized weight back into the module. With ``gguf`` (a GGUF type) the solver gets ``gguf=`` instead of
-    bits/group_size/sym."""
+    bits/group_size/sym. ``ridge`` (quantize_model's hessian_ridge) regularizes the H the solver sees; the
+    recorded loss is on the calibration H itself."""
     method = solver.name
     W = layer_weight(module)
+    H_solve = H
+    if H is not None and solver.needs_hessian:
+        strength = ridge_strength(ridge, W.shape[1], n_samples)
+        if strength > 0:
+            H_solve = with_ridge(H, strength)
     grid: Dict[str, Any] = {"bits": bits, "group_size": group_size, "sym": sym}
     if gguf is not None:  # recorded as the type's code bits and block
         grid = {"gguf": gguf}
         bits, group_size = TYPES[gguf].bits, TYPES[gguf].block_size
     t0 = time.perf_counter()
-    result = solver.run(W, H if solver.needs_hessian else None, **grid, **solver_kwargs)
+    result = solver.run(W, H_solve if solver.needs_hessian else None, **grid, **solver_kwargs)
     seconds = time.perf_counter() - t0
     phases.add("solve", seconds)
     W_hat = np.asarray(result.weight)
@@ -393,7 +429,7 @@ def _solve_layer(
     relative: Optional[float] = None
     if H is not None:
         t0 = time.perf_counter()
-        loss = getattr(result, "loss", None)
+        loss = getattr(result, "loss", None) if H_solve is H else None  # the solver's is on H_solve
         loss = float(layer_loss(W, W_hat, H)) if loss is None else float(loss)
         energy = float(layer_loss(W, np.zeros_like(W), H))
         relative = loss / energy if energy > 0 else (0.0 if loss == 0 else float("inf"))
@@ -508,6 +544,7 @@ def _quantize_block(
     bar,
     phases: _Phases,
     gguf_types=None,
+    ridge: Union[float, str] = 0.0,
     dp: DataParallel,
     advance: bool,
 ) -> Tuple[List[LayerRecord], Dict[str, Any]]:
@@ -579,6 +616,7 @@ def _quantize_block(
                     solver_kwargs,
                     phases,
                     None if gguf_types is None else gguf_types[name],
+                    ridge,
                 )
             for name in names:
                 record, result = dp.broadcast(solved.pop(name, None), src=owners[name])
@@ -615,6 +653,7 @@ def quantize_model(
     *,
     hessian_dtype: str = "float64",
     gguf: Optional[TypeChoice] = None,
+    hessian_ridge: Union[None, float, str] = None,
     keep_results: Optional[bool] = None,
     on_layer: Optional[Callable[[LayerRecord, Any, Optional[np.ndarray]], None]] = None,
     distributed: Optional[bool] = None,
@@ -643,6 +682,13 @@ def quantize_model(
         ("Q4_0", "IQ4_NL", "Q4_K_M", "Q3_K_M", ...: each layer gets the type llama-quantize gives it in that
         file type, see quantease.gguf_mixes), a mapping from every layer name to a type, or a callable
         ``f(name) -> type``. The report's ``gguf`` then holds the types, for quantease.export.save_gguf.
+    hessian_ridge: the solvers see H + λ·mean(diag H)·I instead of the calibration H (a ridge on the sample
+        covariance; GPTQ's own ``damp`` comes on top). "auto": λ = cols / tokens, the p/n of the sample
+        covariance, which sets how far its spectrum strays from the population's (0.07 for a 576-wide layer
+        on 8 192 tokens, 0.19 for a 1536-wide one, 0.009 / 0.023 on 65 536); a float: that λ; None (default):
+        "auto" with ``gguf`` (llama.cpp's diagonal-only search cannot overfit the calibration set, and GPTQ
+        on the raw H of 8 192 tokens did: bench/README "bench_gguf.py"), else 0. Recorded losses are on the
+        calibration H itself.
     keep_results: keep every layer's QuantResult (codes, scales, zeros, ...) in ``report.results`` (and in
         the checkpoint), e.g. for quantease.export; default: only when ``gguf`` is given without ``offload``
         (an offloaded run writes them to its output, block by block).
@@ -671,6 +717,7 @@ def quantize_model(
         or not (group_size == -1 or group_size > 0)
     ):
         raise ValueError(f"group_size must be -1 or a positive integer, got {group_size!r}")
+    ridge = _check_ridge(hessian_ridge, gguf)
     if hessian_dtype not in ("float64", "float32"):
         raise ValueError(f"hessian_dtype must be 'float64' or 'float32', got {hessian_dtype!r}")
     if isinstance(skip, str):
@@ -743,6 +790,8 @@ def quantize_model(
                 "calibration_sha256": digest,
                 "gguf": None if plan is None else repr(sorted(plan.types.items())),
             }
+            if ridge != 0.0:  # the weights depend on it; absent when off, so older checkpoints still match
+                config["hessian_ridge"] = ridge
             if dp.shards != 1:  # the Hessians' summation order, hence the bits of the weights
                 config["hessian_shards"] = dp.shards
             ckpt = _Checkpoint(checkpoint_dir, config, writer=dp.rank == 0)
@@ -806,6 +855,7 @@ def quantize_model(
                     inputs,
                     true_sequential=true_sequential,
                     hessian_dtype=hessian_dtype,
+                    ridge=ridge,
                     dp=dp,
                     advance=i + 1 < len(block_list),
                     **common,
