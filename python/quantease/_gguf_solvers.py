@@ -168,16 +168,15 @@ def quantease(
         start_codes=start_codes,
     )
     codes = code_of[rows, sub_blocks, r.codes]
-    weight, loss, kept_init = r.weight, r.loss, bool(r.info["kept_init"])
-    info = dict(r.info, init=init, kept_init=kept_init)
+    info = dict(r.info, init=init)
     return QuantResult(
-        weight=weight,
+        weight=r.weight,
         codes=np.ascontiguousarray(codes),
         scales=None,
         zeros=None,
         g_idx=start["g_idx"],
         perm=r.perm,
-        loss=loss,
+        loss=r.loss,
         damp=start["damp"] if init == "gptq" else None,
         bits=t.bits,
         group_size=t.sub_block,

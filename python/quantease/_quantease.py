@@ -231,7 +231,6 @@ def _solve(
 ) -> QuantResult:
     """The core's QuantEase on validated arguments (``codebook`` sorted float32; ``start_codes``: uint8 codes
     into it where the sweeps start, never returning worse) and its QuantResult."""
-    fraction = outliers
     t0 = time.perf_counter()
     out = _core.quantease(
         Wf,
@@ -244,7 +243,7 @@ def _solve(
         init=init,
         relaxed=relaxed,
         tol=tol,
-        outliers=fraction,
+        outliers=outliers,
         outlier_structure=outlier_structure,
         outlier_step=outlier_step,
         block_size=block_size,
@@ -278,7 +277,7 @@ def _solve(
         "gemm_cpu_seconds": out["gemm_cpu_seconds"],
         "column_cpu_seconds": out["column_cpu_seconds"],
     }
-    if fraction > 0:
+    if outliers > 0:
         info.update(
             lambda_max=out["lambda_max"],
             eta=out["eta"],
