@@ -1,4 +1,4 @@
-"""A quantize_model run for test_kill_resume.py: a tiny 4-block Llama (random weights, no download), GPTQ with
+"""A quantize_model run for test_kill_resume.py: a tiny 4-block Llama (tests/tiny_llama.py), GPTQ with
 act-order and groups, checkpoints in DIR. It prints one line per finished layer, then the sha256 of every
 weight of the model at the end.
 
@@ -17,26 +17,17 @@ import signal
 import sys
 
 import torch
-import transformers
 
+import tiny_llama
 from quantease.torch import quantize_model
+
+VOCAB = 128
 
 
 def model_and_data():
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        num_hidden_layers=4,
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=128,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    model = tiny_llama.model(0, layers=4, mlp=128, vocab=VOCAB)
     g = torch.Generator().manual_seed(1)
-    return model, [torch.randint(0, 128, (2, 16), generator=g) for _ in range(4)]
+    return model, [torch.randint(0, VOCAB, (2, 16), generator=g) for _ in range(4)]
 
 
 def die() -> None:

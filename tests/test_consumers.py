@@ -25,6 +25,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
+import tiny_llama  # noqa: E402
 from quantease import export  # noqa: E402
 from quantease.torch import quantize_model  # noqa: E402
 from real_data import real_data_available  # noqa: E402
@@ -35,6 +36,8 @@ TORCH_PATHS = ("gptqmodel-torch", "transformers-torch")
 # Relative logit error of a correct load: bfloat16 kernels (GPTQModel's CPU default dtype, and the fused kernel
 # for float32 inputs) stay under 1 % on this model; a kernel that drops the zero points gives about 70 %.
 CORRECT_LOGITS = 0.03
+# The tiny model's sizes (tiny_llama.model): the group sizes of CASES (32, 48) divide its 192 and 384 columns.
+SIZES = dict(layers=2, hidden=192, mlp=384, vocab=256, context=128, tied=True)
 
 
 class Case(NamedTuple):
@@ -72,25 +75,6 @@ def consumer_python() -> Optional[str]:
     return None
 
 
-def tiny_llama(dtype: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=192,
-        intermediate_size=384,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.config.dtype = dtype  # what the checkpoint is served in; the model itself stays float32
-    return model
-
-
 def save_tokenizer(directory: str, vocab_size: int) -> None:
     """A word-level tokenizer: GPTQModel.load reads one from the checkpoint directory."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -103,7 +87,7 @@ def save_tokenizer(directory: str, vocab_size: int) -> None:
 
 def export_case(case: Case, directory: str, ids) -> dict:
     """Quantize the tiny model for ``case``, export it, write the reference; returns what the test checks."""
-    model = tiny_llama(case.dtype)
+    model = tiny_llama.model(dtype=case.dtype, **SIZES)  # the weights stay float32
     generator = torch.Generator().manual_seed(1)
     calibration = [torch.randint(0, model.config.vocab_size, (1, 64), generator=generator) for _ in range(4)]
     report = quantize_model(
@@ -282,7 +266,7 @@ def check_size(model, written) -> None:
 
 
 def test_tiny_llama_export_is_tied_float16_and_reports_its_size(tmp_path):
-    model = tiny_llama("float32")
+    model = tiny_llama.model(dtype="float32", **SIZES)
     written = export_rtn(model, str(tmp_path), bits=4, group_size=32)
     check_size(model, written)
     with open(tmp_path / "config.json") as f:

@@ -21,6 +21,8 @@ from quantease import gguf_mixes  # noqa: E402
 from quantease.export import save_gguf  # noqa: E402
 from quantease.pipeline import quantize_model  # noqa: E402
 from real_data import real_data_available  # noqa: E402
+from tiny_llama import VOCAB  # noqa: E402
+from tiny_llama import model as tiny_model  # noqa: E402
 from tiny_llama import tokenizer as tiny_tokenizer  # noqa: E402
 
 SMOLLM2 = dict(n_layer=30, n_head=9, n_head_kv=3)
@@ -68,23 +70,13 @@ def test_mix_rules_follow_llama_quantize():
 
 
 def tiny_llama(intermediate=512, tied=False, seed=0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        hidden_size=256,
-        intermediate_size=intermediate,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=264,
-        max_position_embeddings=64,
-        tie_word_embeddings=tied,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    """Hidden 256: the K-quants' 256-column super-blocks fit; tiny_llama.VOCAB tokens, the tokenizer's."""
+    return tiny_model(seed, layers=2, hidden=256, mlp=intermediate, tied=tied)
 
 
 def calibration(seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 264, (2, 32), generator=gen) for _ in range(2)]
+    return [torch.randint(0, VOCAB, (2, 32), generator=gen) for _ in range(2)]
 
 
 def unpermute(rows, n_head):

@@ -25,6 +25,7 @@ transformers = pytest.importorskip("transformers")
 import quantease  # noqa: E402
 from quantease import eval as qeval  # noqa: E402
 from quantease import models, text  # noqa: E402
+from tiny_llama import model as tiny_model  # noqa: E402
 
 # Measured here: SmolLM2-135M-Instruct (dequantized Q4_1 GGUF) on the wiki test split at seq_len 512 has
 # perplexity 20.83 over the first 4 windows (20.68 over 8, 22.13 over 16, 24.28 over 32). The bound leaves a
@@ -39,18 +40,7 @@ SMOLLM2_WIKI_PPL_512_MAX = 30.0
 
 
 def tiny_llama(seed: int = 0, vocab: int = 61, ctx: int = 32):
-    cfg = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=ctx,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return tiny_model(seed, layers=2, hidden=32, mlp=48, vocab=vocab, context=ctx)
 
 
 WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "far", "away", "and", "then", "slept", "."]

@@ -1,7 +1,8 @@
 """quantease.torch: Hessians from forward hooks and the sequential quantize_model pipeline.
 
 Tiny randomly initialised HF models built from configs (no download): GPT-2 (Conv1D layers), OPT, Llama
-(rotary position_embeddings passed to every block), BERT (encoder) -- 2 blocks each, hidden size 64.
+(rotary position_embeddings passed to every block; tests/tiny_llama.py builds it), BERT (encoder) -- 2 blocks
+each, hidden size 64.
 The solvers are the compiled quantease.rtn / quantease.gptq.
 """
 
@@ -17,6 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import quantease  # noqa: E402
+import tiny_llama  # noqa: E402
 from quantease.blocks import capture_block_inputs, find_blocks, linear_layers, resolve_blocks  # noqa: E402
 from quantease.torch import HessianCollector, quantize_model, trace_input_groups  # noqa: E402
 
@@ -47,17 +49,7 @@ def make_model(kind: str, seed: int = 0):
         )
         model = t.OPTForCausalLM(cfg)
     elif kind == "llama":
-        cfg = t.LlamaConfig(
-            num_hidden_layers=2,
-            hidden_size=HIDDEN,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=128,
-            vocab_size=VOCAB,
-            max_position_embeddings=64,
-            tie_word_embeddings=False,
-        )
-        model = t.LlamaForCausalLM(cfg)
+        model = tiny_llama.model(seed, layers=2, hidden=HIDDEN, mlp=128, vocab=VOCAB)
     elif kind == "bert":
         cfg = t.BertConfig(
             num_hidden_layers=2,

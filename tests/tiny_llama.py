@@ -1,15 +1,18 @@
-"""What the pipeline tests share: a tiny random Llama, checkpoints written as sharded safetensors, and a byte-level
-BPE tokenizer (no download).
+"""What the tests share: the one builder of a tiny random Llama, checkpoints written as sharded safetensors, and a
+byte-level BPE tokenizer (no download).
 
-tests/test_offload.py and tests/distributed_worker.py (and so tests/test_distributed.py) quantize ``model()``;
-tests/offload_worker.py writes its 7B-shaped checkpoint with ``save_sharded``; GGUF exports take ``tokenizer()``.
+Every test's tiny Llama comes from ``model()``: grouped-query attention (4 heads, 2 KV heads) with the sizes the
+test needs (tests/test_torch_pipeline.py, tests/resume_child.py, tests/test_consumers.py, tests/test_gguf_model.py,
+tests/test_models_eval.py); tests/test_offload.py and tests/distributed_worker.py (and so tests/test_distributed.py)
+quantize the default one. tests/offload_worker.py writes its 7B-shaped checkpoint with ``save_sharded``; GGUF exports
+take ``tokenizer()``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 import transformers
@@ -18,26 +21,39 @@ import transformers
 VOCAB = 264
 
 
-def config(**overrides: Any) -> transformers.LlamaConfig:
-    """3 blocks, hidden 64, grouped-query attention (4 heads, 2 KV heads), MLP 96, untied output."""
+def config(
+    *,
+    layers: int = 3,
+    hidden: int = 64,
+    mlp: int = 96,
+    vocab: int = VOCAB,
+    context: int = 64,
+    tied: bool = False,
+    dtype: Optional[str] = None,
+) -> transformers.LlamaConfig:
+    """A Llama of ``layers`` blocks of width ``hidden`` with grouped-query attention (4 heads, 2 KV heads) and an
+    MLP of ``mlp``, ``vocab`` tokens, ``context`` positions, the output tied to the embedding or not; ``dtype``
+    (e.g. "float16") is what the config declares, the dtype a checkpoint of it is served in."""
     settings: dict = dict(
-        num_hidden_layers=3,
-        hidden_size=64,
+        num_hidden_layers=layers,
+        hidden_size=hidden,
         num_attention_heads=4,
         num_key_value_heads=2,
-        intermediate_size=96,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
+        intermediate_size=mlp,
+        vocab_size=vocab,
+        max_position_embeddings=context,
+        tie_word_embeddings=tied,
     )
-    settings.update(overrides)
+    if dtype is not None:
+        settings["dtype"] = dtype
     return transformers.LlamaConfig(**settings)
 
 
-def model(seed: int = 0) -> transformers.LlamaForCausalLM:
-    """``config()``'s model with the random weights of ``seed``, in eval mode."""
+def model(seed: int = 0, **sizes: Any) -> transformers.LlamaForCausalLM:
+    """``config(**sizes)``'s model with the random weights of ``seed``, in eval mode. Its weights are float32
+    whatever the config's ``dtype`` declares."""
     torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(config()).eval()
+    return transformers.LlamaForCausalLM(config(**sizes)).eval()
 
 
 def save_sharded(path: str, shards: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
