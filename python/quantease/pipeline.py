@@ -385,39 +385,53 @@ def with_ridge(H: np.ndarray, strength: float) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class _SolveSettings:
+    """What the solves of a run's layers share (quantize_model's arguments, checked): the solver, its grid
+    (bits/group_size/sym, or each layer's GGUF type), its options and the ridge on the Hessian."""
+
+    solver: Solver
+    bits: int
+    group_size: int
+    sym: bool
+    solver_kwargs: Dict[str, Any]
+    gguf_types: Optional[Dict[str, str]]  # layer name -> GGUF type (quantize_model(..., gguf=...)), else None
+    ridge: Union[float, str]  # quantize_model's hessian_ridge: "auto" or λ
+
+    def gguf(self, name: str) -> Optional[str]:
+        """The GGUF type of layer ``name``; None without ``gguf=``."""
+        return None if self.gguf_types is None else self.gguf_types[name]
+
+
 def _solve_layer(
+    settings: _SolveSettings,
+    phases: _Phases,
     block_index: int,
     group: int,
     name: str,
     module: nn.Module,
     H: Optional[np.ndarray],
     n_samples: int,
-    solver: Solver,
-    bits: int,
-    group_size: int,
-    sym: bool,
-    solver_kwargs: Dict[str, Any],
-    phases: _Phases,
-    gguf: Optional[str] = None,
-    ridge: Union[float, str] = 0.0,
 ) -> Tuple[LayerRecord, Any]:
     """Quantize one layer (from its Hessian, or from its weight alone when H is None) and write the
-    dequantized weight back into the module. With ``gguf`` (a GGUF type) the solver gets ``gguf=`` instead of
-    bits/group_size/sym. ``ridge`` (quantize_model's hessian_ridge) regularizes the H the solver sees; the
-    recorded loss is on the calibration H itself."""
+    dequantized weight back into the module. A layer with a GGUF type gets ``gguf=`` instead of
+    bits/group_size/sym. The ridge regularizes the H the solver sees; the recorded loss is on the calibration H
+    itself."""
+    solver = settings.solver
     method = solver.name
     W = layer_weight(module)
     H_solve = H
     if H is not None and solver.needs_hessian:
-        strength = ridge_strength(ridge, W.shape[1], n_samples)
+        strength = ridge_strength(settings.ridge, W.shape[1], n_samples)
         if strength > 0:
             H_solve = with_ridge(H, strength)
-    grid: Dict[str, Any] = {"bits": bits, "group_size": group_size, "sym": sym}
+    bits, group_size, gguf = settings.bits, settings.group_size, settings.gguf(name)
+    grid: Dict[str, Any] = {"bits": bits, "group_size": group_size, "sym": settings.sym}
     if gguf is not None:  # recorded as the type's code bits and block
         grid = {"gguf": gguf}
         bits, group_size = TYPES[gguf].bits, TYPES[gguf].block_size
     t0 = time.perf_counter()
-    result = solver.run(W, H_solve if solver.needs_hessian else None, **grid, **solver_kwargs)
+    result = solver.run(W, H_solve if solver.needs_hessian else None, **grid, **settings.solver_kwargs)
     seconds = time.perf_counter() - t0
     phases.add("solve", seconds)
     W_hat = np.asarray(result.weight)
@@ -466,11 +480,11 @@ def _solve_layer(
     return record, result
 
 
-def _block_layers(block_name: str, block: nn.Module, skip, gguf_types) -> Dict[str, nn.Module]:
+def _block_layers(block_name: str, block: nn.Module, skip, settings: _SolveSettings) -> Dict[str, nn.Module]:
     layers = linear_layers(block, prefix=block_name, skip=skip)
-    if gguf_types is not None:
+    if settings.gguf_types is not None:
         # Layers whose rows no block type divides stay in float, as llama.cpp keeps them in F16.
-        layers = {n: m for n, m in layers.items() if gguf_types[n] not in ("F16", "F32")}
+        layers = {n: m for n, m in layers.items() if settings.gguf_types[n] not in ("F16", "F32")}
     return layers
 
 
@@ -479,38 +493,19 @@ def _quantize_block_without_data(
     block_name: str,
     block: nn.Module,
     *,
-    solver,
-    bits,
-    group_size,
-    sym,
+    settings: _SolveSettings,
     skip,
-    solver_kwargs,
     on_layer,
     bar,
     phases: _Phases,
-    gguf_types=None,
 ) -> Tuple[List[LayerRecord], Dict[str, Any]]:
     """A block of a solver that needs no Hessian: every layer from its weight alone, no forward pass."""
     records: List[LayerRecord] = []
     results: Dict[str, Any] = {}
-    for k, (name, module) in enumerate(_block_layers(block_name, block, skip, gguf_types).items()):
+    for k, (name, module) in enumerate(_block_layers(block_name, block, skip, settings).items()):
         if bar is not None:
             bar.set_postfix_str(".".join(name.split(".")[-2:]))
-        record, result = _solve_layer(
-            i,
-            k,
-            name,
-            module,
-            None,
-            0,
-            solver,
-            bits,
-            group_size,
-            sym,
-            solver_kwargs,
-            phases,
-            None if gguf_types is None else gguf_types[name],
-        )
+        record, result = _solve_layer(settings, phases, i, k, name, module, None, 0)
         records.append(record)
         results[name] = result
         if on_layer is not None:
@@ -532,25 +527,19 @@ def _quantize_block(
     block: nn.Module,
     inputs: BlockInputs,
     *,
-    solver,
-    bits,
-    group_size,
-    sym,
+    settings: _SolveSettings,
     true_sequential,
     skip,
     hessian_dtype,
-    solver_kwargs,
     on_layer,
     bar,
     phases: _Phases,
-    gguf_types=None,
-    ridge: Union[float, str] = 0.0,
     dp: DataParallel,
     advance: bool,
 ) -> Tuple[List[LayerRecord], Dict[str, Any]]:
     """Solve the block's layers group by group; with ``advance``, then replace ``inputs`` by the quantized
     block's outputs (the next block's inputs)."""
-    layers = _block_layers(block_name, block, skip, gguf_types)
+    layers = _block_layers(block_name, block, skip, settings)
     if not layers:
         if advance:
             _advance(block, inputs, None, phases)
@@ -602,22 +591,7 @@ def _quantize_block(
                 H, n_samples = hessians[source_of[name]]
                 if H is None:  # the reduction sends every owner the Hessian of its layers
                     raise RuntimeError(f"rank {dp.rank} solves {name} but received no Hessian for it")
-                solved[name] = _solve_layer(
-                    i,
-                    group_of[name],
-                    name,
-                    layers[name],
-                    H,
-                    n_samples,
-                    solver,
-                    bits,
-                    group_size,
-                    sym,
-                    solver_kwargs,
-                    phases,
-                    None if gguf_types is None else gguf_types[name],
-                    ridge,
-                )
+                solved[name] = _solve_layer(settings, phases, i, group_of[name], name, layers[name], H, n_samples)
             for name in names:
                 record, result = dp.broadcast(solved.pop(name, None), src=owners[name])
                 if owners[name] != dp.rank:
@@ -831,18 +805,16 @@ def quantize_model(
             if start:
                 log.info("resuming after %d finished block(s) from %s", start, checkpoint_dir)
         bar = _progress_bar(len(block_list), start, progress and dp.rank == 0)
-        common: Dict[str, Any] = dict(
+        settings = _SolveSettings(
             solver=solver,
             bits=int(bits),
             group_size=int(group_size),
             sym=sym,
-            skip=skip,
             solver_kwargs=solver_kwargs,
-            on_layer=on_layer,
-            bar=bar,
-            phases=phases,
             gguf_types=None if plan is None else plan.types,
+            ridge=ridge,
         )
+        common: Dict[str, Any] = dict(settings=settings, skip=skip, on_layer=on_layer, bar=bar, phases=phases)
         for i in range(start, len(block_list)):
             block_name, block = block_list[i]
             if offload is not None:
@@ -855,7 +827,6 @@ def quantize_model(
                     inputs,
                     true_sequential=true_sequential,
                     hessian_dtype=hessian_dtype,
-                    ridge=ridge,
                     dp=dp,
                     advance=i + 1 < len(block_list),
                     **common,
