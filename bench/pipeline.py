@@ -15,7 +15,7 @@ Per block, the split is:
   makes the next block's inputs), hooks included, Hessian updates excluded;
 * hessian: the Hessian updates (HessianAccumulator.add: a float32 rank-k update into the float64 running sum)
   plus, with several ranks, the reduction of the partial sums (send, receive, fold);
-* solve: the solver calls (quantease._solve_layer: the solver, the loss and the write-back);
+* solve: the solver calls (quantease.pipeline._solve_layer: the solver, the loss and the write-back);
 * io: checkpoint writing (a run with ``--checkpoint``) and, with ``--offload`` (quantease.offload: the model's
   weights on disk), reading each block from safetensors and writing it out quantized.
 
