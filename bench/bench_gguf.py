@@ -49,6 +49,25 @@ def mib(path: Path) -> float:
     return os.path.getsize(path) / 2**20
 
 
+def our_file(out: Path, method: str, ggml_type: str, calib, ridge) -> dict:
+    """Our ``method`` file of ``ggml_type``: quantize_model on the calibration batches, save_gguf to ``out``
+    (metadata and tokenizer from the shipped GGUF); returns both steps' seconds."""
+    model, _ = models.load_causal_lm("smollm2-135m")
+    t0 = time.perf_counter()
+    report = quantize_model(
+        model,
+        calib,
+        method=method,
+        gguf=ggml_type,
+        progress=False,
+        solver_kwargs=METHODS[method],
+        hessian_ridge=ridge,
+    )
+    t1 = time.perf_counter()
+    save_gguf(model, out, report, template=models.source_gguf("smollm2-135m"))
+    return {"quantize_seconds": t1 - t0, "save_gguf_seconds": time.perf_counter() - t1}
+
+
 def down_proj_hessians(model, calib):
     """H of every down_proj of the float model on the calibration batches (one forward pass)."""
     import torch
@@ -111,6 +130,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Q4_0 only, 16 x 256 calibration, 8 eval chunks")
     parser.add_argument("--types", default=None, help="comma-separated types (default Q4_0,IQ4_NL)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: our files' methods")
     parser.add_argument("--samples", type=int, default=None, help="calibration windows (default 128)")
     parser.add_argument("--seq-len", type=int, default=None, help="calibration window length (default 512)")
     parser.add_argument("--ctx", type=int, default=512, help="llama-perplexity chunk length")
@@ -122,7 +142,9 @@ def main(argv=None) -> dict:
         "--no-reference", action="store_true", help="skip the F32 and llama.cpp-without-imatrix perplexities"
     )
     parser.add_argument(
-        "--reuse", action="store_true", help="keep f32.gguf and imatrix.gguf already in --work (same calibration)"
+        "--reuse",
+        action="store_true",
+        help="keep the files already in --work (F32, imatrix, llama.cpp's and ours: same calibration and code)",
     )
     parser.add_argument(
         "--hessian-ridge",
@@ -134,6 +156,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     types = (args.types or ("Q4_0" if args.quick else "Q4_0,IQ4_NL")).split(",")
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)} (choices: {', '.join(METHODS)})")
     samples = args.samples or (16 if args.quick else 128)
     seq_len = args.seq_len or (256 if args.quick else 512)
     chunks = args.chunks if args.chunks > 0 or not args.quick else 8
@@ -212,32 +238,13 @@ def main(argv=None) -> dict:
                     work / "f32.gguf", out, ggml_type, imatrix_file=imatrix, bin_dir=bin_dir, threads=args.threads
                 )
             add({"file": label, "type": ggml_type, "MiB": mib(out), **ppl(out)})
-        for method, kwargs in METHODS.items():
-            model, _ = models.load_causal_lm("smollm2-135m")
-            t0 = time.perf_counter()
-            report = quantize_model(
-                model,
-                calib,
-                method=method,
-                gguf=ggml_type,
-                progress=False,
-                solver_kwargs=kwargs,
-                hessian_ridge=ridge,
-            )
-            solve = time.perf_counter() - t0
+        for method in methods:
             out = work / f"{method}-{ggml_type}.gguf"
-            t0 = time.perf_counter()
-            save_gguf(model, out, report, template=template)
-            save_seconds[f"{method}-{ggml_type}"] = time.perf_counter() - t0
-            add(
-                {
-                    "file": f"quantease {method}",
-                    "type": ggml_type,
-                    "MiB": mib(out),
-                    **ppl(out),
-                    "quantize_seconds": solve,
-                }
-            )
+            seconds = {}
+            if not (args.reuse and out.exists()):
+                seconds = our_file(out, method, ggml_type, calib, ridge)
+                save_seconds[f"{method}-{ggml_type}"] = seconds["save_gguf_seconds"]
+            add({"file": f"quantease {method}", "type": ggml_type, "MiB": mib(out), **ppl(out), **seconds})
 
     f32_note = "reused" if f32_seconds is None else f"{f32_seconds:.1f} s"
     print(
