@@ -4,7 +4,8 @@ importance matrix, at the same type and size, measured by llama.cpp itself.
 1. Our F32 model as GGUF (``save_gguf`` with the shipped GGUF as template; its time is printed).
 2. llama.cpp: ``llama-imatrix`` on the calibration text, then ``llama-quantize --imatrix`` to each type (and
    without the imatrix, for reference).
-3. quantease: ``quantize_model(..., method, gguf=type)`` on the same calibration text, ``save_gguf``.
+3. quantease: ``quantize_model(..., method, gguf=type)`` on the same calibration text, ``save_gguf``: GPTQ
+   with act-order and QuantEase from it (``--methods``; ``gptq``: without act-order).
 4. ``llama-perplexity`` of every file on the same held-out text (chunks of ``--ctx`` tokens, the second half
    of each scored); file sizes (equal by construction: the same tensor types).
 5. k-quants, layer by layer: SmolLM2's ``ffn_down`` (the only matrices whose rows split into 256-blocks) from
@@ -42,17 +43,26 @@ from quantease import models, text  # noqa: E402
 from quantease.export import save_gguf  # noqa: E402
 from quantease.pipeline import quantize_model  # noqa: E402
 
-METHODS = {"gptq": {}, "quantease": {"init": "gptq"}}
+# Our files: label -> (quantize_model's method, its solver_kwargs); --methods picks labels. GPTQ with
+# act-order, as the main job's (bench/real_model.py) and as QuantEase's start: without it (gptq's default) our
+# Q4_0 file lost to llama.cpp's, with it won (bench/README "bench_gguf.py").
+METHODS = {
+    "gptq-act-order": ("gptq", {"act_order": True}),
+    "quantease": ("quantease", {"init": "gptq"}),
+    "gptq": ("gptq", {}),
+}
+DEFAULT_METHODS = "gptq-act-order,quantease"
 
 
 def mib(path: Path) -> float:
     return os.path.getsize(path) / 2**20
 
 
-def our_file(out: Path, method: str, ggml_type: str, calib, ridge) -> dict:
-    """Our ``method`` file of ``ggml_type``: quantize_model on the calibration batches, save_gguf to ``out``
+def our_file(out: Path, label: str, ggml_type: str, calib, ridge) -> dict:
+    """Our ``label`` (METHODS) file of ``ggml_type``: quantize_model on the calibration batches, save_gguf to ``out``
     (metadata and tokenizer from the shipped GGUF); returns both steps' seconds."""
     model, _ = models.load_causal_lm("smollm2-135m")
+    method, kwargs = METHODS[label]
     t0 = time.perf_counter()
     report = quantize_model(
         model,
@@ -60,7 +70,7 @@ def our_file(out: Path, method: str, ggml_type: str, calib, ridge) -> dict:
         method=method,
         gguf=ggml_type,
         progress=False,
-        solver_kwargs=METHODS[method],
+        solver_kwargs=kwargs,
         hessian_ridge=ridge,
     )
     t1 = time.perf_counter()
@@ -130,7 +140,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Q4_0 only, 16 x 256 calibration, 8 eval chunks")
     parser.add_argument("--types", default=None, help="comma-separated types (default Q4_0,IQ4_NL)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: our files' methods")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"our files, of {', '.join(METHODS)}")
     parser.add_argument("--samples", type=int, default=None, help="calibration windows (default 128)")
     parser.add_argument("--seq-len", type=int, default=None, help="calibration window length (default 512)")
     parser.add_argument("--ctx", type=int, default=512, help="llama-perplexity chunk length")
